@@ -1,0 +1,18 @@
+//! ferry's eBPF programs, linked into one object that userspace embeds.
+#![no_std]
+#![no_main]
+
+mod parse;
+mod vlan_counters;
+
+#[cfg(not(test))]
+#[panic_handler]
+fn panic(_info: &core::panic::PanicInfo) -> ! {
+    // The verifier rejects any path that could reach here; there is no unwinding in BPF.
+    loop {}
+}
+
+/// GPL-compatible, so the programs may call GPL-only helpers (bpf_timer, ...).
+#[unsafe(link_section = "license")]
+#[unsafe(no_mangle)]
+static LICENSE: [u8; 13] = *b"Dual MIT/GPL\0";

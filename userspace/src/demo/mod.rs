@@ -1,0 +1,3 @@
+//! `ferry demo`: ferry's main job on its built-in defaults.
+
+pub mod dataplane;

@@ -1,0 +1,7 @@
+//! The lab: network namespaces wired as sites, hosts, routers and links on
+//! one machine. The integration tests, `ferry demo` and `ferry lab` all
+//! build their networks with [`Topology`].
+
+mod topology;
+
+pub use topology::{Topology, TopologyError};

@@ -1,0 +1,21 @@
+//! ferry: an eBPF-assisted, network-aware live-migration appliance.
+//!
+//! Modules by concern:
+//! - [`config`]: YAML configuration and its validation.
+//! - [`netns`], [`netlink`]: network namespaces and rtnetlink (interfaces,
+//!   addresses, routes, neighbours, qdiscs).
+//! - [`net`]: frames, AF_PACKET and ICMP sockets.
+//! - [`dataplane`]: the embedded eBPF object, its loader and map readers.
+//! - [`lab`]: namespace topologies for the lab, the demo and the tests.
+//! - [`demo`]: `ferry demo`.
+
+pub mod config;
+pub mod dataplane;
+pub mod demo;
+pub mod lab;
+pub mod net;
+pub mod netlink;
+pub mod netns;
+
+/// `ferry --version`: crate version and the git revision it was built from.
+pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_GIT_REV"), ")");

@@ -1,0 +1,7 @@
+//! Privileged integration tests: real namespaces, real eBPF programs, real
+//! frames. Every test makes its own namespaces (removed on drop, panics
+//! included) and sends traffic only inside them.
+
+mod common;
+mod harness;
+mod vlan_counters;

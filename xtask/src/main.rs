@@ -1,0 +1,141 @@
+//! `cargo xtask <task>`: ferry's development tasks.
+//!
+//! setup   install what building and testing need (idempotent, fast when done)
+//! test    setup, then the whole test suite
+//! demo    setup, then `ferry demo` (arguments after `--` go to ferry)
+//! clippy  clippy -D warnings on userspace and on the eBPF programs
+//! ci      what .ci/run runs after setup: fmt --check, clippy, test
+
+mod setup;
+
+use std::{
+    env,
+    path::{Path, PathBuf},
+    process::{Command, ExitCode},
+    time::Instant,
+};
+
+pub type Result<T = ()> = std::result::Result<T, String>;
+
+fn root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("xtask lives in the workspace")
+        .to_path_buf()
+}
+
+/// Runs a command in the workspace root, echoing it, failing on non-zero exit.
+pub fn run(cmd: &mut Command) -> Result {
+    let shown = format!("{cmd:?}").replace('"', "");
+    eprintln!("xtask: $ {shown}");
+    let status = cmd
+        .current_dir(root())
+        .status()
+        .map_err(|e| format!("cannot start {shown}: {e}"))?;
+    if status.success() {
+        Ok(())
+    } else {
+        Err(format!("{shown} failed: {status}"))
+    }
+}
+
+fn cargo() -> Command {
+    Command::new(env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
+}
+
+fn timed(name: &str, f: impl FnOnce() -> Result) -> Result {
+    let t = Instant::now();
+    let r = f();
+    eprintln!("xtask: {name} took {:.1}s", t.elapsed().as_secs_f64());
+    r
+}
+
+fn test(args: &[String]) -> Result {
+    timed("setup", setup::setup)?;
+    timed("build", || {
+        run(cargo().args(["build", "--workspace", "--all-targets", "--release"]))
+    })?;
+    timed("tests", || {
+        run(cargo()
+            .args(["test", "--workspace", "--release", "--no-fail-fast"])
+            .args(args))
+    })
+}
+
+fn clippy() -> Result {
+    run(cargo().args([
+        "clippy",
+        "--workspace",
+        "--exclude",
+        "ferry-ebpf",
+        "--all-targets",
+        "--release",
+        "--",
+        "-D",
+        "warnings",
+    ]))?;
+    // The eBPF crate only builds for the BPF target, with the nightly toolchain.
+    run(Command::new("rustup").args([
+        "run",
+        "nightly",
+        "cargo",
+        "clippy",
+        "--package",
+        "ferry-ebpf",
+        "--release",
+        "--target",
+        "bpfel-unknown-none",
+        "-Z",
+        "build-std=core",
+        "--",
+        "-D",
+        "warnings",
+    ]))
+}
+
+fn main() -> ExitCode {
+    let args: Vec<String> = env::args().skip(1).collect();
+    let (task, rest) = match args.split_first() {
+        Some((t, r)) => (t.as_str(), r),
+        None => ("help", &[][..]),
+    };
+    let rest: Vec<String> = rest
+        .iter()
+        .filter(|a| a.as_str() != "--")
+        .cloned()
+        .collect();
+    let result = match task {
+        "setup" => timed("setup", setup::setup),
+        "test" => test(&rest),
+        "demo" => setup::setup().and_then(|()| {
+            run(cargo()
+                .args(["run", "--release", "--package", "ferry", "--", "demo"])
+                .args(&rest))
+        }),
+        "clippy" => clippy(),
+        "ci" => timed("ci", || {
+            run(cargo().args(["fmt", "--all", "--", "--check"]))?;
+            clippy()?;
+            test(&[])
+        }),
+        _ => {
+            eprintln!(
+                "usage: cargo xtask <task>\n\n  setup   install toolchain pieces and packages (idempotent)\n  \
+                 test    setup + the whole test suite\n  demo    setup + `ferry demo`\n  \
+                 clippy  clippy -D warnings, userspace and eBPF\n  ci      fmt --check + clippy + test"
+            );
+            return if task == "help" {
+                ExitCode::SUCCESS
+            } else {
+                ExitCode::FAILURE
+            };
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("xtask: error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
