@@ -19,7 +19,7 @@ pub use counters::{VlanCount, summarize};
 use crate::netns::Netns;
 
 /// The eBPF object built from `ebpf/ferry-ebpf` by build.rs.
-pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry"));
+pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-ebpf"));
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
