@@ -5,6 +5,9 @@
 //! - [`netns`], [`netlink`]: network namespaces and rtnetlink (interfaces,
 //!   addresses, routes, neighbours, qdiscs).
 //! - [`net`]: frames, AF_PACKET and ICMP sockets.
+//! - [`protocol`]: the encrypted migration protocol (AEAD backends, key
+//!   schedule, records, handshake, the migration spec).
+//! - [`metrics`]: Prometheus metric families.
 //! - [`dataplane`]: the embedded eBPF object, its loader and map readers.
 //! - [`lab`]: namespace topologies for the lab, the demo and the tests.
 //! - [`demo`]: `ferry demo`.
@@ -13,9 +16,11 @@ pub mod config;
 pub mod dataplane;
 pub mod demo;
 pub mod lab;
+pub mod metrics;
 pub mod net;
 pub mod netlink;
 pub mod netns;
+pub mod protocol;
 
 /// `ferry --version`: crate version and the git revision it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_GIT_REV"), ")");

@@ -1,0 +1,439 @@
+//! The migration specification the coordinator creates and hands to the
+//! source and destination hosts, and how the encryption mode is resolved.
+
+use std::{fmt, net::SocketAddr, str::FromStr, time::Duration};
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use zeroize::Zeroize;
+
+use super::{aead::KEY_LEN, keys::MigrationKey};
+use crate::config::{deserialize_duration, serialize_duration};
+
+/// A migration's identity: 128 random bits, printed as 32 hex digits.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct MigrationId(pub [u8; 16]);
+
+impl MigrationId {
+    pub fn generate() -> Self {
+        let mut b = [0u8; 16];
+        getrandom::fill(&mut b).expect("the OS random source failed");
+        MigrationId(b)
+    }
+}
+
+impl fmt::Display for MigrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&hex::encode(self.0))
+    }
+}
+
+impl fmt::Debug for MigrationId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MigrationId({self})")
+    }
+}
+
+impl FromStr for MigrationId {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        let mut b = [0u8; 16];
+        hex::decode_to_slice(s, &mut b)
+            .map_err(|_| format!("invalid migration id {s:?}: expected 32 hex digits"))?;
+        Ok(MigrationId(b))
+    }
+}
+
+impl Serialize for MigrationId {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for MigrationId {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+/// A guest's Encrypted-vMotion-style setting.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum EncryptionMode {
+    /// Never encrypt: the guest's memory crosses the network in the clear.
+    Disabled,
+    /// Encrypt when both hosts can; otherwise migrate in the clear.
+    #[default]
+    Opportunistic,
+    /// Encrypt, or refuse to migrate.
+    Required,
+}
+
+impl fmt::Display for EncryptionMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            EncryptionMode::Disabled => "disabled",
+            EncryptionMode::Opportunistic => "opportunistic",
+            EncryptionMode::Required => "required",
+        })
+    }
+}
+
+/// What actually protects a migration's streams, decided by the coordinator.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Transport {
+    Plaintext,
+    Aes256Gcm,
+}
+
+impl Transport {
+    pub fn encrypted(self) -> bool {
+        self == Transport::Aes256Gcm
+    }
+
+    pub fn wire(self) -> u8 {
+        match self {
+            Transport::Plaintext => 0,
+            Transport::Aes256Gcm => 1,
+        }
+    }
+
+    pub fn from_wire(b: u8) -> Option<Self> {
+        match b {
+            0 => Some(Transport::Plaintext),
+            1 => Some(Transport::Aes256Gcm),
+            _ => None,
+        }
+    }
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Plaintext => "plaintext",
+            Transport::Aes256Gcm => "aes-256-gcm",
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ModeError {
+    #[error(
+        "guest {guest} requires encrypted migration, but {host} cannot encrypt: refused before any memory moved"
+    )]
+    EncryptionRequired { guest: String, host: String },
+}
+
+/// Resolves the transport from the guest's setting and both hosts'
+/// capabilities. Only the coordinator calls this; hosts follow the spec and
+/// never fall back on their own, so nobody in the path can talk a stream
+/// down to plaintext.
+pub fn resolve_transport(
+    guest: &str,
+    mode: EncryptionMode,
+    source: (&str, bool),
+    destination: (&str, bool),
+) -> Result<Transport, ModeError> {
+    let both = source.1 && destination.1;
+    match mode {
+        EncryptionMode::Disabled => Ok(Transport::Plaintext),
+        EncryptionMode::Opportunistic if both => Ok(Transport::Aes256Gcm),
+        EncryptionMode::Opportunistic => Ok(Transport::Plaintext),
+        EncryptionMode::Required if both => Ok(Transport::Aes256Gcm),
+        EncryptionMode::Required => {
+            let host = if !source.1 { source.0 } else { destination.0 };
+            Err(ModeError::EncryptionRequired {
+                guest: guest.to_string(),
+                host: host.to_string(),
+            })
+        }
+    }
+}
+
+/// Limits and knobs of one migration.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Switch over once the predicted stun time fits this (QEMU's default).
+    #[serde(
+        default = "default_downtime",
+        deserialize_with = "deserialize_duration",
+        serialize_with = "serialize_duration"
+    )]
+    pub downtime_limit: Duration,
+    /// Give up (guest stays on the source) after this long.
+    #[serde(
+        default = "default_max_time",
+        deserialize_with = "deserialize_duration",
+        serialize_with = "serialize_duration"
+    )]
+    pub max_time: Duration,
+    /// Largest record payload, in bytes.
+    #[serde(default = "default_record")]
+    pub max_record: u32,
+    /// Bytes per second across all streams (None: as fast as the path goes).
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
+    /// SDPS: first throttle step, increment per non-converging pass, ceiling (percent).
+    #[serde(default = "default_throttle_initial")]
+    pub throttle_initial: u8,
+    #[serde(default = "default_throttle_step")]
+    pub throttle_step: u8,
+    #[serde(default = "default_throttle_max")]
+    pub throttle_max: u8,
+    /// Compare digests of every page at stun and at resume before resuming.
+    #[serde(default)]
+    pub verify_memory: bool,
+}
+
+fn default_downtime() -> Duration {
+    Duration::from_millis(300)
+}
+fn default_max_time() -> Duration {
+    Duration::from_secs(600)
+}
+fn default_record() -> u32 {
+    256 * 1024
+}
+fn default_throttle_initial() -> u8 {
+    20
+}
+fn default_throttle_step() -> u8 {
+    10
+}
+fn default_throttle_max() -> u8 {
+    99
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            downtime_limit: default_downtime(),
+            max_time: default_max_time(),
+            max_record: default_record(),
+            bandwidth: None,
+            throttle_initial: default_throttle_initial(),
+            throttle_step: default_throttle_step(),
+            throttle_max: default_throttle_max(),
+            verify_memory: false,
+        }
+    }
+}
+
+/// Upper bound on a record payload any host accepts, whatever a spec says.
+pub const MAX_RECORD_LIMIT: u32 = 16 * 1024 * 1024;
+
+/// One end of a migration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Endpoint {
+    pub host: String,
+    /// Where the host's migration listener accepts streams.
+    pub migration: SocketAddr,
+}
+
+/// Everything both hosts need to run one migration.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct MigrationSpec {
+    pub id: MigrationId,
+    pub guest: String,
+    /// Guest memory size in bytes (a multiple of 4 KiB).
+    pub memory: u64,
+    pub source: Endpoint,
+    pub destination: Endpoint,
+    /// What the guest asked for.
+    pub mode: EncryptionMode,
+    /// What the coordinator decided.
+    pub transport: Transport,
+    /// Present exactly when `transport` is encrypted.
+    #[serde(default, with = "key_hex", skip_serializing_if = "Option::is_none")]
+    pub key: Option<MigrationKey>,
+    pub nonce: u64,
+    pub streams: u16,
+    pub limits: Limits,
+}
+
+impl MigrationSpec {
+    /// Internal consistency, checked by every host before it acts on a spec.
+    pub fn check(&self) -> Result<(), String> {
+        if self.transport.encrypted() != self.key.is_some() {
+            return Err(format!(
+                "spec {}: transport {} with{} a key",
+                self.id,
+                self.transport,
+                if self.key.is_some() { "" } else { "out" }
+            ));
+        }
+        if self.streams == 0 || self.streams > 64 {
+            return Err(format!(
+                "spec {}: {} streams (1..=64)",
+                self.id, self.streams
+            ));
+        }
+        if self.memory == 0 || !self.memory.is_multiple_of(4096) {
+            return Err(format!(
+                "spec {}: memory {} is not a positive multiple of 4 KiB",
+                self.id, self.memory
+            ));
+        }
+        if self.limits.max_record < 64 * 1024 || self.limits.max_record > MAX_RECORD_LIMIT {
+            return Err(format!(
+                "spec {}: max_record {} outside 64 KiB..=16 MiB",
+                self.id, self.limits.max_record
+            ));
+        }
+        if self.limits.throttle_max > 99 || self.limits.throttle_initial > self.limits.throttle_max
+        {
+            return Err(format!("spec {}: throttle settings out of range", self.id));
+        }
+        Ok(())
+    }
+}
+
+/// The key as 64 hex digits, decoded straight from the borrowed input into
+/// the key array: no intermediate String holds key material.
+mod key_hex {
+    use super::*;
+
+    pub fn serialize<S: Serializer>(key: &Option<MigrationKey>, s: S) -> Result<S::Ok, S::Error> {
+        match key {
+            None => s.serialize_none(),
+            Some(k) => {
+                let mut buf = [0u8; KEY_LEN * 2];
+                hex::encode_to_slice(k.expose(), &mut buf).expect("sizes match");
+                let r = s.serialize_str(std::str::from_utf8(&buf).expect("hex is ASCII"));
+                buf.zeroize();
+                r
+            }
+        }
+    }
+
+    struct V;
+    impl<'de> serde::de::Visitor<'de> for V {
+        type Value = Option<MigrationKey>;
+        fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+            f.write_str("a 256-bit key as 64 hex digits")
+        }
+        fn visit_none<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_unit<E: serde::de::Error>(self) -> Result<Self::Value, E> {
+            Ok(None)
+        }
+        fn visit_some<D: Deserializer<'de>>(self, d: D) -> Result<Self::Value, D::Error> {
+            d.deserialize_str(V)
+        }
+        fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
+            let mut k = [0u8; KEY_LEN];
+            // The error never echoes the input: it might be most of a key.
+            hex::decode_to_slice(s, &mut k).map_err(|_| E::custom("key is not 64 hex digits"))?;
+            let key = MigrationKey::from_bytes(k);
+            k.zeroize();
+            Ok(Some(key))
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<MigrationKey>, D::Error> {
+        d.deserialize_option(V)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn spec(transport: Transport, key: Option<MigrationKey>) -> MigrationSpec {
+        MigrationSpec {
+            id: MigrationId([9; 16]),
+            guest: "g".into(),
+            memory: 1 << 20,
+            source: Endpoint {
+                host: "a".into(),
+                migration: "127.0.0.1:1".parse().unwrap(),
+            },
+            destination: Endpoint {
+                host: "b".into(),
+                migration: "127.0.0.1:2".parse().unwrap(),
+            },
+            mode: EncryptionMode::Opportunistic,
+            transport,
+            key,
+            nonce: 5,
+            streams: 2,
+            limits: Limits::default(),
+        }
+    }
+
+    #[test]
+    fn mode_resolution_matches_the_paper() {
+        use EncryptionMode::*;
+        use Transport::*;
+        let r = |m, s, d| resolve_transport("g", m, ("a", s), ("b", d));
+        assert_eq!(r(Disabled, true, true), Ok(Plaintext));
+        assert_eq!(r(Opportunistic, true, true), Ok(Aes256Gcm));
+        assert_eq!(r(Opportunistic, true, false), Ok(Plaintext));
+        assert_eq!(r(Required, true, true), Ok(Aes256Gcm));
+        let e = r(Required, true, false).unwrap_err();
+        assert_eq!(
+            e,
+            ModeError::EncryptionRequired {
+                guest: "g".into(),
+                host: "b".into()
+            }
+        );
+        assert!(e.to_string().contains("before any memory moved"));
+        assert!(
+            matches!(r(Required, false, true), Err(ModeError::EncryptionRequired { host, .. }) if host == "a")
+        );
+    }
+
+    #[test]
+    fn spec_round_trips_with_its_key_and_debug_hides_it() {
+        let key = MigrationKey::from_bytes([0x3c; 32]);
+        let s = spec(Transport::Aes256Gcm, Some(key.clone()));
+        s.check().unwrap();
+        let json = serde_json::to_string(&s).unwrap();
+        assert!(json.contains(&"3c".repeat(32)));
+        let back: MigrationSpec = serde_json::from_str(&json).unwrap();
+        assert_eq!(back.key, Some(key));
+        assert_eq!(back.id, s.id);
+        let dbg = format!("{s:?}");
+        assert!(!dbg.contains("3c3c") && dbg.contains("redacted"), "{dbg}");
+    }
+
+    #[test]
+    fn bad_keys_are_rejected_without_echo() {
+        let s = spec(
+            Transport::Aes256Gcm,
+            Some(MigrationKey::from_bytes([1; 32])),
+        );
+        let json = serde_json::to_string(&s)
+            .unwrap()
+            .replace(&"01".repeat(32), &"zz".repeat(32));
+        let err = serde_json::from_str::<MigrationSpec>(&json)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("not 64 hex digits") && !err.contains("zz"),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn inconsistent_specs_fail_check() {
+        assert!(spec(Transport::Aes256Gcm, None).check().is_err());
+        assert!(
+            spec(
+                Transport::Plaintext,
+                Some(MigrationKey::from_bytes([1; 32]))
+            )
+            .check()
+            .is_err()
+        );
+        let mut s = spec(Transport::Plaintext, None);
+        s.streams = 0;
+        assert!(s.check().unwrap_err().contains("streams"));
+    }
+}

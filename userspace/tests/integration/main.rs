@@ -1,0 +1,4 @@
+//! Unprivileged integration tests: real sockets on loopback, real files.
+
+mod config_files;
+mod protocol;
