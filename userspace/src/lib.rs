@@ -7,6 +7,8 @@
 //! - [`net`]: frames, AF_PACKET and ICMP sockets.
 //! - [`protocol`]: the encrypted migration protocol (AEAD backends, key
 //!   schedule, records, handshake, the migration spec).
+//! - [`guest`]: what the engine migrates: guest memory with a dirty log, and
+//!   the synthetic guest with its workloads.
 //! - [`metrics`]: Prometheus metric families.
 //! - [`dataplane`]: the embedded eBPF object, its loader and map readers.
 //! - [`lab`]: namespace topologies for the lab, the demo and the tests.
@@ -15,6 +17,7 @@
 pub mod config;
 pub mod dataplane;
 pub mod demo;
+pub mod guest;
 pub mod lab;
 pub mod metrics;
 pub mod net;
