@@ -64,7 +64,7 @@ impl DirtyBitmap {
         let end = end.min(self.pages);
         let mut p = start;
         while p < end {
-            if p % 64 == 0 && p + 64 <= end {
+            if p.is_multiple_of(64) && p + 64 <= end {
                 self.bits[p / 64] = u64::MAX;
                 p += 64;
             } else {

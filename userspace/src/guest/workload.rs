@@ -97,7 +97,7 @@ pub fn kv_get(mem: &GuestMemory, key: u64) -> Option<u64> {
 pub struct Rng(pub u64);
 
 impl Rng {
-    pub fn next(&mut self) -> u64 {
+    pub fn next_u64(&mut self) -> u64 {
         let mut x = self.0;
         x ^= x >> 12;
         x ^= x << 25;
@@ -107,7 +107,7 @@ impl Rng {
     }
 
     pub fn below(&mut self, n: u64) -> u64 {
-        ((u128::from(self.next()) * u128::from(n)) >> 64) as u64
+        ((u128::from(self.next_u64()) * u128::from(n)) >> 64) as u64
     }
 }
 
@@ -210,7 +210,7 @@ pub fn prefill(spec: &WorkloadSpec, mem: &GuestMemory, seed: u64) {
         _ => {
             let mut rng = Rng(seed | 1);
             for w in 0..mem.len() as usize / 8 {
-                mem.store(w, rng.next() | 1);
+                mem.store(w, rng.next_u64() | 1);
             }
         }
     }
