@@ -7,6 +7,7 @@
 //! - [`net`]: frames, AF_PACKET and ICMP sockets.
 //! - [`protocol`]: the encrypted migration protocol (AEAD backends, key
 //!   schedule, records, handshake, the migration spec).
+//! - [`engine`]: the live-migration engine (pre-copy, SDPS, switch-over).
 //! - [`guest`]: what the engine migrates: guest memory with a dirty log, and
 //!   the synthetic guest with its workloads.
 //! - [`metrics`]: Prometheus metric families.
@@ -17,6 +18,7 @@
 pub mod config;
 pub mod dataplane;
 pub mod demo;
+pub mod engine;
 pub mod guest;
 pub mod lab;
 pub mod metrics;

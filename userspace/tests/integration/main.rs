@@ -1,4 +1,6 @@
 //! Unprivileged integration tests: real sockets on loopback, real files.
 
 mod config_files;
+mod engine;
 mod protocol;
+mod relay;

@@ -1,0 +1,604 @@
+//! The destination side: a listener for migration streams, the specs it has
+//! accepted, and one controller per incoming migration.
+//!
+//! Pages go from each stream's records straight into guest memory. The
+//! controller waits for DONE on every stream (with the page and batch counts
+//! the source sent, checked against what arrived), the device state and
+//! PREPARE; it verifies, loads and answers READY; on GO it resumes the guest
+//! and answers RESUMED. The decision to resume or discard is taken once,
+//! under a lock, and kept for outcome queries from the source.
+
+use std::{
+    collections::{HashMap, HashSet},
+    io,
+    net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::{
+    QUERY_STREAM_BASE,
+    stats::DestinationStats,
+    wire::{self, Batch, StateAssembler},
+};
+use crate::{
+    guest::Guest,
+    metrics::ProtocolMetrics,
+    protocol::{
+        Backend, KeySchedule, MigrationId, MigrationSpec, Side, Transport,
+        handshake::{Accepted, Expectation, FLAG_OUTCOME_QUERY, StreamRegistry, server_handshake},
+        record::{Record, RecordReader, RecordWriter},
+        stream_crypto,
+    },
+};
+
+/// What became of an incoming migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pending,
+    Resumed,
+    Aborted(String),
+}
+
+/// Reported to the host when an incoming migration ends.
+pub enum DestinationEvent {
+    Resumed {
+        id: MigrationId,
+        guest: Arc<dyn Guest>,
+        stats: DestinationStats,
+    },
+    Aborted {
+        id: MigrationId,
+        guest: String,
+        reason: String,
+    },
+}
+
+type EventSink = Arc<dyn Fn(DestinationEvent) + Send + Sync>;
+
+enum Event {
+    Writer(RecordWriter<TcpStream>),
+    Control(Vec<u8>),
+    /// DONE arrived: the stream's pages are all in (ok) or some are missing.
+    StreamDone {
+        stream: u16,
+        ok: Result<(), String>,
+        bytes: u64,
+        pages: u64,
+        zero: u64,
+        open_cpu: Duration,
+    },
+    StreamEnd {
+        stream: u16,
+    },
+    StreamFailed {
+        error: String,
+    },
+}
+
+struct Incoming {
+    id: MigrationId,
+    guest: Arc<dyn Guest>,
+    transport: Transport,
+    schedule: Option<Arc<KeySchedule>>,
+    streams: u16,
+    max_record: usize,
+    verify: bool,
+    claimed: Mutex<HashSet<u16>>,
+    events: Mutex<mpsc::Sender<Event>>,
+    outcome: Mutex<Outcome>,
+    decided_at: Mutex<Option<Instant>>,
+}
+
+impl Incoming {
+    /// Takes the one decision; false if it was already taken.
+    fn decide(&self, o: Outcome) -> bool {
+        let mut cur = self.outcome.lock().expect("outcome");
+        if *cur != Outcome::Pending {
+            return false;
+        }
+        *cur = o;
+        *self.decided_at.lock().expect("decided") = Some(Instant::now());
+        true
+    }
+
+    fn send(&self, e: Event) {
+        let _ = self.events.lock().expect("events").send(e);
+    }
+}
+
+/// The migrations this host has accepted specs for.
+pub struct IncomingRegistry {
+    migrations: Mutex<HashMap<MigrationId, Arc<Incoming>>>,
+    backend: Backend,
+    metrics: Option<ProtocolMetrics>,
+    events: EventSink,
+    switchover_timeout: Duration,
+}
+
+/// How long a decided migration is kept for outcome queries.
+const KEEP_DECIDED: Duration = Duration::from_secs(600);
+
+impl IncomingRegistry {
+    pub fn new(
+        backend: Backend,
+        metrics: Option<ProtocolMetrics>,
+        switchover_timeout: Duration,
+        events: impl Fn(DestinationEvent) + Send + Sync + 'static,
+    ) -> Arc<Self> {
+        Arc::new(Self {
+            migrations: Mutex::new(HashMap::new()),
+            backend,
+            metrics,
+            events: Arc::new(events),
+            switchover_timeout,
+        })
+    }
+
+    /// Accepts `spec` with `guest` (an incoming guest of the spec's size) as
+    /// its target. The spec's key is turned into the key schedule here and
+    /// not kept.
+    pub fn prepare(
+        self: &Arc<Self>,
+        spec: &MigrationSpec,
+        guest: Arc<dyn Guest>,
+    ) -> Result<(), String> {
+        spec.check()?;
+        if guest.memory().len() != spec.memory {
+            return Err(format!(
+                "incoming guest has {} bytes, the spec says {}",
+                guest.memory().len(),
+                spec.memory
+            ));
+        }
+        let mut map = self.migrations.lock().expect("registry");
+        map.retain(|_, m| {
+            m.decided_at
+                .lock()
+                .expect("decided")
+                .is_none_or(|t| t.elapsed() < KEEP_DECIDED)
+        });
+        if map.contains_key(&spec.id) {
+            return Err(format!("migration {} is already known here", spec.id));
+        }
+        let (tx, rx) = mpsc::channel();
+        let inc = Arc::new(Incoming {
+            id: spec.id,
+            guest,
+            transport: spec.transport,
+            schedule: spec
+                .key
+                .as_ref()
+                .map(|k| Arc::new(KeySchedule::new(k, spec.nonce, &spec.id))),
+            streams: spec.streams,
+            max_record: spec.limits.max_record as usize,
+            verify: spec.limits.verify_memory,
+            claimed: Mutex::new(HashSet::new()),
+            events: Mutex::new(tx),
+            outcome: Mutex::new(Outcome::Pending),
+            decided_at: Mutex::new(None),
+        });
+        map.insert(spec.id, inc.clone());
+        drop(map);
+        // The whole migration must end within its time limit plus a switch-over.
+        let deadline = Instant::now() + spec.limits.max_time + 2 * self.switchover_timeout;
+        let (sink, timeout) = (self.events.clone(), self.switchover_timeout);
+        std::thread::Builder::new()
+            .name(format!("mig-dst-{}", &spec.id.to_string()[..8]))
+            .spawn(move || controller(inc, rx, sink, deadline, timeout))
+            .map_err(|e| format!("cannot start the migration controller: {e}"))?;
+        tracing::info!(migration = %spec.id, guest = %spec.guest, source = %spec.source.host,
+            transport = %spec.transport, streams = spec.streams, "incoming migration prepared");
+        Ok(())
+    }
+
+    pub fn outcome(&self, id: &MigrationId) -> Option<Outcome> {
+        self.migrations
+            .lock()
+            .expect("registry")
+            .get(id)
+            .map(|m| m.outcome.lock().expect("outcome").clone())
+    }
+
+    /// Cancels a pending incoming migration (the coordinator gave up on it).
+    pub fn abort(&self, id: &MigrationId, reason: &str) {
+        if let Some(m) = self.migrations.lock().expect("registry").get(id) {
+            m.send(Event::Control(
+                [&[wire::ABORT][..], reason.as_bytes()].concat(),
+            ));
+        }
+    }
+
+    fn get(&self, id: &MigrationId) -> Option<Arc<Incoming>> {
+        self.migrations.lock().expect("registry").get(id).cloned()
+    }
+}
+
+impl StreamRegistry for IncomingRegistry {
+    fn expect(&self, id: &MigrationId) -> Option<Expectation> {
+        self.get(id).map(|m| Expectation {
+            transport: m.transport,
+            schedule: m.schedule.clone(),
+            streams: m.streams,
+        })
+    }
+
+    fn claim(&self, id: &MigrationId, stream: u16, flags: u16) -> bool {
+        let Some(m) = self.get(id) else { return false };
+        let query = flags & FLAG_OUTCOME_QUERY != 0;
+        // Queries use their own index range; data streams only while pending.
+        if query != (stream >= QUERY_STREAM_BASE) {
+            return false;
+        }
+        if !query && *m.outcome.lock().expect("outcome") != Outcome::Pending {
+            return false;
+        }
+        m.claimed.lock().expect("claimed").insert(stream)
+    }
+}
+
+/// Accepts migration streams on a TCP address.
+pub struct MigrationListener {
+    addr: SocketAddr,
+    stop: Arc<AtomicBool>,
+    handle: Option<JoinHandle<()>>,
+}
+
+impl MigrationListener {
+    pub fn bind(addr: SocketAddr, registry: Arc<IncomingRegistry>) -> io::Result<Self> {
+        let listener = TcpListener::bind(addr)?;
+        let addr = listener.local_addr()?;
+        let stop = Arc::new(AtomicBool::new(false));
+        let s = stop.clone();
+        let handle = std::thread::Builder::new()
+            .name("mig-listen".into())
+            .spawn(move || {
+                for conn in listener.incoming() {
+                    if s.load(Ordering::Relaxed) {
+                        return;
+                    }
+                    let Ok(sock) = conn else { continue };
+                    let r = registry.clone();
+                    let _ = std::thread::Builder::new()
+                        .name("mig-dst-stream".into())
+                        .spawn(move || serve_stream(sock, &r));
+                }
+            })?;
+        Ok(Self {
+            addr,
+            stop,
+            handle: Some(handle),
+        })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Drop for MigrationListener {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        // Wake the accept loop.
+        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        if let Some(h) = self.handle.take() {
+            let _ = h.join();
+        }
+    }
+}
+
+fn serve_stream(mut sock: TcpStream, registry: &IncomingRegistry) {
+    let peer = sock.peer_addr().ok();
+    sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
+    let acc = match server_handshake(
+        &mut sock,
+        registry,
+        registry.backend,
+        registry.metrics.as_ref(),
+    ) {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(peer = ?peer, error = %e, "refused a migration stream");
+            let _ = sock.shutdown(Shutdown::Both);
+            return;
+        }
+    };
+    let Some(inc) = registry.get(&acc.id) else {
+        return;
+    };
+    sock.set_nodelay(true).ok();
+    if acc.flags & FLAG_OUTCOME_QUERY != 0 {
+        answer_query(sock, &acc, &inc, registry);
+        return;
+    }
+    // A silent peer (a dead host, a black-holing middlebox) ends the stream
+    // instead of blocking it for ever.
+    sock.set_read_timeout(Some(registry.switchover_timeout))
+        .ok();
+    sock.set_write_timeout(Some(registry.switchover_timeout))
+        .ok();
+    receive(sock, &acc, &inc, registry);
+}
+
+fn answer_query(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingRegistry) {
+    let (tx, rx) = stream_crypto(
+        inc.schedule.as_deref(),
+        registry.backend,
+        acc.stream,
+        Side::Destination,
+    );
+    let Ok(wsock) = sock.try_clone() else { return };
+    let mut r = RecordReader::new(sock, rx, 64, registry.metrics.clone());
+    if !matches!(r.read_record(), Ok(Record::Data([wire::QUERY]))) {
+        return;
+    }
+    let code = match &*inc.outcome.lock().expect("outcome") {
+        Outcome::Pending => 0,
+        Outcome::Resumed => 1,
+        Outcome::Aborted(_) => 2,
+    };
+    let mut w = RecordWriter::new(wsock, tx, 64);
+    let _ = w.send_bytes(&[wire::OUTCOME, code]);
+    let _ = w.finish();
+}
+
+fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingRegistry) {
+    let stream = acc.stream;
+    let (tx, rx) = stream_crypto(
+        inc.schedule.as_deref(),
+        registry.backend,
+        stream,
+        Side::Destination,
+    );
+    if stream == 0 {
+        match sock.try_clone() {
+            Ok(w) => inc.send(Event::Writer(RecordWriter::new(w, tx, inc.max_record))),
+            Err(e) => {
+                inc.send(Event::StreamFailed {
+                    error: e.to_string(),
+                });
+                return;
+            }
+        }
+    }
+    let mem = inc.guest.memory();
+    let pages_total = mem.pages();
+    let mut r = RecordReader::new(sock, rx, inc.max_record, registry.metrics.clone());
+    let (mut pages, mut zero, mut batches) = (0u64, 0u64, 0u64);
+    let fail = |error: String| inc.send(Event::StreamFailed { error });
+    loop {
+        match r.read_record() {
+            Ok(Record::Data(m)) => match m.first() {
+                Some(&wire::PAGES) => {
+                    let batch = match Batch::parse(m, pages_total) {
+                        Ok(b) => b,
+                        Err(e) => return fail(format!("stream {stream}: {e}")),
+                    };
+                    for (p, data) in batch.pages() {
+                        let p = p as usize;
+                        if super::stream_of(p, inc.streams as usize) != stream as usize {
+                            return fail(format!(
+                                "stream {stream}: page {p} belongs to another stream"
+                            ));
+                        }
+                        match data {
+                            Some(d) => mem.write_page(p, d),
+                            None => {
+                                mem.zero_page(p);
+                                zero += 1;
+                            }
+                        }
+                        pages += 1;
+                    }
+                    batches += 1;
+                }
+                Some(&wire::DONE) => {
+                    let ok = match wire::parse_done(m) {
+                        Some((p, b)) if p == pages && b == batches => Ok(()),
+                        Some((p, b)) => Err(format!(
+                            "stream {stream}: the source sent {p} pages in {b} batches, {pages} pages in {batches} batches arrived"
+                        )),
+                        None => Err(format!("stream {stream}: malformed DONE")),
+                    };
+                    inc.send(Event::StreamDone {
+                        stream,
+                        ok,
+                        bytes: r.wire_bytes,
+                        pages,
+                        zero,
+                        open_cpu: r.open_cpu,
+                    });
+                }
+                Some(_) if stream == 0 => inc.send(Event::Control(m.to_vec())),
+                _ => return fail(format!("stream {stream}: unexpected message")),
+            },
+            Ok(Record::End) => {
+                inc.send(Event::StreamEnd { stream });
+                return;
+            }
+            Err(e) => {
+                if *inc.outcome.lock().expect("outcome") == Outcome::Pending {
+                    tracing::warn!(migration = %inc.id, stream, error = %e, reason = e.reason(), "migration stream failed");
+                }
+                inc.send(Event::StreamEnd { stream });
+                return fail(format!("stream {stream}: {e}"));
+            }
+        }
+    }
+}
+
+fn controller(
+    inc: Arc<Incoming>,
+    rx: mpsc::Receiver<Event>,
+    sink: EventSink,
+    deadline: Instant,
+    timeout: Duration,
+) {
+    let mut writer: Option<RecordWriter<TcpStream>> = None;
+    let mut done: HashSet<u16> = HashSet::new();
+    let mut state = StateAssembler::default();
+    let mut digest: Option<u128> = None;
+    let mut prepared: Option<Instant> = None;
+    let mut ready_sent = false;
+    let mut stats = DestinationStats::default();
+    let mut ended: HashSet<u16> = HashSet::new();
+    let name = inc.guest.name().to_string();
+
+    let abort = |writer: &mut Option<RecordWriter<TcpStream>>, reason: String| {
+        if inc.decide(Outcome::Aborted(reason.clone())) {
+            tracing::warn!(migration = %inc.id, guest = %name, reason = %reason, "incoming migration aborted, guest discarded");
+            if let Some(w) = writer.as_mut() {
+                let _ = w.send_bytes(&[&[wire::FAILED][..], reason.as_bytes()].concat());
+                let _ = w.get_ref().shutdown(Shutdown::Both);
+            }
+            inc.guest.release();
+            sink(DestinationEvent::Aborted {
+                id: inc.id,
+                guest: name.clone(),
+                reason,
+            });
+        }
+    };
+
+    loop {
+        let now = Instant::now();
+        // Before READY the source may be slow; after it, GO must come in time.
+        let limit = match prepared {
+            Some(t) if ready_sent => deadline.min(t + timeout),
+            _ => deadline,
+        };
+        if now >= limit {
+            let why = if ready_sent {
+                "no GO from the source in time"
+            } else {
+                "the migration did not finish in time"
+            };
+            return abort(&mut writer, why.into());
+        }
+        let ev = match rx.recv_timeout(limit - now) {
+            Ok(e) => e,
+            Err(mpsc::RecvTimeoutError::Timeout) => continue,
+            Err(mpsc::RecvTimeoutError::Disconnected) => {
+                return abort(&mut writer, "registry dropped".into());
+            }
+        };
+        if *inc.outcome.lock().expect("outcome") != Outcome::Pending {
+            // Decided: only collect the receivers' statistics.
+            if let Event::StreamEnd { stream, .. } = ev {
+                ended.insert(stream);
+            }
+            if ended.len() >= inc.streams as usize {
+                return;
+            }
+            continue;
+        }
+        match ev {
+            Event::Writer(w) => writer = Some(w),
+            Event::StreamDone {
+                stream,
+                ok,
+                bytes,
+                pages,
+                zero,
+                open_cpu,
+            } => match ok {
+                Ok(()) => {
+                    done.insert(stream);
+                    stats.received_bytes += bytes;
+                    stats.pages += pages;
+                    stats.zero_pages += zero;
+                    stats.open_cpu_seconds += open_cpu.as_secs_f64();
+                }
+                Err(e) => return abort(&mut writer, e),
+            },
+            Event::StreamEnd { stream } => {
+                ended.insert(stream);
+            }
+            Event::StreamFailed { error, .. } => return abort(&mut writer, error),
+            Event::Control(m) => match m.first() {
+                Some(&wire::STATE) => {
+                    if let Err(e) = state.push(&m) {
+                        return abort(&mut writer, format!("device state: {e}"));
+                    }
+                }
+                Some(&wire::DIGEST) if m.len() == 17 => {
+                    digest = Some(u128::from_be_bytes(m[1..17].try_into().expect("16 bytes")));
+                }
+                Some(&wire::PREPARE) => prepared = Some(Instant::now()),
+                Some(&wire::ABORT) => {
+                    return abort(
+                        &mut writer,
+                        format!("the source aborted: {}", String::from_utf8_lossy(&m[1..])),
+                    );
+                }
+                Some(&wire::GO) if ready_sent => {
+                    if !inc.decide(Outcome::Resumed) {
+                        return;
+                    }
+                    if let Err(e) = inc.guest.resume() {
+                        // Decided already: the source has released its copy.
+                        tracing::error!(migration = %inc.id, error = %e, "resume after GO failed");
+                    }
+                    let resumed_at = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map(|d| d.as_nanos() as u64)
+                        .unwrap_or(0);
+                    if let Some(w) = writer.as_mut() {
+                        let mut msg = vec![wire::RESUMED];
+                        msg.extend_from_slice(&resumed_at.to_be_bytes());
+                        let _ = w.send_bytes(&msg);
+                        let _ = w.finish();
+                    }
+                    tracing::info!(migration = %inc.id, guest = %name, "incoming migration: guest resumed here");
+                    sink(DestinationEvent::Resumed {
+                        id: inc.id,
+                        guest: inc.guest.clone(),
+                        stats: stats.clone(),
+                    });
+                    continue;
+                }
+                _ => return abort(&mut writer, "unexpected control message".into()),
+            },
+        }
+        // Ready to verify: PREPARE seen, every stream DONE, stream 0 writable.
+        if let (Some(t), false) = (prepared, ready_sent)
+            && done.len() == inc.streams as usize
+            && writer.is_some()
+        {
+            let Some(ds) = state.complete() else {
+                return abort(&mut writer, "PREPARE before the whole device state".into());
+            };
+            if inc.verify {
+                let Some(want) = digest else {
+                    return abort(
+                        &mut writer,
+                        "memory verification was asked for but no digest arrived".into(),
+                    );
+                };
+                let got = inc.guest.memory().digest(2);
+                stats.memory_identical = Some(got == want);
+                if got != want {
+                    return abort(
+                        &mut writer,
+                        "guest memory differs from the source's at stun (digest mismatch)".into(),
+                    );
+                }
+            }
+            if let Err(e) = inc.guest.restore_state(ds) {
+                return abort(&mut writer, format!("loading device state: {e}"));
+            }
+            stats.verify_seconds = t.elapsed().as_secs_f64();
+            let w = writer.as_mut().expect("checked");
+            if let Err(e) = w.send_bytes(&[wire::READY]) {
+                return abort(&mut writer, format!("sending READY: {e}"));
+            }
+            ready_sent = true;
+            prepared = Some(Instant::now());
+        }
+    }
+}

@@ -1,0 +1,82 @@
+//! The live-migration engine: iterative pre-copy with SDPS throttling,
+//! a two-step switch-over that never lets a guest run on two hosts, and the
+//! destination that writes pages straight into guest memory.
+//!
+//! It moves any [`crate::guest::Guest`] over the encrypted protocol
+//! ([`crate::protocol`]), on N TCP streams. Page `p` always travels on
+//! stream `(p / 64) % N`, so the copies of one page from successive passes
+//! arrive in order without any cross-stream synchronisation.
+
+pub mod destination;
+pub mod source;
+pub mod stats;
+pub mod wire;
+
+use std::time::Duration;
+
+pub use destination::{DestinationEvent, IncomingRegistry, MigrationListener, Outcome};
+pub use source::{SourceOptions, migrate_out};
+pub use stats::{DestinationStats, MigrationResult, MigrationStats, PassStats, Phase, Progress};
+
+use crate::{guest::GuestError, protocol::ProtocolError};
+
+/// Pages per partition unit: page p goes on stream (p / CHUNK_PAGES) % streams.
+pub const CHUNK_PAGES: usize = 64;
+
+/// The stream a page travels on.
+pub fn stream_of(page: usize, streams: usize) -> usize {
+    (page / CHUNK_PAGES) % streams
+}
+
+/// Outcome-query streams use indexes from here up (data streams are < 64),
+/// one per attempt, so no two queries share keys and nonces.
+pub const QUERY_STREAM_BASE: u16 = 0xff00;
+
+/// How long either end waits for the other during switch-over.
+pub const DEFAULT_SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Debug, thiserror::Error)]
+pub enum MigrationError {
+    #[error("invalid spec: {0}")]
+    Spec(String),
+    #[error("connecting stream {stream} to {addr}: {source}")]
+    Connect {
+        stream: u16,
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("stream {stream}: {source}")]
+    Stream {
+        stream: u16,
+        #[source]
+        source: ProtocolError,
+    },
+    #[error("guest: {0}")]
+    Guest(#[from] GuestError),
+    #[error(
+        "gave up after {passes} passes and {seconds:.1}s: {remaining} bytes still dirty (max_time reached)"
+    )]
+    GaveUp {
+        passes: u32,
+        seconds: f64,
+        remaining: u64,
+    },
+    #[error("the destination failed: {0}")]
+    Destination(String),
+    #[error("the destination did not answer within {0:?} during switch-over")]
+    SwitchoverTimeout(Duration),
+    #[error(
+        "cannot tell whether the destination resumed the guest ({0}); the guest stays stunned on the source until an operator decides"
+    )]
+    InDoubt(String),
+    #[error("cancelled: {0}")]
+    Cancelled(String),
+}
+
+impl MigrationError {
+    /// True when the guest is known to be running on the source afterwards.
+    pub fn guest_kept(&self) -> bool {
+        !matches!(self, MigrationError::InDoubt(_))
+    }
+}

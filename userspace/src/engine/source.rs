@@ -1,0 +1,922 @@
+//! The source side of a migration.
+//!
+//! ```text
+//! connect + handshake N streams          (setup)
+//! start the dirty log
+//! pass 0: every page; pass k: pages dirtied during pass k-1
+//!   after each pass: dirty rate, transfer rate, predicted downtime;
+//!   converged when the predicted downtime fits the limit;
+//!   SDPS: when the guest dirtied more than half of what was sent, throttle
+//!   it harder (initial, +step per pass, up to max)
+//! stun; final pass; DONE on every stream; device state (+ digest); PREPARE
+//! READY from the destination  -> from here on the source never resumes it
+//! GO; RESUMED                 -> release the guest
+//! ```
+//! Any failure before GO resumes the guest here (it never stopped running
+//! before the stun). If the link fails after GO, the source asks the
+//! destination what it did (an authenticated outcome query) and follows its
+//! answer; if it cannot get one, the guest stays stunned: never on two hosts.
+
+use std::{
+    net::{Shutdown, SocketAddr, TcpStream},
+    sync::{
+        Arc,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use super::{
+    CHUNK_PAGES, DEFAULT_SWITCHOVER_TIMEOUT, MigrationError, QUERY_STREAM_BASE,
+    stats::{MigrationResult, MigrationStats, PassStats, Phase, Progress},
+    wire,
+};
+use crate::{
+    guest::{DirtyBitmap, Guest, PAGE_SIZE},
+    metrics::ProtocolMetrics,
+    protocol::{
+        Backend, KeySchedule, MigrationSpec, ProtocolError, Side,
+        handshake::{FLAG_OUTCOME_QUERY, client_handshake},
+        record::{Crypto, Record, RecordReader, RecordWriter},
+        stream_crypto,
+    },
+};
+
+/// How the source runs.
+#[derive(Clone)]
+pub struct SourceOptions {
+    pub backend: Backend,
+    pub metrics: Option<ProtocolMetrics>,
+    pub connect_timeout: Duration,
+    pub switchover_timeout: Duration,
+    /// Use the software dirty log even where the kernel one works.
+    pub software_dirty_log: bool,
+    /// Set to cancel the migration (honoured before the switch-over).
+    pub cancel: Option<Arc<AtomicBool>>,
+    /// How often progress is reported during a pass.
+    pub progress_every: Duration,
+}
+
+impl Default for SourceOptions {
+    fn default() -> Self {
+        Self {
+            backend: Backend::default(),
+            metrics: None,
+            connect_timeout: Duration::from_secs(10),
+            switchover_timeout: DEFAULT_SWITCHOVER_TIMEOUT,
+            software_dirty_log: false,
+            cancel: None,
+            progress_every: Duration::from_millis(250),
+        }
+    }
+}
+
+/// A failed migration: why, and what had happened until then.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Failed {
+    #[source]
+    pub error: MigrationError,
+    pub stats: Box<MigrationStats>,
+}
+
+enum Cmd {
+    Pass { pass: u32, pages: Arc<DirtyBitmap> },
+    Message(Vec<u8>),
+    Done,
+    Finish,
+}
+
+enum Report {
+    PassDone { pages: u64, zero: u64, bytes: u64 },
+    Error { stream: u16, error: ProtocolError },
+}
+
+#[derive(Default)]
+struct Live {
+    bytes: AtomicU64,
+}
+
+struct SenderEnd {
+    seal_cpu: Duration,
+    wire_bytes: u64,
+}
+
+struct Sender {
+    tx: mpsc::Sender<Cmd>,
+    sock: TcpStream,
+    handle: JoinHandle<SenderEnd>,
+}
+
+#[allow(clippy::too_many_arguments)]
+fn sender_loop(
+    stream: u16,
+    streams: usize,
+    sock: TcpStream,
+    crypto: Option<Crypto>,
+    max_record: usize,
+    guest: Arc<dyn Guest>,
+    rx: mpsc::Receiver<Cmd>,
+    reports: mpsc::Sender<Report>,
+    live: Arc<Live>,
+    bandwidth: Option<u64>,
+) -> SenderEnd {
+    let mut w = RecordWriter::new(sock, crypto, max_record);
+    let per_batch = wire::pages_per_batch(max_record);
+    let (mut total_pages, mut total_batches) = (0u64, 0u64);
+    let start = Instant::now();
+    let pace = |w: &RecordWriter<TcpStream>| {
+        if let Some(bw) = bandwidth {
+            let per_stream = (bw / streams as u64).max(1);
+            let due = Duration::from_secs_f64(w.wire_bytes as f64 / per_stream as f64);
+            let now = start.elapsed();
+            if due > now {
+                std::thread::sleep(due - now);
+            }
+        }
+    };
+    let fail = |e: std::io::Error| Report::Error {
+        stream,
+        error: ProtocolError::Io(e),
+    };
+    while let Ok(cmd) = rx.recv() {
+        match cmd {
+            Cmd::Pass { pass, pages } => {
+                let mem = guest.memory();
+                let (mut sent, mut zero) = (0u64, 0u64);
+                let before = w.wire_bytes;
+                let chunks = pages.pages().div_ceil(CHUNK_PAGES);
+                let mut chunk = stream as usize;
+                let mut pending = pages.iter_range(0, 0).peekable(); // empty
+                let result: std::io::Result<()> = (|| {
+                    loop {
+                        let mut b = wire::BatchBuilder::new(w.payload_mut(), pass, per_batch);
+                        while !b.is_full() {
+                            if pending.peek().is_none() {
+                                if chunk >= chunks {
+                                    break;
+                                }
+                                pending = pages
+                                    .iter_range(chunk * CHUNK_PAGES, (chunk + 1) * CHUNK_PAGES)
+                                    .peekable();
+                                chunk += streams;
+                                continue;
+                            }
+                            let p = pending.next().expect("peeked");
+                            if b.push(p as u32, |buf| mem.read_page(p, buf)) {
+                                zero += 1;
+                            }
+                            sent += 1;
+                        }
+                        if b.is_empty() {
+                            return Ok(());
+                        }
+                        let len = b.finish();
+                        let wb = w.wire_bytes;
+                        w.send(len)?;
+                        total_batches += 1;
+                        live.bytes.fetch_add(w.wire_bytes - wb, Ordering::Relaxed);
+                        pace(&w);
+                    }
+                })();
+                total_pages += sent;
+                match result {
+                    Ok(()) => {
+                        let _ = reports.send(Report::PassDone {
+                            pages: sent,
+                            zero,
+                            bytes: w.wire_bytes - before,
+                        });
+                    }
+                    Err(e) => {
+                        let _ = reports.send(fail(e));
+                        break;
+                    }
+                }
+            }
+            Cmd::Message(m) => {
+                let wb = w.wire_bytes;
+                if let Err(e) = w.send_bytes(&m) {
+                    let _ = reports.send(fail(e));
+                    break;
+                }
+                live.bytes.fetch_add(w.wire_bytes - wb, Ordering::Relaxed);
+            }
+            Cmd::Done => {
+                if let Err(e) = w.send_bytes(&wire::done(total_pages, total_batches)) {
+                    let _ = reports.send(fail(e));
+                    break;
+                }
+            }
+            Cmd::Finish => {
+                let _ = w.finish();
+                break;
+            }
+        }
+    }
+    SenderEnd {
+        seal_cpu: w.seal_cpu,
+        wire_bytes: w.wire_bytes,
+    }
+}
+
+/// Messages from the destination on stream 0, or why they stopped.
+enum Inbound {
+    Msg(Vec<u8>),
+    Closed(ProtocolError),
+}
+
+fn reader_loop(
+    sock: TcpStream,
+    crypto: Option<Crypto>,
+    max_record: usize,
+    metrics: Option<ProtocolMetrics>,
+    tx: mpsc::Sender<Inbound>,
+) {
+    let mut r = RecordReader::new(sock, crypto, max_record, metrics);
+    loop {
+        match r.read_record() {
+            Ok(Record::Data(d)) => {
+                if tx.send(Inbound::Msg(d.to_vec())).is_err() {
+                    return;
+                }
+            }
+            Ok(Record::End) => {
+                let _ = tx.send(Inbound::Closed(ProtocolError::Truncated {
+                    records: r.records(),
+                }));
+                return;
+            }
+            Err(e) => {
+                let _ = tx.send(Inbound::Closed(e));
+                return;
+            }
+        }
+    }
+}
+
+/// Opens and handshakes one stream.
+#[allow(clippy::too_many_arguments)]
+fn open_stream(
+    spec: &MigrationSpec,
+    schedule: Option<&KeySchedule>,
+    opts: &SourceOptions,
+    addr: SocketAddr,
+    index: u16,
+    streams: u16,
+    flags: u16,
+) -> Result<TcpStream, MigrationError> {
+    let mut s = TcpStream::connect_timeout(&addr, opts.connect_timeout).map_err(|source| {
+        MigrationError::Connect {
+            stream: index,
+            addr,
+            source,
+        }
+    })?;
+    s.set_nodelay(true).ok();
+    s.set_read_timeout(Some(opts.connect_timeout)).ok();
+    client_handshake(
+        &mut s,
+        &spec.id,
+        spec.transport,
+        schedule,
+        opts.backend,
+        index,
+        streams,
+        flags,
+    )
+    .map_err(|source| MigrationError::Stream {
+        stream: index,
+        source,
+    })?;
+    s.set_read_timeout(None).ok();
+    // A destination that stops reading (dead, or a black-holing path) fails
+    // the migration instead of blocking a sender for ever.
+    s.set_write_timeout(Some(opts.switchover_timeout)).ok();
+    Ok(s)
+}
+
+/// Asks the destination what became of the migration, over a fresh,
+/// authenticated query stream. Some(true): it resumed the guest.
+fn query_outcome(
+    spec: &MigrationSpec,
+    schedule: Option<&KeySchedule>,
+    opts: &SourceOptions,
+) -> Result<Option<bool>, String> {
+    let mut last = String::new();
+    for attempt in 0..8u16 {
+        let index = QUERY_STREAM_BASE + attempt;
+        let r = (|| -> Result<Option<bool>, String> {
+            let s = open_stream(
+                spec,
+                schedule,
+                opts,
+                spec.destination.migration,
+                index,
+                spec.streams,
+                FLAG_OUTCOME_QUERY,
+            )
+            .map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(opts.connect_timeout)).ok();
+            let (tx, rx) = stream_crypto(schedule, opts.backend, index, Side::Source);
+            let mut w = RecordWriter::new(s.try_clone().map_err(|e| e.to_string())?, tx, 64);
+            w.send_bytes(&[wire::QUERY]).map_err(|e| e.to_string())?;
+            let mut r = RecordReader::new(s, rx, 64, opts.metrics.clone());
+            match r.read_record().map_err(|e| e.to_string())? {
+                Record::Data([wire::OUTCOME, 1]) => Ok(Some(true)),
+                Record::Data([wire::OUTCOME, 2]) => Ok(Some(false)),
+                Record::Data([wire::OUTCOME, _]) => Ok(None),
+                _ => Err("unexpected answer to an outcome query".into()),
+            }
+        })();
+        match r {
+            Ok(Some(v)) => return Ok(Some(v)),
+            // The destination has not decided yet: ask again shortly.
+            Ok(None) => last = "the destination has not decided yet".into(),
+            Err(e) => last = e,
+        }
+        std::thread::sleep(Duration::from_millis(250 << attempt.min(4)));
+    }
+    Err(last)
+}
+
+struct Run<'a> {
+    spec: &'a MigrationSpec,
+    start: Instant,
+    stats: MigrationStats,
+}
+
+impl Run<'_> {
+    fn fail(mut self, error: MigrationError) -> Failed {
+        self.stats.result = MigrationResult::Failed;
+        self.stats.error = Some(error.to_string());
+        self.stats.total_seconds = self.start.elapsed().as_secs_f64();
+        tracing::warn!(migration = %self.spec.id, guest = %self.spec.guest, error = %error,
+            guest_kept = error.guest_kept(), "migration failed");
+        Failed {
+            error,
+            stats: Box::new(self.stats),
+        }
+    }
+}
+
+/// Migrates `guest` to the destination named in `spec`. On success the guest
+/// has been released here and runs on the destination; on failure it runs
+/// here (unless the error is [`MigrationError::InDoubt`]).
+pub fn migrate_out(
+    guest: Arc<dyn Guest>,
+    spec: &MigrationSpec,
+    opts: &SourceOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<MigrationStats, Failed> {
+    let start = Instant::now();
+    let mem_bytes = guest.memory().len();
+    let mut run = Run {
+        spec,
+        start,
+        stats: MigrationStats {
+            id: spec.id,
+            guest: spec.guest.clone(),
+            source: spec.source.host.clone(),
+            destination: spec.destination.host.clone(),
+            result: MigrationResult::Failed,
+            error: None,
+            mode: spec.mode,
+            transport: spec.transport,
+            backend: opts.backend.name().into(),
+            streams: spec.streams,
+            total_seconds: 0.0,
+            setup_seconds: 0.0,
+            downtime_seconds: 0.0,
+            downtime_limit_seconds: spec.limits.downtime_limit.as_secs_f64(),
+            transferred_bytes: 0,
+            total_bytes: mem_bytes,
+            remaining_bytes: mem_bytes,
+            normal_pages: 0,
+            zero_pages: 0,
+            passes: 0,
+            dirty_rate: 0.0,
+            transfer_rate: 0.0,
+            throttle_percent: 0,
+            throttle_max_percent: 0,
+            stunned_bytes: 0,
+            device_state_bytes: 0,
+            seal_cpu_seconds: 0.0,
+            dirty_log: String::new(),
+            memory_identical: None,
+            pass_history: Vec::new(),
+        },
+    };
+    if let Err(e) = spec.check() {
+        return Err(run.fail(MigrationError::Spec(e)));
+    }
+    if mem_bytes != spec.memory {
+        return Err(run.fail(MigrationError::Spec(format!(
+            "guest has {mem_bytes} bytes, the spec says {}",
+            spec.memory
+        ))));
+    }
+    let schedule = spec
+        .key
+        .as_ref()
+        .map(|k| KeySchedule::new(k, spec.nonce, &spec.id));
+    let streams = spec.streams as usize;
+    let max_record = spec.limits.max_record as usize;
+    tracing::info!(migration = %spec.id, guest = %spec.guest, destination = %spec.destination.host,
+        transport = %spec.transport, streams, "migration: setup");
+    progress(&Progress {
+        phase: Phase::Setup,
+        total_bytes: mem_bytes,
+        remaining_bytes: mem_bytes,
+        ..Default::default()
+    });
+
+    // Setup: all streams, in parallel.
+    let socks: Vec<Result<TcpStream, MigrationError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..spec.streams)
+            .map(|i| {
+                let sched = schedule.as_ref();
+                s.spawn(move || {
+                    open_stream(
+                        spec,
+                        sched,
+                        opts,
+                        spec.destination.migration,
+                        i,
+                        spec.streams,
+                        0,
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("connect thread"))
+            .collect()
+    });
+    let mut connected = Vec::new();
+    for s in socks {
+        match s {
+            Ok(s) => connected.push(s),
+            Err(e) => {
+                for c in &connected {
+                    let _ = c.shutdown(Shutdown::Both);
+                }
+                return Err(run.fail(e));
+            }
+        }
+    }
+    let live = Arc::new(Live::default());
+    let (rep_tx, rep_rx) = mpsc::channel();
+    let (in_tx, in_rx) = mpsc::channel();
+    let mut senders = Vec::new();
+    let mut reader = None;
+    for (i, sock) in connected.into_iter().enumerate() {
+        let (tx_crypto, rx_crypto) =
+            stream_crypto(schedule.as_ref(), opts.backend, i as u16, Side::Source);
+        if i == 0 {
+            let rs = sock.try_clone().expect("clone stream 0");
+            let (m, t) = (opts.metrics.clone(), in_tx.clone());
+            reader = Some(
+                std::thread::Builder::new()
+                    .name("mig-src-rx".into())
+                    .spawn(move || reader_loop(rs, rx_crypto, max_record, m, t))
+                    .expect("spawn"),
+            );
+        }
+        let (tx, rx) = mpsc::channel();
+        let (g, r, l, bw) = (
+            guest.clone(),
+            rep_tx.clone(),
+            live.clone(),
+            spec.limits.bandwidth,
+        );
+        let ws = sock.try_clone().expect("clone stream");
+        let handle = std::thread::Builder::new()
+            .name(format!("mig-src-{i}"))
+            .spawn(move || {
+                sender_loop(
+                    i as u16, streams, ws, tx_crypto, max_record, g, rx, r, l, bw,
+                )
+            })
+            .expect("spawn sender");
+        senders.push(Sender { tx, sock, handle });
+    }
+    drop(in_tx);
+    run.stats.setup_seconds = start.elapsed().as_secs_f64();
+
+    let shutdown = |senders: Vec<Sender>, graceful: bool| -> (Duration, u64) {
+        let mut cpu = Duration::ZERO;
+        let mut bytes = 0;
+        for s in &senders {
+            if graceful {
+                let _ = s.tx.send(Cmd::Finish);
+            } else {
+                let _ = s.sock.shutdown(Shutdown::Both);
+            }
+        }
+        for s in senders {
+            drop(s.tx);
+            if let Ok(end) = s.handle.join() {
+                cpu += end.seal_cpu;
+                bytes += end.wire_bytes;
+            }
+            let _ = s.sock.shutdown(Shutdown::Both);
+        }
+        (cpu, bytes)
+    };
+
+    // Abort before the guest was stunned: it never stopped running here.
+    macro_rules! abort_running {
+        ($err:expr) => {{
+            guest.set_throttle(0);
+            guest.memory().stop_dirty_log();
+            if let Some(s) = senders.first() {
+                let _ = s.tx.send(Cmd::Message(
+                    [&[wire::ABORT][..], b"source aborted"].concat(),
+                ));
+            }
+            let (cpu, bytes) = shutdown(senders, false);
+            run.stats.seal_cpu_seconds = cpu.as_secs_f64();
+            run.stats.transferred_bytes = bytes;
+            if let Some(r) = reader.take() {
+                let _ = r.join();
+            }
+            return Err(run.fail($err));
+        }};
+    }
+
+    let kind = match guest.memory().start_dirty_log(opts.software_dirty_log) {
+        Ok(k) => k,
+        Err(e) => abort_running!(MigrationError::Guest(crate::guest::GuestError::Memory(e))),
+    };
+    run.stats.dirty_log = format!("{kind:?}").to_lowercase();
+
+    let pages = guest.memory().pages();
+    let mut to_send = Arc::new(DirtyBitmap::all(pages));
+    let mut pass = 0u32;
+    let mut throttle = 0u8;
+
+    // Early refusal by the destination (it never sends anything before READY otherwise).
+    let check_inbound = |in_rx: &mpsc::Receiver<Inbound>| -> Option<MigrationError> {
+        match in_rx.try_recv() {
+            Ok(Inbound::Msg(m)) if m.first() == Some(&wire::FAILED) => Some(
+                MigrationError::Destination(String::from_utf8_lossy(&m[1..]).into_owned()),
+            ),
+            Ok(Inbound::Msg(_)) => Some(MigrationError::Destination(
+                "unexpected message before switch-over".into(),
+            )),
+            Ok(Inbound::Closed(e)) => Some(MigrationError::Stream {
+                stream: 0,
+                source: e,
+            }),
+            Err(_) => None,
+        }
+    };
+
+    // Runs one pass over `bitmap` on every stream, reporting progress.
+    let tick = opts.progress_every.min(Duration::from_millis(50));
+    let run_pass = |pass: u32,
+                    bitmap: &Arc<DirtyBitmap>,
+                    senders: &[Sender],
+                    progress: &mut dyn FnMut(&Progress),
+                    phase: Phase,
+                    throttle: u8|
+     -> Result<(u64, u64, u64), MigrationError> {
+        let mut last_progress = Instant::now();
+        for s in senders {
+            let _ = s.tx.send(Cmd::Pass {
+                pass,
+                pages: bitmap.clone(),
+            });
+        }
+        let (mut pages, mut zero, mut bytes) = (0, 0, 0);
+        let mut left = senders.len();
+        let total = bitmap.count() as u64 * PAGE_SIZE as u64;
+        let base = live.bytes.load(Ordering::Relaxed);
+        while left > 0 {
+            match rep_rx.recv_timeout(tick) {
+                Ok(Report::PassDone {
+                    pages: p,
+                    zero: z,
+                    bytes: b,
+                }) => {
+                    pages += p;
+                    zero += z;
+                    bytes += b;
+                    left -= 1;
+                }
+                Ok(Report::Error { stream, error }) => {
+                    return Err(MigrationError::Stream {
+                        stream,
+                        source: error,
+                    });
+                }
+                Err(mpsc::RecvTimeoutError::Timeout) => {
+                    // The destination may have given up (FAILED on stream 0).
+                    if let Some(e) = check_inbound(&in_rx) {
+                        return Err(e);
+                    }
+                    if last_progress.elapsed() < opts.progress_every {
+                        continue;
+                    }
+                    last_progress = Instant::now();
+                    let sent = live.bytes.load(Ordering::Relaxed) - base;
+                    progress(&Progress {
+                        phase,
+                        pass,
+                        elapsed_seconds: start.elapsed().as_secs_f64(),
+                        transferred_bytes: live.bytes.load(Ordering::Relaxed),
+                        total_bytes: mem_bytes,
+                        remaining_bytes: total.saturating_sub(sent),
+                        throttle_percent: throttle,
+                        ..Default::default()
+                    });
+                    if let Some(c) = &opts.cancel
+                        && c.load(Ordering::Relaxed)
+                        && phase == Phase::PreCopy
+                    {
+                        return Err(MigrationError::Cancelled("by request".into()));
+                    }
+                    if start.elapsed() > spec.limits.max_time && phase == Phase::PreCopy {
+                        return Err(MigrationError::GaveUp {
+                            passes: pass,
+                            seconds: start.elapsed().as_secs_f64(),
+                            remaining: total.saturating_sub(sent),
+                        });
+                    }
+                }
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return Err(MigrationError::Stream {
+                        stream: 0,
+                        source: ProtocolError::Malformed("sender threads vanished"),
+                    });
+                }
+            }
+        }
+        Ok((pages, zero, bytes))
+    };
+
+    let mut next = DirtyBitmap::new(pages);
+    loop {
+        let t0 = Instant::now();
+        let (sent, zero, bytes) =
+            match run_pass(pass, &to_send, &senders, progress, Phase::PreCopy, throttle) {
+                Ok(v) => v,
+                Err(e) => abort_running!(e),
+            };
+        let secs = t0.elapsed().as_secs_f64().max(1e-6);
+        if let Err(e) = guest.memory().collect_dirty(&mut next) {
+            abort_running!(MigrationError::Guest(crate::guest::GuestError::Memory(e)));
+        }
+        if let Some(e) = check_inbound(&in_rx) {
+            abort_running!(e);
+        }
+        let dirtied = next.count() as u64;
+        let transfer_rate = bytes as f64 / secs;
+        let dirty_rate = (dirtied * PAGE_SIZE as u64) as f64 / secs;
+        // What the stun would cost: the dirty pages at the measured rate.
+        let expected = (dirtied * PAGE_SIZE as u64) as f64 / transfer_rate.max(1.0);
+        run.stats.normal_pages += sent - zero;
+        run.stats.zero_pages += zero;
+        run.stats.pass_history.push(PassStats {
+            pass,
+            pages: sent,
+            zero_pages: zero,
+            bytes,
+            seconds: secs,
+            dirtied_pages: dirtied,
+            dirty_rate,
+            transfer_rate,
+            expected_downtime_seconds: expected,
+            throttle_percent: throttle,
+            stunned: false,
+        });
+        run.stats.dirty_rate = dirty_rate;
+        run.stats.transfer_rate = transfer_rate;
+        run.stats.remaining_bytes = dirtied * PAGE_SIZE as u64;
+        tracing::info!(migration = %spec.id, pass, pages = sent, zero, bytes, seconds = secs,
+            dirty_rate_mbps = dirty_rate * 8e-6, transfer_rate_mbps = transfer_rate * 8e-6,
+            expected_downtime_ms = expected * 1e3, throttle, "migration: pass");
+        progress(&Progress {
+            phase: Phase::PreCopy,
+            pass,
+            elapsed_seconds: start.elapsed().as_secs_f64(),
+            transferred_bytes: live.bytes.load(Ordering::Relaxed),
+            total_bytes: mem_bytes,
+            remaining_bytes: run.stats.remaining_bytes,
+            dirty_rate,
+            transfer_rate,
+            throttle_percent: throttle,
+        });
+        pass += 1;
+        if expected <= spec.limits.downtime_limit.as_secs_f64() {
+            break;
+        }
+        if start.elapsed() > spec.limits.max_time {
+            let e = MigrationError::GaveUp {
+                passes: pass,
+                seconds: start.elapsed().as_secs_f64(),
+                remaining: run.stats.remaining_bytes,
+            };
+            abort_running!(e);
+        }
+        if let Some(c) = &opts.cancel
+            && c.load(Ordering::Relaxed)
+        {
+            abort_running!(MigrationError::Cancelled("by request".into()));
+        }
+        // SDPS: the guest dirtied more than half of what the link carried.
+        if (dirtied * PAGE_SIZE as u64) as f64 > 0.5 * bytes as f64 {
+            throttle = if throttle == 0 {
+                spec.limits.throttle_initial
+            } else {
+                throttle
+                    .saturating_add(spec.limits.throttle_step)
+                    .min(spec.limits.throttle_max)
+            };
+            guest.set_throttle(throttle);
+            run.stats.throttle_max_percent = run.stats.throttle_max_percent.max(throttle);
+            tracing::info!(migration = %spec.id, throttle, "migration: not converging, throttling the guest (SDPS)");
+        }
+        to_send = Arc::new(std::mem::replace(&mut next, DirtyBitmap::new(pages)));
+    }
+    run.stats.throttle_percent = throttle;
+
+    // Switch-over.
+    tracing::info!(migration = %spec.id, remaining_bytes = run.stats.remaining_bytes, "migration: switch-over, stunning the guest");
+    let stun = Instant::now();
+    if let Err(e) = guest.pause() {
+        abort_running!(MigrationError::Guest(e));
+    }
+    // From here until GO, a failure resumes the guest here.
+    macro_rules! abort_stunned {
+        ($err:expr) => {{
+            let r = guest.resume();
+            tracing::warn!(migration = %spec.id, resumed = r.is_ok(), "migration: switch-over failed, guest resumed on the source");
+            abort_running!($err)
+        }};
+    }
+    if let Err(e) = guest.memory().collect_dirty(&mut next) {
+        abort_stunned!(MigrationError::Guest(crate::guest::GuestError::Memory(e)));
+    }
+    guest.memory().stop_dirty_log();
+    let final_set = Arc::new(std::mem::replace(&mut next, DirtyBitmap::new(pages)));
+    progress(&Progress {
+        phase: Phase::Switchover,
+        pass,
+        elapsed_seconds: start.elapsed().as_secs_f64(),
+        transferred_bytes: live.bytes.load(Ordering::Relaxed),
+        total_bytes: mem_bytes,
+        remaining_bytes: final_set.count() as u64 * PAGE_SIZE as u64,
+        throttle_percent: throttle,
+        ..Default::default()
+    });
+    let stunned_from = live.bytes.load(Ordering::Relaxed);
+    let t0 = Instant::now();
+    let (sent, zero, bytes) = match run_pass(
+        pass,
+        &final_set,
+        &senders,
+        progress,
+        Phase::Switchover,
+        throttle,
+    ) {
+        Ok(v) => v,
+        Err(e) => abort_stunned!(e),
+    };
+    run.stats.normal_pages += sent - zero;
+    run.stats.zero_pages += zero;
+    run.stats.pass_history.push(PassStats {
+        pass,
+        pages: sent,
+        zero_pages: zero,
+        bytes,
+        seconds: t0.elapsed().as_secs_f64(),
+        throttle_percent: throttle,
+        stunned: true,
+        ..Default::default()
+    });
+    run.stats.passes = pass + 1;
+    guest.set_throttle(0);
+    let state = match guest.save_state() {
+        Ok(s) => s,
+        Err(e) => abort_stunned!(MigrationError::Guest(e)),
+    };
+    run.stats.device_state_bytes = state.len() as u64;
+    for s in &senders {
+        let _ = s.tx.send(Cmd::Done);
+    }
+    for chunk in wire::state_chunks(&state, max_record) {
+        let _ = senders[0].tx.send(Cmd::Message(chunk));
+    }
+    if spec.limits.verify_memory {
+        let d = guest.memory().digest(2);
+        let _ = senders[0].tx.send(Cmd::Message(
+            [&[wire::DIGEST][..], &d.to_be_bytes()].concat(),
+        ));
+    }
+    let _ = senders[0].tx.send(Cmd::Message(vec![wire::PREPARE]));
+
+    // READY, or the switch-over fails and the guest resumes here.
+    let deadline = Instant::now() + opts.switchover_timeout;
+    let ready = loop {
+        if let Ok(Report::Error { stream, error }) = rep_rx.try_recv() {
+            break Err(MigrationError::Stream {
+                stream,
+                source: error,
+            });
+        }
+        match in_rx.recv_timeout(Duration::from_millis(50)) {
+            Ok(Inbound::Msg(m)) if m.first() == Some(&wire::READY) => break Ok(()),
+            Ok(Inbound::Msg(m)) if m.first() == Some(&wire::FAILED) => {
+                break Err(MigrationError::Destination(
+                    String::from_utf8_lossy(&m[1..]).into_owned(),
+                ));
+            }
+            Ok(Inbound::Msg(_)) => {
+                break Err(MigrationError::Destination(
+                    "unexpected message during switch-over".into(),
+                ));
+            }
+            Ok(Inbound::Closed(e)) => {
+                break Err(MigrationError::Stream {
+                    stream: 0,
+                    source: e,
+                });
+            }
+            Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
+            Err(_) => break Err(MigrationError::SwitchoverTimeout(opts.switchover_timeout)),
+        }
+    };
+    if let Err(e) = ready {
+        abort_stunned!(e);
+    }
+    // Committed: the source will never run this guest again unless the
+    // destination says it discarded it.
+    let _ = senders[0].tx.send(Cmd::Message(vec![wire::GO]));
+    tracing::info!(migration = %spec.id, "migration: destination ready, sent GO");
+    let resumed = loop {
+        match in_rx.recv_timeout(opts.switchover_timeout) {
+            Ok(Inbound::Msg(m)) if m.first() == Some(&wire::RESUMED) => break Ok(true),
+            Ok(Inbound::Msg(m)) if m.first() == Some(&wire::FAILED) => break Ok(false),
+            Ok(Inbound::Msg(_)) => continue,
+            Ok(Inbound::Closed(e)) => break Err(e.to_string()),
+            Err(_) => break Err("no answer to GO".to_string()),
+        }
+    };
+    let resumed = match resumed {
+        Ok(r) => r,
+        Err(why) => {
+            tracing::warn!(migration = %spec.id, why = %why, "migration: lost the destination after GO, asking what it did");
+            match query_outcome(spec, schedule.as_ref(), opts) {
+                Ok(Some(r)) => r,
+                Ok(None) => unreachable!("query_outcome only returns decided outcomes"),
+                Err(e) => {
+                    let (cpu, bytes) = shutdown(senders, false);
+                    run.stats.seal_cpu_seconds = cpu.as_secs_f64();
+                    run.stats.transferred_bytes = bytes;
+                    return Err(run.fail(MigrationError::InDoubt(format!(
+                        "{why}; outcome query: {e}"
+                    ))));
+                }
+            }
+        }
+    };
+    if !resumed {
+        abort_stunned!(MigrationError::Destination(
+            "the destination discarded the guest after GO".into()
+        ));
+    }
+    run.stats.downtime_seconds = stun.elapsed().as_secs_f64();
+    run.stats.stunned_bytes = live.bytes.load(Ordering::Relaxed) - stunned_from;
+    guest.release();
+    let (cpu, bytes) = shutdown(senders, true);
+    if let Some(r) = reader.take() {
+        let _ = r.join();
+    }
+    run.stats.seal_cpu_seconds = cpu.as_secs_f64();
+    run.stats.transferred_bytes = bytes;
+    run.stats.remaining_bytes = 0;
+    run.stats.result = MigrationResult::Completed;
+    run.stats.total_seconds = start.elapsed().as_secs_f64();
+    if spec.limits.verify_memory {
+        // The destination refuses to become READY on a digest mismatch.
+        run.stats.memory_identical = Some(true);
+    }
+    tracing::info!(migration = %spec.id, total_s = run.stats.total_seconds, downtime_ms = run.stats.downtime_seconds * 1e3,
+        bytes = run.stats.transferred_bytes, passes = run.stats.passes, "migration: completed");
+    progress(&Progress {
+        phase: Phase::Completed,
+        pass,
+        elapsed_seconds: run.stats.total_seconds,
+        transferred_bytes: bytes,
+        total_bytes: mem_bytes,
+        remaining_bytes: 0,
+        dirty_rate: run.stats.dirty_rate,
+        transfer_rate: run.stats.transfer_rate,
+        throttle_percent: 0,
+    });
+    Ok(run.stats)
+}

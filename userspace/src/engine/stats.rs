@@ -1,0 +1,110 @@
+//! What a migration reports: as complete as QEMU's query-migrate, plus the
+//! per-pass history and the crypto cost.
+
+use serde::{Deserialize, Serialize};
+
+use crate::protocol::{EncryptionMode, MigrationId, Transport};
+
+/// One pre-copy pass (or the final, stunned one).
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct PassStats {
+    pub pass: u32,
+    /// Pages sent in this pass, and how many of them were all zeros.
+    pub pages: u64,
+    pub zero_pages: u64,
+    /// Bytes put on the wire (records, headers and tags included).
+    pub bytes: u64,
+    pub seconds: f64,
+    /// Pages the guest dirtied while this pass ran.
+    pub dirtied_pages: u64,
+    pub dirty_rate: f64,
+    pub transfer_rate: f64,
+    /// Predicted stun time if the next pass were the last.
+    pub expected_downtime_seconds: f64,
+    pub throttle_percent: u8,
+    pub stunned: bool,
+}
+
+/// Live progress, streamed to the client while a migration runs.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct Progress {
+    pub phase: Phase,
+    pub pass: u32,
+    pub elapsed_seconds: f64,
+    pub transferred_bytes: u64,
+    pub total_bytes: u64,
+    pub remaining_bytes: u64,
+    pub dirty_rate: f64,
+    pub transfer_rate: f64,
+    pub throttle_percent: u8,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Phase {
+    #[default]
+    Setup,
+    PreCopy,
+    Switchover,
+    Completed,
+    Failed,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationResult {
+    Completed,
+    Failed,
+}
+
+/// The full record of one migration, as the source saw it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationStats {
+    pub id: MigrationId,
+    pub guest: String,
+    pub source: String,
+    pub destination: String,
+    pub result: MigrationResult,
+    pub error: Option<String>,
+    pub mode: EncryptionMode,
+    pub transport: Transport,
+    pub backend: String,
+    pub streams: u16,
+    pub total_seconds: f64,
+    pub setup_seconds: f64,
+    /// From stun on the source to the destination's resume confirmation.
+    pub downtime_seconds: f64,
+    pub downtime_limit_seconds: f64,
+    pub transferred_bytes: u64,
+    pub total_bytes: u64,
+    pub remaining_bytes: u64,
+    pub normal_pages: u64,
+    pub zero_pages: u64,
+    pub passes: u32,
+    pub dirty_rate: f64,
+    pub transfer_rate: f64,
+    pub throttle_percent: u8,
+    pub throttle_max_percent: u8,
+    /// Pages and device state sent while the guest was stunned.
+    pub stunned_bytes: u64,
+    pub device_state_bytes: u64,
+    /// CPU seconds spent sealing records on the source.
+    pub seal_cpu_seconds: f64,
+    pub dirty_log: String,
+    /// Digests of guest memory at stun and at resume compared (None: not asked).
+    pub memory_identical: Option<bool>,
+    pub pass_history: Vec<PassStats>,
+}
+
+/// What the destination saw.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct DestinationStats {
+    pub received_bytes: u64,
+    pub pages: u64,
+    pub zero_pages: u64,
+    /// CPU seconds spent opening records.
+    pub open_cpu_seconds: f64,
+    /// From PREPARE to READY: completeness check, digest, device state load.
+    pub verify_seconds: f64,
+    pub memory_identical: Option<bool>,
+}

@@ -1,0 +1,643 @@
+//! The migration engine end to end on loopback: real streams, real guests,
+//! the kernel dirty log; memory compared page by page at stun and resume.
+
+use std::{
+    net::SocketAddr,
+    sync::{Arc, Mutex, mpsc},
+    time::Duration,
+};
+
+use ferry::{
+    engine::{
+        DestinationEvent, IncomingRegistry, MigrationError, MigrationListener, MigrationResult,
+        Outcome, Phase, Progress, SourceOptions, migrate_out, source::Failed,
+    },
+    guest::{
+        Guest, GuestError, GuestInfo, GuestMemory, PAGE_SIZE, RunState, Sample, SyntheticConfig,
+        SyntheticGuest, WorkloadSpec,
+    },
+    metrics::ProtocolMetrics,
+    protocol::{
+        Backend, EncryptionMode, Limits, MigrationId, MigrationKey, MigrationSpec, Transport,
+        spec::Endpoint,
+    },
+};
+
+use crate::relay::Relay;
+
+/// Delegates to a synthetic guest and copies its memory when the source has
+/// stunned it, or when the destination is about to resume it.
+struct Snapshot {
+    inner: Arc<SyntheticGuest>,
+    at_pause: bool,
+    snap: Mutex<Option<Vec<u8>>>,
+}
+
+impl Snapshot {
+    fn new(inner: Arc<SyntheticGuest>, at_pause: bool) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            at_pause,
+            snap: Mutex::new(None),
+        })
+    }
+    fn copy(&self) {
+        let m = self.inner.memory();
+        let mut out = vec![0u8; m.len() as usize];
+        for p in 0..m.pages() {
+            m.read_page(p, &mut out[p * PAGE_SIZE..(p + 1) * PAGE_SIZE]);
+        }
+        *self.snap.lock().unwrap() = Some(out);
+    }
+    fn take(&self) -> Vec<u8> {
+        self.snap
+            .lock()
+            .unwrap()
+            .take()
+            .expect("no snapshot was taken")
+    }
+}
+
+impl Guest for Snapshot {
+    fn name(&self) -> &str {
+        self.inner.name()
+    }
+    fn memory(&self) -> &GuestMemory {
+        self.inner.memory()
+    }
+    fn run_state(&self) -> RunState {
+        self.inner.run_state()
+    }
+    fn pause(&self) -> Result<(), GuestError> {
+        self.inner.pause()?;
+        if self.at_pause {
+            self.copy();
+        }
+        Ok(())
+    }
+    fn resume(&self) -> Result<(), GuestError> {
+        if !self.at_pause {
+            self.copy();
+        }
+        self.inner.resume()
+    }
+    fn set_throttle(&self, p: u8) {
+        self.inner.set_throttle(p)
+    }
+    fn throttle(&self) -> u8 {
+        self.inner.throttle()
+    }
+    fn save_state(&self) -> Result<Vec<u8>, GuestError> {
+        self.inner.save_state()
+    }
+    fn restore_state(&self, s: &[u8]) -> Result<(), GuestError> {
+        self.inner.restore_state(s)
+    }
+    fn release(&self) {
+        self.inner.release()
+    }
+    fn info(&self) -> GuestInfo {
+        self.inner.info()
+    }
+    fn timeline(&self) -> Vec<Sample> {
+        self.inner.timeline()
+    }
+}
+
+struct Dest {
+    registry: Arc<IncomingRegistry>,
+    listener: MigrationListener,
+    events: mpsc::Receiver<DestinationEvent>,
+    metrics: ProtocolMetrics,
+}
+
+fn destination() -> Dest {
+    let metrics = ProtocolMetrics::new();
+    let (tx, events) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let registry = IncomingRegistry::new(
+        Backend::RustCrypto,
+        Some(metrics.clone()),
+        Duration::from_secs(10),
+        move |e| {
+            let _ = tx.lock().unwrap().send(e);
+        },
+    );
+    let listener =
+        MigrationListener::bind("127.0.0.1:0".parse().unwrap(), registry.clone()).unwrap();
+    Dest {
+        registry,
+        listener,
+        events,
+        metrics,
+    }
+}
+
+fn spec(
+    memory: u64,
+    streams: u16,
+    transport: Transport,
+    to: SocketAddr,
+    limits: Limits,
+) -> MigrationSpec {
+    MigrationSpec {
+        id: MigrationId::generate(),
+        guest: "g1".into(),
+        memory,
+        source: Endpoint {
+            host: "src".into(),
+            migration: "127.0.0.1:1".parse().unwrap(),
+        },
+        destination: Endpoint {
+            host: "dst".into(),
+            migration: to,
+        },
+        mode: EncryptionMode::Opportunistic,
+        transport,
+        key: transport.encrypted().then(MigrationKey::generate),
+        nonce: 0x1234_5678,
+        streams,
+        limits,
+    }
+}
+
+fn kv_guest(memory: u64, gets: u64, sets: u64, prefill: bool) -> Arc<SyntheticGuest> {
+    let cfg = SyntheticConfig {
+        memory,
+        vcpus: 2,
+        workload: WorkloadSpec::KeyValue {
+            gets_per_second: gets,
+            sets_per_second: sets,
+        },
+        prefill,
+        seed: 11,
+    };
+    SyntheticGuest::boot("g1", &cfg).unwrap()
+}
+
+struct Run {
+    result: Result<ferry::engine::MigrationStats, Failed>,
+    src: Arc<Snapshot>,
+    dst: Arc<Snapshot>,
+    phases: Vec<Phase>,
+}
+
+fn migrate(
+    src: Arc<SyntheticGuest>,
+    dest: &Dest,
+    spec: &MigrationSpec,
+    on_progress: impl FnMut(&Progress),
+) -> Run {
+    let src = Snapshot::new(src, true);
+    let dst = Snapshot::new(SyntheticGuest::incoming("g1", spec.memory).unwrap(), false);
+    dest.registry.prepare(spec, dst.clone()).unwrap();
+    let opts = SourceOptions {
+        backend: Backend::AwsLc,
+        switchover_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let mut phases = Vec::new();
+    let mut cb = on_progress;
+    let result = migrate_out(src.clone(), spec, &opts, &mut |p: &Progress| {
+        if phases.last() != Some(&p.phase) {
+            phases.push(p.phase);
+        }
+        cb(p)
+    });
+    Run {
+        result,
+        src,
+        dst,
+        phases,
+    }
+}
+
+fn pages_differing(a: &[u8], b: &[u8]) -> usize {
+    a.chunks(PAGE_SIZE)
+        .zip(b.chunks(PAGE_SIZE))
+        .filter(|(x, y)| x != y)
+        .count()
+}
+
+fn wait_event(d: &Dest) -> DestinationEvent {
+    d.events
+        .recv_timeout(Duration::from_secs(20))
+        .expect("the destination reported nothing")
+}
+
+#[test]
+fn encrypted_kv_guest_arrives_byte_identical_and_keeps_running() {
+    let dest = destination();
+    let memory = 64 << 20;
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        dest.listener.local_addr(),
+        Limits::default(),
+    );
+    let run = migrate(kv_guest(memory, 20_000, 20_000, true), &dest, &spec, |_| {});
+    let stats = run
+        .result
+        .unwrap_or_else(|f| panic!("migration failed: {f}"));
+    assert_eq!(stats.result, MigrationResult::Completed);
+    // Every page of the destination at resume equals the source at stun.
+    let (a, b) = (run.src.take(), run.dst.take());
+    assert_eq!(a.len(), memory as usize);
+    assert_eq!(
+        pages_differing(&a, &b),
+        0,
+        "pages differ between stun and resume"
+    );
+    assert_eq!(
+        run.src.run_state(),
+        RunState::Released,
+        "the source let go of the guest"
+    );
+    assert_eq!(
+        run.dst.run_state(),
+        RunState::Running,
+        "the guest runs on the destination"
+    );
+    match wait_event(&dest) {
+        DestinationEvent::Resumed { id, stats: d, .. } => {
+            assert_eq!(id, spec.id);
+            assert!(d.pages >= memory / PAGE_SIZE as u64);
+        }
+        DestinationEvent::Aborted { reason, .. } => panic!("destination aborted: {reason}"),
+    }
+    assert_eq!(dest.registry.outcome(&spec.id), Some(Outcome::Resumed));
+    // The workload continues on the new host and every GET finds intact data.
+    let (ops0, _) = run.dst.inner.counters();
+    for _ in 0..500 {
+        if run.dst.inner.counters().0 > ops0 + 1000 {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (ops1, errors) = run.dst.inner.counters();
+    assert!(ops1 > ops0, "the workload runs after the move");
+    assert_eq!(errors, 0, "GETs on the destination found corrupt slots");
+    // Accounting.
+    assert!(
+        stats.passes >= 2,
+        "at least one pre-copy pass and the final one"
+    );
+    assert_eq!(stats.pass_history.len() as u32, stats.passes);
+    assert!(stats.pass_history.last().unwrap().stunned);
+    assert_eq!(
+        stats.normal_pages + stats.zero_pages,
+        stats.pass_history.iter().map(|p| p.pages).sum::<u64>()
+    );
+    assert!(
+        stats.normal_pages >= memory / PAGE_SIZE as u64,
+        "every prefilled page went at least once"
+    );
+    assert!(
+        stats.transferred_bytes > memory,
+        "the wire carried at least the memory"
+    );
+    assert!(stats.downtime_seconds > 0.0 && stats.downtime_seconds < stats.total_seconds);
+    assert!(stats.seal_cpu_seconds > 0.0, "sealing cost is measured");
+    assert_eq!(stats.dirty_log, "kernel");
+    assert_eq!(run.phases.first(), Some(&Phase::Setup));
+    assert_eq!(run.phases.last(), Some(&Phase::Completed));
+    assert!(run.phases.contains(&Phase::Switchover));
+    for r in ferry::protocol::ProtocolError::REASONS {
+        assert_eq!(dest.metrics.rejected(r), 0, "{r}");
+    }
+}
+
+#[test]
+fn plaintext_migration_of_a_fresh_guest_sends_zero_pages_as_markers() {
+    let dest = destination();
+    let memory = 32 << 20;
+    // No prefill: most of the guest is zero pages.
+    let spec = spec(
+        memory,
+        3,
+        Transport::Plaintext,
+        dest.listener.local_addr(),
+        Limits::default(),
+    );
+    let run = migrate(kv_guest(memory, 2_000, 2_000, false), &dest, &spec, |_| {});
+    let stats = run
+        .result
+        .unwrap_or_else(|f| panic!("migration failed: {f}"));
+    assert_eq!(pages_differing(&run.src.take(), &run.dst.take()), 0);
+    assert!(
+        stats.zero_pages > (memory / PAGE_SIZE as u64) / 2,
+        "{} zero pages",
+        stats.zero_pages
+    );
+    // A zero page costs 4 bytes on the wire, not 4096.
+    assert!(
+        stats.transferred_bytes < memory / 4,
+        "{} bytes for a mostly empty guest",
+        stats.transferred_bytes
+    );
+    assert_eq!(stats.transport, Transport::Plaintext);
+}
+
+#[test]
+fn verify_memory_compares_digests_before_resuming() {
+    let dest = destination();
+    let memory = 32 << 20;
+    let limits = Limits {
+        verify_memory: true,
+        ..Limits::default()
+    };
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        dest.listener.local_addr(),
+        limits,
+    );
+    let run = migrate(kv_guest(memory, 10_000, 10_000, true), &dest, &spec, |_| {});
+    let stats = run
+        .result
+        .unwrap_or_else(|f| panic!("migration failed: {f}"));
+    assert_eq!(stats.memory_identical, Some(true));
+    match wait_event(&dest) {
+        DestinationEvent::Resumed { stats: d, .. } => assert_eq!(d.memory_identical, Some(true)),
+        DestinationEvent::Aborted { reason, .. } => panic!("{reason}"),
+    }
+}
+
+#[test]
+fn sdps_throttles_a_guest_that_outruns_the_link_until_it_converges() {
+    let dest = destination();
+    let memory = 32 << 20;
+    // The link carries 16 MB/s; the guest writes 48 MB/s.
+    let limits = Limits {
+        bandwidth: Some(16 << 20),
+        ..Limits::default()
+    };
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        dest.listener.local_addr(),
+        limits,
+    );
+    let cfg = SyntheticConfig {
+        memory,
+        vcpus: 2,
+        workload: WorkloadSpec::Stream {
+            bytes_per_second: 48 << 20,
+        },
+        prefill: true,
+        seed: 3,
+    };
+    let run = migrate(
+        SyntheticGuest::boot("g1", &cfg).unwrap(),
+        &dest,
+        &spec,
+        |_| {},
+    );
+    let stats = run
+        .result
+        .unwrap_or_else(|f| panic!("migration failed: {f}"));
+    assert!(
+        stats.throttle_max_percent >= 20,
+        "SDPS engaged: {}%",
+        stats.throttle_max_percent
+    );
+    // Throttling grows pass by pass while the guest outruns the link.
+    let throttles: Vec<u8> = stats
+        .pass_history
+        .iter()
+        .map(|p| p.throttle_percent)
+        .collect();
+    assert!(throttles.windows(2).all(|w| w[1] >= w[0]), "{throttles:?}");
+    assert_eq!(pages_differing(&run.src.take(), &run.dst.take()), 0);
+    assert_eq!(
+        run.dst.inner.throttle(),
+        0,
+        "the guest is not throttled on arrival"
+    );
+}
+
+#[test]
+fn gives_up_after_max_time_and_the_guest_keeps_running_on_the_source() {
+    let dest = destination();
+    let memory = 16 << 20;
+    // No throttling allowed and a slow link: this can never converge.
+    let limits = Limits {
+        bandwidth: Some(4 << 20),
+        max_time: Duration::from_secs(2),
+        throttle_initial: 0,
+        throttle_step: 0,
+        throttle_max: 0,
+        ..Limits::default()
+    };
+    let spec = spec(
+        memory,
+        1,
+        Transport::Aes256Gcm,
+        dest.listener.local_addr(),
+        limits,
+    );
+    let cfg = SyntheticConfig {
+        memory,
+        vcpus: 1,
+        workload: WorkloadSpec::Stream {
+            bytes_per_second: 32 << 20,
+        },
+        prefill: true,
+        seed: 3,
+    };
+    let run = migrate(
+        SyntheticGuest::boot("g1", &cfg).unwrap(),
+        &dest,
+        &spec,
+        |_| {},
+    );
+    let failed = run.result.expect_err("cannot converge");
+    assert!(
+        matches!(failed.error, MigrationError::GaveUp { .. }),
+        "{}",
+        failed.error
+    );
+    assert!(failed.error.guest_kept());
+    assert_eq!(
+        run.src.run_state(),
+        RunState::Running,
+        "the guest never stopped on the source"
+    );
+    assert_eq!(run.src.throttle(), 0);
+    match wait_event(&dest) {
+        DestinationEvent::Aborted { .. } => {}
+        DestinationEvent::Resumed { .. } => {
+            panic!("the destination resumed a guest the source kept")
+        }
+    }
+    assert_eq!(
+        run.dst.run_state(),
+        RunState::Released,
+        "the destination discarded its copy"
+    );
+    assert!(matches!(
+        dest.registry.outcome(&spec.id),
+        Some(Outcome::Aborted(_))
+    ));
+}
+
+#[test]
+fn destination_gone_mid_pass_leaves_the_guest_running_on_the_source() {
+    let dest = destination();
+    let relay = Relay::new(dest.listener.local_addr());
+    let memory = 64 << 20;
+    let limits = Limits {
+        bandwidth: Some(32 << 20),
+        ..Limits::default()
+    };
+    let spec = spec(memory, 2, Transport::Aes256Gcm, relay.addr(), limits);
+    let run = migrate(kv_guest(memory, 5_000, 5_000, true), &dest, &spec, |p| {
+        if p.phase == Phase::PreCopy && p.transferred_bytes > 4 << 20 {
+            relay.cut();
+        }
+    });
+    let failed = run.result.expect_err("the link died");
+    assert!(
+        matches!(failed.error, MigrationError::Stream { .. }),
+        "{}",
+        failed.error
+    );
+    assert_eq!(run.src.run_state(), RunState::Running);
+    assert!(matches!(
+        wait_event(&dest),
+        DestinationEvent::Aborted { .. }
+    ));
+    assert_eq!(
+        run.dst.run_state(),
+        RunState::Released,
+        "no running copy on the destination"
+    );
+    // The guest keeps working on the source.
+    let (ops, errors) = run.src.inner.counters();
+    std::thread::sleep(Duration::from_millis(200));
+    assert!(run.src.inner.counters().0 > ops);
+    assert_eq!(errors, 0);
+}
+
+#[test]
+fn connection_cut_during_switchover_resumes_the_guest_on_the_source() {
+    let dest = destination();
+    let relay = Relay::new(dest.listener.local_addr());
+    let memory = 32 << 20;
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        relay.addr(),
+        Limits::default(),
+    );
+    let run = migrate(kv_guest(memory, 5_000, 5_000, true), &dest, &spec, |p| {
+        if p.phase == Phase::Switchover {
+            relay.cut();
+        }
+    });
+    let failed = run.result.expect_err("cut during switch-over");
+    assert!(failed.error.guest_kept(), "{}", failed.error);
+    assert_eq!(
+        run.src.run_state(),
+        RunState::Running,
+        "stunned guest resumed on the source"
+    );
+    assert!(matches!(
+        wait_event(&dest),
+        DestinationEvent::Aborted { .. }
+    ));
+    assert_eq!(run.dst.run_state(), RunState::Released);
+}
+
+#[test]
+fn a_record_tampered_with_on_the_wire_fails_the_migration_safely() {
+    let dest = destination();
+    let relay = Relay::new(dest.listener.local_addr());
+    let memory = 32 << 20;
+    let spec = spec(
+        memory,
+        1,
+        Transport::Aes256Gcm,
+        relay.addr(),
+        Limits::default(),
+    );
+    // One bit, a megabyte into the only stream: inside some page's ciphertext.
+    relay.flip_byte(0, 1 << 20);
+    let run = migrate(kv_guest(memory, 5_000, 5_000, true), &dest, &spec, |_| {});
+    assert!(relay.flipped());
+    let failed = run.result.expect_err("tampering must be detected");
+    assert!(failed.error.guest_kept(), "{}", failed.error);
+    assert_eq!(run.src.run_state(), RunState::Running);
+    match wait_event(&dest) {
+        DestinationEvent::Aborted { reason, .. } => {
+            assert!(reason.contains("authentication failed"), "{reason}")
+        }
+        DestinationEvent::Resumed { .. } => panic!("resumed a tampered guest"),
+    }
+    assert_eq!(dest.metrics.rejected("decrypt"), 1);
+    assert_eq!(run.dst.run_state(), RunState::Released);
+}
+
+#[test]
+fn destination_refusal_before_any_memory_moves() {
+    // A spec the destination never accepted: the handshake fails, nothing moves.
+    let dest = destination();
+    let memory = 8 << 20;
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        dest.listener.local_addr(),
+        Limits::default(),
+    );
+    let src = Snapshot::new(kv_guest(memory, 1_000, 1_000, true), true);
+    let r = migrate_out(src.clone(), &spec, &SourceOptions::default(), &mut |_| {});
+    let failed = r.expect_err("unknown migration");
+    assert!(
+        failed.error.to_string().contains("unknown migration"),
+        "{}",
+        failed.error
+    );
+    assert_eq!(failed.stats.transferred_bytes, 0);
+    assert_eq!(src.run_state(), RunState::Running);
+    assert_eq!(
+        dest.metrics.rejected("unknown_migration"),
+        2,
+        "both streams refused"
+    );
+}
+
+#[test]
+fn link_lost_after_go_is_resolved_by_asking_the_destination() {
+    let dest = destination();
+    let relay = Relay::new(dest.listener.local_addr());
+    let memory = 16 << 20;
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        relay.addr(),
+        Limits::default(),
+    );
+    // Stream 0 is the first connection. The destination's first record on it
+    // is READY (16-byte header, 1-byte message, 16-byte tag): let exactly that
+    // through, then kill the connection, so RESUMED never reaches the source.
+    relay.cut_reverse_after(0, 16 + 1 + 16);
+    let run = migrate(kv_guest(memory, 5_000, 5_000, true), &dest, &spec, |_| {});
+    let stats = run
+        .result
+        .unwrap_or_else(|f| panic!("the outcome query should settle it: {f}"));
+    assert_eq!(stats.result, MigrationResult::Completed);
+    assert_eq!(dest.registry.outcome(&spec.id), Some(Outcome::Resumed));
+    assert_eq!(run.dst.run_state(), RunState::Running);
+    assert_eq!(
+        run.src.run_state(),
+        RunState::Released,
+        "exactly one copy runs"
+    );
+    assert_eq!(pages_differing(&run.src.take(), &run.dst.take()), 0);
+}
