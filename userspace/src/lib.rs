@@ -1,6 +1,10 @@
 //! ferry: an eBPF-assisted, network-aware live-migration appliance.
 //!
 //! Modules by concern:
+//! - [`control`]: the control plane: mutual TLS and JSON messages between
+//!   coordinator, hosts and clients; [`certs`] makes their certificates.
+//! - [`coordinator`], [`host`]: the daemons: `ferry coordinator` hands out
+//!   migration specs; `ferry host` runs guests and migrates them.
 //! - [`config`]: YAML configuration and its validation.
 //! - [`netns`], [`netlink`]: network namespaces and rtnetlink (interfaces,
 //!   addresses, routes, neighbours, qdiscs).
@@ -15,11 +19,16 @@
 //! - [`lab`]: namespace topologies for the lab, the demo and the tests.
 //! - [`demo`]: `ferry demo`.
 
+pub mod certs;
+pub mod client;
 pub mod config;
+pub mod control;
+pub mod coordinator;
 pub mod dataplane;
 pub mod demo;
 pub mod engine;
 pub mod guest;
+pub mod host;
 pub mod lab;
 pub mod metrics;
 pub mod net;

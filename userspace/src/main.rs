@@ -1,10 +1,16 @@
 //! The `ferry` command: one subcommand per role.
 
-use std::path::PathBuf;
+use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
-use anyhow::{Context, Result};
-use clap::{Parser, Subcommand};
-use ferry::config::{self, DemoConfig};
+use anyhow::{Context, Result, bail};
+use clap::{Args, Parser, Subcommand};
+use ferry::{
+    config::{self, CountersConfig, DemoConfig},
+    control::{Client, Role, TlsFiles, wire::MigrateOptions},
+    coordinator::{Coordinator, CoordinatorRef, request_migration},
+    host::Host,
+    protocol::{EncryptionMode, Limits},
+};
 
 #[derive(Parser)]
 #[command(
@@ -23,17 +29,127 @@ struct Cli {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Run ferry's main job on built-in defaults in throwaway network namespaces.
+    /// Run ferry's main job on built-in defaults: a coordinator and two hosts
+    /// on loopback, a 1 GiB guest under a 50/50 GET/SET workload migrated encrypted.
     Demo {
         /// YAML settings (see config/demo.yaml); built-in defaults otherwise.
         #[arg(long)]
         config: Option<PathBuf>,
+        /// Print the summary as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the coordinator (vCenter's role): hands out migration specs.
+    Coordinator {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Run a host (ESXi's role): runs guests, migrates them.
+    Host {
+        #[arg(long)]
+        config: PathBuf,
+    },
+    /// Make a certificate authority and certificates for a lab.
+    Certs {
+        /// Directory to write to (an existing CA there is reused).
+        #[arg(long)]
+        out: PathBuf,
+        #[arg(long = "coordinator", value_name = "NAME")]
+        coordinators: Vec<String>,
+        #[arg(long = "host", value_name = "NAME")]
+        hosts: Vec<String>,
+        #[arg(long = "client", value_name = "NAME")]
+        clients: Vec<String>,
+    },
+    /// Ask the coordinator to move a guest, with live progress.
+    Migrate {
+        guest: String,
+        /// Destination host: NAME, or NAME@COORDINATOR for another coordinator's host.
+        #[arg(long)]
+        to: String,
+        /// Source host (default: wherever the guest runs).
+        #[arg(long)]
+        from: Option<String>,
+        #[arg(long, value_enum)]
+        mode: Option<EncryptionMode>,
+        #[arg(long)]
+        streams: Option<u16>,
+        /// Switch over once the predicted stun fits this, e.g. 300ms.
+        #[arg(long, value_parser = parse_duration)]
+        downtime_limit: Option<Duration>,
+        /// Compare memory digests at stun and resume.
+        #[arg(long)]
+        verify_memory: bool,
+        /// Print the final statistics as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show migrations the coordinator knows.
+    Status {
+        id: Option<String>,
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Show the coordinator's hosts and their guests.
+    Hosts {
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
     },
     /// Work with configuration files.
     Config {
         #[command(subcommand)]
         command: ConfigCommand,
     },
+    /// Lab experiments in network namespaces on this machine.
+    Lab {
+        #[command(subcommand)]
+        command: LabCommand,
+    },
+}
+
+#[derive(Args)]
+struct Conn {
+    /// The coordinator, as NAME@ADDRESS.
+    #[arg(
+        long,
+        env = "FERRY_COORDINATOR",
+        default_value = "coordinator@127.0.0.1:7400"
+    )]
+    coordinator: String,
+    /// Directory with ca.pem, NAME.pem and NAME-key.pem (see `ferry certs`).
+    #[arg(long, env = "FERRY_TLS_DIR", default_value = "certs")]
+    tls_dir: PathBuf,
+    /// Which client certificate to use.
+    #[arg(long = "as", env = "FERRY_CLIENT", default_value = "admin")]
+    client: String,
+}
+
+impl Conn {
+    fn open(&self) -> Result<(Client, CoordinatorRef)> {
+        let (name, addr) = self.coordinator.split_once('@').with_context(|| {
+            format!(
+                "--coordinator {:?}: expected NAME@ADDRESS",
+                self.coordinator
+            )
+        })?;
+        let addr: SocketAddr = addr
+            .parse()
+            .with_context(|| format!("--coordinator {:?}: bad address", self.coordinator))?;
+        let client = Client::new(&TlsFiles::in_dir(&self.tls_dir, &self.client))?;
+        Ok((
+            client,
+            CoordinatorRef {
+                name: name.into(),
+                addr,
+            },
+        ))
+    }
 }
 
 #[derive(Subcommand)]
@@ -45,27 +161,203 @@ enum ConfigCommand {
     },
 }
 
+#[derive(Subcommand)]
+enum LabCommand {
+    /// eBPF VLAN counters on a veth pair between two throwaway namespaces.
+    Counters {
+        #[arg(long)]
+        config: Option<PathBuf>,
+    },
+}
+
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    let v = serde_yaml::Value::String(s.to_string());
+    config::deserialize_duration(v).map_err(|e| e.to_string())
+}
+
 fn main() {
+    let cli = Cli::parse();
+    // Daemons log their phases; interactive commands show progress instead.
+    let daemon = matches!(
+        cli.command,
+        Command::Coordinator { .. } | Command::Host { .. }
+    );
+    let default = if daemon { "warn,ferry=info" } else { "warn" };
     let filter =
-        tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| "info".into());
+        tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .init();
-    if let Err(e) = run(Cli::parse()) {
+    if let Err(e) = run(cli) {
         eprintln!("ferry: error: {e:#}");
         std::process::exit(1);
     }
 }
 
+fn runtime() -> Result<tokio::runtime::Runtime> {
+    Ok(tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?)
+}
+
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo { config } => {
+        Command::Demo { config, json } => {
             let cfg = match config {
                 Some(path) => config::load::<DemoConfig>(&path)?,
                 None => DemoConfig::default(),
             };
-            ferry::demo::dataplane::run(&cfg).context("data-plane demo")?;
+            let summary = runtime()?.block_on(ferry::demo::migration::run(&cfg, json))?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&summary)?);
+            } else {
+                print!("{}", ferry::demo::migration::render(&summary));
+            }
+            Ok(())
+        }
+        Command::Coordinator { config } => {
+            let cfg = Coordinator::load_config(&config)?;
+            let c = Coordinator::new(cfg)?;
+            runtime()?.block_on(c.serve())
+        }
+        Command::Host { config } => {
+            let cfg = Host::load_config(&config)?;
+            let rt = runtime()?;
+            let h = Host::start(cfg)?;
+            rt.block_on(h.serve())
+        }
+        Command::Certs {
+            out,
+            coordinators,
+            hosts,
+            clients,
+        } => {
+            let who: Vec<(Role, String)> = coordinators
+                .into_iter()
+                .map(|n| (Role::Coordinator, n))
+                .chain(hosts.into_iter().map(|n| (Role::Host, n)))
+                .chain(clients.into_iter().map(|n| (Role::Client, n)))
+                .collect();
+            if who.is_empty() {
+                bail!("name at least one --coordinator, --host or --client");
+            }
+            for f in ferry::certs::issue(&out, &who)? {
+                println!("{}", f.display());
+            }
+            Ok(())
+        }
+        Command::Migrate {
+            guest,
+            to,
+            from,
+            mode,
+            streams,
+            downtime_limit,
+            verify_memory,
+            json,
+            conn,
+        } => {
+            let (client, coord) = conn.open()?;
+            let limits = (downtime_limit.is_some() || verify_memory).then(|| Limits {
+                downtime_limit: downtime_limit.unwrap_or(Limits::default().downtime_limit),
+                verify_memory,
+                ..Limits::default()
+            });
+            let options = MigrateOptions {
+                mode,
+                streams,
+                limits,
+            };
+            let mut view = ferry::client::ProgressView::new(false);
+            let r = runtime()?.block_on(request_migration(
+                &client,
+                &coord,
+                &guest,
+                from,
+                &to,
+                options,
+                |r| view.update(r),
+            ));
+            view.finish();
+            let stats = r?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats)?);
+            } else {
+                print!("{}", ferry::client::summary(&stats));
+            }
+            if stats.error.is_some() {
+                bail!(
+                    "migration failed: {}",
+                    stats.error.clone().unwrap_or_default()
+                );
+            }
+            Ok(())
+        }
+        Command::Status { id, json, conn } => {
+            let (client, coord) = conn.open()?;
+            let id = id
+                .map(|s| s.parse())
+                .transpose()
+                .map_err(|e: String| anyhow::anyhow!(e))?;
+            let r = runtime()?.block_on(client.call(
+                &coord.name,
+                coord.addr,
+                &ferry::control::Request::Status { id },
+                Duration::from_secs(30),
+            ))?;
+            let ferry::control::Response::Status { migrations } = r else {
+                bail!("unexpected answer: {r:?}")
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&migrations)?);
+            } else {
+                print!("{}", ferry::client::status_table(&migrations));
+            }
+            Ok(())
+        }
+        Command::Hosts { json, conn } => {
+            let (client, coord) = conn.open()?;
+            let r = runtime()?.block_on(client.call(
+                &coord.name,
+                coord.addr,
+                &ferry::control::Request::Hosts,
+                Duration::from_secs(60),
+            ))?;
+            let ferry::control::Response::Hosts { hosts } = r else {
+                bail!("unexpected answer: {r:?}")
+            };
+            if json {
+                println!("{}", serde_json::to_string_pretty(&hosts)?);
+            } else {
+                for h in hosts {
+                    match h.capabilities {
+                        Some(c) => {
+                            println!(
+                                "{}: encryption {}, {} free of {}, migration on {}",
+                                h.name,
+                                if c.encryption { "yes" } else { "no" },
+                                config::ByteSize(c.memory_free),
+                                config::ByteSize(c.memory_capacity),
+                                c.migration
+                            );
+                            for g in c.guests {
+                                println!(
+                                    "  {} ({}, {} vCPUs, {}, encryption {})",
+                                    g.info.name,
+                                    config::ByteSize(g.info.memory),
+                                    g.info.vcpus,
+                                    g.info.state,
+                                    g.encryption
+                                );
+                            }
+                        }
+                        None => {
+                            println!("{}: unreachable: {}", h.name, h.error.unwrap_or_default())
+                        }
+                    }
+                }
+            }
             Ok(())
         }
         Command::Config {
@@ -86,6 +378,16 @@ fn run(cli: Cli) -> Result<()> {
                 "{failed} of {} configuration files are invalid",
                 files.len()
             );
+            Ok(())
+        }
+        Command::Lab {
+            command: LabCommand::Counters { config },
+        } => {
+            let cfg = match config {
+                Some(path) => config::load::<CountersConfig>(&path)?,
+                None => CountersConfig::default(),
+            };
+            ferry::lab::counters::run(&cfg).context("data-plane demo")?;
             Ok(())
         }
     }

@@ -1,111 +1,115 @@
-//! `ferry demo`: the settings of the built-in demonstration.
+//! `ferry demo`: the built-in demonstration's settings.
 
 use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Invalid, Validate, deserialize_duration, serialize_duration};
+use super::{ByteSize, Invalid, Validate, deserialize_duration, serialize_duration};
+use crate::{
+    guest::{PAGE_SIZE, WorkloadSpec},
+    protocol::{Backend, EncryptionMode, Limits},
+};
 
-/// The data-plane demo: two throwaway namespaces joined by a veth pair, ferry's
-/// counters on both ends, tagged and untagged traffic across.
+/// A coordinator and two hosts on loopback; one guest moves from the first
+/// host to the second.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoConfig {
-    /// How long traffic runs.
+    #[serde(default = "default_guest")]
+    pub guest: DemoGuest,
+    /// The guest's setting; both demo hosts can encrypt.
+    #[serde(default)]
+    pub mode: EncryptionMode,
+    #[serde(default = "default_streams")]
+    pub streams: u16,
+    #[serde(default)]
+    pub backend: Backend,
+    #[serde(default = "default_limits")]
+    pub limits: Limits,
+    /// How long the guest runs before the move, and is watched after it.
     #[serde(
-        default = "default_duration",
+        default = "default_watch",
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
-    pub duration: Duration,
-    /// Frames sent per VLAN per second.
-    #[serde(default = "default_rate")]
-    pub rate: u32,
-    /// 802.1Q VLANs to send on.
-    #[serde(default = "default_vlans")]
-    pub vlans: Vec<u16>,
-    /// 802.1ad service VLAN and the 802.1Q VLAN inside it (None: no QinQ traffic).
-    #[serde(default = "default_qinq")]
-    pub qinq: Option<QinQ>,
-    /// How often the live table is redrawn.
-    #[serde(
-        default = "default_refresh",
-        deserialize_with = "deserialize_duration",
-        serialize_with = "serialize_duration"
-    )]
-    pub refresh: Duration,
+    pub watch: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct QinQ {
-    pub outer: u16,
-    pub inner: u16,
+pub struct DemoGuest {
+    pub name: String,
+    pub memory: ByteSize,
+    pub vcpus: usize,
+    pub workload: WorkloadSpec,
+    pub prefill: bool,
 }
 
-fn default_duration() -> Duration {
-    Duration::from_secs(3)
+fn default_guest() -> DemoGuest {
+    DemoGuest {
+        name: "redis-1".into(),
+        memory: ByteSize(1 << 30),
+        vcpus: 2,
+        // Table 1's 50% GET / 50% SET, scaled to one small guest.
+        workload: WorkloadSpec::KeyValue {
+            gets_per_second: 50_000,
+            sets_per_second: 50_000,
+        },
+        prefill: true,
+    }
 }
-fn default_rate() -> u32 {
-    20
+
+fn default_streams() -> u16 {
+    2
 }
-fn default_vlans() -> Vec<u16> {
-    vec![100, 200]
+
+fn default_limits() -> Limits {
+    Limits {
+        verify_memory: true,
+        ..Limits::default()
+    }
 }
-fn default_qinq() -> Option<QinQ> {
-    Some(QinQ {
-        outer: 300,
-        inner: 10,
-    })
-}
-fn default_refresh() -> Duration {
-    Duration::from_millis(500)
+
+fn default_watch() -> Duration {
+    Duration::from_secs(1)
 }
 
 impl Default for DemoConfig {
     fn default() -> Self {
         Self {
-            duration: default_duration(),
-            rate: default_rate(),
-            vlans: default_vlans(),
-            qinq: default_qinq(),
-            refresh: default_refresh(),
+            guest: default_guest(),
+            mode: EncryptionMode::default(),
+            streams: default_streams(),
+            backend: Backend::default(),
+            limits: default_limits(),
+            watch: default_watch(),
         }
-    }
-}
-
-/// 802.1Q VLAN ids 0 and 4095 are reserved.
-pub fn check_vlan(field: &str, vid: u16) -> Result<(), Invalid> {
-    if (1..=4094).contains(&vid) {
-        Ok(())
-    } else {
-        Err(Invalid::new(
-            field,
-            format!("VLAN id {vid} is out of range 1..=4094"),
-        ))
     }
 }
 
 impl Validate for DemoConfig {
     fn validate(&self) -> Result<(), Invalid> {
-        if self.duration.is_zero() || self.duration > Duration::from_secs(3600) {
-            return Err(Invalid::new("duration", "must be between 1ns and 1h"));
-        }
-        if !(1..=10_000).contains(&self.rate) {
+        let m = self.guest.memory.0;
+        if m == 0 || !m.is_multiple_of(PAGE_SIZE as u64) || m > 64 << 30 {
             return Err(Invalid::new(
-                "rate",
-                format!("{} frames/s is out of range 1..=10000", self.rate),
+                "guest.memory",
+                "must be a multiple of 4KiB between 4KiB and 64GiB",
             ));
         }
-        for (i, v) in self.vlans.iter().enumerate() {
-            check_vlan(&format!("vlans[{i}]"), *v)?;
+        if !(1..=64).contains(&self.guest.vcpus) {
+            return Err(Invalid::new(
+                "guest.vcpus",
+                format!("{} is out of range 1..=64", self.guest.vcpus),
+            ));
         }
-        if let Some(q) = self.qinq {
-            check_vlan("qinq.outer", q.outer)?;
-            check_vlan("qinq.inner", q.inner)?;
+        if !(1..=64).contains(&self.streams) {
+            return Err(Invalid::new(
+                "streams",
+                format!("{} is out of range 1..=64", self.streams),
+            ));
         }
-        if self.refresh < Duration::from_millis(10) {
-            return Err(Invalid::new("refresh", "must be at least 10ms"));
+        if self.watch > Duration::from_secs(600) {
+            return Err(Invalid::new("watch", "at most 10m"));
         }
         Ok(())
     }

@@ -4,15 +4,19 @@
 //! a silently ignored setting. Errors name the file, the line and column, and
 //! the path of the field (`interfaces[1].vlan`).
 
+mod counters;
 mod demo;
 mod duration;
+mod size;
 
 use std::{fmt, path::Path};
 
 use serde::de::DeserializeOwned;
 
-pub use demo::DemoConfig;
+pub use counters::CountersConfig;
+pub use demo::{DemoConfig, DemoGuest};
 pub use duration::{deserialize_duration, serialize_duration};
+pub use size::ByteSize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -132,19 +136,26 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
     from_str(&text, &origin)
 }
 
-/// The kinds of config file ferry reads, told apart by file name:
-/// `demo*.yaml`. Used by `ferry config check` and the config tests.
+/// The kinds of config file ferry reads, told apart by file name prefix.
+/// Used by `ferry config check` and the config tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Demo,
+    Coordinator,
+    Host,
+    LabCounters,
 }
 
 impl Kind {
-    pub const ALL: &'static [Kind] = &[Kind::Demo];
+    pub const ALL: &'static [Kind] =
+        &[Kind::Demo, Kind::Coordinator, Kind::Host, Kind::LabCounters];
 
     pub fn prefix(self) -> &'static str {
         match self {
             Kind::Demo => "demo",
+            Kind::Coordinator => "coordinator",
+            Kind::Host => "host",
+            Kind::LabCounters => "counters",
         }
     }
 
@@ -181,6 +192,9 @@ impl Kind {
     pub fn check(self, path: &Path) -> Result<(), ConfigError> {
         match self {
             Kind::Demo => load::<DemoConfig>(path).map(drop),
+            Kind::Coordinator => load::<crate::coordinator::CoordinatorConfig>(path).map(drop),
+            Kind::Host => load::<crate::host::HostConfig>(path).map(drop),
+            Kind::LabCounters => load::<CountersConfig>(path).map(drop),
         }
     }
 }

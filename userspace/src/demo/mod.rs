@@ -1,3 +1,3 @@
 //! `ferry demo`: ferry's main job on its built-in defaults.
 
-pub mod dataplane;
+pub mod migration;

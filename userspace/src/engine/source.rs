@@ -697,7 +697,7 @@ pub fn migrate_out(
         run.stats.transfer_rate = transfer_rate;
         run.stats.remaining_bytes = dirtied * PAGE_SIZE as u64;
         tracing::info!(migration = %spec.id, pass, pages = sent, zero, bytes, seconds = secs,
-            dirty_rate_mbps = dirty_rate * 8e-6, transfer_rate_mbps = transfer_rate * 8e-6,
+            dirty_rate_mb_s = dirty_rate / 1e6, transfer_rate_mb_s = transfer_rate / 1e6,
             expected_downtime_ms = expected * 1e3, throttle, "migration: pass");
         progress(&Progress {
             phase: Phase::PreCopy,
@@ -788,12 +788,14 @@ pub fn migrate_out(
     };
     run.stats.normal_pages += sent - zero;
     run.stats.zero_pages += zero;
+    let secs = t0.elapsed().as_secs_f64().max(1e-6);
     run.stats.pass_history.push(PassStats {
         pass,
         pages: sent,
         zero_pages: zero,
         bytes,
-        seconds: t0.elapsed().as_secs_f64(),
+        seconds: secs,
+        transfer_rate: bytes as f64 / secs,
         throttle_percent: throttle,
         stunned: true,
         ..Default::default()
@@ -812,7 +814,9 @@ pub fn migrate_out(
         let _ = senders[0].tx.send(Cmd::Message(chunk));
     }
     if spec.limits.verify_memory {
-        let d = guest.memory().digest(2);
+        // SAFETY: the guest is paused and the final pass is sent: nothing
+        // writes its memory until it resumes here or is released.
+        let d = unsafe { guest.memory().digest_quiescent(2) };
         let _ = senders[0].tx.send(Cmd::Message(
             [&[wire::DIGEST][..], &d.to_be_bytes()].concat(),
         ));

@@ -486,7 +486,41 @@ impl GuestMemory {
 
     /// A digest of every page: xxh3-128 of each 16 MiB chunk, then of the
     /// chunk digests in order, so the result does not depend on `threads`.
+    /// Reads through atomic loads: safe while the guest runs (the result is
+    /// then of no particular instant).
     pub fn digest(&self, threads: usize) -> u128 {
+        self.digest_chunks(threads, |chunk| {
+            let mut h = xxhash_rust::xxh3::Xxh3::new();
+            let mut buf = [0u8; PAGE_SIZE];
+            for p in chunk {
+                self.read_page(p, &mut buf);
+                h.update(&buf);
+            }
+            h.digest128()
+        })
+    }
+
+    /// The same digest as [`Self::digest`], hashing the mapping in place:
+    /// about twice as fast, which matters because verification happens while
+    /// the guest is stunned.
+    ///
+    /// # Safety
+    /// No thread may write this memory during the call: the guest is paused,
+    /// or has not started and no stream writes pages any more.
+    pub unsafe fn digest_quiescent(&self, threads: usize) -> u128 {
+        // SAFETY: the caller guarantees no concurrent writes; the mapping is
+        // valid for len bytes while self lives.
+        let bytes = unsafe { std::slice::from_raw_parts(self.base.as_ptr(), self.len) };
+        self.digest_chunks(threads, |chunk| {
+            xxhash_rust::xxh3::xxh3_128(&bytes[chunk.start * PAGE_SIZE..chunk.end * PAGE_SIZE])
+        })
+    }
+
+    fn digest_chunks(
+        &self,
+        threads: usize,
+        hash: impl Fn(std::ops::Range<usize>) -> u128 + Sync,
+    ) -> u128 {
         const CHUNK: usize = 4096; // pages
         let pages = self.pages();
         let chunks = pages.div_ceil(CHUNK);
@@ -497,18 +531,12 @@ impl GuestMemory {
                 .map(|_| {
                     s.spawn(|| {
                         let mut out = Vec::new();
-                        let mut buf = [0u8; PAGE_SIZE];
                         loop {
                             let c = next.fetch_add(1, Ordering::Relaxed);
                             if c >= chunks {
                                 return out;
                             }
-                            let mut h = xxhash_rust::xxh3::Xxh3::new();
-                            for p in c * CHUNK..((c + 1) * CHUNK).min(pages) {
-                                self.read_page(p, &mut buf);
-                                h.update(&buf);
-                            }
-                            out.push((c, h.digest128()));
+                            out.push((c, hash(c * CHUNK..((c + 1) * CHUNK).min(pages))));
                         }
                     })
                 })

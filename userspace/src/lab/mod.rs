@@ -2,6 +2,8 @@
 //! one machine. The integration tests, `ferry demo` and `ferry lab` all
 //! build their networks with [`Topology`].
 
+pub mod cluster;
+pub mod counters;
 mod topology;
 
 pub use topology::{Topology, TopologyError};

@@ -3,7 +3,7 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry::config::{self, ConfigError, DemoConfig};
+use ferry::config::{self, ConfigError, CountersConfig, DemoConfig};
 
 fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
@@ -33,15 +33,70 @@ fn every_file_in_config_validates() {
 }
 
 #[test]
-fn demo_yaml_holds_the_builtin_defaults() {
+fn demo_yamls_hold_the_builtin_defaults() {
     let cfg: DemoConfig = config::load(&config_dir().join("demo.yaml")).unwrap();
     assert_eq!(cfg, DemoConfig::default());
+    let cfg: CountersConfig = config::load(&config_dir().join("lab/counters.yaml")).unwrap();
+    assert_eq!(cfg, CountersConfig::default());
+}
+
+#[test]
+fn every_kind_has_an_example() {
+    let mut files = Vec::new();
+    yaml_files(&config_dir(), &mut files);
+    for kind in config::Kind::ALL {
+        assert!(
+            files
+                .iter()
+                .any(|f| config::Kind::of_path(f).ok() == Some(*kind)),
+            "no example of {kind:?} in config/"
+        );
+    }
+}
+
+#[test]
+fn host_config_errors_name_the_field() {
+    let base = std::fs::read_to_string(config_dir().join("host-a.yaml")).unwrap();
+    let bad = base.replace("memory_capacity: 4GiB", "memory_capacity: 1GiB");
+    let err = config::from_str::<ferry::host::HostConfig>(&bad, "host-a.yaml")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "host-a.yaml: memory_capacity: 1GiB is less than the 2GiB its guests need"
+    );
+    let bad = base.replace("vcpus: 2", "vcpus: 0");
+    let err = config::from_str::<ferry::host::HostConfig>(&bad, "host-a.yaml")
+        .unwrap_err()
+        .to_string();
+    assert_eq!(
+        err,
+        "host-a.yaml: guests[0].vcpus: 0 is out of range 1..=64"
+    );
+    let bad = base.replace("kind: idle", "kind: sleepy");
+    let err = config::from_str::<ferry::host::HostConfig>(&bad, "host-a.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("host-a.yaml:")
+            && err.contains("guests[1].workload")
+            && err.contains("sleepy"),
+        "{err}"
+    );
+    let bad = base.replace("encryption: required", "encryption: maybe");
+    let err = config::from_str::<ferry::host::HostConfig>(&bad, "host-a.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("guests[1].encryption") && err.contains("maybe"),
+        "{err}"
+    );
 }
 
 #[test]
 fn unknown_field_is_reported_with_file_line_and_field() {
     let text = "duration: 2s\nqinq:\n  outer: 300\n  innner: 10\n";
-    let err = config::from_str::<DemoConfig>(text, "demo-typo.yaml").unwrap_err();
+    let err = config::from_str::<CountersConfig>(text, "demo-typo.yaml").unwrap_err();
     let msg = err.to_string();
     match &err {
         ConfigError::Parse { line, field, .. } => {
@@ -60,7 +115,7 @@ fn unknown_field_is_reported_with_file_line_and_field() {
 
 #[test]
 fn wrong_type_names_the_field() {
-    let err = config::from_str::<DemoConfig>("vlans: [100, lots]\n", "demo.yaml")
+    let err = config::from_str::<CountersConfig>("vlans: [100, lots]\n", "demo.yaml")
         .unwrap_err()
         .to_string();
     assert!(err.starts_with("demo.yaml:1:"), "{err}");
@@ -69,12 +124,12 @@ fn wrong_type_names_the_field() {
 
 #[test]
 fn semantic_errors_name_the_field() {
-    let err = config::from_str::<DemoConfig>("vlans: [100, 4095]\n", "demo.yaml").unwrap_err();
+    let err = config::from_str::<CountersConfig>("vlans: [100, 4095]\n", "demo.yaml").unwrap_err();
     assert_eq!(
         err.to_string(),
         "demo.yaml: vlans[1]: VLAN id 4095 is out of range 1..=4094"
     );
-    let err = config::from_str::<DemoConfig>("duration: 3 fortnights\n", "demo.yaml")
+    let err = config::from_str::<CountersConfig>("duration: 3 fortnights\n", "demo.yaml")
         .unwrap_err()
         .to_string();
     assert!(

@@ -23,7 +23,7 @@ use ferry::{
     },
 };
 
-use crate::relay::Relay;
+use crate::relay::{AfterLimit, Relay};
 
 /// Delegates to a synthetic guest and copies its memory when the source has
 /// stunned it, or when the destination is about to resume it.
@@ -611,8 +611,12 @@ fn destination_refusal_before_any_memory_moves() {
     );
 }
 
+/// On stream 0 the destination sends its 32-byte hello, then READY
+/// (16-byte header, 1-byte message, 16-byte tag).
+const HELLO_AND_READY: u64 = 32 + 16 + 1 + 16;
+
 #[test]
-fn link_lost_after_go_is_resolved_by_asking_the_destination() {
+fn link_cut_between_ready_and_go_resumes_the_guest_on_the_source() {
     let dest = destination();
     let relay = Relay::new(dest.listener.local_addr());
     let memory = 16 << 20;
@@ -623,21 +627,59 @@ fn link_lost_after_go_is_resolved_by_asking_the_destination() {
         relay.addr(),
         Limits::default(),
     );
-    // Stream 0 is the first connection. The destination's first record on it
-    // is READY (16-byte header, 1-byte message, 16-byte tag): let exactly that
-    // through, then kill the connection, so RESUMED never reaches the source.
-    relay.cut_reverse_after(0, 16 + 1 + 16);
+    // READY reaches the source; GO can never reach the destination.
+    relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::Cut);
     let run = migrate(kv_guest(memory, 5_000, 5_000, true), &dest, &spec, |_| {});
-    let stats = run
-        .result
-        .unwrap_or_else(|f| panic!("the outcome query should settle it: {f}"));
-    assert_eq!(stats.result, MigrationResult::Completed);
-    assert_eq!(dest.registry.outcome(&spec.id), Some(Outcome::Resumed));
-    assert_eq!(run.dst.run_state(), RunState::Running);
+    let failed = run.result.expect_err("GO never arrived");
+    // The source asked; the destination had discarded its copy.
+    assert!(
+        matches!(&failed.error, MigrationError::Destination(m) if m.contains("discarded the guest after GO")),
+        "{}",
+        failed.error
+    );
+    assert!(failed.error.guest_kept());
     assert_eq!(
         run.src.run_state(),
+        RunState::Running,
+        "the guest resumed on the source"
+    );
+    assert!(matches!(
+        dest.registry.outcome(&spec.id),
+        Some(Outcome::Aborted(_))
+    ));
+    assert_eq!(
+        run.dst.run_state(),
         RunState::Released,
         "exactly one copy runs"
     );
-    assert_eq!(pages_differing(&run.src.take(), &run.dst.take()), 0);
+}
+
+#[test]
+fn resumed_lost_after_go_is_settled_by_asking_the_destination() {
+    let dest = destination();
+    let relay = Relay::new(dest.listener.local_addr());
+    let memory = 16 << 20;
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        relay.addr(),
+        Limits::default(),
+    );
+    // GO gets through and the destination resumes, but RESUMED vanishes.
+    relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
+    let src = Snapshot::new(kv_guest(memory, 5_000, 5_000, true), true);
+    let dst = Snapshot::new(SyntheticGuest::incoming("g1", memory).unwrap(), false);
+    dest.registry.prepare(&spec, dst.clone()).unwrap();
+    let opts = SourceOptions {
+        switchover_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let stats = migrate_out(src.clone(), &spec, &opts, &mut |_| {})
+        .unwrap_or_else(|f| panic!("the outcome query should settle it: {f}"));
+    assert_eq!(stats.result, MigrationResult::Completed);
+    assert_eq!(dest.registry.outcome(&spec.id), Some(Outcome::Resumed));
+    assert_eq!(dst.run_state(), RunState::Running);
+    assert_eq!(src.run_state(), RunState::Released, "exactly one copy runs");
+    assert_eq!(pages_differing(&src.take(), &dst.take()), 0);
 }

@@ -1,6 +1,9 @@
 //! Unprivileged integration tests: real sockets on loopback, real files.
 
 mod config_files;
+mod control;
 mod engine;
+mod logcapture;
+mod processes;
 mod protocol;
 mod relay;

@@ -18,9 +18,25 @@ struct Ctl {
     flip: Mutex<Option<(usize, u64)>>,
     flipped: AtomicBool,
     conns: AtomicUsize,
-    /// (connection number, bytes): after that many destination-to-source
-    /// bytes on that connection, the connection dies.
-    reverse_limit: Mutex<Option<(usize, u64)>>,
+    /// (stream index, bytes, action): after that many destination-to-source
+    /// bytes on the connection carrying that migration stream.
+    reverse_limit: Mutex<Option<(u16, u64, AfterLimit)>>,
+}
+
+/// What happens to a connection's destination-to-source direction at its limit.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub enum AfterLimit {
+    /// The connection dies; nothing the source sends afterwards arrives.
+    Cut,
+    /// Destination-to-source bytes vanish; the other direction still works.
+    BlackHole,
+}
+
+/// What the relay learned of one connection: the migration stream it
+/// carries, read from the client hello (bytes 10..12 after "FERRYMIG").
+#[derive(Default)]
+struct Conn {
+    stream: Mutex<Option<u16>>,
 }
 
 pub struct Relay {
@@ -51,8 +67,10 @@ impl Relay {
                 }
                 let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
                 let (c1, c2) = (c.clone(), c.clone());
-                std::thread::spawn(move || pump(down, up, n, c1, false));
-                std::thread::spawn(move || pump(u2, d2, n, c2, true));
+                let conn = Arc::new(Conn::default());
+                let k2 = conn.clone();
+                std::thread::spawn(move || pump(down, up, n, c1, conn, false));
+                std::thread::spawn(move || pump(u2, d2, n, c2, k2, true));
             }
         });
         Relay { addr, ctl }
@@ -74,9 +92,10 @@ impl Relay {
         *self.ctl.flip.lock().unwrap() = Some((conn, offset));
     }
 
-    /// Kills connection `conn` once the destination has sent `bytes` on it.
-    pub fn cut_reverse_after(&self, conn: usize, bytes: u64) {
-        *self.ctl.reverse_limit.lock().unwrap() = Some((conn, bytes));
+    /// Once the destination has sent `bytes` on migration stream `stream`,
+    /// `action` happens to that connection.
+    pub fn after_reverse_bytes(&self, stream: u16, bytes: u64, action: AfterLimit) {
+        *self.ctl.reverse_limit.lock().unwrap() = Some((stream, bytes, action));
     }
 
     pub fn flipped(&self) -> bool {
@@ -92,25 +111,52 @@ impl Drop for Relay {
     }
 }
 
-fn pump(mut from: TcpStream, mut to: TcpStream, conn: usize, ctl: Arc<Ctl>, reverse: bool) {
+fn pump(
+    mut from: TcpStream,
+    mut to: TcpStream,
+    conn: usize,
+    ctl: Arc<Ctl>,
+    state: Arc<Conn>,
+    reverse: bool,
+) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
+    let mut head = Vec::new();
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
-        let mut n = n;
-        let mut last = false;
-        if reverse {
-            if let Some((c, limit)) = *ctl.reverse_limit.lock().unwrap()
-                && c == conn
-                && offset + n as u64 >= limit
-            {
-                n = (limit - offset) as usize;
-                last = true;
+        if !reverse && head.len() < 12 {
+            head.extend_from_slice(&buf[..n.min(12 - head.len())]);
+            if head.len() == 12 && &head[..8] == b"FERRYMIG" {
+                *state.stream.lock().unwrap() = Some(u16::from_be_bytes([head[10], head[11]]));
             }
-        } else if let Some((c, at)) = *ctl.flip.lock().unwrap()
+        }
+        let mut n = n;
+        if reverse
+            && let Some((stream, limit, action)) = *ctl.reverse_limit.lock().unwrap()
+            && *state.stream.lock().unwrap() == Some(stream)
+            && offset + n as u64 >= limit
+        {
+            if offset >= limit {
+                continue; // black-holed
+            }
+            n = (limit - offset) as usize;
+            offset = limit;
+            if action == AfterLimit::Cut {
+                // Close the destination's side first, so that nothing the
+                // source sends after this last delivery can get through.
+                let _ = from.shutdown(Shutdown::Both);
+                let _ = to.write_all(&buf[..n]);
+                break;
+            }
+            if to.write_all(&buf[..n]).is_err() {
+                break;
+            }
+            continue;
+        } else if !reverse
+            && let Some((c, at)) = *ctl.flip.lock().unwrap()
             && c == conn
             && at >= offset
             && at < offset + n as u64
@@ -119,7 +165,7 @@ fn pump(mut from: TcpStream, mut to: TcpStream, conn: usize, ctl: Arc<Ctl>, reve
             buf[(at - offset) as usize] ^= 0x01;
         }
         offset += n as u64;
-        if to.write_all(&buf[..n]).is_err() || last {
+        if to.write_all(&buf[..n]).is_err() {
             break;
         }
     }

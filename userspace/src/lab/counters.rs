@@ -1,4 +1,4 @@
-//! The data-plane demo: ferry's VLAN counters on both ends of a veth pair
+//! `ferry lab counters`, the data-plane demo: ferry's VLAN counters on both ends of a veth pair
 //! between two throwaway namespaces, with tagged, double-tagged and untagged
 //! (ICMP) traffic across, and a live table of what the eBPF programs count.
 
@@ -16,7 +16,7 @@ use anyhow::{Context, Result, bail};
 use ferry_common::counters::{Direction, TagKind};
 
 use crate::{
-    config::DemoConfig,
+    config::CountersConfig,
     dataplane::{Dataplane, VlanCount, summarize},
     lab::Topology,
     net::{
@@ -62,7 +62,7 @@ fn matches(tx: &[VlanCount], rx: &[VlanCount]) -> bool {
     pick(tx, Direction::Egress) == pick(rx, Direction::Ingress)
 }
 
-pub fn run(cfg: &DemoConfig) -> Result<Outcome> {
+pub fn run(cfg: &CountersConfig) -> Result<Outcome> {
     let mut topo = Topology::new("ferry-demo");
     let left = topo
         .add_node("left", false)

@@ -1,0 +1,236 @@
+//! The control plane: mutually authenticated TLS connections between the
+//! coordinator, hosts, peer coordinators and clients, carrying JSON
+//! requests and responses.
+
+pub mod tls;
+pub mod wire;
+
+use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
+
+use tokio::{
+    io::{ReadHalf, WriteHalf},
+    net::{TcpListener, TcpStream},
+};
+use tokio_rustls::{TlsAcceptor, TlsConnector};
+
+pub use tls::{Identity, Role, TlsFiles};
+pub use wire::{Request, Response};
+
+use wire::{LineReader, WireError};
+
+/// How long a peer may take to complete TLS and send its request.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("connecting to {name} at {addr}: {source}")]
+    Connect {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("TLS with {name} at {addr}: {source}")]
+    Tls {
+        name: String,
+        addr: SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error(transparent)]
+    TlsSetup(#[from] tls::TlsError),
+    #[error("{name}: {source}")]
+    Wire {
+        name: String,
+        #[source]
+        source: WireError,
+    },
+    #[error("{name} refused: {message}")]
+    Remote { name: String, message: String },
+    #[error("{name} answered something unexpected: {what}")]
+    Unexpected { name: String, what: String },
+}
+
+type ServerStream = tokio_rustls::server::TlsStream<TcpStream>;
+
+/// The sending side of a connection, handed to request handlers.
+pub struct Responder {
+    w: WriteHalf<ServerStream>,
+}
+
+impl Responder {
+    pub async fn send(&mut self, r: &Response) -> Result<(), WireError> {
+        wire::write(&mut self.w, r).await
+    }
+}
+
+pub type BoxFuture = Pin<Box<dyn Future<Output = ()> + Send>>;
+pub type Handler = Arc<dyn Fn(Identity, Request, Responder) -> BoxFuture + Send + Sync>;
+
+/// Accepts connections for ever: TLS, the peer's identity, one request, the
+/// handler. Each connection runs in its own task.
+pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handler: Handler) {
+    let acceptor = TlsAcceptor::from(tls);
+    loop {
+        let Ok((tcp, peer)) = listener.accept().await else {
+            continue;
+        };
+        let (acceptor, handler) = (acceptor.clone(), handler.clone());
+        tokio::spawn(async move {
+            let r = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+                let tls = acceptor
+                    .accept(tcp)
+                    .await
+                    .map_err(|e| format!("TLS: {e}"))?;
+                let cert = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .cloned()
+                    .ok_or_else(|| "no client certificate".to_string())?;
+                let who = tls::identity(&cert).map_err(|e| e.to_string())?;
+                let (rd, w) = tokio::io::split(tls);
+                let mut lines = LineReader::new(rd);
+                let req: Request = lines.read().await.map_err(|e| e.to_string())?;
+                Ok::<_, String>((who, req, Responder { w }, lines))
+            })
+            .await;
+            match r {
+                Ok(Ok((who, req, resp, lines))) => {
+                    // Keep the read half alive while the handler answers.
+                    let _keep: LineReader<ReadHalf<ServerStream>> = lines;
+                    handler(who, req, resp).await;
+                }
+                Ok(Err(e)) => {
+                    tracing::warn!(peer = %peer, error = %e, "control connection refused")
+                }
+                Err(_) => {
+                    tracing::warn!(peer = %peer, "control connection timed out before its request")
+                }
+            }
+        });
+    }
+}
+
+type ClientStream = tokio_rustls::client::TlsStream<TcpStream>;
+
+/// One request in flight: read its responses.
+pub struct Exchange {
+    name: String,
+    lines: LineReader<ReadHalf<ClientStream>>,
+    _w: WriteHalf<ClientStream>,
+}
+
+impl Exchange {
+    /// The next response; a remote error becomes [`ControlError::Remote`].
+    pub async fn next(&mut self) -> Result<Response, ControlError> {
+        match self.lines.read::<Response>().await {
+            Ok(Response::Error { message }) => Err(ControlError::Remote {
+                name: self.name.clone(),
+                message,
+            }),
+            Ok(r) => Ok(r),
+            Err(source) => Err(ControlError::Wire {
+                name: self.name.clone(),
+                source,
+            }),
+        }
+    }
+
+    /// The next response within `timeout`.
+    pub async fn next_within(&mut self, timeout: Duration) -> Result<Response, ControlError> {
+        match tokio::time::timeout(timeout, self.next()).await {
+            Ok(r) => r,
+            Err(_) => Err(ControlError::Wire {
+                name: self.name.clone(),
+                source: WireError::Timeout(timeout),
+            }),
+        }
+    }
+}
+
+/// A TLS client for the control plane.
+#[derive(Clone)]
+pub struct Client {
+    config: Arc<rustls::ClientConfig>,
+    pub connect_timeout: Duration,
+}
+
+impl Client {
+    pub fn new(files: &TlsFiles) -> Result<Self, ControlError> {
+        Ok(Self {
+            config: tls::client_config(files)?,
+            connect_timeout: Duration::from_secs(5),
+        })
+    }
+
+    /// Connects to `name` at `addr`, verifies it is `name`, sends `req`.
+    pub async fn open(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        req: &Request,
+    ) -> Result<Exchange, ControlError> {
+        let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(t)) => t,
+            Ok(Err(source)) => {
+                return Err(ControlError::Connect {
+                    name: name.into(),
+                    addr,
+                    source,
+                });
+            }
+            Err(_) => {
+                let source =
+                    std::io::Error::new(std::io::ErrorKind::TimedOut, "connection timed out");
+                return Err(ControlError::Connect {
+                    name: name.into(),
+                    addr,
+                    source,
+                });
+            }
+        };
+        tcp.set_nodelay(true).ok();
+        let server = tls::server_name(name)?;
+        let tls = tokio::time::timeout(
+            HANDSHAKE_TIMEOUT,
+            TlsConnector::from(self.config.clone()).connect(server, tcp),
+        )
+        .await
+        .map_err(|_| ControlError::Tls {
+            name: name.into(),
+            addr,
+            source: std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out"),
+        })?
+        .map_err(|source| ControlError::Tls {
+            name: name.into(),
+            addr,
+            source,
+        })?;
+        let (rd, mut w) = tokio::io::split(tls);
+        wire::write(&mut w, req)
+            .await
+            .map_err(|source| ControlError::Wire {
+                name: name.into(),
+                source,
+            })?;
+        Ok(Exchange {
+            name: name.into(),
+            lines: LineReader::new(rd),
+            _w: w,
+        })
+    }
+
+    /// A request with a single answer.
+    pub async fn call(
+        &self,
+        name: &str,
+        addr: SocketAddr,
+        req: &Request,
+        timeout: Duration,
+    ) -> Result<Response, ControlError> {
+        let mut x = self.open(name, addr, req).await?;
+        x.next_within(timeout).await
+    }
+}

@@ -1,0 +1,238 @@
+//! The control protocol: JSON messages, one per line, over mutual TLS. A
+//! connection carries one request and then the responses to it (several
+//! for a migration's progress), the last one final.
+//!
+//! Requests can carry a migration key (a host's PrepareIncoming and
+//! StartOutgoing): lines are read into and written from buffers that are
+//! wiped after use. (TLS's own record buffers are beyond our reach.)
+
+use std::{net::SocketAddr, time::Duration};
+
+use serde::{Deserialize, Serialize, de::DeserializeOwned};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use zeroize::Zeroizing;
+
+use crate::{
+    engine::{DestinationStats, MigrationStats, Progress},
+    guest::GuestInfo,
+    protocol::{EncryptionMode, Limits, MigrationId, MigrationSpec, Transport},
+};
+
+/// The longest line either side accepts.
+pub const MAX_LINE: usize = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum WireError {
+    #[error("connection: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("message longer than {MAX_LINE} bytes")]
+    TooLong,
+    #[error("the peer closed the connection")]
+    Closed,
+    #[error("malformed message: {0}")]
+    Json(String),
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+}
+
+/// Reads newline-terminated messages into a buffer that is wiped as it is consumed.
+pub struct LineReader<R> {
+    inner: R,
+    buf: Zeroizing<Vec<u8>>,
+}
+
+impl<R: AsyncRead + Unpin> LineReader<R> {
+    pub fn new(inner: R) -> Self {
+        Self {
+            inner,
+            buf: Zeroizing::new(Vec::with_capacity(4096)),
+        }
+    }
+
+    /// The next message, parsed.
+    pub async fn read<T: DeserializeOwned>(&mut self) -> Result<T, WireError> {
+        loop {
+            if let Some(nl) = self.buf.iter().position(|&b| b == b'\n') {
+                let parsed = serde_json::from_slice(&self.buf[..nl])
+                    .map_err(|e| WireError::Json(e.to_string()));
+                // Wipe the consumed line before shifting the rest down.
+                self.buf[..=nl].iter_mut().for_each(|b| *b = 0);
+                self.buf.drain(..=nl);
+                return parsed;
+            }
+            if self.buf.len() > MAX_LINE {
+                return Err(WireError::TooLong);
+            }
+            let mut chunk = Zeroizing::new([0u8; 4096]);
+            let n = self.inner.read(&mut chunk[..]).await?;
+            if n == 0 {
+                return Err(WireError::Closed);
+            }
+            // Reserve first so that extending never reallocates and leaves
+            // an unwiped copy behind.
+            if self.buf.capacity() < self.buf.len() + n {
+                let mut bigger = Zeroizing::new(Vec::with_capacity((self.buf.len() + n) * 2));
+                bigger.extend_from_slice(&self.buf);
+                self.buf = bigger;
+            }
+            self.buf.extend_from_slice(&chunk[..n]);
+        }
+    }
+
+    pub fn into_inner(self) -> R {
+        self.inner
+    }
+}
+
+/// Writes one message and a newline, from a buffer wiped afterwards.
+pub async fn write<W: AsyncWrite + Unpin, T: Serialize>(
+    w: &mut W,
+    msg: &T,
+) -> Result<(), WireError> {
+    let mut line =
+        Zeroizing::new(serde_json::to_vec(msg).map_err(|e| WireError::Json(e.to_string()))?);
+    line.push(b'\n');
+    w.write_all(&line).await?;
+    w.flush().await?;
+    Ok(())
+}
+
+/// Per-request overrides a client may ask for.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrateOptions {
+    pub mode: Option<EncryptionMode>,
+    pub streams: Option<u16>,
+    pub limits: Option<Limits>,
+}
+
+/// Everything a connection can ask for.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    // client -> coordinator
+    Migrate {
+        guest: String,
+        source: Option<String>,
+        destination: String,
+        options: MigrateOptions,
+    },
+    Status {
+        id: Option<MigrationId>,
+    },
+    Hosts,
+    // coordinator -> host
+    Capabilities,
+    PrepareIncoming {
+        spec: MigrationSpec,
+    },
+    StartOutgoing {
+        spec: MigrationSpec,
+    },
+    AbortIncoming {
+        id: MigrationId,
+    },
+    // coordinator -> coordinator
+    PeerCapabilities {
+        host: String,
+    },
+    PeerPrepare {
+        host: String,
+        spec: MigrationSpec,
+    },
+    PeerFinished {
+        id: MigrationId,
+        result: Box<MigrationStats>,
+    },
+}
+
+/// What a host can do and holds.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Capabilities {
+    pub host: String,
+    pub version: String,
+    /// Whether this host can run AES-256-GCM migration streams.
+    pub encryption: bool,
+    pub migration: SocketAddr,
+    pub memory_capacity: u64,
+    pub memory_free: u64,
+    pub guests: Vec<HostedGuest>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostedGuest {
+    pub info: GuestInfo,
+    pub encryption: EncryptionMode,
+}
+
+/// A migration as the coordinator tracks it.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MigrationRecord {
+    pub id: MigrationId,
+    pub guest: String,
+    pub source: String,
+    pub destination: String,
+    pub mode: EncryptionMode,
+    pub transport: Transport,
+    pub state: MigrationState,
+    pub started_unix_ms: u64,
+    pub progress: Option<Progress>,
+    pub stats: Option<Box<MigrationStats>>,
+    pub error: Option<String>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum MigrationState {
+    Preparing,
+    Running,
+    Completed,
+    Failed,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct HostStatus {
+    pub name: String,
+    pub reachable: bool,
+    pub error: Option<String>,
+    pub capabilities: Option<Capabilities>,
+}
+
+/// Everything a connection can answer.
+#[derive(Debug, Serialize, Deserialize)]
+#[serde(tag = "event", rename_all = "kebab-case")]
+pub enum Response {
+    Ok,
+    Error {
+        message: String,
+    },
+    Capabilities(Box<Capabilities>),
+    /// A migration was accepted; progress follows on this connection.
+    Accepted {
+        id: MigrationId,
+        transport: Transport,
+        source: String,
+        destination: String,
+    },
+    Progress(Progress),
+    Finished(Box<MigrationStats>),
+    /// The destination accepted a spec (PeerPrepare's answer: where to connect).
+    Prepared {
+        migration: SocketAddr,
+    },
+    Incoming(Box<DestinationStats>),
+    Status {
+        migrations: Vec<MigrationRecord>,
+    },
+    Hosts {
+        hosts: Vec<HostStatus>,
+    },
+}
+
+impl Response {
+    pub fn error(e: impl std::fmt::Display) -> Response {
+        Response::Error {
+            message: e.to_string(),
+        }
+    }
+}

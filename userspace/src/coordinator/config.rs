@@ -1,0 +1,133 @@
+//! `ferry coordinator` configuration.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{Invalid, Validate},
+    control::TlsFiles,
+    host::config::{MetricsListen, check_name},
+    protocol::{EncryptionMode, Limits},
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CoordinatorConfig {
+    pub name: String,
+    /// Client and peer API (mutual TLS).
+    pub listen: SocketAddr,
+    pub tls: TlsFiles,
+    /// The hosts this coordinator manages.
+    pub hosts: Vec<HostEntry>,
+    /// Other coordinators, for cross-coordinator migrations.
+    #[serde(default)]
+    pub peers: Vec<PeerEntry>,
+    /// Client certificate names allowed to migrate; empty: any client of the CA.
+    #[serde(default)]
+    pub clients: Vec<String>,
+    #[serde(default)]
+    pub defaults: Defaults,
+    #[serde(default)]
+    pub metrics: Option<MetricsListen>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostEntry {
+    pub name: String,
+    pub control: SocketAddr,
+    /// Whether the host can encrypt (it must also say so itself).
+    #[serde(default = "yes")]
+    pub encryption: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PeerEntry {
+    pub name: String,
+    pub address: SocketAddr,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Defaults {
+    /// Used for guests that do not say (hosts report each guest's own).
+    #[serde(default)]
+    pub mode: EncryptionMode,
+    /// Parallel streams per migration; 0: one per CPU core of this machine, at most 8.
+    #[serde(default)]
+    pub streams: u16,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+impl Default for Defaults {
+    fn default() -> Self {
+        Self {
+            mode: EncryptionMode::Opportunistic,
+            streams: 0,
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Defaults {
+    pub fn streams(&self) -> u16 {
+        if self.streams > 0 {
+            return self.streams;
+        }
+        std::thread::available_parallelism()
+            .map(|n| n.get().min(8) as u16)
+            .unwrap_or(2)
+    }
+}
+
+impl Validate for CoordinatorConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        check_name("name", &self.name)?;
+        let mut names = std::collections::HashSet::new();
+        for (i, h) in self.hosts.iter().enumerate() {
+            check_name(&format!("hosts[{i}].name"), &h.name)?;
+            if !names.insert(h.name.as_str()) {
+                return Err(Invalid::new(
+                    format!("hosts[{i}].name"),
+                    format!("host {} is listed twice", h.name),
+                ));
+            }
+        }
+        for (i, p) in self.peers.iter().enumerate() {
+            check_name(&format!("peers[{i}].name"), &p.name)?;
+            if p.name == self.name {
+                return Err(Invalid::new(
+                    format!("peers[{i}].name"),
+                    "a coordinator cannot be its own peer",
+                ));
+            }
+        }
+        if self.defaults.streams > 64 {
+            return Err(Invalid::new(
+                "defaults.streams",
+                format!("{} is out of range 0..=64", self.defaults.streams),
+            ));
+        }
+        let l = &self.defaults.limits;
+        if l.throttle_max > 99 || l.throttle_initial > l.throttle_max {
+            return Err(Invalid::new(
+                "defaults.limits",
+                "throttle_initial <= throttle_max <= 99",
+            ));
+        }
+        if l.max_record < 64 * 1024 || l.max_record > crate::protocol::spec::MAX_RECORD_LIMIT {
+            return Err(Invalid::new(
+                "defaults.limits.max_record",
+                "must be between 64KiB and 16MiB",
+            ));
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,627 @@
+//! `ferry coordinator`: the inventory of hosts, and per migration the spec:
+//! a fresh 256-bit key and 64-bit nonce, the resolved transport, streams and
+//! limits, handed to the source and destination over mutual TLS (or, for a
+//! host of another coordinator, to that coordinator). The key lives in the
+//! coordinator only until both ends have it; it is wiped when dropped.
+
+pub mod config;
+
+use std::{
+    net::SocketAddr,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use anyhow::Context;
+pub use config::CoordinatorConfig;
+
+use crate::{
+    control::{
+        self, Client, ControlError, Identity, Request, Responder, Response, Role,
+        wire::{Capabilities, HostStatus, MigrateOptions, MigrationRecord, MigrationState},
+    },
+    engine::{MigrationResult, MigrationStats},
+    host::{CALL_TIMEOUT, op_name},
+    protocol::{MigrationId, MigrationKey, MigrationSpec, spec::Endpoint, spec::resolve_transport},
+};
+
+/// Where migration keys come from: the OS CSPRNG, or a test's fixed source.
+pub type KeySource = Arc<dyn Fn() -> MigrationKey + Send + Sync>;
+
+/// How many finished migrations `status` remembers.
+const HISTORY: usize = 1000;
+
+pub struct Coordinator {
+    cfg: CoordinatorConfig,
+    client: Client,
+    records: Mutex<Vec<MigrationRecord>>,
+    key_source: KeySource,
+}
+
+fn unix_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_millis() as u64)
+        .unwrap_or(0)
+}
+
+/// A migration that failed before it started: the spec never left.
+fn refused(e: impl std::fmt::Display) -> Response {
+    Response::error(e)
+}
+
+impl Coordinator {
+    pub fn new(cfg: CoordinatorConfig) -> anyhow::Result<Arc<Self>> {
+        let client = Client::new(&cfg.tls).context("coordinator TLS client")?;
+        Ok(Arc::new(Self {
+            cfg,
+            client,
+            records: Mutex::new(Vec::new()),
+            key_source: Arc::new(MigrationKey::generate),
+        }))
+    }
+
+    /// Replaces the key source (tests that must know the key to look for it).
+    pub fn with_key_source(
+        cfg: CoordinatorConfig,
+        key_source: KeySource,
+    ) -> anyhow::Result<Arc<Self>> {
+        let client = Client::new(&cfg.tls).context("coordinator TLS client")?;
+        Ok(Arc::new(Self {
+            cfg,
+            client,
+            records: Mutex::new(Vec::new()),
+            key_source,
+        }))
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn load_config(path: &Path) -> Result<CoordinatorConfig, crate::config::ConfigError> {
+        let mut cfg: CoordinatorConfig = crate::config::load(path)?;
+        cfg.tls = cfg.tls.relative_to(path.parent().unwrap_or(Path::new(".")));
+        Ok(cfg)
+    }
+
+    pub fn records(&self) -> Vec<MigrationRecord> {
+        self.records.lock().expect("records").clone()
+    }
+
+    fn record(&self, r: MigrationRecord) {
+        let mut recs = self.records.lock().expect("records");
+        recs.insert(0, r);
+        recs.truncate(HISTORY);
+    }
+
+    fn update(&self, id: &MigrationId, f: impl FnOnce(&mut MigrationRecord)) {
+        if let Some(r) = self
+            .records
+            .lock()
+            .expect("records")
+            .iter_mut()
+            .find(|r| r.id == *id)
+        {
+            f(r);
+        }
+    }
+
+    fn host_entry(&self, name: &str) -> Result<&config::HostEntry, String> {
+        self.cfg
+            .hosts
+            .iter()
+            .find(|h| h.name == name)
+            .ok_or_else(|| format!("{} manages no host named {name}", self.cfg.name))
+    }
+
+    fn peer_entry(&self, name: &str) -> Result<&config::PeerEntry, String> {
+        self.cfg
+            .peers
+            .iter()
+            .find(|p| p.name == name)
+            .ok_or_else(|| format!("{} has no peer coordinator named {name}", self.cfg.name))
+    }
+
+    /// A host's capabilities, its own word ANDed with our configuration.
+    async fn host_caps(&self, name: &str) -> Result<Capabilities, String> {
+        let entry = self.host_entry(name)?;
+        match self
+            .client
+            .call(name, entry.control, &Request::Capabilities, CALL_TIMEOUT)
+            .await
+        {
+            Ok(Response::Capabilities(mut c)) => {
+                c.encryption &= entry.encryption;
+                Ok(*c)
+            }
+            Ok(other) => Err(format!("host {name} answered {other:?}")),
+            Err(e) => Err(format!("host {name} is unreachable: {e}")),
+        }
+    }
+
+    async fn peer_caps(&self, peer: &str, host: &str) -> Result<Capabilities, String> {
+        let p = self.peer_entry(peer)?;
+        let req = Request::PeerCapabilities {
+            host: host.to_string(),
+        };
+        match self.client.call(peer, p.address, &req, CALL_TIMEOUT).await {
+            Ok(Response::Capabilities(c)) => Ok(*c),
+            Ok(other) => Err(format!("coordinator {peer} answered {other:?}")),
+            Err(e) => Err(format!("coordinator {peer}: {e}")),
+        }
+    }
+
+    /// The host that runs `guest`.
+    async fn find_guest(&self, guest: &str) -> Result<(String, Capabilities), String> {
+        for h in &self.cfg.hosts {
+            if let Ok(c) = self.host_caps(&h.name).await
+                && c.guests.iter().any(|g| g.info.name == guest)
+            {
+                return Ok((h.name.clone(), c));
+            }
+        }
+        Err(format!(
+            "no host of {} runs a guest named {guest}",
+            self.cfg.name
+        ))
+    }
+
+    async fn migrate(
+        self: &Arc<Self>,
+        guest: String,
+        source: Option<String>,
+        destination: String,
+        opts: MigrateOptions,
+        resp: &mut Responder,
+    ) -> Response {
+        let (src_name, src_caps) = match source {
+            Some(s) => match self.host_caps(&s).await {
+                Ok(c) => (s, c),
+                Err(e) => return refused(e),
+            },
+            None => match self.find_guest(&guest).await {
+                Ok(v) => v,
+                Err(e) => return refused(e),
+            },
+        };
+        let Some(g) = src_caps.guests.iter().find(|g| g.info.name == guest) else {
+            return refused(format!("host {src_name} has no guest named {guest}"));
+        };
+        let (dst_host, peer) = match destination.split_once('@') {
+            Some((h, c)) if c != self.cfg.name => (h.to_string(), Some(c.to_string())),
+            Some((h, _)) => (h.to_string(), None),
+            None => (destination.clone(), None),
+        };
+        if peer.is_none() && dst_host == src_name {
+            return refused(format!("guest {guest} already runs on {dst_host}"));
+        }
+        let dst_caps = match &peer {
+            None => self.host_caps(&dst_host).await,
+            Some(p) => self.peer_caps(p, &dst_host).await,
+        };
+        let dst_caps = match dst_caps {
+            Ok(c) => c,
+            Err(e) => return refused(e),
+        };
+        let dst_label = match &peer {
+            Some(p) => format!("{dst_host}@{p}"),
+            None => dst_host.clone(),
+        };
+        let mode = opts.mode.unwrap_or(g.encryption);
+        let transport = match resolve_transport(
+            &guest,
+            mode,
+            (&src_name, src_caps.encryption),
+            (&dst_label, dst_caps.encryption),
+        ) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}");
+                return refused(e);
+            }
+        };
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).expect("the OS random source failed");
+        let spec = MigrationSpec {
+            id: MigrationId::generate(),
+            guest: guest.clone(),
+            memory: g.info.memory,
+            source: Endpoint {
+                host: src_name.clone(),
+                migration: src_caps.migration,
+            },
+            destination: Endpoint {
+                host: dst_host.clone(),
+                migration: dst_caps.migration,
+            },
+            mode,
+            transport,
+            key: transport.encrypted().then(|| (self.key_source)()),
+            nonce: u64::from_be_bytes(nonce),
+            streams: opts.streams.unwrap_or_else(|| self.cfg.defaults.streams()),
+            limits: opts
+                .limits
+                .unwrap_or_else(|| self.cfg.defaults.limits.clone()),
+        };
+        if let Err(e) = spec.check() {
+            return refused(e);
+        }
+        let id = spec.id;
+        tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %guest, source = %src_name,
+            destination = %dst_label, mode = %mode, transport = %transport, streams = spec.streams, "migration: spec created");
+        self.record(MigrationRecord {
+            id,
+            guest: guest.clone(),
+            source: src_name.clone(),
+            destination: dst_label.clone(),
+            mode,
+            transport,
+            state: MigrationState::Preparing,
+            started_unix_ms: unix_ms(),
+            progress: None,
+            stats: None,
+            error: None,
+        });
+        let _ = resp
+            .send(&Response::Accepted {
+                id,
+                transport,
+                source: src_name.clone(),
+                destination: dst_label.clone(),
+            })
+            .await;
+
+        // The destination first: it refuses (memory, duplicate guest, ...)
+        // before any memory moves.
+        let prepared = match &peer {
+            None => {
+                let entry = self.host_entry(&dst_host).expect("checked by host_caps");
+                self.client
+                    .call(
+                        &dst_host,
+                        entry.control,
+                        &Request::PrepareIncoming { spec: spec.clone() },
+                        CALL_TIMEOUT,
+                    )
+                    .await
+            }
+            Some(p) => {
+                let addr = self.peer_entry(p).expect("checked by peer_caps").address;
+                let req = Request::PeerPrepare {
+                    host: dst_host.clone(),
+                    spec: spec.clone(),
+                };
+                self.client.call(p, addr, &req, CALL_TIMEOUT).await
+            }
+        };
+        if let Err(e) = prepared.and_then(|r| match r {
+            Response::Prepared { .. } => Ok(()),
+            other => Err(ControlError::Unexpected {
+                name: dst_label.clone(),
+                what: format!("{other:?}"),
+            }),
+        }) {
+            let msg = format!("the destination refused the migration: {e}");
+            self.update(&id, |r| {
+                r.state = MigrationState::Failed;
+                r.error = Some(msg.clone());
+            });
+            return Response::error(msg);
+        }
+
+        // Then the source. After this request is written the coordinator has
+        // no further use for the key: the spec is dropped (and wiped) here.
+        let src_entry = self.host_entry(&src_name).expect("checked by host_caps");
+        let exchange = self
+            .client
+            .open(
+                &src_name,
+                src_entry.control,
+                &Request::StartOutgoing { spec },
+            )
+            .await;
+        let mut exchange = match exchange {
+            Ok(x) => x,
+            Err(e) => {
+                return self
+                    .lost(
+                        &id,
+                        &dst_host,
+                        peer.as_deref(),
+                        format!("cannot start the source: {e}"),
+                    )
+                    .await;
+            }
+        };
+        self.update(&id, |r| r.state = MigrationState::Running);
+        let stats = loop {
+            match exchange.next().await {
+                Ok(Response::Progress(p)) => {
+                    self.update(&id, |r| r.progress = Some(p.clone()));
+                    // A client that went away does not stop the migration.
+                    let _ = resp.send(&Response::Progress(p)).await;
+                }
+                Ok(Response::Finished(s)) => break s,
+                Ok(other) => {
+                    return self
+                        .lost(
+                            &id,
+                            &dst_host,
+                            peer.as_deref(),
+                            format!("source {src_name} answered {other:?}"),
+                        )
+                        .await;
+                }
+                Err(e) => {
+                    return self
+                        .lost(
+                            &id,
+                            &dst_host,
+                            peer.as_deref(),
+                            format!("lost contact with {src_name}: {e}"),
+                        )
+                        .await;
+                }
+            }
+        };
+        let ok = stats.result == MigrationResult::Completed;
+        self.update(&id, |r| {
+            r.state = if ok {
+                MigrationState::Completed
+            } else {
+                MigrationState::Failed
+            };
+            r.error = stats.error.clone();
+            r.stats = Some(stats.clone());
+        });
+        if !ok {
+            self.abort_destination(&id, &dst_host, peer.as_deref())
+                .await;
+        }
+        if let Some(p) = &peer
+            && let Ok(pe) = self.peer_entry(p)
+        {
+            let _ = self
+                .client
+                .call(
+                    p,
+                    pe.address,
+                    &Request::PeerFinished {
+                        id,
+                        result: stats.clone(),
+                    },
+                    CALL_TIMEOUT,
+                )
+                .await;
+        }
+        tracing::info!(coordinator = %self.cfg.name, migration = %id, result = ?stats.result,
+            total_s = stats.total_seconds, downtime_ms = stats.downtime_seconds * 1e3, "migration: finished");
+        Response::Finished(stats)
+    }
+
+    async fn abort_destination(&self, id: &MigrationId, host: &str, peer: Option<&str>) {
+        if peer.is_none()
+            && let Ok(e) = self.host_entry(host)
+        {
+            let _ = self
+                .client
+                .call(
+                    host,
+                    e.control,
+                    &Request::AbortIncoming { id: *id },
+                    CALL_TIMEOUT,
+                )
+                .await;
+        }
+    }
+
+    async fn lost(&self, id: &MigrationId, dst: &str, peer: Option<&str>, msg: String) -> Response {
+        tracing::warn!(coordinator = %self.cfg.name, migration = %id, "{msg}");
+        self.update(id, |r| {
+            r.state = MigrationState::Failed;
+            r.error = Some(msg.clone());
+        });
+        self.abort_destination(id, dst, peer).await;
+        Response::error(msg)
+    }
+
+    fn allowed(&self, who: &Identity, req: &Request) -> Result<(), String> {
+        let peer_op = matches!(
+            req,
+            Request::PeerCapabilities { .. }
+                | Request::PeerPrepare { .. }
+                | Request::PeerFinished { .. }
+        );
+        if peer_op {
+            if who.role != Role::Coordinator || self.peer_entry(&who.name).is_err() {
+                return Err(format!(
+                    "{who} is not a peer coordinator of {}",
+                    self.cfg.name
+                ));
+            }
+            return Ok(());
+        }
+        if !matches!(
+            req,
+            Request::Migrate { .. } | Request::Status { .. } | Request::Hosts
+        ) {
+            return Err(format!("a coordinator does not answer {}", op_name(req)));
+        }
+        if who.role != Role::Client {
+            return Err(format!("{who} may not use the client API"));
+        }
+        if !self.cfg.clients.is_empty() && !self.cfg.clients.contains(&who.name) {
+            return Err(format!(
+                "client {} is not in {}'s clients list",
+                who.name, self.cfg.name
+            ));
+        }
+        Ok(())
+    }
+
+    async fn handle(self: Arc<Self>, who: Identity, req: Request, mut resp: Responder) {
+        if let Err(e) = self.allowed(&who, &req) {
+            tracing::warn!(coordinator = %self.cfg.name, peer = %who, "refused: {e}");
+            let _ = resp.send(&Response::error(e)).await;
+            return;
+        }
+        let answer = match req {
+            Request::Migrate {
+                guest,
+                source,
+                destination,
+                options,
+            } => {
+                self.migrate(guest, source, destination, options, &mut resp)
+                    .await
+            }
+            Request::Status { id } => {
+                let mut migrations = self.records();
+                if let Some(id) = id {
+                    migrations.retain(|r| r.id == id);
+                    if migrations.is_empty() {
+                        let _ = resp
+                            .send(&Response::error(format!("no migration {id}")))
+                            .await;
+                        return;
+                    }
+                }
+                Response::Status { migrations }
+            }
+            Request::Hosts => {
+                let mut hosts = Vec::new();
+                for h in &self.cfg.hosts {
+                    match self.host_caps(&h.name).await {
+                        Ok(c) => hosts.push(HostStatus {
+                            name: h.name.clone(),
+                            reachable: true,
+                            error: None,
+                            capabilities: Some(c),
+                        }),
+                        Err(e) => hosts.push(HostStatus {
+                            name: h.name.clone(),
+                            reachable: false,
+                            error: Some(e),
+                            capabilities: None,
+                        }),
+                    }
+                }
+                Response::Hosts { hosts }
+            }
+            Request::PeerCapabilities { host } => match self.host_caps(&host).await {
+                Ok(c) => Response::Capabilities(Box::new(c)),
+                Err(e) => Response::error(e),
+            },
+            Request::PeerPrepare { host, spec } => {
+                // Cross-coordinator: forward the spec to our host and forget it.
+                let r = match self.host_entry(&host) {
+                    Ok(e) => {
+                        self.client
+                            .call(
+                                &host,
+                                e.control,
+                                &Request::PrepareIncoming { spec },
+                                CALL_TIMEOUT,
+                            )
+                            .await
+                    }
+                    Err(e) => {
+                        drop(spec);
+                        let _ = resp.send(&Response::error(e)).await;
+                        return;
+                    }
+                };
+                match r {
+                    Ok(r @ Response::Prepared { .. }) => r,
+                    Ok(other) => Response::error(format!("host {host} answered {other:?}")),
+                    Err(e) => Response::error(e),
+                }
+            }
+            Request::PeerFinished { id, result } => {
+                self.record(MigrationRecord {
+                    id,
+                    guest: result.guest.clone(),
+                    source: format!("{}@{}", result.source, who.name),
+                    destination: result.destination.clone(),
+                    mode: result.mode,
+                    transport: result.transport,
+                    state: if result.result == MigrationResult::Completed {
+                        MigrationState::Completed
+                    } else {
+                        MigrationState::Failed
+                    },
+                    started_unix_ms: unix_ms(),
+                    progress: None,
+                    error: result.error.clone(),
+                    stats: Some(result),
+                });
+                Response::Ok
+            }
+            other => Response::error(format!("a coordinator does not answer {}", op_name(&other))),
+        };
+        let _ = resp.send(&answer).await;
+    }
+
+    /// Serves the client and peer API until the task is dropped.
+    pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
+        let tls = control::tls::server_config(&self.cfg.tls).context("coordinator TLS")?;
+        let listener = tokio::net::TcpListener::bind(self.cfg.listen)
+            .await
+            .with_context(|| format!("coordinator API on {}", self.cfg.listen))?;
+        self.serve_on(listener, tls).await;
+        Ok(())
+    }
+
+    /// Serves on an already bound listener.
+    pub async fn serve_on(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) {
+        tracing::info!(coordinator = %self.cfg.name, listen = ?listener.local_addr().ok(), hosts = self.cfg.hosts.len(), "coordinator ready");
+        let me = self.clone();
+        control::serve(
+            listener,
+            tls,
+            Arc::new(move |who, req, resp| Box::pin(me.clone().handle(who, req, resp))),
+        )
+        .await;
+    }
+}
+
+/// What a client needs to talk to a coordinator.
+#[derive(Clone)]
+pub struct CoordinatorRef {
+    pub name: String,
+    pub addr: SocketAddr,
+}
+
+/// `ferry migrate`: asks the coordinator to move `guest`, calling `progress`
+/// for every update, and returns the final statistics.
+pub async fn request_migration(
+    client: &Client,
+    coord: &CoordinatorRef,
+    guest: &str,
+    source: Option<String>,
+    destination: &str,
+    options: MigrateOptions,
+    mut on: impl FnMut(&Response),
+) -> Result<Box<MigrationStats>, ControlError> {
+    let req = Request::Migrate {
+        guest: guest.to_string(),
+        source,
+        destination: destination.to_string(),
+        options,
+    };
+    let mut x = client.open(&coord.name, coord.addr, &req).await?;
+    loop {
+        // A migration can take a while; progress arrives at least every second.
+        let r = x.next_within(Duration::from_secs(3600)).await?;
+        match r {
+            Response::Finished(s) => return Ok(s),
+            other => on(&other),
+        }
+    }
+}

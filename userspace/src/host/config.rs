@@ -1,0 +1,138 @@
+//! `ferry host` configuration.
+
+use std::net::SocketAddr;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{
+    config::{ByteSize, Invalid, Validate},
+    control::TlsFiles,
+    guest::{PAGE_SIZE, WorkloadSpec},
+    protocol::{Backend, EncryptionMode},
+};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostConfig {
+    /// This host's name: its certificate's name and what the coordinator calls it.
+    pub name: String,
+    /// Control API (mutual TLS), for coordinators.
+    pub control: SocketAddr,
+    /// Where migration streams are accepted (the migration network).
+    pub migration: SocketAddr,
+    /// The address sources should connect to, if not `migration` (NAT, 0.0.0.0).
+    #[serde(default)]
+    pub advertise: Option<SocketAddr>,
+    pub tls: TlsFiles,
+    /// Whether this host can encrypt migrations (a host that cannot is like a
+    /// pre-6.5 ESXi: Opportunistic migrations to it go in the clear).
+    #[serde(default = "yes")]
+    pub encryption: bool,
+    #[serde(default)]
+    pub backend: Backend,
+    /// Memory available to guests, incoming ones included.
+    pub memory_capacity: ByteSize,
+    /// Coordinators allowed to send specs (names from their certificates);
+    /// empty: any coordinator certified by the CA.
+    #[serde(default)]
+    pub coordinators: Vec<String>,
+    #[serde(default)]
+    pub guests: Vec<GuestConfig>,
+    /// Prometheus /metrics (localhost only unless said otherwise).
+    #[serde(default)]
+    pub metrics: Option<MetricsListen>,
+    /// Use the software dirty log even where the kernel's works.
+    #[serde(default)]
+    pub software_dirty_log: bool,
+}
+
+fn yes() -> bool {
+    true
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsListen {
+    pub listen: SocketAddr,
+}
+
+/// A synthetic guest this host boots at start.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuestConfig {
+    pub name: String,
+    pub memory: ByteSize,
+    #[serde(default = "one")]
+    pub vcpus: usize,
+    /// Encrypted-vMotion-style per-guest setting.
+    #[serde(default)]
+    pub encryption: EncryptionMode,
+    pub workload: WorkloadSpec,
+    /// Fill memory first (a loaded database; a fully touched idle guest).
+    #[serde(default = "yes")]
+    pub prefill: bool,
+}
+
+fn one() -> usize {
+    1
+}
+
+pub fn check_name(field: &str, n: &str) -> Result<(), Invalid> {
+    let ok = !n.is_empty()
+        && n.len() <= 63
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!("{n:?}: use 1-63 letters, digits, '-' or '.'"),
+        ))
+    }
+}
+
+impl Validate for HostConfig {
+    fn validate(&self) -> Result<(), Invalid> {
+        check_name("name", &self.name)?;
+        if self.control == self.migration {
+            return Err(Invalid::new("migration", "must differ from control"));
+        }
+        let mut total = 0u64;
+        let mut names = std::collections::HashSet::new();
+        for (i, g) in self.guests.iter().enumerate() {
+            let f = |k: &str| format!("guests[{i}].{k}");
+            check_name(&f("name"), &g.name)?;
+            if !names.insert(&g.name) {
+                return Err(Invalid::new(
+                    f("name"),
+                    format!("guest {} is configured twice", g.name),
+                ));
+            }
+            if g.memory.0 == 0 || !g.memory.0.is_multiple_of(PAGE_SIZE as u64) {
+                return Err(Invalid::new(
+                    f("memory"),
+                    "must be a positive multiple of 4KiB",
+                ));
+            }
+            if !(1..=64).contains(&g.vcpus) {
+                return Err(Invalid::new(
+                    f("vcpus"),
+                    format!("{} is out of range 1..=64", g.vcpus),
+                ));
+            }
+            total += g.memory.0;
+        }
+        if total > self.memory_capacity.0 {
+            return Err(Invalid::new(
+                "memory_capacity",
+                format!(
+                    "{} is less than the {} its guests need",
+                    self.memory_capacity,
+                    ByteSize(total)
+                ),
+            ));
+        }
+        Ok(())
+    }
+}

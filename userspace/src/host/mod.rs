@@ -1,0 +1,415 @@
+//! `ferry host`: runs guests, accepts specs from coordinators, and is the
+//! source or destination of migrations.
+
+pub mod config;
+
+use std::{
+    collections::BTreeMap,
+    path::Path,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use anyhow::Context;
+pub use config::{GuestConfig, HostConfig};
+
+use crate::{
+    control::{
+        self, Identity, Request, Responder, Response, Role,
+        wire::{Capabilities, HostedGuest},
+    },
+    engine::{self, DestinationEvent, IncomingRegistry, MigrationListener, SourceOptions},
+    guest::{Guest, RunState, SyntheticConfig, SyntheticGuest},
+    metrics::ProtocolMetrics,
+    protocol::{EncryptionMode, MigrationSpec},
+};
+
+struct Entry {
+    guest: Arc<dyn Guest>,
+    encryption: EncryptionMode,
+    /// An outgoing migration is running.
+    busy: bool,
+}
+
+struct Inventory {
+    guests: BTreeMap<String, Entry>,
+    /// Memory promised to incoming migrations, by guest name.
+    reserved: BTreeMap<String, (u64, EncryptionMode)>,
+}
+
+/// A running host.
+pub struct Host {
+    cfg: HostConfig,
+    inventory: Mutex<Inventory>,
+    registry: Arc<IncomingRegistry>,
+    listener: MigrationListener,
+    pub protocol_metrics: ProtocolMetrics,
+}
+
+impl Host {
+    /// Boots the configured guests and opens the migration listener.
+    pub fn start(cfg: HostConfig) -> anyhow::Result<Arc<Host>> {
+        Self::build(cfg, ProtocolMetrics::new())
+    }
+
+    fn build(cfg: HostConfig, metrics: ProtocolMetrics) -> anyhow::Result<Arc<Host>> {
+        // The registry reports back to the host, which owns the registry:
+        // a weak reference, filled in once the host exists.
+        let weak_slot: Arc<Mutex<std::sync::Weak<Host>>> =
+            Arc::new(Mutex::new(std::sync::Weak::new()));
+        let slot = weak_slot.clone();
+        let registry = IncomingRegistry::new(
+            cfg.backend,
+            Some(metrics.clone()),
+            engine::DEFAULT_SWITCHOVER_TIMEOUT,
+            move |ev| {
+                let h = slot.lock().expect("host slot").upgrade();
+                if let Some(h) = h {
+                    h.on_incoming(ev)
+                }
+            },
+        );
+        let listener = MigrationListener::bind(cfg.migration, registry.clone())
+            .with_context(|| format!("migration listener on {}", cfg.migration))?;
+        let mut guests = BTreeMap::new();
+        for (i, g) in cfg.guests.iter().enumerate() {
+            let sc = SyntheticConfig {
+                memory: g.memory.0,
+                vcpus: g.vcpus,
+                workload: g.workload.clone(),
+                prefill: g.prefill,
+                seed: 0x5eed + i as u64,
+            };
+            let guest = SyntheticGuest::boot(&g.name, &sc)
+                .with_context(|| format!("booting guest {}", g.name))?;
+            tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus, "guest booted");
+            guests.insert(
+                g.name.clone(),
+                Entry {
+                    guest,
+                    encryption: g.encryption,
+                    busy: false,
+                },
+            );
+        }
+        let host = Arc::new(Host {
+            cfg,
+            inventory: Mutex::new(Inventory {
+                guests,
+                reserved: BTreeMap::new(),
+            }),
+            registry,
+            listener,
+            protocol_metrics: metrics,
+        });
+        *weak_slot.lock().expect("host slot") = Arc::downgrade(&host);
+        Ok(host)
+    }
+
+    pub fn name(&self) -> &str {
+        &self.cfg.name
+    }
+
+    pub fn config(&self) -> &HostConfig {
+        &self.cfg
+    }
+
+    /// Where this host's migration listener really listens.
+    pub fn migration_addr(&self) -> std::net::SocketAddr {
+        self.cfg.advertise.unwrap_or(self.listener.local_addr())
+    }
+
+    pub fn guest(&self, name: &str) -> Option<Arc<dyn Guest>> {
+        self.inventory
+            .lock()
+            .expect("inventory")
+            .guests
+            .get(name)
+            .map(|e| e.guest.clone())
+    }
+
+    pub fn guest_names(&self) -> Vec<String> {
+        self.inventory
+            .lock()
+            .expect("inventory")
+            .guests
+            .keys()
+            .cloned()
+            .collect()
+    }
+
+    fn on_incoming(&self, ev: DestinationEvent) {
+        let mut inv = self.inventory.lock().expect("inventory");
+        match ev {
+            DestinationEvent::Resumed { guest, stats, .. } => {
+                let name = guest.name().to_string();
+                let mode = inv.reserved.remove(&name).map(|r| r.1).unwrap_or_default();
+                tracing::info!(host = %self.cfg.name, guest = %name, pages = stats.pages, "guest arrived and runs here");
+                inv.guests.insert(
+                    name,
+                    Entry {
+                        guest,
+                        encryption: mode,
+                        busy: false,
+                    },
+                );
+            }
+            DestinationEvent::Aborted { guest, reason, .. } => {
+                inv.reserved.remove(&guest);
+                tracing::warn!(host = %self.cfg.name, guest = %guest, reason = %reason, "incoming guest discarded");
+            }
+        }
+    }
+
+    fn capabilities(&self) -> Capabilities {
+        let inv = self.inventory.lock().expect("inventory");
+        let used: u64 = inv
+            .guests
+            .values()
+            .map(|e| e.guest.memory().len())
+            .sum::<u64>()
+            + inv.reserved.values().map(|r| r.0).sum::<u64>();
+        Capabilities {
+            host: self.cfg.name.clone(),
+            version: crate::VERSION.to_string(),
+            encryption: self.cfg.encryption,
+            migration: self.migration_addr(),
+            memory_capacity: self.cfg.memory_capacity.0,
+            memory_free: self.cfg.memory_capacity.0.saturating_sub(used),
+            guests: inv
+                .guests
+                .values()
+                .map(|e| HostedGuest {
+                    info: e.guest.info(),
+                    encryption: e.encryption,
+                })
+                .collect(),
+        }
+    }
+
+    /// Accepts an incoming migration: every refusal happens here, before any
+    /// memory moves.
+    fn prepare_incoming(&self, spec: &MigrationSpec) -> Result<(), String> {
+        if spec.destination.host != self.cfg.name {
+            return Err(format!(
+                "the spec's destination is {}, this is {}",
+                spec.destination.host, self.cfg.name
+            ));
+        }
+        if spec.transport.encrypted() && !self.cfg.encryption {
+            return Err(format!("{} cannot encrypt migrations", self.cfg.name));
+        }
+        let mut inv = self.inventory.lock().expect("inventory");
+        if inv.guests.contains_key(&spec.guest) || inv.reserved.contains_key(&spec.guest) {
+            return Err(format!(
+                "guest {} already exists on {}",
+                spec.guest, self.cfg.name
+            ));
+        }
+        let used: u64 = inv
+            .guests
+            .values()
+            .map(|e| e.guest.memory().len())
+            .sum::<u64>()
+            + inv.reserved.values().map(|r| r.0).sum::<u64>();
+        let free = self.cfg.memory_capacity.0.saturating_sub(used);
+        if spec.memory > free {
+            return Err(format!(
+                "not enough memory on {} for guest {}: it needs {}, {} is free",
+                self.cfg.name,
+                spec.guest,
+                crate::config::ByteSize(spec.memory),
+                crate::config::ByteSize(free)
+            ));
+        }
+        let guest =
+            SyntheticGuest::incoming(&spec.guest, spec.memory).map_err(|e| e.to_string())?;
+        inv.reserved
+            .insert(spec.guest.clone(), (spec.memory, spec.mode));
+        drop(inv);
+        if let Err(e) = self.registry.prepare(spec, guest) {
+            self.inventory
+                .lock()
+                .expect("inventory")
+                .reserved
+                .remove(&spec.guest);
+            return Err(e);
+        }
+        Ok(())
+    }
+
+    /// Runs an outgoing migration, sending progress to `resp`.
+    async fn start_outgoing(
+        self: &Arc<Self>,
+        spec: MigrationSpec,
+        resp: &mut Responder,
+    ) -> Response {
+        if spec.source.host != self.cfg.name {
+            return Response::error(format!(
+                "the spec's source is {}, this is {}",
+                spec.source.host, self.cfg.name
+            ));
+        }
+        if spec.transport.encrypted() && !self.cfg.encryption {
+            return Response::error(format!("{} cannot encrypt migrations", self.cfg.name));
+        }
+        let guest = {
+            let mut inv = self.inventory.lock().expect("inventory");
+            let Some(e) = inv.guests.get_mut(&spec.guest) else {
+                return Response::error(format!("no guest {} on {}", spec.guest, self.cfg.name));
+            };
+            if e.busy {
+                return Response::error(format!("guest {} is already migrating", spec.guest));
+            }
+            if e.guest.run_state() != RunState::Running {
+                return Response::error(format!("guest {} is {}", spec.guest, e.guest.run_state()));
+            }
+            e.busy = true;
+            e.guest.clone()
+        };
+        let opts = SourceOptions {
+            backend: self.cfg.backend,
+            metrics: Some(self.protocol_metrics.clone()),
+            software_dirty_log: self.cfg.software_dirty_log,
+            ..Default::default()
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let name = spec.guest.clone();
+        let job = tokio::task::spawn_blocking(move || {
+            let r = engine::migrate_out(guest, &spec, &opts, &mut |p| {
+                let _ = tx.send(p.clone());
+            });
+            // The spec, and with it the key, is dropped (and wiped) here.
+            drop(spec);
+            r
+        });
+        let mut job = std::pin::pin!(job);
+        let result = loop {
+            tokio::select! {
+                Some(p) = rx.recv() => { let _ = resp.send(&Response::Progress(p)).await; }
+                r = &mut job => break r,
+            }
+        };
+        while let Ok(p) = rx.try_recv() {
+            let _ = resp.send(&Response::Progress(p)).await;
+        }
+        let mut inv = self.inventory.lock().expect("inventory");
+        match result {
+            Ok(Ok(stats)) => {
+                inv.guests.remove(&name);
+                Response::Finished(Box::new(stats))
+            }
+            Ok(Err(failed)) => {
+                if let Some(e) = inv.guests.get_mut(&name) {
+                    e.busy = false;
+                }
+                let mut stats = failed.stats;
+                stats.error = Some(failed.error.to_string());
+                Response::Finished(stats)
+            }
+            Err(join) => {
+                if let Some(e) = inv.guests.get_mut(&name) {
+                    e.busy = false;
+                }
+                Response::error(format!("migration task failed: {join}"))
+            }
+        }
+    }
+
+    fn allowed(&self, who: &Identity) -> Result<(), String> {
+        if who.role != Role::Coordinator {
+            return Err(format!(
+                "{who} may not use a host's control API: coordinators only"
+            ));
+        }
+        if !self.cfg.coordinators.is_empty() && !self.cfg.coordinators.contains(&who.name) {
+            return Err(format!(
+                "coordinator {} is not in {}'s coordinators list",
+                who.name, self.cfg.name
+            ));
+        }
+        Ok(())
+    }
+
+    async fn handle(self: Arc<Self>, who: Identity, req: Request, mut resp: Responder) {
+        if let Err(e) = self.allowed(&who) {
+            tracing::warn!(host = %self.cfg.name, peer = %who, "refused: {e}");
+            let _ = resp.send(&Response::error(e)).await;
+            return;
+        }
+        let answer = match req {
+            Request::Capabilities => Response::Capabilities(Box::new(self.capabilities())),
+            Request::PrepareIncoming { spec } => {
+                let r = self.prepare_incoming(&spec);
+                drop(spec);
+                match r {
+                    Ok(()) => Response::Prepared {
+                        migration: self.migration_addr(),
+                    },
+                    Err(e) => {
+                        tracing::warn!(host = %self.cfg.name, "refused an incoming migration: {e}");
+                        Response::error(e)
+                    }
+                }
+            }
+            Request::StartOutgoing { spec } => self.start_outgoing(spec, &mut resp).await,
+            Request::AbortIncoming { id } => {
+                self.registry.abort(&id, "cancelled by the coordinator");
+                Response::Ok
+            }
+            other => Response::error(format!("a host does not answer {}", op_name(&other))),
+        };
+        let _ = resp.send(&answer).await;
+    }
+
+    /// Serves the control API until the task is dropped.
+    pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
+        let tls = control::tls::server_config(&self.cfg.tls).context("control API TLS")?;
+        let listener = tokio::net::TcpListener::bind(self.cfg.control)
+            .await
+            .with_context(|| format!("control API on {}", self.cfg.control))?;
+        self.serve_on(listener, tls).await;
+        Ok(())
+    }
+
+    /// Serves the control API on an already bound listener.
+    pub async fn serve_on(
+        self: Arc<Self>,
+        listener: tokio::net::TcpListener,
+        tls: Arc<rustls::ServerConfig>,
+    ) {
+        tracing::info!(host = %self.cfg.name, control = ?listener.local_addr().ok(), migration = %self.migration_addr(), "host ready");
+        let me = self.clone();
+        control::serve(
+            listener,
+            tls,
+            Arc::new(move |who, req, resp| Box::pin(me.clone().handle(who, req, resp))),
+        )
+        .await;
+    }
+
+    /// Loads `path` with TLS paths relative to its directory.
+    pub fn load_config(path: &Path) -> Result<HostConfig, crate::config::ConfigError> {
+        let mut cfg: HostConfig = crate::config::load(path)?;
+        cfg.tls = cfg.tls.relative_to(path.parent().unwrap_or(Path::new(".")));
+        Ok(cfg)
+    }
+}
+
+pub fn op_name(r: &Request) -> &'static str {
+    match r {
+        Request::Migrate { .. } => "migrate",
+        Request::Status { .. } => "status",
+        Request::Hosts => "hosts",
+        Request::Capabilities => "capabilities",
+        Request::PrepareIncoming { .. } => "prepare-incoming",
+        Request::StartOutgoing { .. } => "start-outgoing",
+        Request::AbortIncoming { .. } => "abort-incoming",
+        Request::PeerCapabilities { .. } => "peer-capabilities",
+        Request::PeerPrepare { .. } => "peer-prepare",
+        Request::PeerFinished { .. } => "peer-finished",
+    }
+}
+
+/// How long a coordinator waits for a host's answer to a simple request.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -1,0 +1,268 @@
+//! The `ferry` binary itself: daemons as real processes, one killed with
+//! SIGKILL mid-migration; CLI errors.
+
+use std::{
+    net::{SocketAddr, TcpListener, TcpStream},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use ferry::{
+    control::{Request, Response, Role, TlsFiles, wire::MigrateOptions},
+    coordinator::{Coordinator, CoordinatorConfig, config::HostEntry, request_migration},
+    engine::{MigrationResult, Phase},
+    protocol::Limits,
+};
+
+const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+
+struct Daemon(Child);
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn free_port() -> SocketAddr {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+}
+
+fn wait_listening(addr: SocketAddr) {
+    let end = Instant::now() + Duration::from_secs(30);
+    while TcpStream::connect(addr).is_err() {
+        assert!(Instant::now() < end, "nothing listens on {addr}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn write_host(
+    dir: &Path,
+    name: &str,
+    control: SocketAddr,
+    migration: SocketAddr,
+    guests: &str,
+) -> PathBuf {
+    let p = dir.join(format!("host-{name}.yaml"));
+    std::fs::write(
+        &p,
+        format!(
+            "name: {name}\ncontrol: {control}\nmigration: {migration}\n\
+             tls: {{ ca: ca.pem, cert: {name}.pem, key: {name}-key.pem }}\n\
+             memory_capacity: 1GiB\ncoordinators: [c1]\nguests: {guests}\n"
+        ),
+    )
+    .unwrap();
+    p
+}
+
+fn spawn_host(cfg: &Path, log: &Path) -> Daemon {
+    let out = std::fs::File::create(log).unwrap();
+    Daemon(
+        Command::new(FERRY)
+            .args(["host", "--config"])
+            .arg(cfg)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    )
+}
+
+#[test]
+fn destination_process_killed_mid_pass_leaves_the_guest_on_the_source() {
+    let dir = std::env::temp_dir().join(format!("ferry-proc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    ferry::certs::issue(
+        &dir,
+        &[
+            (Role::Coordinator, "c1".into()),
+            (Role::Host, "a".into()),
+            (Role::Host, "b".into()),
+            (Role::Client, "admin".into()),
+        ],
+    )
+    .unwrap();
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
+    let guests = "[{ name: g1, memory: 256MiB, vcpus: 1, workload: { kind: key-value, gets_per_second: 5000, sets_per_second: 5000 } }]";
+    let a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
+    let mut b = spawn_host(&write_host(&dir, "b", cb, mb, "[]"), &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cc = CoordinatorConfig {
+            name: "c1".into(),
+            listen: addr,
+            tls: TlsFiles::in_dir(&dir, "c1"),
+            hosts: vec![
+                HostEntry {
+                    name: "a".into(),
+                    control: ca,
+                    encryption: true,
+                },
+                HostEntry {
+                    name: "b".into(),
+                    control: cb,
+                    encryption: true,
+                },
+            ],
+            peers: vec![],
+            clients: vec![],
+            defaults: Default::default(),
+            metrics: None,
+        };
+        let tls = ferry::control::tls::server_config(&cc.tls).unwrap();
+        let coord = Coordinator::new(cc).unwrap();
+        tokio::spawn(coord.serve_on(listener, tls));
+        let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
+        let cref = ferry::coordinator::CoordinatorRef {
+            name: "c1".into(),
+            addr,
+        };
+        // Slow enough that the first pass is still running when b dies.
+        let opts = MigrateOptions {
+            streams: Some(2),
+            limits: Some(Limits {
+                bandwidth: Some(32 << 20),
+                ..Limits::default()
+            }),
+            ..Default::default()
+        };
+        let mut killed = false;
+        let stats = request_migration(&client, &cref, "g1", None, "b", opts, |r| {
+            if let Response::Progress(p) = r
+                && p.phase == Phase::PreCopy
+                && p.transferred_bytes > 16 << 20
+                && !killed
+            {
+                b.0.kill().unwrap(); // SIGKILL
+                killed = true;
+            }
+        })
+        .await
+        .unwrap();
+        assert!(killed, "the destination was killed mid-pass");
+        assert_eq!(stats.result, MigrationResult::Failed);
+        let err = stats.error.clone().unwrap();
+        assert!(err.starts_with("stream "), "{err}");
+        // g1 still runs on a; b is gone.
+        let Response::Hosts { hosts } = client
+            .call("c1", addr, &Request::Hosts, Duration::from_secs(20))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let a_caps = hosts
+            .iter()
+            .find(|h| h.name == "a")
+            .unwrap()
+            .capabilities
+            .clone()
+            .unwrap();
+        let g1 = a_caps
+            .guests
+            .iter()
+            .find(|g| g.info.name == "g1")
+            .expect("g1 is still on a");
+        assert_eq!(g1.info.state, ferry::guest::RunState::Running);
+        assert!(!hosts.iter().find(|h| h.name == "b").unwrap().reachable);
+        // Its workload keeps going: ops advance between two looks.
+        let ops = g1.info.ops;
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let Response::Hosts { hosts } = client
+            .call("c1", addr, &Request::Hosts, Duration::from_secs(20))
+            .await
+            .unwrap()
+        else {
+            panic!()
+        };
+        let later = hosts[0]
+            .capabilities
+            .as_ref()
+            .unwrap()
+            .guests
+            .iter()
+            .find(|g| g.info.name == "g1")
+            .unwrap()
+            .info
+            .ops;
+        assert!(later > ops, "g1 works on a after the failed move");
+    });
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn cli_reports_bad_config_and_usage_clearly() {
+    let dir = std::env::temp_dir().join(format!("ferry-cli-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let bad = dir.join("host-x.yaml");
+    std::fs::write(
+        &bad,
+        "name: x\ncontrol: 127.0.0.1:1\nmigraton: 127.0.0.1:2\n",
+    )
+    .unwrap();
+    let out = Command::new(FERRY)
+        .args(["config", "check"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("host-x.yaml:3:1: migraton: unknown field `migraton`"),
+        "{err}"
+    );
+    let out = Command::new(FERRY)
+        .args(["host", "--config"])
+        .arg(&bad)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).starts_with("ferry: error: "));
+    let out = Command::new(FERRY)
+        .args(["migrate", "g1", "--to", "b", "--tls-dir"])
+        .arg(&dir)
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("admin.pem"),
+        "names the missing certificate: {err}"
+    );
+    let out = Command::new(FERRY).arg("--version").output().unwrap();
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("ferry 0.1.0 ("));
+    let out = Command::new(FERRY).arg("--help").output().unwrap();
+    for cmd in [
+        "demo",
+        "coordinator",
+        "host",
+        "certs",
+        "migrate",
+        "status",
+        "hosts",
+        "config",
+        "lab",
+    ] {
+        assert!(
+            String::from_utf8_lossy(&out.stdout).contains(cmd),
+            "--help lists {cmd}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
