@@ -18,6 +18,7 @@
 //! - [`dataplane`]: the embedded eBPF object, its loader and map readers.
 //! - [`lab`]: namespace topologies for the lab, the demo and the tests.
 //! - [`demo`]: `ferry demo`.
+//! - [`report`]: figures (SVG) for experiments and benchmarks.
 
 pub mod certs;
 pub mod client;
@@ -35,6 +36,7 @@ pub mod net;
 pub mod netlink;
 pub mod netns;
 pub mod protocol;
+pub mod report;
 
 /// `ferry --version`: crate version and the git revision it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_GIT_REV"), ")");

@@ -168,6 +168,13 @@ enum LabCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// Run an experiment (config/lab/experiment-*.yaml): table, JSON, SVG.
+    Run {
+        file: PathBuf,
+        /// Where the JSON and SVG go.
+        #[arg(long, default_value = "target/lab")]
+        out: PathBuf,
+    },
 }
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
@@ -388,6 +395,20 @@ fn run(cli: Cli) -> Result<()> {
                 None => CountersConfig::default(),
             };
             ferry::lab::counters::run(&cfg).context("data-plane demo")?;
+            Ok(())
+        }
+        Command::Lab {
+            command: LabCommand::Run { file, out },
+        } => {
+            let cfg: ferry::lab::experiment::ExperimentConfig = config::load(&file)?;
+            let t0 = std::time::Instant::now();
+            let results = ferry::lab::experiment::run(&cfg, |p| {
+                eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
+            })?;
+            print!("{}", results.table());
+            for f in results.write(&out)? {
+                println!("wrote {}", f.display());
+            }
             Ok(())
         }
     }

@@ -3,9 +3,11 @@
 //! setup   install what building and testing need (idempotent, fast when done)
 //! test    setup, then the whole test suite
 //! demo    setup, then `ferry demo` (arguments after `--` go to ferry)
+//! bench   benchmarks: AEAD backends, protocol throughput, the paper's figures
 //! clippy  clippy -D warnings on userspace and on the eBPF programs
 //! ci      what .ci/run runs after setup: fmt --check, clippy, test
 
+mod bench;
 mod setup;
 
 use std::{
@@ -118,6 +120,7 @@ fn main() -> ExitCode {
                 .args(&rest))
         }),
         "clippy" => clippy(),
+        "bench" => setup::setup().and_then(|()| timed("bench", bench::bench)),
         "ci" => timed("ci", || {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
             clippy()?;
@@ -127,6 +130,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask <task>\n\n  setup   install toolchain pieces and packages (idempotent)\n  \
                  test    setup + the whole test suite\n  demo    setup + `ferry demo`\n  \
+                 bench   setup + benchmarks (tables, JSON, SVG in target/bench)\n  \
                  clippy  clippy -D warnings, userspace and eBPF\n  ci      fmt --check + clippy + test"
             );
             return if task == "help" {

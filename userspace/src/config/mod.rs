@@ -144,6 +144,7 @@ pub enum Kind {
     Coordinator,
     Host,
     LabCounters,
+    Experiment,
 }
 
 impl Kind {
@@ -156,6 +157,7 @@ impl Kind {
             Kind::Coordinator => "coordinator",
             Kind::Host => "host",
             Kind::LabCounters => "counters",
+            Kind::Experiment => "experiment",
         }
     }
 
@@ -195,6 +197,7 @@ impl Kind {
             Kind::Coordinator => load::<crate::coordinator::CoordinatorConfig>(path).map(drop),
             Kind::Host => load::<crate::host::HostConfig>(path).map(drop),
             Kind::LabCounters => load::<CountersConfig>(path).map(drop),
+            Kind::Experiment => load::<crate::lab::experiment::ExperimentConfig>(path).map(drop),
         }
     }
 }

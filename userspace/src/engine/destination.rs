@@ -92,7 +92,6 @@ struct Incoming {
     claimed: Mutex<HashSet<u16>>,
     events: Mutex<mpsc::Sender<Event>>,
     outcome: Mutex<Outcome>,
-    decided_at: Mutex<Option<Instant>>,
 }
 
 impl Incoming {
@@ -103,7 +102,7 @@ impl Incoming {
             return false;
         }
         *cur = o;
-        *self.decided_at.lock().expect("decided") = Some(Instant::now());
+
         true
     }
 
@@ -112,9 +111,21 @@ impl Incoming {
     }
 }
 
+/// What is kept of a decided migration, to answer the source's outcome
+/// queries: not the guest (whose memory belongs to the host, or is gone).
+struct Decided {
+    outcome: Outcome,
+    transport: Transport,
+    schedule: Option<Arc<KeySchedule>>,
+    streams: u16,
+    claimed: Mutex<HashSet<u16>>,
+    at: Instant,
+}
+
 /// The migrations this host has accepted specs for.
 pub struct IncomingRegistry {
     migrations: Mutex<HashMap<MigrationId, Arc<Incoming>>>,
+    decided: Mutex<HashMap<MigrationId, Arc<Decided>>>,
     backend: Backend,
     metrics: Option<ProtocolMetrics>,
     events: EventSink,
@@ -133,6 +144,7 @@ impl IncomingRegistry {
     ) -> Arc<Self> {
         Arc::new(Self {
             migrations: Mutex::new(HashMap::new()),
+            decided: Mutex::new(HashMap::new()),
             backend,
             metrics,
             events: Arc::new(events),
@@ -156,14 +168,14 @@ impl IncomingRegistry {
                 spec.memory
             ));
         }
+        self.decided
+            .lock()
+            .expect("decided")
+            .retain(|_, d| d.at.elapsed() < KEEP_DECIDED);
         let mut map = self.migrations.lock().expect("registry");
-        map.retain(|_, m| {
-            m.decided_at
-                .lock()
-                .expect("decided")
-                .is_none_or(|t| t.elapsed() < KEEP_DECIDED)
-        });
-        if map.contains_key(&spec.id) {
+        if map.contains_key(&spec.id)
+            || self.decided.lock().expect("decided").contains_key(&spec.id)
+        {
             return Err(format!("migration {} is already known here", spec.id));
         }
         let (tx, rx) = mpsc::channel();
@@ -181,16 +193,20 @@ impl IncomingRegistry {
             claimed: Mutex::new(HashSet::new()),
             events: Mutex::new(tx),
             outcome: Mutex::new(Outcome::Pending),
-            decided_at: Mutex::new(None),
         });
         map.insert(spec.id, inc.clone());
         drop(map);
         // The whole migration must end within its time limit plus a switch-over.
         let deadline = Instant::now() + spec.limits.max_time + 2 * self.switchover_timeout;
-        let (sink, timeout) = (self.events.clone(), self.switchover_timeout);
+        let (sink, timeout, registry) =
+            (self.events.clone(), self.switchover_timeout, self.clone());
         std::thread::Builder::new()
             .name(format!("mig-dst-{}", &spec.id.to_string()[..8]))
-            .spawn(move || controller(inc, rx, sink, deadline, timeout))
+            .spawn(move || {
+                let id = inc.id;
+                controller(inc, rx, sink, deadline, timeout);
+                registry.settle(&id);
+            })
             .map_err(|e| format!("cannot start the migration controller: {e}"))?;
         tracing::info!(migration = %spec.id, guest = %spec.guest, source = %spec.source.host,
             transport = %spec.transport, streams = spec.streams, "incoming migration prepared");
@@ -198,11 +214,40 @@ impl IncomingRegistry {
     }
 
     pub fn outcome(&self, id: &MigrationId) -> Option<Outcome> {
-        self.migrations
+        if let Some(m) = self.migrations.lock().expect("registry").get(id) {
+            return Some(m.outcome.lock().expect("outcome").clone());
+        }
+        self.decided
             .lock()
-            .expect("registry")
+            .expect("decided")
             .get(id)
-            .map(|m| m.outcome.lock().expect("outcome").clone())
+            .map(|d| d.outcome.clone())
+    }
+
+    /// Moves a migration whose controller has finished into the decided
+    /// table, dropping the registry's hold on its guest.
+    fn settle(&self, id: &MigrationId) {
+        let Some(inc) = self.migrations.lock().expect("registry").remove(id) else {
+            return;
+        };
+        let outcome = inc.outcome.lock().expect("outcome").clone();
+        let d = Decided {
+            outcome,
+            transport: inc.transport,
+            schedule: inc.schedule.clone(),
+            streams: inc.streams,
+            claimed: Mutex::new(inc.claimed.lock().expect("claimed").clone()),
+            at: Instant::now(),
+        };
+        self.decided
+            .lock()
+            .expect("decided")
+            .insert(*id, Arc::new(d));
+    }
+
+    /// Migrations for which this registry still holds a guest.
+    pub fn pending(&self) -> usize {
+        self.migrations.lock().expect("registry").len()
     }
 
     /// Cancels a pending incoming migration (the coordinator gave up on it).
@@ -221,24 +266,37 @@ impl IncomingRegistry {
 
 impl StreamRegistry for IncomingRegistry {
     fn expect(&self, id: &MigrationId) -> Option<Expectation> {
-        self.get(id).map(|m| Expectation {
-            transport: m.transport,
-            schedule: m.schedule.clone(),
-            streams: m.streams,
+        if let Some(m) = self.get(id) {
+            return Some(Expectation {
+                transport: m.transport,
+                schedule: m.schedule.clone(),
+                streams: m.streams,
+            });
+        }
+        let d = self.decided.lock().expect("decided").get(id).cloned()?;
+        Some(Expectation {
+            transport: d.transport,
+            schedule: d.schedule.clone(),
+            streams: d.streams,
         })
     }
 
     fn claim(&self, id: &MigrationId, stream: u16, flags: u16) -> bool {
-        let Some(m) = self.get(id) else { return false };
         let query = flags & FLAG_OUTCOME_QUERY != 0;
         // Queries use their own index range; data streams only while pending.
         if query != (stream >= QUERY_STREAM_BASE) {
             return false;
         }
-        if !query && *m.outcome.lock().expect("outcome") != Outcome::Pending {
-            return false;
+        if let Some(m) = self.get(id) {
+            if !query && *m.outcome.lock().expect("outcome") != Outcome::Pending {
+                return false;
+            }
+            return m.claimed.lock().expect("claimed").insert(stream);
         }
-        m.claimed.lock().expect("claimed").insert(stream)
+        let Some(d) = self.decided.lock().expect("decided").get(id).cloned() else {
+            return false;
+        };
+        query && d.claimed.lock().expect("claimed").insert(stream)
     }
 }
 
@@ -308,14 +366,14 @@ fn serve_stream(mut sock: TcpStream, registry: &IncomingRegistry) {
             return;
         }
     };
+    sock.set_nodelay(true).ok();
+    if acc.flags & FLAG_OUTCOME_QUERY != 0 {
+        answer_query(sock, &acc, registry);
+        return;
+    }
     let Some(inc) = registry.get(&acc.id) else {
         return;
     };
-    sock.set_nodelay(true).ok();
-    if acc.flags & FLAG_OUTCOME_QUERY != 0 {
-        answer_query(sock, &acc, &inc, registry);
-        return;
-    }
     // A silent peer (a dead host, a black-holing middlebox) ends the stream
     // instead of blocking it for ever.
     sock.set_read_timeout(Some(registry.switchover_timeout))
@@ -325,22 +383,18 @@ fn serve_stream(mut sock: TcpStream, registry: &IncomingRegistry) {
     receive(sock, &acc, &inc, registry);
 }
 
-fn answer_query(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingRegistry) {
-    let (tx, rx) = stream_crypto(
-        inc.schedule.as_deref(),
-        registry.backend,
-        acc.stream,
-        Side::Destination,
-    );
+fn answer_query(sock: TcpStream, acc: &Accepted, registry: &IncomingRegistry) {
+    let schedule = acc.expectation.schedule.as_deref();
+    let (tx, rx) = stream_crypto(schedule, registry.backend, acc.stream, Side::Destination);
     let Ok(wsock) = sock.try_clone() else { return };
     let mut r = RecordReader::new(sock, rx, 64, registry.metrics.clone());
     if !matches!(r.read_record(), Ok(Record::Data([wire::QUERY]))) {
         return;
     }
-    let code = match &*inc.outcome.lock().expect("outcome") {
-        Outcome::Pending => 0,
-        Outcome::Resumed => 1,
-        Outcome::Aborted(_) => 2,
+    let code = match registry.outcome(&acc.id) {
+        None | Some(Outcome::Pending) => 0,
+        Some(Outcome::Resumed) => 1,
+        Some(Outcome::Aborted(_)) => 2,
     };
     let mut w = RecordWriter::new(wsock, tx, 64);
     let _ = w.send_bytes(&[wire::OUTCOME, code]);

@@ -3,8 +3,9 @@
 //!
 //! ```text
 //! source -> destination, every stream
-//!   0x01 PAGES   u32 pass, u16 n, n x u32 entry (page | ZERO << 31), then the
-//!                 4096 bytes of each non-zero page in entry order
+//!   0x01 PAGES   u32 pass, u16 n, the 4096 bytes of each non-zero page,
+//!                 then n x u32 entry (page | ZERO << 31) in page order
+//!                 (entries last, so pages are copied once, in place)
 //!   0x02 DONE    u64 pages, u64 batches sent on this stream in all
 //! source -> destination, stream 0
 //!   0x10 STATE   u32 offset, u32 total, bytes: a chunk of the device state
@@ -45,13 +46,13 @@ pub fn pages_per_batch(max_record: usize) -> usize {
     ((max_record - PAGES_HEADER) / (PAGE_SIZE + 4)).clamp(1, u16::MAX as usize)
 }
 
-/// Builds a PAGES message in place.
+/// Builds a PAGES message in place: page data goes straight into the
+/// record at its final offset; the entry table, kept aside, is appended at
+/// the end. (No large move: on some machines `rep movsb` copies are slow.)
 pub struct BatchBuilder<'a> {
     buf: &'a mut [u8],
     capacity: usize,
-    entries: usize,
-    /// Non-zero pages are staged after the largest possible entry table and
-    /// moved down when the batch is sealed.
+    entries: Vec<u32>,
     data: usize,
 }
 
@@ -62,37 +63,31 @@ impl<'a> BatchBuilder<'a> {
         Self {
             buf,
             capacity,
-            entries: 0,
+            entries: Vec::with_capacity(capacity),
             data: 0,
         }
     }
 
     pub fn len(&self) -> usize {
-        self.entries
+        self.entries.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.entries == 0
+        self.entries.is_empty()
     }
 
     pub fn is_full(&self) -> bool {
-        self.entries == self.capacity
-    }
-
-    fn data_start(&self) -> usize {
-        PAGES_HEADER + 4 * self.capacity
+        self.entries.len() == self.capacity
     }
 
     /// Adds page `page`, filling its data with `fill`, which returns whether
     /// the page was all zeros (then only the entry is kept).
     pub fn push(&mut self, page: u32, fill: impl FnOnce(&mut [u8]) -> bool) -> bool {
         debug_assert!(!self.is_full());
-        let at = self.data_start() + self.data * PAGE_SIZE;
+        let at = PAGES_HEADER + self.data * PAGE_SIZE;
         let zero = fill(&mut self.buf[at..at + PAGE_SIZE]);
-        let entry = if zero { page | ZERO_FLAG } else { page };
-        let e = PAGES_HEADER + 4 * self.entries;
-        self.buf[e..e + 4].copy_from_slice(&entry.to_be_bytes());
-        self.entries += 1;
+        self.entries
+            .push(if zero { page | ZERO_FLAG } else { page });
         if !zero {
             self.data += 1;
         }
@@ -101,12 +96,13 @@ impl<'a> BatchBuilder<'a> {
 
     /// Finishes the message; returns its length.
     pub fn finish(self) -> usize {
-        self.buf[5..7].copy_from_slice(&(self.entries as u16).to_be_bytes());
-        let table_end = PAGES_HEADER + 4 * self.entries;
-        let data_len = self.data * PAGE_SIZE;
-        self.buf
-            .copy_within(self.data_start()..self.data_start() + data_len, table_end);
-        table_end + data_len
+        self.buf[5..7].copy_from_slice(&(self.entries.len() as u16).to_be_bytes());
+        let mut at = PAGES_HEADER + self.data * PAGE_SIZE;
+        for e in &self.entries {
+            self.buf[at..at + 4].copy_from_slice(&e.to_be_bytes());
+            at += 4;
+        }
+        at
     }
 }
 
@@ -128,11 +124,10 @@ impl<'a> Batch<'a> {
         }
         let pass = u32::from_be_bytes(msg[1..5].try_into().expect("4 bytes"));
         let n = u16::from_be_bytes([msg[5], msg[6]]) as usize;
-        let table_end = PAGES_HEADER + 4 * n;
-        if msg.len() < table_end {
+        if msg.len() < PAGES_HEADER + 4 * n {
             return Err("page batch shorter than its entry table");
         }
-        let entries = &msg[PAGES_HEADER..table_end];
+        let entries = &msg[msg.len() - 4 * n..];
         let mut nonzero = 0;
         for e in entries.chunks_exact(4) {
             let e = u32::from_be_bytes(e.try_into().expect("4 bytes"));
@@ -143,7 +138,7 @@ impl<'a> Batch<'a> {
                 nonzero += 1;
             }
         }
-        let data = &msg[table_end..];
+        let data = &msg[PAGES_HEADER..msg.len() - 4 * n];
         if data.len() != nonzero * PAGE_SIZE {
             return Err("page batch data does not match its entries");
         }
@@ -294,9 +289,16 @@ mod tests {
             Batch::parse(&buf[..len], 5).err(),
             Some("page index beyond guest memory")
         );
+        // One byte of page data missing (the entry table is at the end).
+        let mut short = buf[..len].to_vec();
+        short.remove(PAGES_HEADER);
+        assert_eq!(
+            Batch::parse(&short, 100).err(),
+            Some("page batch data does not match its entries")
+        );
         assert_eq!(
             Batch::parse(&buf[..len - 1], 100).err(),
-            Some("page batch data does not match its entries")
+            Some("page index beyond guest memory")
         );
         assert_eq!(Batch::parse(&buf[..6], 100).err(), Some("not a page batch"));
     }

@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod counters;
+pub mod experiment;
 mod topology;
 
 pub use topology::{Topology, TopologyError};

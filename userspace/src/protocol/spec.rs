@@ -86,6 +86,7 @@ impl fmt::Display for EncryptionMode {
 #[serde(rename_all = "kebab-case")]
 pub enum Transport {
     Plaintext,
+    #[serde(rename = "aes-256-gcm")]
     Aes256Gcm,
 }
 

@@ -219,6 +219,18 @@ fn pages_differing(a: &[u8], b: &[u8]) -> usize {
         .count()
 }
 
+/// Once decided, the registry drops its hold on the guest (its memory is the
+/// host's now, or gone) and keeps only what answers outcome queries.
+fn settled(d: &Dest) {
+    for _ in 0..500 {
+        if d.registry.pending() == 0 {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    panic!("the registry still holds {} guest(s)", d.registry.pending());
+}
+
 fn wait_event(d: &Dest) -> DestinationEvent {
     d.events
         .recv_timeout(Duration::from_secs(20))
@@ -267,6 +279,7 @@ fn encrypted_kv_guest_arrives_byte_identical_and_keeps_running() {
         DestinationEvent::Aborted { reason, .. } => panic!("destination aborted: {reason}"),
     }
     assert_eq!(dest.registry.outcome(&spec.id), Some(Outcome::Resumed));
+    settled(&dest);
     // The workload continues on the new host and every GET finds intact data.
     let (ops0, _) = run.dst.inner.counters();
     for _ in 0..500 {
@@ -482,6 +495,11 @@ fn gives_up_after_max_time_and_the_guest_keeps_running_on_the_source() {
         dest.registry.outcome(&spec.id),
         Some(Outcome::Aborted(_))
     ));
+    settled(&dest);
+    assert!(
+        matches!(dest.registry.outcome(&spec.id), Some(Outcome::Aborted(_))),
+        "still answerable"
+    );
 }
 
 #[test]
