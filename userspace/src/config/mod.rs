@@ -148,8 +148,13 @@ pub enum Kind {
 }
 
 impl Kind {
-    pub const ALL: &'static [Kind] =
-        &[Kind::Demo, Kind::Coordinator, Kind::Host, Kind::LabCounters];
+    pub const ALL: &'static [Kind] = &[
+        Kind::Demo,
+        Kind::Coordinator,
+        Kind::Host,
+        Kind::LabCounters,
+        Kind::Experiment,
+    ];
 
     pub fn prefix(self) -> &'static str {
         match self {
