@@ -4,6 +4,7 @@
 //! test    setup, then the whole test suite
 //! demo    setup, then `ferry demo` (arguments after `--` go to ferry)
 //! bench   benchmarks: AEAD backends, protocol throughput, the paper's figures
+//! fuzz    cargo-fuzz on the record parser and the handshake
 //! clippy  clippy -D warnings on userspace and on the eBPF programs
 //! ci      what .ci/run runs after setup: fmt --check, clippy, test
 
@@ -73,6 +74,23 @@ fn test(args: &[String]) -> Result {
     })
 }
 
+/// Coverage-guided fuzzing of the network-facing parsers (cargo-fuzz,
+/// nightly, AddressSanitizer), `seconds` per target (default 60).
+fn fuzz(args: &[String]) -> Result {
+    let seconds: u64 = args.first().map(|s| s.parse().map_err(|_| format!("fuzz: {s:?} is not a number of seconds"))).transpose()?.unwrap_or(60);
+    if Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+        run(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
+    }
+    run(cargo().args(["run", "--release", "--package", "ferry", "--example", "fuzz_seeds", "--", "userspace/fuzz/corpus"]))?;
+    for target in ["record", "handshake"] {
+        run(Command::new("rustup")
+            .args(["run", "nightly", "cargo", "fuzz", "run", "--fuzz-dir", "userspace/fuzz", target])
+            .arg(format!("userspace/fuzz/corpus/{target}"))
+            .args(["--", &format!("-max_total_time={seconds}"), "-max_len=4096"]))?;
+    }
+    Ok(())
+}
+
 fn clippy() -> Result {
     run(cargo().arg("clippy").args(HOST).args([
         "--all-targets",
@@ -120,7 +138,8 @@ fn main() -> ExitCode {
                 .args(&rest))
         }),
         "clippy" => clippy(),
-        "bench" => setup::setup().and_then(|()| timed("bench", bench::bench)),
+                "bench" => setup::setup().and_then(|()| timed("bench", bench::bench)),
+        "fuzz" => setup::setup().and_then(|()| timed("fuzz", || fuzz(&rest))),
         "ci" => timed("ci", || {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;
             clippy()?;
@@ -130,7 +149,8 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask <task>\n\n  setup   install toolchain pieces and packages (idempotent)\n  \
                  test    setup + the whole test suite\n  demo    setup + `ferry demo`\n  \
-                 bench   setup + benchmarks (tables, JSON, SVG in target/bench)\n  \
+                                  bench   setup + benchmarks (tables, JSON, SVG in target/bench)\n  \
+                 fuzz    [SECONDS] cargo-fuzz on the record parser and the handshake\n  \
                  clippy  clippy -D warnings, userspace and eBPF\n  ci      fmt --check + clippy + test"
             );
             return if task == "help" {

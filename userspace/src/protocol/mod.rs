@@ -8,6 +8,7 @@
 
 pub mod aead;
 pub mod error;
+pub mod fuzzing;
 pub mod handshake;
 pub mod keys;
 pub mod record;
