@@ -77,14 +77,44 @@ fn test(args: &[String]) -> Result {
 /// Coverage-guided fuzzing of the network-facing parsers (cargo-fuzz,
 /// nightly, AddressSanitizer), `seconds` per target (default 60).
 fn fuzz(args: &[String]) -> Result {
-    let seconds: u64 = args.first().map(|s| s.parse().map_err(|_| format!("fuzz: {s:?} is not a number of seconds"))).transpose()?.unwrap_or(60);
-    if Command::new("cargo").args(["fuzz", "--version"]).output().map(|o| !o.status.success()).unwrap_or(true) {
+    let seconds: u64 = args
+        .first()
+        .map(|s| {
+            s.parse()
+                .map_err(|_| format!("fuzz: {s:?} is not a number of seconds"))
+        })
+        .transpose()?
+        .unwrap_or(60);
+    if Command::new("cargo")
+        .args(["fuzz", "--version"])
+        .output()
+        .map(|o| !o.status.success())
+        .unwrap_or(true)
+    {
         run(cargo().args(["install", "--locked", "cargo-fuzz"]))?;
     }
-    run(cargo().args(["run", "--release", "--package", "ferry", "--example", "fuzz_seeds", "--", "userspace/fuzz/corpus"]))?;
+    run(cargo().args([
+        "run",
+        "--release",
+        "--package",
+        "ferry",
+        "--example",
+        "fuzz_seeds",
+        "--",
+        "userspace/fuzz/corpus",
+    ]))?;
     for target in ["record", "handshake"] {
         run(Command::new("rustup")
-            .args(["run", "nightly", "cargo", "fuzz", "run", "--fuzz-dir", "userspace/fuzz", target])
+            .args([
+                "run",
+                "nightly",
+                "cargo",
+                "fuzz",
+                "run",
+                "--fuzz-dir",
+                "userspace/fuzz",
+                target,
+            ])
             .arg(format!("userspace/fuzz/corpus/{target}"))
             .args(["--", &format!("-max_total_time={seconds}"), "-max_len=4096"]))?;
     }
@@ -138,7 +168,7 @@ fn main() -> ExitCode {
                 .args(&rest))
         }),
         "clippy" => clippy(),
-                "bench" => setup::setup().and_then(|()| timed("bench", bench::bench)),
+        "bench" => setup::setup().and_then(|()| timed("bench", bench::bench)),
         "fuzz" => setup::setup().and_then(|()| timed("fuzz", || fuzz(&rest))),
         "ci" => timed("ci", || {
             run(cargo().args(["fmt", "--all", "--", "--check"]))?;

@@ -7,7 +7,9 @@ use std::{io::Cursor, sync::Arc};
 
 use super::{
     Backend, KeySchedule, MigrationId, MigrationKey, Side, Transport,
-    handshake::{CLIENT_HELLO_LEN, Expectation, StreamRegistry, parse_client_hello, server_handshake},
+    handshake::{
+        CLIENT_HELLO_LEN, Expectation, StreamRegistry, parse_client_hello, server_handshake,
+    },
     record::{Record, RecordReader, RecordWriter},
     stream_crypto,
 };
@@ -70,7 +72,10 @@ pub fn handshake(data: &[u8]) {
             schedule: transport.encrypted().then(|| Arc::new(schedule())),
             streams: 4,
         });
-        let mut io = Duplex { input: Cursor::new(data), output: Vec::new() };
+        let mut io = Duplex {
+            input: Cursor::new(data),
+            output: Vec::new(),
+        };
         let accepted = server_handshake(&mut io, &reg, Backend::RustCrypto, None);
         if let Ok(a) = accepted {
             // Only a hello with the right tag can be accepted when encrypted.
@@ -82,8 +87,20 @@ pub fn handshake(data: &[u8]) {
 /// A hello to mutate: the fuzzer's seed.
 pub fn handshake_seed() -> Vec<u8> {
     let ks = schedule();
-    let mut io = Duplex { input: Cursor::new(&[][..]), output: Vec::new() };
-    let _ = super::handshake::client_handshake(&mut io, &ID, Transport::Aes256Gcm, Some(&ks), Backend::RustCrypto, 1, 4, 0);
+    let mut io = Duplex {
+        input: Cursor::new(&[][..]),
+        output: Vec::new(),
+    };
+    let _ = super::handshake::client_handshake(
+        &mut io,
+        &ID,
+        Transport::Aes256Gcm,
+        Some(&ks),
+        Backend::RustCrypto,
+        1,
+        4,
+        0,
+    );
     io.output
 }
 
@@ -159,19 +176,35 @@ mod tests {
     fn handshake_survives_mutations() {
         let seed = handshake_seed();
         assert_eq!(seed.len(), CLIENT_HELLO_LEN);
-        let reg = One(Expectation { transport: Transport::Aes256Gcm, schedule: Some(Arc::new(schedule())), streams: 4 });
-        let mut io = Duplex { input: Cursor::new(&seed[..]), output: Vec::new() };
-        assert!(server_handshake(&mut io, &reg, Backend::RustCrypto, None).is_ok(), "the seed is a valid hello");
+        let reg = One(Expectation {
+            transport: Transport::Aes256Gcm,
+            schedule: Some(Arc::new(schedule())),
+            streams: 4,
+        });
+        let mut io = Duplex {
+            input: Cursor::new(&seed[..]),
+            output: Vec::new(),
+        };
+        assert!(
+            server_handshake(&mut io, &reg, Backend::RustCrypto, None).is_ok(),
+            "the seed is a valid hello"
+        );
         let mut accepted = 0;
         for input in corpus(&seed, 4000) {
             handshake(&input);
-            let mut io = Duplex { input: Cursor::new(&input[..]), output: Vec::new() };
+            let mut io = Duplex {
+                input: Cursor::new(&input[..]),
+                output: Vec::new(),
+            };
             if server_handshake(&mut io, &reg, Backend::RustCrypto, None).is_ok() {
                 accepted += 1;
                 // Anything accepted under encryption carries the seed's authenticated prefix.
                 assert_eq!(&input[..48], &seed[..48]);
             }
         }
-        assert!(accepted >= 1, "some mutations leave the hello intact (appended bytes)");
+        assert!(
+            accepted >= 1,
+            "some mutations leave the hello intact (appended bytes)"
+        );
     }
 }
