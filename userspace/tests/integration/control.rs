@@ -562,3 +562,61 @@ fn base64(b: &[u8]) -> String {
     }
     s
 }
+
+#[test]
+fn destination_already_running_the_guest_refuses_the_spec() {
+    rt().block_on(async {
+        // host-b runs its own g1: a second g1 cannot arrive there.
+        let spec = ClusterSpec {
+            coordinators: vec!["c1".into()],
+            hosts: vec![
+                host(
+                    "host-a",
+                    "c1",
+                    true,
+                    256 << 20,
+                    vec![guest("g1", 32 << 20, EncryptionMode::Opportunistic)],
+                ),
+                host(
+                    "host-b",
+                    "c1",
+                    true,
+                    256 << 20,
+                    vec![guest("g1", 16 << 20, EncryptionMode::Opportunistic)],
+                ),
+            ],
+            defaults: Default::default(),
+        };
+        let c = Cluster::start(spec, None).await.unwrap();
+        let opts = MigrateOptions {
+            streams: Some(1),
+            ..Default::default()
+        };
+        let err = request_migration(
+            &c.client,
+            &c.coordinator("c1"),
+            "g1",
+            Some("host-a".into()),
+            "host-b",
+            opts,
+            |_| {},
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("the destination refused the migration")
+                && err.contains("guest g1 already exists on host-b"),
+            "{err}"
+        );
+        assert_eq!(
+            c.host("host-a").guest("g1").unwrap().run_state(),
+            RunState::Running
+        );
+        assert_eq!(
+            c.host("host-b").guest("g1").unwrap().memory().len(),
+            16 << 20,
+            "host-b's own g1 is untouched"
+        );
+    });
+}
