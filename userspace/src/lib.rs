@@ -16,6 +16,8 @@
 //!   the synthetic guest with its workloads.
 //! - [`metrics`]: Prometheus metric families.
 //! - [`dataplane`]: the embedded eBPF object, its loader and map readers.
+//! - [`router`]: `ferry router`: classification, shaping and the
+//!   announcement watch on a router in the migration path.
 //! - [`lab`]: namespace topologies for the lab, the demo and the tests.
 //! - [`demo`]: `ferry demo`.
 //! - [`report`]: figures (SVG) for experiments and benchmarks.
@@ -37,6 +39,7 @@ pub mod netlink;
 pub mod netns;
 pub mod protocol;
 pub mod report;
+pub mod router;
 
 /// `ferry --version`: crate version and the git revision it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_GIT_REV"), ")");

@@ -49,6 +49,16 @@ enum Command {
         #[arg(long)]
         config: PathBuf,
     },
+    /// Run a router in the migration path: eBPF classification, HTB shaping,
+    /// announcement watch, /metrics. SIGHUP re-reads the configuration and
+    /// applies it live.
+    Router {
+        #[arg(long)]
+        config: PathBuf,
+        /// Remove what a pinned router left (pins, HTB trees) and exit.
+        #[arg(long)]
+        remove: bool,
+    },
     /// Make a certificate authority and certificates for a lab.
     Certs {
         /// Directory to write to (an existing CA there is reused).
@@ -187,7 +197,7 @@ fn main() {
     // Daemons log their phases; interactive commands show progress instead.
     let daemon = matches!(
         cli.command,
-        Command::Coordinator { .. } | Command::Host { .. }
+        Command::Coordinator { .. } | Command::Host { .. } | Command::Router { .. }
     );
     let default = if daemon { "warn,ferry=info" } else { "warn" };
     let filter =
@@ -200,6 +210,43 @@ fn main() {
         eprintln!("ferry: error: {e:#}");
         std::process::exit(1);
     }
+}
+
+async fn run_router(cfg: ferry::router::RouterConfig, path: PathBuf) -> Result<()> {
+    use tokio::signal::unix::{SignalKind, signal};
+    let listen = cfg
+        .metrics
+        .as_ref()
+        .map(|m| m.listen)
+        .unwrap_or(ferry::router::DEFAULT_METRICS);
+    let mut router = ferry::router::Router::start(cfg, None)
+        .with_context(|| format!("starting the router of {}", path.display()))?;
+    let server =
+        ferry::metrics::http::MetricsServer::start(listen, router.metrics.registry.clone())
+            .await
+            .with_context(|| format!("serving /metrics on {listen}"))?;
+    tracing::info!(metrics = %server.addr, "serving /metrics");
+    let (mut hup, mut term, mut int) = (
+        signal(SignalKind::hangup())?,
+        signal(SignalKind::terminate())?,
+        signal(SignalKind::interrupt())?,
+    );
+    loop {
+        tokio::select! {
+            _ = hup.recv() => {
+                let applied = config::load::<ferry::router::RouterConfig>(&path)
+                    .map_err(anyhow::Error::from)
+                    .and_then(|c| router.apply(c).map_err(anyhow::Error::from));
+                if let Err(e) = applied {
+                    tracing::error!(error = %format!("{e:#}"), "configuration not applied; the previous one stays");
+                }
+            }
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    router.stop()?;
+    Ok(())
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime> {
@@ -233,6 +280,15 @@ fn run(cli: Cli) -> Result<()> {
             let rt = runtime()?;
             let h = Host::start(cfg)?;
             rt.block_on(h.serve())
+        }
+        Command::Router { config, remove } => {
+            let cfg: ferry::router::RouterConfig = config::load(&config)?;
+            if remove {
+                ferry::router::Router::remove(&cfg, None)?;
+                println!("removed what router {} left", cfg.name);
+                return Ok(());
+            }
+            runtime()?.block_on(run_router(cfg, config))
         }
         Command::Certs {
             out,

@@ -6,7 +6,10 @@
 //! compilers for different targets.
 #![no_std]
 
+pub mod classify;
 pub mod counters;
+pub mod migration;
+pub mod watch;
 
 /// Ethertypes the programs recognise.
 pub mod ethertype {
@@ -16,6 +19,14 @@ pub mod ethertype {
     pub const VLAN_8021Q: u16 = 0x8100;
     pub const VLAN_8021AD: u16 = 0x88a8;
     pub const IPV6: u16 = 0x86dd;
+}
+
+/// IP protocol numbers the programs recognise.
+pub mod ipproto {
+    pub const ICMP: u8 = 1;
+    pub const TCP: u8 = 6;
+    pub const UDP: u8 = 17;
+    pub const ICMPV6: u8 = 58;
 }
 
 /// Implements `aya::Pod` for the listed types on the userspace side.

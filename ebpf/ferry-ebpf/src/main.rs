@@ -1,9 +1,17 @@
 //! ferry's eBPF programs, linked into one object that userspace embeds.
 #![no_std]
 #![no_main]
+#![feature(asm_experimental_arch)]
+#![allow(internal_features)]
 
+mod atomic;
+mod classify;
+mod migration;
+mod packet;
 mod parse;
+mod tc;
 mod vlan_counters;
+mod watch;
 
 #[cfg(not(test))]
 #[panic_handler]

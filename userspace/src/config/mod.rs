@@ -7,6 +7,7 @@
 mod counters;
 mod demo;
 mod duration;
+mod rate;
 mod size;
 
 use std::{fmt, path::Path};
@@ -16,6 +17,7 @@ use serde::de::DeserializeOwned;
 pub use counters::CountersConfig;
 pub use demo::{DemoConfig, DemoGuest};
 pub use duration::{deserialize_duration, serialize_duration};
+pub use rate::Rate;
 pub use size::ByteSize;
 
 #[derive(Debug, thiserror::Error)]
@@ -145,6 +147,7 @@ pub enum Kind {
     Host,
     LabCounters,
     Experiment,
+    Router,
 }
 
 impl Kind {
@@ -154,6 +157,7 @@ impl Kind {
         Kind::Host,
         Kind::LabCounters,
         Kind::Experiment,
+        Kind::Router,
     ];
 
     pub fn prefix(self) -> &'static str {
@@ -163,6 +167,7 @@ impl Kind {
             Kind::Host => "host",
             Kind::LabCounters => "counters",
             Kind::Experiment => "experiment",
+            Kind::Router => "router",
         }
     }
 
@@ -203,6 +208,7 @@ impl Kind {
             Kind::Host => load::<crate::host::HostConfig>(path).map(drop),
             Kind::LabCounters => load::<CountersConfig>(path).map(drop),
             Kind::Experiment => load::<crate::lab::experiment::ExperimentConfig>(path).map(drop),
+            Kind::Router => load::<crate::router::RouterConfig>(path).map(drop),
         }
     }
 }

@@ -5,13 +5,24 @@
 //! namespace (a host or a router). Interface indexes are only unique within a
 //! namespace, so a copy never spans two.
 
+pub mod classify;
 mod counters;
+pub mod migration;
+pub mod watch;
 
-use std::{collections::BTreeMap, sync::Arc};
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+    sync::Arc,
+};
 
 use aya::{
-    Ebpf,
-    programs::{ProgramError, SchedClassifier, TcAttachType},
+    Ebpf, EbpfLoader,
+    programs::{
+        ProgramError, SchedClassifier, TcAttachType, Xdp, XdpMode,
+        links::{FdLink, PinnedLink},
+        tc::SchedClassifierLink,
+    },
 };
 
 pub use counters::{VlanCount, summarize};
@@ -49,6 +60,8 @@ pub enum DataplaneError {
     MissingMap(&'static str),
     #[error("eBPF program {0} is missing from the object")]
     MissingProgram(&'static str),
+    #[error("pinning at {path}: {message}")]
+    Pin { path: PathBuf, message: String },
     #[error("interface {ifname}: {source}")]
     Interface {
         ifname: String,
@@ -58,6 +71,15 @@ pub enum DataplaneError {
 }
 
 pub type Result<T, E = DataplaneError> = std::result::Result<T, E>;
+
+/// Maps a router keeps in bpffs across restarts.
+pub const PINNED_MAPS: &[&str] = &[
+    "RULES",
+    "ROUTER_SETTINGS",
+    "CLASSES",
+    "POLICERS",
+    "CLASS_COUNTERS",
+];
 
 /// One interface ferry attached to.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -73,10 +95,45 @@ pub struct Dataplane {
     interfaces: BTreeMap<u32, String>,
 }
 
+fn prog_err(name: &'static str) -> impl FnOnce(ProgramError) -> DataplaneError {
+    move |e| DataplaneError::Program {
+        name,
+        source: Box::new(e),
+    }
+}
+
+fn pin_err(path: &Path, e: impl std::fmt::Display) -> DataplaneError {
+    DataplaneError::Pin {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    }
+}
+
 impl Dataplane {
     /// Loads the object for use in `netns` (None: the caller's namespace).
     pub fn load(netns: Option<Arc<Netns>>) -> Result<Self> {
-        let ebpf = Ebpf::load(OBJECT).map_err(|e| DataplaneError::Load(Box::new(e)))?;
+        Self::load_pinned(netns, None)
+    }
+
+    /// Loads the object; with `pin_dir`, the maps in [`PINNED_MAPS`] live in
+    /// that bpffs directory and are reused when already there, so that a
+    /// restarted daemon finds its rules, classes and counters.
+    pub fn load_pinned(netns: Option<Arc<Netns>>, pin_dir: Option<&Path>) -> Result<Self> {
+        let mut loader = EbpfLoader::new();
+        let paths: Vec<(&str, PathBuf)> = match pin_dir {
+            Some(d) => {
+                ensure_bpffs(d)?;
+                std::fs::create_dir_all(d).map_err(|e| pin_err(d, e))?;
+                PINNED_MAPS.iter().map(|m| (*m, d.join(m))).collect()
+            }
+            None => Vec::new(),
+        };
+        for (name, path) in &paths {
+            loader.map_pin_path(name, path.as_path());
+        }
+        let ebpf = loader
+            .load(OBJECT)
+            .map_err(|e| DataplaneError::Load(Box::new(e)))?;
         Ok(Self {
             ebpf,
             netns,
@@ -93,48 +150,108 @@ impl Dataplane {
         }
     }
 
+    fn ifindex_of(&self, ifname: &str) -> Result<u32> {
+        Self::in_ns(&self.netns, || crate::net::packet_socket::ifindex(ifname)).map_err(|source| {
+            DataplaneError::Interface {
+                ifname: ifname.to_string(),
+                source,
+            }
+        })
+    }
+
     fn classifier(&mut self, name: &'static str) -> Result<&mut SchedClassifier> {
         let prog = self
             .ebpf
             .program_mut(name)
             .ok_or(DataplaneError::MissingProgram(name))?;
-        let cls: &mut SchedClassifier = prog.try_into().map_err(|e| DataplaneError::Program {
-            name,
-            source: Box::new(e),
-        })?;
+        let cls: &mut SchedClassifier = prog.try_into().map_err(prog_err(name))?;
         if cls.fd().is_err() {
-            cls.load().map_err(|e| DataplaneError::Program {
-                name,
-                source: Box::new(e),
-            })?;
+            cls.load().map_err(prog_err(name))?;
         }
         Ok(cls)
     }
 
-    /// Attaches a classifier at TCX ingress or egress of `ifname`.
+    /// Attaches a classifier at TCX ingress or egress of `ifname`; the link
+    /// lives as long as this Dataplane.
     fn attach_tc(
         &mut self,
         program: &'static str,
         ifname: &str,
         attach: TcAttachType,
     ) -> Result<u32> {
+        self.attach_tc_pinned(program, ifname, attach, None)
+    }
+
+    /// As [`Self::attach_tc`]; with `pin`, the TCX link is pinned there and
+    /// outlives this process. If a link is already pinned there (a previous
+    /// run), its program is replaced atomically: traffic is never left
+    /// unclassified in between.
+    pub fn attach_tc_pinned(
+        &mut self,
+        program: &'static str,
+        ifname: &str,
+        attach: TcAttachType,
+        pin: Option<&Path>,
+    ) -> Result<u32> {
+        let ifindex = self.ifindex_of(ifname)?;
         let netns = self.netns.clone();
-        let ifindex = Self::in_ns(&netns, || crate::net::packet_socket::ifindex(ifname)).map_err(
-            |source| DataplaneError::Interface {
-                ifname: ifname.to_string(),
-                source,
-            },
-        )?;
         let cls = self.classifier(program)?;
-        let direction = if attach == TcAttachType::Ingress {
-            "ingress"
+        match pin {
+            Some(path) if path.exists() => {
+                let old = PinnedLink::from_pin(path).map_err(|e| pin_err(path, e))?;
+                let link: SchedClassifierLink =
+                    FdLink::from(old).try_into().map_err(|e| pin_err(path, e))?;
+                let id = cls.attach_to_link(link).map_err(prog_err(program))?;
+                // The pin holds the link; our handle on it can go.
+                drop(cls.take_link(id).map_err(prog_err(program))?);
+            }
+            _ => {
+                let direction = if attach == TcAttachType::Ingress {
+                    "ingress"
+                } else {
+                    "egress"
+                };
+                let id = Self::in_ns(&netns, || cls.attach(ifname, attach)).map_err(|e| {
+                    DataplaneError::Attach {
+                        program,
+                        ifname: ifname.to_string(),
+                        direction,
+                        source: Box::new(e),
+                    }
+                })?;
+                if let Some(path) = pin {
+                    let link = cls.take_link(id).map_err(prog_err(program))?;
+                    let fd: FdLink = link.try_into().map_err(|e| pin_err(path, e))?;
+                    fd.pin(path).map_err(|e| pin_err(path, e))?;
+                }
+            }
+        }
+        self.interfaces.insert(ifindex, ifname.to_string());
+        Ok(ifindex)
+    }
+
+    /// Attaches XDP program `program` to `ifname`, in generic (skb) mode
+    /// unless `native`.
+    pub fn attach_xdp(&mut self, program: &'static str, ifname: &str, native: bool) -> Result<u32> {
+        let ifindex = self.ifindex_of(ifname)?;
+        let netns = self.netns.clone();
+        let prog = self
+            .ebpf
+            .program_mut(program)
+            .ok_or(DataplaneError::MissingProgram(program))?;
+        let xdp: &mut Xdp = prog.try_into().map_err(prog_err(program))?;
+        if xdp.fd().is_err() {
+            xdp.load().map_err(prog_err(program))?;
+        }
+        let flags = if native {
+            XdpMode::Driver
         } else {
-            "egress"
+            XdpMode::Skb
         };
-        Self::in_ns(&netns, || cls.attach(ifname, attach)).map_err(|e| DataplaneError::Attach {
+        Self::in_ns(&netns, || xdp.attach(ifname, flags)).map_err(|e| DataplaneError::Attach {
             program,
             ifname: ifname.to_string(),
-            direction,
+            direction: "xdp",
             source: Box::new(e),
         })?;
         self.interfaces.insert(ifindex, ifname.to_string());
@@ -162,5 +279,56 @@ impl Dataplane {
 
     pub fn ebpf_mut(&mut self) -> &mut Ebpf {
         &mut self.ebpf
+    }
+
+    fn map(&self, name: &'static str) -> Result<&aya::maps::Map> {
+        self.ebpf.map(name).ok_or(DataplaneError::MissingMap(name))
+    }
+
+    fn map_mut(&mut self, name: &'static str) -> Result<&mut aya::maps::Map> {
+        self.ebpf
+            .map_mut(name)
+            .ok_or(DataplaneError::MissingMap(name))
+    }
+}
+
+/// bpffs's f_type (include/uapi/linux/magic.h).
+const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
+
+/// Pins need a bpf filesystem. /sys/fs/bpf is mounted as one when it is
+/// not yet (as systemd would); anywhere else must already be on one.
+pub fn ensure_bpffs(dir: &Path) -> Result<()> {
+    let on_bpffs = |p: &Path| {
+        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
+    };
+    let existing = dir
+        .ancestors()
+        .find(|p| p.exists())
+        .unwrap_or(Path::new("/"));
+    if on_bpffs(existing) {
+        return Ok(());
+    }
+    let sysfs_bpf = Path::new("/sys/fs/bpf");
+    if dir.starts_with(sysfs_bpf) {
+        nix::mount::mount(
+            Some("bpf"),
+            sysfs_bpf,
+            Some("bpf"),
+            nix::mount::MsFlags::empty(),
+            None::<&str>,
+        )
+        .map_err(|e| pin_err(sysfs_bpf, format!("mounting bpffs: {e}")))?;
+        return Ok(());
+    }
+    Err(pin_err(
+        dir,
+        "not on a bpf filesystem (mount one, or pin under /sys/fs/bpf)",
+    ))
+}
+
+fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
+    move |e| DataplaneError::Map {
+        name,
+        source: Box::new(e),
     }
 }

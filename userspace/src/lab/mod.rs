@@ -5,6 +5,6 @@
 pub mod cluster;
 pub mod counters;
 pub mod experiment;
-mod topology;
+pub mod topology;
 
 pub use topology::{Topology, TopologyError};

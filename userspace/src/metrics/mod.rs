@@ -2,6 +2,9 @@
 //! running side by side in one process count only their own events) and a
 //! daemon registers them into the registry its /metrics endpoint serves.
 
+pub mod http;
+pub mod scrape;
+
 use prometheus::{IntCounterVec, Opts, Registry};
 
 use crate::protocol::ProtocolError;

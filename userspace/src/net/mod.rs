@@ -1,6 +1,7 @@
 //! Link-layer building blocks: MAC addresses, frame builders, AF_PACKET and
 //! ICMP sockets. Used by the announcer, the lab and the tests.
 
+pub mod announce;
 pub mod frame;
 pub mod icmp;
 mod mac;

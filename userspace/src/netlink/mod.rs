@@ -7,6 +7,7 @@
 
 mod addr;
 mod link;
+pub mod tc;
 
 use std::io;
 

@@ -4,4 +4,5 @@
 
 mod common;
 mod harness;
+mod router;
 mod vlan_counters;

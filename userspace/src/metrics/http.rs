@@ -1,0 +1,187 @@
+//! /metrics over HTTP/1.1 for Prometheus: one small tokio server per daemon.
+
+use std::{net::SocketAddr, time::Duration};
+
+use prometheus::{Encoder, Registry, TextEncoder};
+use tokio::{
+    io::{AsyncReadExt, AsyncWriteExt},
+    net::{TcpListener, TcpStream},
+    task::JoinHandle,
+};
+
+/// A running /metrics endpoint; stops when dropped.
+pub struct MetricsServer {
+    pub addr: SocketAddr,
+    task: JoinHandle<()>,
+}
+
+impl Drop for MetricsServer {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl MetricsServer {
+    /// Binds `listen` (port 0: any) and serves `registry` on GET /metrics.
+    pub async fn start(listen: SocketAddr, registry: Registry) -> std::io::Result<Self> {
+        let l = TcpListener::bind(listen).await?;
+        let addr = l.local_addr()?;
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((s, _)) = l.accept().await else {
+                    continue;
+                };
+                let r = registry.clone();
+                tokio::spawn(async move {
+                    // A client that stalls is dropped rather than held.
+                    let _ = tokio::time::timeout(Duration::from_secs(30), serve(s, r)).await;
+                });
+            }
+        });
+        Ok(Self { addr, task })
+    }
+}
+
+/// One connection: requests until the client closes (Prometheus keeps it
+/// alive between scrapes).
+async fn serve(mut s: TcpStream, registry: Registry) -> std::io::Result<()> {
+    let mut buf = Vec::with_capacity(1024);
+    loop {
+        // Read one request head; ferry's endpoint takes no bodies.
+        let head_end = loop {
+            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
+                break i + 4;
+            }
+            if buf.len() > 16 * 1024 {
+                return respond(
+                    &mut s,
+                    "431 Request Header Fields Too Large",
+                    "text/plain",
+                    b"request head too large\n",
+                    false,
+                )
+                .await;
+            }
+            let mut chunk = [0u8; 1024];
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        };
+        let head = String::from_utf8_lossy(&buf[..head_end]).to_string();
+        buf.drain(..head_end);
+        let mut words = head.lines().next().unwrap_or("").split_whitespace();
+        let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
+        let keep = !head.to_ascii_lowercase().contains("connection: close");
+        let path = path.split('?').next().unwrap_or("");
+        match (method, path) {
+            ("GET", "/metrics") => {
+                let mut body = Vec::new();
+                let enc = TextEncoder::new();
+                if let Err(e) = enc.encode(&registry.gather(), &mut body) {
+                    let msg = format!("encoding metrics: {e}\n");
+                    respond(
+                        &mut s,
+                        "500 Internal Server Error",
+                        "text/plain",
+                        msg.as_bytes(),
+                        false,
+                    )
+                    .await?;
+                    return Ok(());
+                }
+                respond(&mut s, "200 OK", enc.format_type(), &body, keep).await?;
+            }
+            ("GET", "/") => {
+                respond(
+                    &mut s,
+                    "200 OK",
+                    "text/plain",
+                    b"ferry: see /metrics\n",
+                    keep,
+                )
+                .await?
+            }
+            ("GET", _) => {
+                respond(
+                    &mut s,
+                    "404 Not Found",
+                    "text/plain",
+                    b"not found; try /metrics\n",
+                    keep,
+                )
+                .await?
+            }
+            _ => {
+                return respond(
+                    &mut s,
+                    "405 Method Not Allowed",
+                    "text/plain",
+                    b"GET only\n",
+                    false,
+                )
+                .await;
+            }
+        }
+        if !keep {
+            return Ok(());
+        }
+    }
+}
+
+async fn respond(
+    s: &mut TcpStream,
+    status: &str,
+    ctype: &str,
+    body: &[u8],
+    keep: bool,
+) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\nContent-Length: {}\r\nConnection: {}\r\n\r\n",
+        body.len(),
+        if keep { "keep-alive" } else { "close" }
+    );
+    s.write_all(head.as_bytes()).await?;
+    s.write_all(body).await?;
+    s.flush().await
+}
+
+/// GET `path` from `addr` (tests and `ferry` tooling): status and body.
+pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(addr).await?;
+    s.write_all(
+        format!("GET {path} HTTP/1.1\r\nHost: {addr}\r\nConnection: close\r\n\r\n").as_bytes(),
+    )
+    .await?;
+    let mut out = Vec::new();
+    s.read_to_end(&mut out).await?;
+    let text = String::from_utf8_lossy(&out).to_string();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+    let status = head
+        .split_whitespace()
+        .nth(1)
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    Ok((status, body.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn serves_the_registry_and_refuses_the_rest() {
+        let r = Registry::new();
+        let c = prometheus::IntCounter::new("ferry_test_total", "a test counter").unwrap();
+        r.register(Box::new(c.clone())).unwrap();
+        c.inc_by(3);
+        let srv = MetricsServer::start("127.0.0.1:0".parse().unwrap(), r)
+            .await
+            .unwrap();
+        let (st, body) = get(srv.addr, "/metrics").await.unwrap();
+        assert_eq!(st, 200);
+        assert!(body.contains("ferry_test_total 3"), "{body}");
+        assert_eq!(get(srv.addr, "/nope").await.unwrap().0, 404);
+    }
+}
