@@ -5,6 +5,7 @@
 pub mod cluster;
 pub mod counters;
 pub mod experiment;
+pub mod qemu;
 pub mod topology;
 
 pub use topology::{Topology, TopologyError};

@@ -14,7 +14,7 @@ use std::{
 use ferry::{
     config,
     dataplane::classify::ClassCount,
-    lab::Topology,
+    lab::{Topology, qemu},
     net::{
         MacAddr, PacketSocket,
         announce::{Announcement, Schedule, announce},
@@ -585,5 +585,95 @@ fn a_guest_mac_moving_between_hosts_is_seen_announced_and_converged() {
         .expect("the guest's MAC is in the table")
         .1;
     assert_eq!((e.ifindex, e.moves, e.announcements), (p2, 1, 10));
+    router.stop().unwrap();
+}
+
+#[test]
+fn a_real_qemu_guest_migrated_between_two_qemus_is_announced_in_one_burst() {
+    let name = "a_real_qemu_guest_migrated_between_two_qemus_is_announced_in_one_burst";
+    if !privileged(name) {
+        return;
+    }
+    if let Err(why) = qemu::available() {
+        println!("SKIP {name}: {why}");
+        return;
+    }
+    let mut t = Topology::new("ft");
+    let s = t.add_node("sw", false).unwrap();
+    let dir =
+        std::env::temp_dir().join(format!("ferry-qemu-{}-{}", std::process::id(), t.prefix()));
+    std::fs::create_dir_all(&dir).unwrap();
+    struct Rm(PathBuf);
+    impl Drop for Rm {
+        fn drop(&mut self) {
+            let _ = std::fs::remove_dir_all(&self.0);
+        }
+    }
+    let _rm = Rm(dir.clone());
+    let mac: MacAddr = "52:54:00:12:34:56".parse().unwrap();
+    let spec = |tap, incoming| qemu::VmSpec {
+        netns: &s,
+        tap,
+        mac,
+        memory_mib: 64,
+        dir: &dir,
+        incoming,
+    };
+    let mut src = qemu::Vm::start(&spec("qa", false)).unwrap();
+    let mut dst = qemu::Vm::start(&spec("qb", true)).unwrap();
+    t.bridge("sw", "br0", &["qa", "qb"]).unwrap();
+    t.with_netlink("sw", |nl| {
+        nl.set_up("qa")?;
+        nl.set_up("qb")
+    })
+    .unwrap();
+    let cfg = router_config(
+        "name: sw\ninterfaces: [{name: qa, watch: true}, {name: qb, watch: true}]\n\
+         classes: [{name: all, id: 1}]\nwatch: {burst_gap: 1s}\n",
+    );
+    let router = Router::start(cfg, Some(s.clone())).unwrap();
+    assert_eq!(src.status().unwrap(), "running");
+    assert_eq!(dst.status().unwrap(), "inmigrate");
+
+    let info = src
+        .migrate_to(&mut dst, &dir, Duration::from_secs(60))
+        .unwrap();
+    eprintln!(
+        "QEMU migration: {} ms total, {} ms downtime, {} bytes",
+        info["total-time"], info["downtime"], info["ram"]["transferred"]
+    );
+    assert_eq!(src.status().unwrap(), "postmigrate");
+    let running = wait_for(Duration::from_secs(10), || {
+        (dst.status().ok()? == "running").then_some(())
+    });
+    assert!(running.is_some(), "the destination QEMU runs the guest");
+
+    // QEMU announces the NIC itself (the guest has no driver to do it):
+    // 5 RARPs at 0, 50, 200, 450 and 800 ms, all on the new port.
+    let bursts = wait_for(Duration::from_secs(10), || {
+        Some(router.bursts()).filter(|b| !b.is_empty())
+    });
+    let bursts = bursts.expect("an announcement burst within 10 s of the switch-over");
+    let qb = s.run(|| ferry::net::packet_socket::ifindex("qb")).unwrap();
+    assert_eq!(bursts.len(), 1, "{bursts:?}");
+    let b = &bursts[0];
+    eprintln!(
+        "burst: {} frames over {:.3} s",
+        b.frames,
+        b.spread_seconds()
+    );
+    assert_eq!(
+        (b.mac, b.ifindex, b.frames, b.rarp, b.garp, b.una),
+        (mac, qb, 5, 5, 0, 0)
+    );
+    let text = metrics_text(&router);
+    for line in [
+        "ferry_announcements_total{interface=\"qb\",kind=\"rarp\"} 5",
+        "ferry_announcements_total{interface=\"qa\",kind=\"rarp\"} 0",
+        "ferry_announcement_bursts_total{interface=\"qb\"} 1",
+        "ferry_announcement_burst_frames_sum 5",
+    ] {
+        assert!(text.contains(line), "missing {line:?} in\n{text}");
+    }
     router.stop().unwrap();
 }
