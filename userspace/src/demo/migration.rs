@@ -112,6 +112,7 @@ pub async fn run(cfg: &DemoConfig, quiet: bool) -> anyhow::Result<DemoSummary> {
         capacity: ByteSize(g.memory.0 * 2),
         backend: cfg.backend,
         guests,
+        network: None,
     };
     let cluster = Cluster::start(
         ClusterSpec {
@@ -120,6 +121,7 @@ pub async fn run(cfg: &DemoConfig, quiet: bool) -> anyhow::Result<DemoSummary> {
                 host(
                     "host-a",
                     vec![GuestConfig {
+                        nic: None,
                         name: g.name.clone(),
                         memory: g.memory,
                         vcpus: g.vcpus,

@@ -73,6 +73,19 @@ pub struct GuestInfo {
     pub ops: u64,
     pub get_errors: u64,
     pub workload: Option<WorkloadSpec>,
+    /// The guest's network interface, which its new host announces.
+    #[serde(default)]
+    pub nic: Option<Nic>,
+}
+
+/// A guest's NIC as the network knows it. Travels in the device state, as a
+/// virtio-net device's MAC does in QEMU's.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Nic {
+    pub mac: crate::net::MacAddr,
+    #[serde(default)]
+    pub ipv4: Option<std::net::Ipv4Addr>,
 }
 
 /// A guest as the migration engine sees it.

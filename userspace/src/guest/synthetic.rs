@@ -36,6 +36,8 @@ pub struct SyntheticConfig {
 struct DeviceState {
     workload: WorkloadSpec,
     vcpus: Vec<VcpuState>,
+    #[serde(default)]
+    nic: Option<super::Nic>,
 }
 
 /// Slice of a throttle period: a throttled vCPU is stunned for that share of
@@ -75,6 +77,7 @@ pub struct SyntheticGuest {
     state: Mutex<RunState>,
     runtime: Mutex<Runtime>,
     loaded: Mutex<Option<DeviceState>>,
+    nic: Mutex<Option<super::Nic>>,
     timeline: Arc<Mutex<Vec<Sample>>>,
     sampler_stop: Arc<AtomicBool>,
 }
@@ -117,6 +120,11 @@ impl SyntheticGuest {
         Ok(g)
     }
 
+    /// Gives the guest a NIC (before it first migrates).
+    pub fn set_nic(&self, nic: Option<super::Nic>) {
+        *self.nic.lock().expect("nic") = nic;
+    }
+
     /// An empty guest of `memory` bytes that receives an incoming migration.
     pub fn incoming(name: &str, memory: u64) -> Result<Arc<Self>, GuestError> {
         let memory = GuestMemory::new(memory).map_err(GuestError::Memory)?;
@@ -155,6 +163,7 @@ impl SyntheticGuest {
                 sampler: None,
             }),
             loaded: Mutex::new(None),
+            nic: Mutex::new(None),
             timeline: Arc::new(Mutex::new(Vec::new())),
             sampler_stop: Arc::new(AtomicBool::new(false)),
         })
@@ -432,6 +441,7 @@ impl Guest for SyntheticGuest {
         let ds = DeviceState {
             workload: self.workload.lock().expect("workload").clone(),
             vcpus,
+            nic: *self.nic.lock().expect("nic"),
         };
         Ok(serde_json::to_vec(&ds).expect("device state serializes"))
     }
@@ -449,6 +459,7 @@ impl Guest for SyntheticGuest {
         if ds.vcpus.is_empty() || ds.vcpus.len() > 64 {
             return Err(GuestError::DeviceState(format!("{} vCPUs", ds.vcpus.len())));
         }
+        *self.nic.lock().expect("nic") = ds.nic;
         *self.loaded.lock().expect("loaded") = Some(ds);
         *state = RunState::Paused;
         Ok(())
@@ -471,6 +482,7 @@ impl Guest for SyntheticGuest {
             ops,
             get_errors,
             workload: Some(self.workload.lock().expect("workload").clone()),
+            nic: *self.nic.lock().expect("nic"),
         }
     }
 
@@ -543,6 +555,11 @@ mod tests {
     #[test]
     fn device_state_carries_the_vcpus_to_a_new_guest() {
         let src = SyntheticGuest::boot("t", &kv(2 << 20)).unwrap();
+        let nic = super::super::Nic {
+            mac: "52:54:00:00:00:07".parse().unwrap(),
+            ipv4: Some([10, 0, 0, 7].into()),
+        };
+        src.set_nic(Some(nic));
         wait_ops(&src, 100);
         src.pause().unwrap();
         let state = src.save_state().unwrap();
@@ -569,6 +586,7 @@ mod tests {
         assert!(ops > ops_at_stun);
         assert_eq!(dst.counters().1, 0);
         assert_eq!(dst.info().vcpus, 2);
+        assert_eq!(dst.info().nic, Some(nic), "the NIC moves with the guest");
     }
 
     #[test]

@@ -41,6 +41,9 @@ pub struct HostConfig {
     /// Prometheus /metrics (localhost only unless said otherwise).
     #[serde(default)]
     pub metrics: Option<MetricsListen>,
+    /// The host's networks: migration VLAN tagging and guest announcements.
+    #[serde(default)]
+    pub network: Option<HostNetwork>,
     /// Use the software dirty log even where the kernel's works.
     #[serde(default)]
     pub software_dirty_log: bool,
@@ -71,6 +74,46 @@ pub struct GuestConfig {
     /// Fill memory first (a loaded database; a fully touched idle guest).
     #[serde(default = "yes")]
     pub prefill: bool,
+    /// The guest's NIC: announced by whichever host it lands on.
+    #[serde(default)]
+    pub nic: Option<crate::guest::Nic>,
+}
+
+/// A host's networks.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HostNetwork {
+    /// The interface migration streams leave by (the vMotion network).
+    #[serde(default)]
+    pub migration_interface: Option<String>,
+    /// Put migration streams on this VLAN there (tag on the way out, pop
+    /// on the way in): this kernel has no VLAN devices, ferry does it in eBPF.
+    #[serde(default)]
+    pub migration_vlan: Option<MigrationVlan>,
+    /// The guests' network: a guest that lands here is announced on it.
+    #[serde(default)]
+    pub guest_interface: Option<String>,
+    #[serde(default)]
+    pub announce: crate::net::announce::Schedule,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MigrationVlan {
+    pub vlan: u16,
+    /// 802.1p priority of the tag.
+    #[serde(default = "pcp")]
+    pub pcp: u8,
+    /// DSCP of the IP header (default AF11, 10: bulk, low drop).
+    #[serde(default = "dscp")]
+    pub dscp: u8,
+}
+
+fn pcp() -> u8 {
+    4
+}
+fn dscp() -> u8 {
+    10
 }
 
 fn one() -> usize {
@@ -122,6 +165,40 @@ impl Validate for HostConfig {
                 ));
             }
             total += g.memory.0;
+        }
+        if let Some(n) = &self.network {
+            if let Some(v) = n.migration_vlan {
+                if n.migration_interface.is_none() {
+                    return Err(Invalid::new(
+                        "network.migration_vlan",
+                        "needs network.migration_interface",
+                    ));
+                }
+                if !(1..=4094).contains(&v.vlan) {
+                    return Err(Invalid::new(
+                        "network.migration_vlan.vlan",
+                        format!("{} is out of range 1..=4094", v.vlan),
+                    ));
+                }
+                if v.pcp > 7 {
+                    return Err(Invalid::new(
+                        "network.migration_vlan.pcp",
+                        format!("{} is out of range 0..=7", v.pcp),
+                    ));
+                }
+                if v.dscp > 63 {
+                    return Err(Invalid::new(
+                        "network.migration_vlan.dscp",
+                        format!("{} is out of range 0..=63", v.dscp),
+                    ));
+                }
+            }
+            if n.announce.rounds == 0 || n.announce.rounds > 100 {
+                return Err(Invalid::new(
+                    "network.announce.rounds",
+                    format!("{} is out of range 1..=100", n.announce.rounds),
+                ));
+            }
         }
         if total > self.memory_capacity.0 {
             return Err(Invalid::new(

@@ -2,6 +2,7 @@
 //! source or destination of migrations.
 
 pub mod config;
+pub mod network;
 
 use std::{
     collections::BTreeMap,
@@ -44,6 +45,7 @@ pub struct Host {
     registry: Arc<IncomingRegistry>,
     listener: MigrationListener,
     pub protocol_metrics: ProtocolMetrics,
+    pub network: Option<network::HostNet>,
 }
 
 impl Host {
@@ -71,6 +73,13 @@ impl Host {
         );
         let listener = MigrationListener::bind(cfg.migration, registry.clone())
             .with_context(|| format!("migration listener on {}", cfg.migration))?;
+        let network = match &cfg.network {
+            Some(n) => Some(network::HostNet::start(
+                n,
+                cfg.advertise.unwrap_or(listener.local_addr()),
+            )?),
+            None => None,
+        };
         let mut guests = BTreeMap::new();
         for (i, g) in cfg.guests.iter().enumerate() {
             let sc = SyntheticConfig {
@@ -82,6 +91,7 @@ impl Host {
             };
             let guest = SyntheticGuest::boot(&g.name, &sc)
                 .with_context(|| format!("booting guest {}", g.name))?;
+            guest.set_nic(g.nic);
             tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus, "guest booted");
             guests.insert(
                 g.name.clone(),
@@ -101,6 +111,7 @@ impl Host {
             registry,
             listener,
             protocol_metrics: metrics,
+            network,
         });
         *weak_slot.lock().expect("host slot") = Arc::downgrade(&host);
         Ok(host)
@@ -145,6 +156,9 @@ impl Host {
                 let name = guest.name().to_string();
                 let mode = inv.reserved.remove(&name).map(|r| r.1).unwrap_or_default();
                 tracing::info!(host = %self.cfg.name, guest = %name, pages = stats.pages, "guest arrived and runs here");
+                if let (Some(net), Some(nic)) = (&self.network, guest.info().nic) {
+                    net.announce(&name, nic);
+                }
                 inv.guests.insert(
                     name,
                     Entry {
@@ -267,6 +281,9 @@ impl Host {
             e.busy = true;
             e.guest.clone()
         };
+        if let Some(net) = &self.network {
+            net.add_peer(spec.destination.migration);
+        }
         let opts = SourceOptions {
             backend: self.cfg.backend,
             metrics: Some(self.protocol_metrics.clone()),

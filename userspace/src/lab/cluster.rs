@@ -28,6 +28,7 @@ pub struct HostSpec {
     pub capacity: ByteSize,
     pub backend: Backend,
     pub guests: Vec<GuestConfig>,
+    pub network: Option<crate::host::config::HostNetwork>,
 }
 
 /// What to start.
@@ -91,6 +92,7 @@ impl Cluster {
                 coordinators: vec![h.coordinator.clone()],
                 guests: h.guests.clone(),
                 metrics: None,
+                network: h.network.clone(),
                 software_dirty_log: false,
             };
             let host = tokio::task::spawn_blocking(move || Host::start(hc)).await??;

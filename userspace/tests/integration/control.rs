@@ -35,6 +35,7 @@ fn guest(name: &str, memory: u64, mode: EncryptionMode) -> GuestConfig {
             sets_per_second: 5_000,
         },
         prefill: true,
+        nic: None,
     }
 }
 
@@ -52,6 +53,7 @@ fn host(
         capacity: ByteSize(capacity),
         backend: Default::default(),
         guests,
+        network: None,
     }
 }
 

@@ -4,5 +4,6 @@
 
 mod common;
 mod harness;
+mod host_network;
 mod router;
 mod vlan_counters;
