@@ -178,6 +178,16 @@ enum LabCommand {
         #[arg(long)]
         config: Option<PathBuf>,
     },
+    /// What the eBPF programs cost: ns per packet (BPF_PROG_TEST_RUN) and
+    /// forwarding throughput with and without ferry (iperf3).
+    BenchDataplane {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 4)]
+        seconds: u32,
+        /// Where the JSON goes.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// Run an experiment (config/lab/experiment-*.yaml): table, JSON, SVG.
     Run {
         file: PathBuf,
@@ -451,6 +461,20 @@ fn run(cli: Cli) -> Result<()> {
                 None => CountersConfig::default(),
             };
             ferry::lab::counters::run(&cfg).context("data-plane demo")?;
+            Ok(())
+        }
+        Command::Lab {
+            command: LabCommand::BenchDataplane { seconds, out },
+        } => {
+            let t0 = std::time::Instant::now();
+            let r = ferry::lab::dataplane_bench::run(seconds, &|p| {
+                eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
+            })?;
+            print!("{}", r.table());
+            std::fs::create_dir_all(&out)?;
+            let path = out.join("dataplane.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+            println!("wrote {}", path.display());
             Ok(())
         }
         Command::Lab {

@@ -75,6 +75,9 @@ pub fn bench() -> Result {
     run(cargo().args(["bench", "--package", "ferry", "--bench", "protocol"]))?;
     run(cargo().args(["build", "--release", "--package", "ferry", "--bin", "ferry"]))?;
     let ferry = root().join("target/release/ferry");
+    run(Command::new(&ferry)
+        .args(["lab", "bench-dataplane", "--out"])
+        .arg(&out))?;
     for exp in ["experiment-figure4", "experiment-figure5"] {
         run(Command::new(&ferry)
             .args(["lab", "run"])

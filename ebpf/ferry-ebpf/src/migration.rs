@@ -33,7 +33,7 @@ fn is_migration(family: u8, addr: [u32; 4], port: u16) -> bool {
         _pad: 0,
     };
     // SAFETY: read-only lookup of a plain value.
-    unsafe { MIG_ENDPOINTS.get(&key).is_some() }
+    unsafe { MIG_ENDPOINTS.get(key).is_some() }
 }
 
 #[classifier]

@@ -167,12 +167,12 @@ pub fn parse(f: &Frame, meta: Option<(u16, u16)>) -> Option<Headers> {
         }
         _ => return Some(h),
     }
-    if h.proto == ipproto::TCP || h.proto == ipproto::UDP {
-        if let (Some(s), Some(d)) = (f.be16(h.l4), f.be16(h.l4 + 2)) {
-            h.sport = s;
-            h.dport = d;
-            h.has_ports = true;
-        }
+    if (h.proto == ipproto::TCP || h.proto == ipproto::UDP)
+        && let (Some(s), Some(d)) = (f.be16(h.l4), f.be16(h.l4 + 2))
+    {
+        h.sport = s;
+        h.dport = d;
+        h.has_ports = true;
     }
     Some(h)
 }

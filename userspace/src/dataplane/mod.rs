@@ -298,9 +298,8 @@ const BPF_FS_MAGIC: i64 = 0xcafe_4a11;
 /// Pins need a bpf filesystem. /sys/fs/bpf is mounted as one when it is
 /// not yet (as systemd would); anywhere else must already be on one.
 pub fn ensure_bpffs(dir: &Path) -> Result<()> {
-    let on_bpffs = |p: &Path| {
-        nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 as i64 == BPF_FS_MAGIC)
-    };
+    let on_bpffs =
+        |p: &Path| nix::sys::statfs::statfs(p).is_ok_and(|s| s.filesystem_type().0 == BPF_FS_MAGIC);
     let existing = dir
         .ancestors()
         .find(|p| p.exists())

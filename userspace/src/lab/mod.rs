@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod counters;
+pub mod dataplane_bench;
 pub mod experiment;
 pub mod qemu;
 pub mod topology;
