@@ -209,10 +209,10 @@ mod tests {
         assert!((m.outage_seconds.unwrap() - 0.6).abs() < 1e-9);
         assert!((m.announce_to_data_seconds.unwrap() - 0.1).abs() < 1e-9);
         assert!(
-            a.tick(2500).is_empty(),
+            a.tick(2_500_000_000).is_empty(),
             "still within the gap of the last frame"
         );
-        let done = a.tick(3900);
+        let done = a.tick(3_900_000_000);
         let [Finding::BurstDone(b)] = &done[..] else {
             panic!("{done:?}")
         };
