@@ -13,19 +13,25 @@ use super::{Dataplane, Result, map_err};
 /// The map key of a TCP endpoint: addresses as big-endian words, IPv4 in
 /// the first word, as the programs load them.
 pub fn endpoint(a: SocketAddr) -> Endpoint {
-    let (addr, family) = match a.ip() {
+    let (addr, family) = ip_words(a.ip());
+    Endpoint {
+        addr,
+        port: a.port(),
+        family,
+        _pad: 0,
+    }
+}
+
+/// An address as the programs load it: four big-endian words, IPv4 in the
+/// first, and its family (4 or 6).
+pub fn ip_words(ip: IpAddr) -> ([u32; 4], u8) {
+    match ip {
         IpAddr::V4(v4) => ([u32::from(v4), 0, 0, 0], 4),
         IpAddr::V6(v6) => {
             let o = v6.octets();
             let w = |i: usize| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
             ([w(0), w(4), w(8), w(12)], 6)
         }
-    };
-    Endpoint {
-        addr,
-        port: a.port(),
-        family,
-        _pad: 0,
     }
 }
 

@@ -195,14 +195,8 @@ fn net(s: &str) -> Result<([u32; 4], [u32; 4], u8), String> {
             .map_err(|_| format!("{s:?} is not an address or prefix"))?;
         (ip, if ip.is_ipv4() { 32 } else { 128 })
     };
-    let (words, family, bits): ([u32; 4], u8, u32) = match ip {
-        IpAddr::V4(v) => ([u32::from(v), 0, 0, 0], 4, u32::from(prefix)),
-        IpAddr::V6(v) => {
-            let o = v.octets();
-            let w = |i: usize| u32::from_be_bytes([o[i], o[i + 1], o[i + 2], o[i + 3]]);
-            ([w(0), w(4), w(8), w(12)], 6, u32::from(prefix))
-        }
-    };
+    let (words, family) = crate::dataplane::migration::ip_words(ip);
+    let bits = u32::from(prefix);
     let mut mask = [0u32; 4];
     for (i, m) in mask.iter_mut().enumerate() {
         let start = i as u32 * 32;

@@ -18,7 +18,7 @@ use super::{
 use crate::{
     dataplane::Dataplane,
     metrics::scrape::{Family, Kind, Sample, ScrapeCollector},
-    netlink::{Netlink, tc::handle},
+    netlink::tc::handle,
     netns::Netns,
 };
 
@@ -293,10 +293,7 @@ fn read(
     if shaped.is_empty() {
         return Ok(());
     }
-    let mut nl = match netns {
-        Some(ns) => ns.netlink().map_err(|e| e.to_string())?,
-        None => Netlink::open().map_err(|e| e.to_string())?,
-    };
+    let mut nl = super::Router::netlink(netns).map_err(|e| e.to_string())?;
     for (ifc, shape) in shaped {
         let link = shape.rate.bytes_per_second();
         s.set(

@@ -65,13 +65,6 @@ pub type Result<T, E = RouterError> = std::result::Result<T, E>;
 pub const DEFAULT_METRICS: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9473);
 
-/// What the watch has found so far.
-#[derive(Default)]
-struct WatchState {
-    bursts: Vec<Burst>,
-    moves: Vec<Move>,
-}
-
 struct WatchThread {
     stop: Arc<AtomicBool>,
     handle: Option<JoinHandle<()>>,
@@ -93,7 +86,9 @@ pub struct Router {
     dp: Arc<Mutex<Dataplane>>,
     /// Interface index to name, in the router's namespace.
     ifaces: Arc<BTreeMap<u32, String>>,
-    state: Arc<Mutex<WatchState>>,
+    /// The watch's aggregator: open bursts, and the latest finished bursts
+    /// and converged moves (bounded).
+    watch: Arc<Mutex<watch::Aggregator>>,
     pub metrics: metrics::RouterMetrics,
     _watch: Option<WatchThread>,
 }
@@ -172,16 +167,15 @@ impl Router {
         };
         let dp = Arc::new(Mutex::new(dp));
         let metrics = metrics::RouterMetrics::new(&cfg, dp.clone(), ifaces.clone(), netns.clone())?;
-        let state = Arc::new(Mutex::new(WatchState::default()));
-        let watch = events.map(|ev| {
+        let agg = Arc::new(Mutex::new(watch::Aggregator::new(cfg.watch.burst_gap)));
+        let watch_thread = events.map(|ev| {
             let stop = Arc::new(AtomicBool::new(false));
             let handle = std::thread::Builder::new()
                 .name("ferry-watch".into())
                 .spawn({
-                    let (stop, state, m, ifaces) =
-                        (stop.clone(), state.clone(), metrics.clone(), ifaces.clone());
-                    let gap = cfg.watch.burst_gap;
-                    move || watch_loop(ev, gap, &stop, &state, &m, &ifaces)
+                    let (stop, agg, m, ifaces) =
+                        (stop.clone(), agg.clone(), metrics.clone(), ifaces.clone());
+                    move || watch_loop(ev, &stop, &agg, &m, &ifaces)
                 })
                 .expect("spawning a thread");
             WatchThread {
@@ -201,13 +195,13 @@ impl Router {
             netns,
             dp,
             ifaces,
-            state,
+            watch: agg,
             metrics,
-            _watch: watch,
+            _watch: watch_thread,
         })
     }
 
-    fn netlink(netns: &Option<Arc<Netns>>) -> Result<Netlink> {
+    pub(crate) fn netlink(netns: &Option<Arc<Netns>>) -> Result<Netlink> {
         Ok(match netns {
             Some(ns) => ns.netlink()?,
             None => Netlink::open()?,
@@ -350,12 +344,24 @@ impl Router {
 
     /// Finished announcement bursts.
     pub fn bursts(&self) -> Vec<Burst> {
-        self.state.lock().expect("watch state").bursts.clone()
+        self.watch
+            .lock()
+            .expect("watch state")
+            .bursts
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// MAC moves whose first data frame on the new port was seen.
     pub fn moves(&self) -> Vec<Move> {
-        self.state.lock().expect("watch state").moves.clone()
+        self.watch
+            .lock()
+            .expect("watch state")
+            .moves
+            .iter()
+            .cloned()
+            .collect()
     }
 
     /// Every MAC in the watch's table.
@@ -409,28 +415,22 @@ pub fn monotonic_ns() -> u64 {
     t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
-/// Keeps the latest findings for inspection, a bounded number.
-fn keep<T>(v: &mut Vec<T>, x: T) {
-    if v.len() >= 1024 {
-        v.remove(0);
-    }
-    v.push(x);
-}
-
 fn watch_loop(
     mut ev: crate::dataplane::watch::WatchEvents,
-    gap: Duration,
     stop: &AtomicBool,
-    state: &Mutex<WatchState>,
+    agg: &Mutex<watch::Aggregator>,
     m: &metrics::RouterMetrics,
     ifaces: &BTreeMap<u32, String>,
 ) {
-    let mut agg = watch::Aggregator::new(gap);
     let name = |i: u32| ifaces.get(&i).cloned().unwrap_or_else(|| format!("if{i}"));
     while !stop.load(Ordering::Relaxed) {
-        let findings = match ev.next(Duration::from_millis(100)) {
-            Some(e) => agg.on_event(&e),
-            None => agg.tick(monotonic_ns()),
+        let next = ev.next(Duration::from_millis(100));
+        let findings = {
+            let mut agg = agg.lock().expect("watch state");
+            match next {
+                Some(e) => agg.on_event(&e),
+                None => agg.tick(monotonic_ns()),
+            }
         };
         for f in findings {
             match f {
@@ -444,7 +444,6 @@ fn watch_loop(
                         "announcement burst"
                     );
                     m.burst(&name(b.ifindex), &b);
-                    keep(&mut state.lock().expect("watch state").bursts, b);
                 }
                 watch::Finding::Moved(mv) => {
                     tracing::info!(mac = %mv.mac, vlan = mv.vlan, from = %name(mv.from_ifindex), to = %name(mv.to_ifindex), "MAC moved");
@@ -457,7 +456,6 @@ fn watch_loop(
                         "network re-converged"
                     );
                     m.converged(&mv);
-                    keep(&mut state.lock().expect("watch state").moves, mv);
                 }
             }
         }
