@@ -109,16 +109,22 @@ fn migration_streams_ride_the_migration_vlan_and_the_guest_is_announced() {
                 streams: Some(2),
                 ..Default::default()
             };
-            let stats = request_migration(
-                &c.client,
-                &c.coordinator("c1"),
-                "web",
-                None,
-                "host-b",
-                opts,
-                |_| {},
+            // Bounded: streams whose tags are never popped cannot connect,
+            // and TCP would retry its SYN for two minutes.
+            let stats = tokio::time::timeout(
+                Duration::from_secs(60),
+                request_migration(
+                    &c.client,
+                    &c.coordinator("c1"),
+                    "web",
+                    None,
+                    "host-b",
+                    opts,
+                    |_| {},
+                ),
             )
             .await
+            .expect("the migration ends within 60 s")
             .unwrap();
             let sum = |f: fn(&ferry_common::migration::MigStats) -> u64| {
                 ["host-a", "host-b"]
