@@ -304,6 +304,8 @@ impl StreamRegistry for IncomingRegistry {
 pub struct MigrationListener {
     addr: SocketAddr,
     stop: Arc<AtomicBool>,
+    /// The listening socket, shut down to wake the accept loop.
+    wake: TcpListener,
     handle: Option<JoinHandle<()>>,
 }
 
@@ -311,6 +313,7 @@ impl MigrationListener {
     pub fn bind(addr: SocketAddr, registry: Arc<IncomingRegistry>) -> io::Result<Self> {
         let listener = TcpListener::bind(addr)?;
         let addr = listener.local_addr()?;
+        let wake = listener.try_clone()?;
         let stop = Arc::new(AtomicBool::new(false));
         let s = stop.clone();
         let handle = std::thread::Builder::new()
@@ -330,6 +333,7 @@ impl MigrationListener {
         Ok(Self {
             addr,
             stop,
+            wake,
             handle: Some(handle),
         })
     }
@@ -342,8 +346,11 @@ impl MigrationListener {
 impl Drop for MigrationListener {
     fn drop(&mut self) {
         self.stop.store(true, Ordering::Relaxed);
-        // Wake the accept loop.
-        let _ = TcpStream::connect_timeout(&self.addr, Duration::from_millis(200));
+        // Shutting the listening socket down makes the blocked accept fail
+        // at once. (Connecting to ourselves to wake it hangs this drop when
+        // that connection cannot get through.)
+        // SAFETY: a valid socket fd owned by self.wake.
+        unsafe { libc::shutdown(std::os::fd::AsRawFd::as_raw_fd(&self.wake), libc::SHUT_RDWR) };
         if let Some(h) = self.handle.take() {
             let _ = h.join();
         }
