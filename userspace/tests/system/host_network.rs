@@ -94,64 +94,72 @@ fn migration_streams_ride_the_migration_vlan_and_the_guest_is_announced() {
     };
 
     // The runtime's threads start inside "dc", so every socket is made there.
-    let (stats, tagged, untagged, (vlan100_out, vlan100_in)) = dc.run(|| {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .unwrap();
-        rt.block_on(async {
-            let c = Cluster::start(spec, None).await.unwrap();
-            // Attached after the hosts' programs: at egress it sees the tag.
-            let mut counters = Dataplane::load(None).unwrap();
-            counters.attach_vlan_counters("lo").unwrap();
-            let opts = MigrateOptions {
-                streams: Some(2),
-                ..Default::default()
-            };
-            // Bounded: streams whose tags are never popped cannot connect,
-            // and TCP would retry its SYN for two minutes.
-            let stats = tokio::time::timeout(
-                Duration::from_secs(60),
-                request_migration(
-                    &c.client,
-                    &c.coordinator("c1"),
-                    "web",
-                    None,
-                    "host-b",
-                    opts,
-                    |_| {},
-                ),
-            )
-            .await
-            .expect("the migration ends within 60 s")
-            .unwrap();
-            let sum = |f: fn(&ferry_common::migration::MigStats) -> u64| {
-                ["host-a", "host-b"]
-                    .iter()
-                    .map(|h| f(&c.host(h).network.as_ref().unwrap().tagging_stats().unwrap()))
-                    .sum::<u64>()
-            };
-            let vlan100 = |dir| -> u64 {
-                counters
-                    .vlan_counters()
-                    .unwrap()
-                    .iter()
-                    .filter(|v| v.direction == dir && v.tag == TagKind::Dot1Q && v.vlan == 100)
-                    .map(|v| v.packets)
-                    .sum()
-            };
-            let r = (
-                stats,
-                sum(|s| s.tagged_packets),
-                sum(|s| s.untagged_packets),
-                (vlan100(Direction::Egress), vlan100(Direction::Ingress)),
-            );
-            // The announcer runs 0.8 s after the switch-over; keep the hosts up.
-            tokio::time::sleep(Duration::from_millis(1200)).await;
+    let (stats, tagged, untagged, (vlan100_out, vlan100_in)) = dc
+        .run(|| {
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .worker_threads(2)
+                .enable_all()
+                .build()
+                .unwrap();
+            let r = rt.block_on(async {
+                let c = Cluster::start(spec, None).await.unwrap();
+                // Attached after the hosts' programs: at egress it sees the tag.
+                let mut counters = Dataplane::load(None).unwrap();
+                counters.attach_vlan_counters("lo").unwrap();
+                let opts = MigrateOptions {
+                    streams: Some(2),
+                    ..Default::default()
+                };
+                // Bounded: streams whose tags are never popped cannot connect,
+                // and TCP would retry its SYN for two minutes.
+                let stats = tokio::time::timeout(
+                    Duration::from_secs(60),
+                    request_migration(
+                        &c.client,
+                        &c.coordinator("c1"),
+                        "web",
+                        None,
+                        "host-b",
+                        opts,
+                        |_| {},
+                    ),
+                )
+                .await;
+                let Ok(stats) = stats else {
+                    return Err("the migration did not end within 60 s".to_string());
+                };
+                let stats = stats.unwrap();
+                let sum = |f: fn(&ferry_common::migration::MigStats) -> u64| {
+                    ["host-a", "host-b"]
+                        .iter()
+                        .map(|h| f(&c.host(h).network.as_ref().unwrap().tagging_stats().unwrap()))
+                        .sum::<u64>()
+                };
+                let vlan100 = |dir| -> u64 {
+                    counters
+                        .vlan_counters()
+                        .unwrap()
+                        .iter()
+                        .filter(|v| v.direction == dir && v.tag == TagKind::Dot1Q && v.vlan == 100)
+                        .map(|v| v.packets)
+                        .sum()
+                };
+                let r = (
+                    stats,
+                    sum(|s| s.tagged_packets),
+                    sum(|s| s.untagged_packets),
+                    (vlan100(Direction::Egress), vlan100(Direction::Ingress)),
+                );
+                // The announcer runs 0.8 s after the switch-over; keep the hosts up.
+                tokio::time::sleep(Duration::from_millis(1200)).await;
+                Ok(r)
+            });
+            // Dropping a runtime waits for its blocking tasks, and a source stuck
+            // connecting is one: give up on it instead.
+            rt.shutdown_timeout(Duration::from_secs(2));
             r
         })
-    });
+        .unwrap();
     assert!(stats.error.is_none(), "{:?}", stats.error);
     assert!(stats.transport.encrypted());
     // 64 MiB went over streams that all rode VLAN 100: the tagger's count,
