@@ -18,6 +18,9 @@
 //! - [`dataplane`]: the embedded eBPF object, its loader and map readers.
 //! - [`router`]: `ferry router`: classification, shaping and the
 //!   announcement watch on a router in the migration path.
+//! - [`wan`]: the router's delay lines: per-class delay, jitter, loss and
+//!   rate for long-distance experiments.
+
 //! - [`lab`]: namespace topologies for the lab, the demo and the tests.
 //! - [`demo`]: `ferry demo`.
 //! - [`report`]: figures (SVG) for experiments and benchmarks.
@@ -40,6 +43,7 @@ pub mod netns;
 pub mod protocol;
 pub mod report;
 pub mod router;
+pub mod wan;
 
 /// `ferry --version`: crate version and the git revision it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_GIT_REV"), ")");

@@ -188,6 +188,16 @@ enum LabCommand {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Benchmark the router's WAN delay line: packet rate, throughput and
+    /// the cores it used; added-delay error at p50 and p99.
+    BenchWan {
+        /// Seconds per iperf3 run.
+        #[arg(long, default_value_t = 4)]
+        seconds: u32,
+        /// Where the JSON and SVG go.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// Run an experiment (config/lab/experiment-*.yaml): table, JSON, SVG.
     Run {
         file: PathBuf,
@@ -475,6 +485,22 @@ fn run(cli: Cli) -> Result<()> {
             let path = out.join("dataplane.json");
             std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
             println!("wrote {}", path.display());
+            Ok(())
+        }
+        Command::Lab {
+            command: LabCommand::BenchWan { seconds, out },
+        } => {
+            let t0 = std::time::Instant::now();
+            let r = ferry::lab::wan_bench::run(seconds, &|p| {
+                eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
+            })?;
+            print!("{}", r.table());
+            std::fs::create_dir_all(&out)?;
+            let path = out.join("wan.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+            let svg = out.join("wan-delay-error.svg");
+            std::fs::write(&svg, r.chart())?;
+            println!("wrote {} and {}", path.display(), svg.display());
             Ok(())
         }
         Command::Lab {

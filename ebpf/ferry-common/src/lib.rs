@@ -9,6 +9,7 @@
 pub mod classify;
 pub mod counters;
 pub mod migration;
+pub mod wan;
 pub mod watch;
 
 /// Ethertypes the programs recognise.

@@ -4,9 +4,9 @@
 
 use aya_ebpf::{
     bindings::{TC_ACT_SHOT, TC_ACT_UNSPEC, xdp_action},
-    helpers::bpf_ktime_get_ns,
+    helpers::{bpf_ktime_get_ns, generated::bpf_redirect},
     macros::{classifier, map, xdp},
-    maps::{Array, PerCpuHashMap},
+    maps::{Array, HashMap, PerCpuHashMap},
     programs::{TcContext, XdpContext},
 };
 use ferry_common::{
@@ -15,6 +15,7 @@ use ferry_common::{
         Rule, m,
     },
     counters::Direction,
+    wan::{DELAYED_MARK, LineEntry, LineKey, MAX_LINES},
 };
 
 use crate::{
@@ -34,6 +35,9 @@ static POLICERS: Array<PolicerState> = Array::with_max_entries(MAX_CLASSES, 0);
 #[map]
 static CLASS_COUNTERS: PerCpuHashMap<ClassKey, ClassCounter> =
     PerCpuHashMap::with_max_entries(4096, 0);
+/// (interface, class) egress frames that go through a WAN delay line.
+#[map]
+static WAN_LINES: HashMap<LineKey, LineEntry> = HashMap::with_max_entries(MAX_LINES, 0);
 
 #[inline(always)]
 fn in_net(a: &[u32; 4], net: &[u32; 4], mask: &[u32; 4]) -> bool {
@@ -181,6 +185,21 @@ fn police(class: u16, e: &ClassEntry, len: u64) -> bool {
     true
 }
 
+/// The tap of the live delay line of (interface, class), if there is one.
+#[inline(always)]
+fn wan_line(ifindex: u32, class: u16) -> Option<u32> {
+    let key = LineKey {
+        ifindex,
+        class,
+        _pad: 0,
+    };
+    // SAFETY: read-only lookup of a plain value.
+    let e = unsafe { WAN_LINES.get(key) }?;
+    // SAFETY: plain helper call.
+    let now = unsafe { bpf_ktime_get_ns() };
+    (now < e.alive_until_ns).then_some(e.tap_ifindex)
+}
+
 #[classifier]
 pub fn classify_ingress(ctx: TcContext) -> i32 {
     let f = tc::frame(&ctx);
@@ -211,6 +230,22 @@ pub fn classify_egress(ctx: TcContext) -> i32 {
     }
     let len = tc::wire_len(&ctx);
     let ifindex = tc::ifindex(&ctx);
+    // A delayed class leaves through its delay line: the frame goes to the
+    // line's tap now and comes back marked when its time has come, and is
+    // policed, prioritised and counted then.
+    let skb = ctx.skb.skb;
+    // SAFETY: valid context; mark is readable and writable by sched_cls.
+    let delayed = unsafe {
+        let d = (*skb).mark == DELAYED_MARK;
+        if d {
+            (*skb).mark = 0;
+        }
+        d
+    };
+    if !delayed && let Some(line) = wan_line(ifindex, class) {
+        // SAFETY: plain helper call; the tap is in this namespace.
+        return unsafe { bpf_redirect(line, 0) } as i32;
+    }
     if let Some(e) = CLASSES.get(u32::from(class)) {
         if !police(class, e, len) {
             count(ifindex, class, Direction::Egress, len, true);

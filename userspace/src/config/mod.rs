@@ -8,6 +8,7 @@ mod counters;
 mod demo;
 mod duration;
 mod rate;
+mod ratio;
 mod size;
 
 use std::{fmt, path::Path};
@@ -18,6 +19,7 @@ pub use counters::CountersConfig;
 pub use demo::{DemoConfig, DemoGuest};
 pub use duration::{deserialize_duration, serialize_duration};
 pub use rate::Rate;
+pub use ratio::Ratio;
 pub use size::ByteSize;
 
 #[derive(Debug, thiserror::Error)]

@@ -3,7 +3,7 @@
 //! forwarding throughput of a router namespace without ferry, with TCX
 //! classification, and with XDP classification at ingress.
 
-use std::{process::Stdio, sync::Arc, time::Duration};
+use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
@@ -12,7 +12,7 @@ use serde::Serialize;
 use crate::{
     config,
     dataplane::Dataplane,
-    lab::Topology,
+    lab::{Topology, iperf},
     net::{MacAddr, frame::ethernet},
     netns::Netns,
     router::{Router, RouterConfig},
@@ -148,56 +148,16 @@ fn costs() -> Result<Vec<ProgramCost>> {
     Ok(out)
 }
 
+/// One TCP flow a -> b, in Gbit/s.
 fn iperf(a: &Netns, b: &Netns, secs: u32) -> Result<f64> {
-    let mut server = b
-        .command("iperf3")
-        .args(["-s", "-1", "-p", "5201"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    std::thread::sleep(Duration::from_millis(300));
-    let out = a
-        .command("iperf3")
-        .args([
-            "-c",
-            "10.6.2.1",
-            "-p",
-            "5201",
-            "-t",
-            &secs.to_string(),
-            "-O",
-            "1",
-            "-J",
-        ])
-        .output()?;
-    let _ = server.kill();
-    let _ = server.wait();
-    anyhow::ensure!(
-        out.status.success(),
-        "iperf3: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_slice(&out.stdout)?;
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .map(|b| b / 1e9)
-        .context("iperf3 JSON without sum_received")
+    let _server = iperf::servers(b, &[5201])?;
+    let r = iperf::report(iperf::client(a, "10.6.2.1", 5201, secs, &[])?)?;
+    Ok(iperf::goodput_bps(&r)? / 1e9)
 }
 
 fn forwarding(secs: u32, progress: &dyn Fn(&str)) -> Result<Vec<Forwarding>> {
     let mut t = Topology::new("fb");
-    let a = t.add_node("a", false)?;
-    let r = t.add_node("r", false)?;
-    let b = t.add_node("b", false)?;
-    t.link("a", "va", "r", "ra")?;
-    t.link("r", "rb", "b", "vb")?;
-    t.addr("a", "va", "10.6.1.1/24")?;
-    t.addr("r", "ra", "10.6.1.2/24")?;
-    t.addr("r", "rb", "10.6.2.2/24")?;
-    t.addr("b", "vb", "10.6.2.1/24")?;
-    t.route("a", "10.6.2.0/24", "10.6.1.2".parse()?)?;
-    t.route("b", "10.6.1.0/24", "10.6.2.2".parse()?)?;
-    t.forwarding("r")?;
+    let (a, r, b) = t.routed()?;
     let mut out = Vec::new();
     progress("forwarding: plain router");
     let plain = iperf(&a, &b, secs)?;

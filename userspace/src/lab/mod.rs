@@ -6,7 +6,10 @@ pub mod cluster;
 pub mod counters;
 pub mod dataplane_bench;
 pub mod experiment;
+pub mod iperf;
+
 pub mod qemu;
 pub mod topology;
+pub mod wan_bench;
 
 pub use topology::{Topology, TopologyError};

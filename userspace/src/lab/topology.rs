@@ -182,6 +182,24 @@ impl Topology {
     }
 
     /// Enables IPv4 forwarding in `node` (a router).
+    /// a --(va|ra)-- r --(rb|vb)-- b: a (10.6.1.1) and b (10.6.2.1) on two
+    /// subnets, routed by r (10.6.1.2, 10.6.2.2). Returns (a, r, b).
+    pub fn routed(&mut self) -> Result<(Arc<Netns>, Arc<Netns>, Arc<Netns>)> {
+        let a = self.add_node("a", false)?;
+        let r = self.add_node("r", false)?;
+        let b = self.add_node("b", false)?;
+        self.link("a", "va", "r", "ra")?;
+        self.link("r", "rb", "b", "vb")?;
+        self.addr("a", "va", "10.6.1.1/24")?;
+        self.addr("r", "ra", "10.6.1.2/24")?;
+        self.addr("r", "rb", "10.6.2.2/24")?;
+        self.addr("b", "vb", "10.6.2.1/24")?;
+        self.route("a", "10.6.2.0/24", "10.6.1.2".parse().expect("address"))?;
+        self.route("b", "10.6.1.0/24", "10.6.2.2".parse().expect("address"))?;
+        self.forwarding("r")?;
+        Ok((a, r, b))
+    }
+
     pub fn forwarding(&self, node: &str) -> Result<()> {
         self.node(node)?.sysctl("net.ipv4.ip_forward", "1")?;
         Ok(())

@@ -33,8 +33,17 @@ impl PacketSocket {
     /// Opens a socket on interface `name` that sends raw frames and receives
     /// every frame the interface sees.
     pub fn bind(name: &str) -> io::Result<Self> {
+        Self::open(name, (libc::ETH_P_ALL as u16).to_be())
+    }
+
+    /// Opens a socket that only sends on interface `name`: protocol 0
+    /// receives nothing, so the kernel copies no frames to it.
+    pub fn sender(name: &str) -> io::Result<Self> {
+        Self::open(name, 0)
+    }
+
+    fn open(name: &str, proto: u16) -> io::Result<Self> {
         let ifindex = ifindex(name)?;
-        let proto = (libc::ETH_P_ALL as u16).to_be();
         // SAFETY: plain socket(2) call; the fd is owned below.
         let raw = unsafe {
             libc::socket(
@@ -69,6 +78,56 @@ impl PacketSocket {
 
     pub fn ifindex(&self) -> u32 {
         self.ifindex
+    }
+
+    /// Sets the mark (skb->mark) of every frame this socket sends.
+    pub fn set_mark(&self, mark: u32) -> io::Result<()> {
+        self.setsockopt(libc::SO_MARK, mark as libc::c_int)
+    }
+
+    /// Frames sent start with a struct virtio_net_hdr (GSO, checksum
+    /// offload), as a tap with IFF_VNET_HDR reads them.
+    pub fn set_vnet_hdr(&self) -> io::Result<()> {
+        let on: libc::c_int = 1;
+        // SAFETY: valid socket and option value.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_PACKET,
+                libc::PACKET_VNET_HDR,
+                (&on as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
+    }
+
+    /// Asks for a send buffer of `bytes` (beyond rmem/wmem_max: needs root).
+    pub fn set_send_buffer(&self, bytes: usize) -> io::Result<()> {
+        self.setsockopt(
+            libc::SO_SNDBUFFORCE,
+            bytes.min(i32::MAX as usize) as libc::c_int,
+        )
+    }
+
+    fn setsockopt(&self, opt: libc::c_int, v: libc::c_int) -> io::Result<()> {
+        // SAFETY: v is a valid c_int for the option.
+        let r = unsafe {
+            libc::setsockopt(
+                self.fd.as_raw_fd(),
+                libc::SOL_SOCKET,
+                opt,
+                (&v as *const libc::c_int).cast(),
+                mem::size_of::<libc::c_int>() as u32,
+            )
+        };
+        if r < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(())
     }
 
     /// Sends one complete frame (from the destination MAC on, without FCS).

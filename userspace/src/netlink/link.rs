@@ -26,6 +26,8 @@ pub struct LinkInfo {
     pub master: Option<u32>,
     /// "veth", "bridge", ... (None for loopback and physical devices).
     pub kind: Option<String>,
+    /// Frames the device dropped on transmit (its queue full, ...).
+    pub tx_dropped: u64,
 }
 
 fn check_name(name: &str) -> Result<()> {
@@ -50,6 +52,7 @@ fn parse_link(msg: LinkMessage) -> LinkInfo {
         up: msg.header.flags.contains(LinkFlags::Up),
         master: None,
         kind: None,
+        tx_dropped: 0,
     };
     for attr in msg.attributes {
         match attr {
@@ -59,6 +62,7 @@ fn parse_link(msg: LinkMessage) -> LinkInfo {
             }
             LinkAttribute::Mtu(m) => info.mtu = m,
             LinkAttribute::Controller(m) => info.master = Some(m),
+            LinkAttribute::Stats64(s) => info.tx_dropped = s.tx_dropped,
             LinkAttribute::LinkInfo(infos) => {
                 for i in infos {
                     if let NlLinkInfo::Kind(k) = i {
@@ -213,6 +217,13 @@ impl Netlink {
     pub fn set_mtu(&mut self, name: &str, mtu: u32) -> Result<()> {
         self.set_link(format!("set {name} mtu {mtu}"), name, |m| {
             m.attributes.push(LinkAttribute::Mtu(mtu));
+        })
+    }
+
+    /// The length of `name`'s transmit queue, in frames.
+    pub fn set_txqueuelen(&mut self, name: &str, frames: u32) -> Result<()> {
+        self.set_link(format!("set {name} txqueuelen {frames}"), name, |m| {
+            m.attributes.push(LinkAttribute::TxQueueLen(frames));
         })
     }
 

@@ -46,6 +46,10 @@ pub struct RouterInterface {
     /// Shape what leaves this interface with an HTB tree of the classes.
     #[serde(default)]
     pub shape: Option<Shape>,
+    /// A WAN port: frames of classes with `wan` settings leave it through a
+    /// delay line.
+    #[serde(default)]
+    pub wan: bool,
 }
 
 fn yes() -> bool {
@@ -59,7 +63,7 @@ pub struct Shape {
     pub rate: Rate,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ClassConfig {
     pub name: String,
@@ -78,6 +82,10 @@ pub struct ClassConfig {
     /// An eBPF token-bucket policer: drops above `rate` (any interface).
     #[serde(default)]
     pub police: Option<Police>,
+    /// Delay, jitter, loss and rate for this class's frames leaving the
+    /// interfaces marked `wan: true`.
+    #[serde(default)]
+    pub wan: Option<crate::wan::WanConfig>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -341,6 +349,9 @@ impl Validate for RouterConfig {
             if c.matches.is_empty() {
                 defaults += 1;
             }
+            if let Some(w) = &c.wan {
+                w.validate(&format!("classes[{i}].wan"))?;
+            }
             if let (Some(r), Some(ce)) = (c.rate, c.ceil)
                 && ce < r
             {
@@ -361,6 +372,12 @@ impl Validate for RouterConfig {
                 return Err(Invalid::new(
                     format!("interfaces[{i}].name"),
                     "1 to 15 characters",
+                ));
+            }
+            if ifc.wan && !ifc.classify {
+                return Err(Invalid::new(
+                    format!("interfaces[{i}].wan"),
+                    "a WAN port needs classify: true (its egress program steers the delayed classes)",
                 ));
             }
             if ifc.shape.is_some() && defaults == 0 {

@@ -35,6 +35,7 @@ use crate::{
     dataplane::{Dataplane, DataplaneError},
     netlink::{Netlink, NetlinkError, tc::HtbClass, tc::handle},
     netns::{Netns, NetnsError},
+    wan::{LineSpec, LineStats, WanLines},
 };
 
 #[derive(Debug, thiserror::Error)]
@@ -51,6 +52,8 @@ pub enum RouterError {
     Metrics(#[from] prometheus::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(transparent)]
+    Wan(#[from] crate::wan::WanError),
 }
 
 impl From<Invalid> for RouterError {
@@ -90,7 +93,36 @@ pub struct Router {
     /// and converged moves (bounded).
     watch: Arc<Mutex<watch::Aggregator>>,
     pub metrics: metrics::RouterMetrics,
+    /// Delay lines, when an interface is a WAN port.
+    wan: Option<WanLines>,
     _watch: Option<WatchThread>,
+}
+
+/// The delay lines `cfg` asks for: every class with WAN settings on every
+/// WAN port.
+fn wan_specs(cfg: &RouterConfig, ifaces: &BTreeMap<u32, String>) -> Vec<LineSpec> {
+    let mut v = Vec::new();
+    for ifc in cfg.interfaces.iter().filter(|i| i.wan) {
+        let Some(ifindex) = ifaces
+            .iter()
+            .find(|(_, n)| **n == ifc.name)
+            .map(|(i, _)| *i)
+        else {
+            continue;
+        };
+        for c in &cfg.classes {
+            if let Some(w) = &c.wan {
+                v.push(LineSpec {
+                    interface: ifc.name.clone(),
+                    ifindex,
+                    class_id: c.id,
+                    class: c.name.clone(),
+                    cfg: w.clone(),
+                });
+            }
+        }
+    }
+    v
 }
 
 /// The fair share a class gets when its rate is not configured.
@@ -165,8 +197,25 @@ impl Router {
         } else {
             None
         };
+        let steering = if cfg.interfaces.iter().any(|i| i.wan) {
+            let m = dp
+                .ebpf_mut()
+                .take_map("WAN_LINES")
+                .ok_or(DataplaneError::MissingMap("WAN_LINES"))?;
+            Some(aya::maps::HashMap::try_from(m).map_err(crate::wan::WanError::from)?)
+        } else {
+            None
+        };
         let dp = Arc::new(Mutex::new(dp));
         let metrics = metrics::RouterMetrics::new(&cfg, dp.clone(), ifaces.clone(), netns.clone())?;
+        let wan = match steering {
+            Some(s) => {
+                let w = WanLines::new(netns.clone(), s, &metrics.registry)?;
+                w.apply(wan_specs(&cfg, &ifaces))?;
+                Some(w)
+            }
+            None => None,
+        };
         let agg = Arc::new(Mutex::new(watch::Aggregator::new(cfg.watch.burst_gap)));
         let watch_thread = events.map(|ev| {
             let stop = Arc::new(AtomicBool::new(false));
@@ -197,6 +246,7 @@ impl Router {
             ifaces,
             watch: agg,
             metrics,
+            wan,
             _watch: watch_thread,
         })
     }
@@ -289,7 +339,7 @@ impl Router {
         let attached = |c: &RouterConfig| {
             c.interfaces
                 .iter()
-                .map(|i| (i.name.clone(), i.classify, i.watch))
+                .map(|i| (i.name.clone(), i.classify, i.watch, i.wan))
                 .collect::<Vec<_>>()
         };
         if attached(&cfg) != attached(&self.cfg) {
@@ -323,6 +373,9 @@ impl Router {
             }
         }
         Self::program(&mut self.dp.lock().expect("dataplane lock"), &cfg, shaped)?;
+        if let Some(w) = &self.wan {
+            w.apply(wan_specs(&cfg, &self.ifaces))?;
+        }
         self.metrics.configure(&cfg);
         tracing::info!(router = %cfg.name, classes = cfg.classes.len(), "configuration applied");
         self.cfg = cfg;
@@ -336,6 +389,11 @@ impl Router {
     /// Per interface, direction and class: packets, bytes, drops.
     pub fn class_counters(&self) -> Result<Vec<crate::dataplane::classify::ClassCount>> {
         Ok(self.dp.lock().expect("dataplane lock").class_counters()?)
+    }
+
+    /// What each delay line has sent, holds and dropped.
+    pub fn wan_stats(&self) -> Vec<LineStats> {
+        self.wan.as_ref().map(WanLines::stats).unwrap_or_default()
     }
 
     pub fn ifname(&self, ifindex: u32) -> Option<&str> {
@@ -374,7 +432,9 @@ impl Router {
     /// Stops the router. Unpinned, everything it set up goes with it (links
     /// with the process, the HTB trees here). Pinned, it all stays for the
     /// next start; [`Router::remove`] takes it away.
-    pub fn stop(self) -> Result<()> {
+    pub fn stop(mut self) -> Result<()> {
+        // Delay lines stop steering, then send what they hold.
+        drop(self.wan.take());
         let pinned = self.cfg.pin_dir.is_some();
         if !pinned {
             let mut nl = Self::netlink(&self.netns)?;

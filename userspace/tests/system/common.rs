@@ -28,3 +28,11 @@ pub fn wait_for<T>(timeout: Duration, mut f: impl FnMut() -> Option<T>) -> Optio
         std::thread::sleep(Duration::from_millis(10));
     }
 }
+
+/// Held by tests that load the machine (iperf3 floods) or measure time
+/// (delay lines), so that neither runs beside the other: the test harness
+/// runs tests on parallel threads.
+pub fn exclusive() -> std::sync::MutexGuard<'static, ()> {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    LOCK.lock().unwrap_or_else(|p| p.into_inner())
+}

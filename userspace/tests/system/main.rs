@@ -7,3 +7,4 @@ mod harness;
 mod host_network;
 mod router;
 mod vlan_counters;
+mod wan;

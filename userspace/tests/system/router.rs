@@ -6,7 +6,7 @@
 use std::{
     net::{Ipv4Addr, Ipv6Addr},
     path::PathBuf,
-    process::{Child, Stdio},
+    process::Child,
     sync::Arc,
     time::Duration,
 };
@@ -14,7 +14,7 @@ use std::{
 use ferry::{
     config,
     dataplane::classify::ClassCount,
-    lab::{Topology, qemu},
+    lab::{Topology, iperf, qemu},
     net::{
         MacAddr, PacketSocket,
         announce::{Announcement, Schedule, announce},
@@ -26,7 +26,7 @@ use ferry::{
 };
 use ferry_common::counters::Direction;
 
-use crate::common::{privileged, wait_for};
+use crate::common::{exclusive, privileged, wait_for};
 
 fn router_config(yaml: &str) -> RouterConfig {
     config::from_str(yaml, "router.yaml").unwrap()
@@ -231,93 +231,21 @@ fn classifies_every_kind_of_frame_into_its_class_exactly() {
     router.stop().unwrap();
 }
 
-/// a --(va|ra)-- r --(rb|vb)-- b, routed by r.
 fn routed(t: &mut Topology) -> (Arc<Netns>, Arc<Netns>, Arc<Netns>) {
-    let a = t.add_node("a", false).unwrap();
-    let r = t.add_node("r", false).unwrap();
-    let b = t.add_node("b", false).unwrap();
-    t.link("a", "va", "r", "ra").unwrap();
-    t.link("r", "rb", "b", "vb").unwrap();
-    t.addr("a", "va", "10.6.1.1/24").unwrap();
-    t.addr("r", "ra", "10.6.1.2/24").unwrap();
-    t.addr("r", "rb", "10.6.2.2/24").unwrap();
-    t.addr("b", "vb", "10.6.2.1/24").unwrap();
-    t.route("a", "10.6.2.0/24", "10.6.1.2".parse().unwrap())
-        .unwrap();
-    t.route("b", "10.6.1.0/24", "10.6.2.2".parse().unwrap())
-        .unwrap();
-    t.forwarding("r").unwrap();
-    (a, r, b)
+    t.routed().unwrap()
 }
 
-struct Kill(Vec<Child>);
-impl Drop for Kill {
-    fn drop(&mut self) {
-        for c in &mut self.0 {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-}
-
-fn iperf_servers(b: &Netns, ports: &[u16]) -> Kill {
-    let kids: Vec<Child> = ports
-        .iter()
-        .map(|p| {
-            b.command("iperf3")
-                .args(["-s", "-p", &p.to_string()])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap()
-        })
-        .collect();
-    let kids = Kill(kids);
-    // A probe connection that closes at once costs the server nothing: it
-    // goes back to listening.
-    for p in ports {
-        let ok = wait_for(Duration::from_secs(5), || {
-            b.run(|| std::net::TcpStream::connect(("127.0.0.1", *p)).ok())
-                .map(drop)
-        });
-        assert!(ok.is_some(), "iperf3 server on port {p} did not start");
-    }
-    kids
+fn iperf_servers(b: &Netns, ports: &[u16]) -> iperf::Servers {
+    iperf::servers(b, ports).unwrap()
 }
 
 fn iperf_client(a: &Netns, dst: &str, port: u16, secs: u32) -> Child {
-    a.command("iperf3")
-        .args([
-            "-c",
-            dst,
-            "-p",
-            &port.to_string(),
-            "-t",
-            &secs.to_string(),
-            "-O",
-            "1",
-            "-J",
-        ])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap()
+    iperf::client(a, dst, port, secs, &[]).unwrap()
 }
 
-/// Receiver goodput in Mbit/s from iperf3's JSON.
+/// Receiver goodput in Mbit/s.
 fn goodput_mbit(c: Child) -> f64 {
-    let out = c.wait_with_output().unwrap();
-    let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "iperf3 failed: {text}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(&text).unwrap();
-    v["end"]["sum_received"]["bits_per_second"]
-        .as_f64()
-        .unwrap()
-        / 1e6
+    iperf::goodput_bps(&iperf::report(c).unwrap()).unwrap() / 1e6
 }
 
 /// TCP goodput is the shaped wire rate less Ethernet, IP and TCP headers
@@ -350,6 +278,8 @@ fn shapes_a_tcp_flow_to_its_class_rate_and_changes_it_live() {
     if !privileged("shapes_a_tcp_flow_to_its_class_rate_and_changes_it_live") {
         return;
     }
+    let _x = exclusive();
+
     let mut t = Topology::new("ft");
     let (a, r, b) = routed(&mut t);
     let mut router = Router::start(shaped_config("r2", "50Mbit", None), Some(r.clone())).unwrap();
@@ -414,6 +344,8 @@ fn a_restarted_router_keeps_shaping_and_counting() {
     if !privileged("a_restarted_router_keeps_shaping_and_counting") {
         return;
     }
+    let _x = exclusive();
+
     let mut t = Topology::new("ft");
     let (a, r, b) = routed(&mut t);
     let pin = PathBuf::from(format!(
