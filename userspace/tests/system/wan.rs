@@ -359,3 +359,87 @@ fn tcp_fills_a_1gbit_link_at_150ms() {
     assert!(steady >= 0.85 * 956.0, "{steady} Mbit/s");
     router.stop().unwrap();
 }
+
+/// The steering in the egress program, run by BPF_PROG_TEST_RUN on a
+/// frame "leaving" lo: a live line takes the frame (TC_ACT_REDIRECT), a line
+/// whose heartbeat lapsed (the daemon died) does not, and a frame the line
+/// sends back (marked) passes once.
+#[test]
+fn the_egress_program_steers_only_to_a_live_line_and_lets_marked_frames_pass() {
+    use aya::{
+        maps::HashMap,
+        programs::{SchedClassifier, TestRun, TestRunOptions},
+    };
+    use ferry::{dataplane::Dataplane, router::monotonic_ns};
+    use ferry_common::wan::{DELAYED_MARK, LineEntry, LineKey};
+
+    if !privileged("the_egress_program_steers_only_to_a_live_line_and_lets_marked_frames_pass") {
+        return;
+    }
+    const REDIRECT: u32 = 7;
+    const UNSPEC: u32 = u32::MAX; // TC_ACT_UNSPEC (-1)
+    let mut dp = Dataplane::load(None).unwrap();
+    let cfg = router_config("name: t\ninterfaces: [{name: lo}]\nclasses: [{name: all, id: 1}]\n");
+    let (rules, default) = cfg.compile().unwrap();
+    dp.set_rules(&rules, default).unwrap();
+    // Ethernet + IPv4 + UDP, 42 bytes.
+    let mut frame = vec![2, 0, 0, 0, 0, 1, 2, 0, 0, 0, 0, 2, 0x08, 0x00];
+    frame.extend_from_slice(&[0x45, 0, 0, 28, 0, 0, 0x40, 0, 64, 17, 0, 0]);
+    frame.extend_from_slice(&[10, 0, 0, 1, 10, 0, 0, 2]);
+    frame.extend_from_slice(&[0x13, 0x88, 0x23, 0x28, 0, 8, 0, 0]);
+    let run = |dp: &mut Dataplane, mark: u32| -> u32 {
+        // struct __sk_buff: mark at byte 8; the rest zero (lo, ifindex 1).
+        let mut ctx = [0u8; 192];
+        ctx[8..12].copy_from_slice(&mark.to_ne_bytes());
+        let p: &mut SchedClassifier = dp
+            .ebpf_mut()
+            .program_mut("classify_egress")
+            .unwrap()
+            .try_into()
+            .unwrap();
+        if p.fd().is_err() {
+            p.load().unwrap();
+        }
+        p.test_run(TestRunOptions {
+            data_in: Some(&frame),
+            ctx_in: Some(&ctx),
+            repeat: 1,
+            ..TestRunOptions::new()
+        })
+        .unwrap()
+        .return_value
+    };
+    let key = LineKey {
+        ifindex: 1,
+        class: 1,
+        _pad: 0,
+    };
+    let set = |dp: &mut Dataplane, alive_until_ns: u64| {
+        let mut m: HashMap<_, LineKey, LineEntry> =
+            HashMap::try_from(dp.ebpf_mut().map_mut("WAN_LINES").unwrap()).unwrap();
+        m.insert(
+            key,
+            LineEntry {
+                tap_ifindex: 1,
+                _pad: 0,
+                alive_until_ns,
+            },
+            0,
+        )
+        .unwrap();
+    };
+    assert_eq!(run(&mut dp, 0), UNSPEC, "no line: passes");
+    set(&mut dp, monotonic_ns() + 60_000_000_000);
+    assert_eq!(run(&mut dp, 0), REDIRECT, "a live line takes the frame");
+    assert_eq!(
+        run(&mut dp, DELAYED_MARK),
+        UNSPEC,
+        "back from the line: passes"
+    );
+    set(&mut dp, monotonic_ns() - 1);
+    assert_eq!(
+        run(&mut dp, 0),
+        UNSPEC,
+        "a lapsed heartbeat: passes undelayed"
+    );
+}
