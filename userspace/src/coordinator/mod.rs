@@ -23,6 +23,7 @@ use crate::{
     },
     engine::{MigrationResult, MigrationStats},
     host::{CALL_TIMEOUT, op_name},
+    metrics::migration::{MigrationMetrics, Role as MetricsRole},
     protocol::{MigrationId, MigrationKey, MigrationSpec, spec::Endpoint, spec::resolve_transport},
 };
 
@@ -37,6 +38,9 @@ pub struct Coordinator {
     client: Client,
     records: Mutex<Vec<MigrationRecord>>,
     key_source: KeySource,
+    pub migration_metrics: MigrationMetrics,
+    /// Everything this coordinator's /metrics serves.
+    pub metrics: prometheus::Registry,
 }
 
 fn unix_ms() -> u64 {
@@ -46,20 +50,20 @@ fn unix_ms() -> u64 {
         .unwrap_or(0)
 }
 
-/// A migration that failed before it started: the spec never left.
-fn refused(e: impl std::fmt::Display) -> Response {
-    Response::error(e)
+/// Where /metrics listens when the configuration does not say.
+pub const DEFAULT_METRICS: SocketAddr =
+    SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9471);
+
+fn registry(m: &MigrationMetrics) -> anyhow::Result<prometheus::Registry> {
+    let reg = prometheus::Registry::new();
+    m.register_coordinator(&reg)
+        .context("coordinator metrics")?;
+    Ok(reg)
 }
 
 impl Coordinator {
     pub fn new(cfg: CoordinatorConfig) -> anyhow::Result<Arc<Self>> {
-        let client = Client::new(&cfg.tls).context("coordinator TLS client")?;
-        Ok(Arc::new(Self {
-            cfg,
-            client,
-            records: Mutex::new(Vec::new()),
-            key_source: Arc::new(MigrationKey::generate),
-        }))
+        Self::with_key_source(cfg, Arc::new(MigrationKey::generate))
     }
 
     /// Replaces the key source (tests that must know the key to look for it).
@@ -68,12 +72,23 @@ impl Coordinator {
         key_source: KeySource,
     ) -> anyhow::Result<Arc<Self>> {
         let client = Client::new(&cfg.tls).context("coordinator TLS client")?;
+        let migration_metrics =
+            MigrationMetrics::new(&[MetricsRole::Coordinator]).context("coordinator metrics")?;
+        let metrics = registry(&migration_metrics)?;
         Ok(Arc::new(Self {
             cfg,
             client,
             records: Mutex::new(Vec::new()),
             key_source,
+            migration_metrics,
+            metrics,
         }))
+    }
+
+    /// A migration that failed before it started: the spec never left.
+    fn refuse(&self, e: impl std::fmt::Display) -> Response {
+        self.migration_metrics.refused();
+        Response::error(e)
     }
 
     pub fn name(&self) -> &str {
@@ -179,15 +194,15 @@ impl Coordinator {
         let (src_name, src_caps) = match source {
             Some(s) => match self.host_caps(&s).await {
                 Ok(c) => (s, c),
-                Err(e) => return refused(e),
+                Err(e) => return self.refuse(e),
             },
             None => match self.find_guest(&guest).await {
                 Ok(v) => v,
-                Err(e) => return refused(e),
+                Err(e) => return self.refuse(e),
             },
         };
         let Some(g) = src_caps.guests.iter().find(|g| g.info.name == guest) else {
-            return refused(format!("host {src_name} has no guest named {guest}"));
+            return self.refuse(format!("host {src_name} has no guest named {guest}"));
         };
         let (dst_host, peer) = match destination.split_once('@') {
             Some((h, c)) if c != self.cfg.name => (h.to_string(), Some(c.to_string())),
@@ -195,7 +210,7 @@ impl Coordinator {
             None => (destination.clone(), None),
         };
         if peer.is_none() && dst_host == src_name {
-            return refused(format!("guest {guest} already runs on {dst_host}"));
+            return self.refuse(format!("guest {guest} already runs on {dst_host}"));
         }
         let dst_caps = match &peer {
             None => self.host_caps(&dst_host).await,
@@ -203,7 +218,7 @@ impl Coordinator {
         };
         let dst_caps = match dst_caps {
             Ok(c) => c,
-            Err(e) => return refused(e),
+            Err(e) => return self.refuse(e),
         };
         let dst_label = match &peer {
             Some(p) => format!("{dst_host}@{p}"),
@@ -219,7 +234,7 @@ impl Coordinator {
             Ok(t) => t,
             Err(e) => {
                 tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}");
-                return refused(e);
+                return self.refuse(e);
             }
         };
         let mut nonce = [0u8; 8];
@@ -246,11 +261,12 @@ impl Coordinator {
                 .unwrap_or_else(|| self.cfg.defaults.limits.clone()),
         };
         if let Err(e) = spec.check() {
-            return refused(e);
+            return self.refuse(e);
         }
         let id = spec.id;
         tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %guest, source = %src_name,
             destination = %dst_label, mode = %mode, transport = %transport, streams = spec.streams, "migration: spec created");
+        self.migration_metrics.started(MetricsRole::Coordinator);
         self.record(MigrationRecord {
             id,
             guest: guest.clone(),
@@ -398,6 +414,8 @@ impl Coordinator {
         }
         tracing::info!(coordinator = %self.cfg.name, migration = %id, result = ?stats.result,
             total_s = stats.total_seconds, downtime_ms = stats.downtime_seconds * 1e3, "migration: finished");
+        self.migration_metrics
+            .ended(MetricsRole::Coordinator, stats.mode, ok);
         Response::Finished(stats)
     }
 
@@ -419,6 +437,16 @@ impl Coordinator {
 
     async fn lost(&self, id: &MigrationId, dst: &str, peer: Option<&str>, msg: String) -> Response {
         tracing::warn!(coordinator = %self.cfg.name, migration = %id, "{msg}");
+        let mode = self
+            .records
+            .lock()
+            .expect("records")
+            .iter()
+            .find(|r| r.id == *id)
+            .map(|r| r.mode)
+            .unwrap_or_default();
+        self.migration_metrics
+            .ended(MetricsRole::Coordinator, mode, false);
         self.update(id, |r| {
             r.state = MigrationState::Failed;
             r.error = Some(msg.clone());
@@ -564,9 +592,20 @@ impl Coordinator {
         let _ = resp.send(&answer).await;
     }
 
-    /// Serves the client and peer API until the task is dropped.
+    /// Serves the client and peer API, and /metrics, until the task is
+    /// dropped.
     pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
         let tls = control::tls::server_config(&self.cfg.tls).context("coordinator TLS")?;
+        let listen = self
+            .cfg
+            .metrics
+            .as_ref()
+            .map(|m| m.listen)
+            .unwrap_or(DEFAULT_METRICS);
+        let metrics = crate::metrics::http::MetricsServer::start(listen, self.metrics.clone())
+            .await
+            .with_context(|| format!("serving /metrics on {listen}"))?;
+        tracing::info!(coordinator = %self.cfg.name, metrics = %metrics.addr, "serving /metrics");
         let listener = tokio::net::TcpListener::bind(self.cfg.listen)
             .await
             .with_context(|| format!("coordinator API on {}", self.cfg.listen))?;

@@ -615,7 +615,9 @@ fn controller(
                         let _ = w.send_bytes(&msg);
                         let _ = w.finish();
                     }
-                    tracing::info!(migration = %inc.id, guest = %name, "incoming migration: guest resumed here");
+                    tracing::info!(migration = %inc.id, guest = %name, received_bytes = stats.received_bytes,
+                        pages = stats.pages, zero_pages = stats.zero_pages, open_cpu_s = stats.open_cpu_seconds,
+                        verify_s = stats.verify_seconds, "incoming migration: guest resumed here");
                     sink(DestinationEvent::Resumed {
                         id: inc.id,
                         guest: inc.guest.clone(),

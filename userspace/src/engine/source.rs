@@ -505,6 +505,7 @@ pub fn migrate_out(
     }
     drop(in_tx);
     run.stats.setup_seconds = start.elapsed().as_secs_f64();
+    tracing::info!(migration = %spec.id, setup_s = run.stats.setup_seconds, streams, "migration: streams up");
 
     let shutdown = |senders: Vec<Sender>, graceful: bool| -> (Duration, u64) {
         let mut cpu = Duration::ZERO;
@@ -910,7 +911,8 @@ pub fn migrate_out(
         run.stats.memory_identical = Some(true);
     }
     tracing::info!(migration = %spec.id, total_s = run.stats.total_seconds, downtime_ms = run.stats.downtime_seconds * 1e3,
-        bytes = run.stats.transferred_bytes, passes = run.stats.passes, "migration: completed");
+                setup_s = run.stats.setup_seconds, bytes = run.stats.transferred_bytes, zero_pages = run.stats.zero_pages,
+        passes = run.stats.passes, seal_cpu_s = run.stats.seal_cpu_seconds, "migration: completed");
     progress(&Progress {
         phase: Phase::Completed,
         pass,

@@ -21,9 +21,16 @@ use crate::{
     },
     engine::{self, DestinationEvent, IncomingRegistry, MigrationListener, SourceOptions},
     guest::{Guest, RunState, SyntheticConfig, SyntheticGuest},
-    metrics::ProtocolMetrics,
+    metrics::{
+        ProtocolMetrics,
+        migration::{MigrationMetrics, Role as MetricsRole},
+    },
     protocol::{EncryptionMode, MigrationSpec},
 };
+
+/// Where /metrics listens when the configuration does not say.
+pub const DEFAULT_METRICS: std::net::SocketAddr =
+    std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9472);
 
 struct Entry {
     guest: Arc<dyn Guest>,
@@ -45,6 +52,9 @@ pub struct Host {
     registry: Arc<IncomingRegistry>,
     listener: MigrationListener,
     pub protocol_metrics: ProtocolMetrics,
+    pub migration_metrics: MigrationMetrics,
+    /// Everything this host's /metrics serves.
+    pub metrics: prometheus::Registry,
     pub network: Option<network::HostNet>,
 }
 
@@ -102,6 +112,14 @@ impl Host {
                 },
             );
         }
+        let migration_metrics =
+            MigrationMetrics::new(&[MetricsRole::Source, MetricsRole::Destination])
+                .context("migration metrics")?;
+        let reg = prometheus::Registry::new();
+        metrics.register(&reg).context("protocol metrics")?;
+        migration_metrics
+            .register_host(&reg)
+            .context("migration metrics")?;
         let host = Arc::new(Host {
             cfg,
             inventory: Mutex::new(Inventory {
@@ -111,6 +129,8 @@ impl Host {
             registry,
             listener,
             protocol_metrics: metrics,
+            migration_metrics,
+            metrics: reg,
             network,
         });
         *weak_slot.lock().expect("host slot") = Arc::downgrade(&host);
@@ -155,6 +175,7 @@ impl Host {
             DestinationEvent::Resumed { guest, stats, .. } => {
                 let name = guest.name().to_string();
                 let mode = inv.reserved.remove(&name).map(|r| r.1).unwrap_or_default();
+                self.migration_metrics.destination_finished(mode, &stats);
                 tracing::info!(host = %self.cfg.name, guest = %name, pages = stats.pages, "guest arrived and runs here");
                 if let (Some(net), Some(nic)) = (&self.network, guest.info().nic) {
                     net.announce(&name, nic);
@@ -169,7 +190,10 @@ impl Host {
                 );
             }
             DestinationEvent::Aborted { guest, reason, .. } => {
-                inv.reserved.remove(&guest);
+                if let Some((_, mode)) = inv.reserved.remove(&guest) {
+                    self.migration_metrics
+                        .ended(MetricsRole::Destination, mode, false);
+                }
                 tracing::warn!(host = %self.cfg.name, guest = %guest, reason = %reason, "incoming guest discarded");
             }
         }
@@ -249,6 +273,7 @@ impl Host {
                 .remove(&spec.guest);
             return Err(e);
         }
+        self.migration_metrics.started(MetricsRole::Destination);
         Ok(())
     }
 
@@ -292,8 +317,12 @@ impl Host {
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let name = spec.guest.clone();
+        let mode = spec.mode;
+        let mm = self.migration_metrics.clone();
+        mm.started(MetricsRole::Source);
         let job = tokio::task::spawn_blocking(move || {
             let r = engine::migrate_out(guest, &spec, &opts, &mut |p| {
+                mm.progress(p);
                 let _ = tx.send(p.clone());
             });
             // The spec, and with it the key, is dropped (and wiped) here.
@@ -314,6 +343,7 @@ impl Host {
         match result {
             Ok(Ok(stats)) => {
                 inv.guests.remove(&name);
+                self.migration_metrics.source_finished(&stats);
                 Response::Finished(Box::new(stats))
             }
             Ok(Err(failed)) => {
@@ -322,12 +352,15 @@ impl Host {
                 }
                 let mut stats = failed.stats;
                 stats.error = Some(failed.error.to_string());
+                self.migration_metrics.source_finished(&stats);
                 Response::Finished(stats)
             }
             Err(join) => {
                 if let Some(e) = inv.guests.get_mut(&name) {
                     e.busy = false;
                 }
+                self.migration_metrics
+                    .ended(MetricsRole::Source, mode, false);
                 Response::error(format!("migration task failed: {join}"))
             }
         }
@@ -379,9 +412,19 @@ impl Host {
         let _ = resp.send(&answer).await;
     }
 
-    /// Serves the control API until the task is dropped.
+    /// Serves the control API and /metrics until the task is dropped.
     pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
         let tls = control::tls::server_config(&self.cfg.tls).context("control API TLS")?;
+        let listen = self
+            .cfg
+            .metrics
+            .as_ref()
+            .map(|m| m.listen)
+            .unwrap_or(DEFAULT_METRICS);
+        let metrics = crate::metrics::http::MetricsServer::start(listen, self.metrics.clone())
+            .await
+            .with_context(|| format!("serving /metrics on {listen}"))?;
+        tracing::info!(host = %self.cfg.name, metrics = %metrics.addr, "serving /metrics");
         let listener = tokio::net::TcpListener::bind(self.cfg.control)
             .await
             .with_context(|| format!("control API on {}", self.cfg.control))?;

@@ -3,6 +3,7 @@
 //! daemon registers them into the registry its /metrics endpoint serves.
 
 pub mod http;
+pub mod migration;
 pub mod scrape;
 
 use prometheus::{IntCounterVec, Opts, Registry};

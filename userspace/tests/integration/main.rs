@@ -2,6 +2,7 @@
 
 mod config_files;
 mod control;
+mod dashboards;
 mod engine;
 mod logcapture;
 mod processes;

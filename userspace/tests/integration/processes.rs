@@ -54,7 +54,9 @@ fn write_host(
         format!(
             "name: {name}\ncontrol: {control}\nmigration: {migration}\n\
              tls: {{ ca: ca.pem, cert: {name}.pem, key: {name}-key.pem }}\n\
-             memory_capacity: 1GiB\ncoordinators: [c1]\nguests: {guests}\n"
+                          memory_capacity: 1GiB\ncoordinators: [c1]\nguests: {guests}\n\
+             metrics: {{ listen: \"127.0.0.1:{}\" }}\n",
+            free_port().port()
         ),
     )
     .unwrap();

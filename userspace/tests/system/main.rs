@@ -5,6 +5,8 @@
 mod common;
 mod harness;
 mod host_network;
+mod prometheus;
+
 mod router;
 mod vlan_counters;
 mod wan;
