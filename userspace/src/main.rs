@@ -234,18 +234,16 @@ fn main() {
 
 async fn run_router(cfg: ferry::router::RouterConfig, path: PathBuf) -> Result<()> {
     use tokio::signal::unix::{SignalKind, signal};
-    let listen = cfg
-        .metrics
-        .as_ref()
-        .map(|m| m.listen)
-        .unwrap_or(ferry::router::DEFAULT_METRICS);
+    let metrics_cfg = cfg.metrics.clone();
     let mut router = ferry::router::Router::start(cfg, None)
         .with_context(|| format!("starting the router of {}", path.display()))?;
-    let server =
-        ferry::metrics::http::MetricsServer::start(listen, router.metrics.registry.clone())
-            .await
-            .with_context(|| format!("serving /metrics on {listen}"))?;
-    tracing::info!(metrics = %server.addr, "serving /metrics");
+    let _server = ferry::metrics::http::serve_daemon(
+        &router.config().name,
+        metrics_cfg.as_ref(),
+        ferry::router::DEFAULT_METRICS,
+        router.metrics.registry.clone(),
+    )
+    .await?;
     let (mut hup, mut term, mut int) = (
         signal(SignalKind::hangup())?,
         signal(SignalKind::terminate())?,

@@ -596,16 +596,13 @@ impl Coordinator {
     /// dropped.
     pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
         let tls = control::tls::server_config(&self.cfg.tls).context("coordinator TLS")?;
-        let listen = self
-            .cfg
-            .metrics
-            .as_ref()
-            .map(|m| m.listen)
-            .unwrap_or(DEFAULT_METRICS);
-        let metrics = crate::metrics::http::MetricsServer::start(listen, self.metrics.clone())
-            .await
-            .with_context(|| format!("serving /metrics on {listen}"))?;
-        tracing::info!(coordinator = %self.cfg.name, metrics = %metrics.addr, "serving /metrics");
+        let _metrics = crate::metrics::http::serve_daemon(
+            &self.cfg.name,
+            self.cfg.metrics.as_ref(),
+            DEFAULT_METRICS,
+            self.metrics.clone(),
+        )
+        .await?;
         let listener = tokio::net::TcpListener::bind(self.cfg.listen)
             .await
             .with_context(|| format!("coordinator API on {}", self.cfg.listen))?;

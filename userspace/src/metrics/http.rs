@@ -147,6 +147,22 @@ async fn respond(
     s.flush().await
 }
 
+/// Serves `registry` where `cfg` says, else on `default`, for daemon `who`.
+pub async fn serve_daemon(
+    who: &str,
+    cfg: Option<&crate::host::config::MetricsListen>,
+    default: SocketAddr,
+    registry: Registry,
+) -> anyhow::Result<MetricsServer> {
+    use anyhow::Context;
+    let listen = cfg.map(|m| m.listen).unwrap_or(default);
+    let server = MetricsServer::start(listen, registry)
+        .await
+        .with_context(|| format!("serving /metrics on {listen}"))?;
+    tracing::info!(daemon = %who, metrics = %server.addr, "serving /metrics");
+    Ok(server)
+}
+
 /// GET `path` from `addr` (tests and `ferry` tooling): status and body.
 pub async fn get(addr: SocketAddr, path: &str) -> std::io::Result<(u16, String)> {
     let mut s = TcpStream::connect(addr).await?;
