@@ -166,7 +166,7 @@ fn jitter_spreads_round_trips_as_configured_without_reordering() {
     // Two independent uniform ±2 ms legs: 16..24 ms, standard deviation
     // 2/sqrt(3)*sqrt(2) = 1.63 ms.
     eprintln!("jitter: mean {mean:.3} ms, sd {sd:.3} ms, range {lo:.3}..{hi:.3}");
-        // The mean of 100 draws is within 4 standard errors (0.65 ms) of 20 ms,
+    // The mean of 100 draws is within 4 standard errors (0.65 ms) of 20 ms,
     // plus the line's own sub-millisecond lateness (within the 1 ms budget).
     assert!((-0.65..=1.0).contains(&(mean - 20.0)), "mean {mean}");
     assert!((1.2..=2.1).contains(&sd), "sd {sd}");
