@@ -73,7 +73,15 @@ async fn serve(mut s: TcpStream, registry: Registry) -> std::io::Result<()> {
         buf.drain(..head_end);
         let mut words = head.lines().next().unwrap_or("").split_whitespace();
         let (method, path) = (words.next().unwrap_or(""), words.next().unwrap_or(""));
-        let keep = !head.to_ascii_lowercase().contains("connection: close");
+        // HTTP/1.1 keeps the connection unless told to close; HTTP/1.0
+        // closes it unless told to keep it.
+        let lower = head.to_ascii_lowercase();
+        let http10 = head.lines().next().unwrap_or("").ends_with("HTTP/1.0");
+        let keep = if http10 {
+            lower.contains("connection: keep-alive")
+        } else {
+            !lower.contains("connection: close")
+        };
         let path = path.split('?').next().unwrap_or("");
         match (method, path) {
             ("GET", "/metrics") => {
@@ -199,5 +207,21 @@ mod tests {
         assert_eq!(st, 200);
         assert!(body.contains("ferry_test_total 3"), "{body}");
         assert_eq!(get(srv.addr, "/nope").await.unwrap().0, 404);
+    }
+
+    #[tokio::test]
+    async fn an_http_1_0_request_gets_its_answer_and_the_connection_closes() {
+        let srv = MetricsServer::start("127.0.0.1:0".parse().unwrap(), Registry::new())
+            .await
+            .unwrap();
+        let mut s = TcpStream::connect(srv.addr).await.unwrap();
+        s.write_all(b"GET /metrics HTTP/1.0\r\n\r\n").await.unwrap();
+        let mut out = Vec::new();
+        // read_to_end returns only once the server closes.
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out))
+            .await
+            .expect("the server closed the connection")
+            .unwrap();
+        assert!(String::from_utf8_lossy(&out).starts_with("HTTP/1.1 200"));
     }
 }

@@ -363,6 +363,60 @@ fn prometheus_scrapes_every_daemon_and_every_dashboard_panel_has_data() {
         names.len()
     );
 
+    // promtool's lint of each daemon's exposition: naming conventions
+    // (_total counters, base units), help texts, metric types.
+    for target in [
+        "127.0.0.1:9471",
+        "10.6.1.1:9472",
+        "10.6.2.1:9472",
+        "127.0.0.1:9473",
+    ] {
+        let text = r
+            .run(|| -> std::io::Result<String> {
+                let mut s = TcpStream::connect(target)?;
+                s.set_read_timeout(Some(Duration::from_secs(10)))?;
+                write!(s, "GET /metrics HTTP/1.0\r\n\r\n")?;
+                let mut out = String::new();
+                s.read_to_string(&mut out)?;
+                Ok(out
+                    .split_once("\r\n\r\n")
+                    .map(|x| x.1.to_string())
+                    .unwrap_or_default())
+            })
+            .unwrap();
+        assert!(text.contains("# TYPE ferry_"), "{target}: {text}");
+        let mut lint = std::process::Command::new("promtool")
+            .args(["check", "metrics"])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        lint.stdin
+            .take()
+            .unwrap()
+            .write_all(text.as_bytes())
+            .unwrap();
+        let out = lint.wait_with_output().unwrap();
+        assert!(
+            out.status.success(),
+            "promtool check metrics on {target}:\n{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let cfg = Path::new(env!("CARGO_MANIFEST_DIR")).join("../dashboards/prometheus.yml");
+    let out = std::process::Command::new("promtool")
+        .args(["check", "config"])
+        .arg(&cfg)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+
     // A few figures, to see the data is the migration's own.
     let one = |e: &str| -> f64 {
         query(&r, e)["data"]["result"][0]["value"][1]
