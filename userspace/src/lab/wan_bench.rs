@@ -24,6 +24,8 @@ pub struct Carried {
     pub gbit_per_second: f64,
     /// CPU seconds of the line's thread per second.
     pub line_cores: f64,
+    /// The line thread's CPU per frame it carried.
+    pub line_us_per_frame: f64,
     pub lost_percent: f64,
 }
 
@@ -111,6 +113,11 @@ fn carried(a: &Netns, b: &Netns, case: &str, extra: &[&str], secs: u32) -> Resul
         gbit_per_second: gbit,
         // The first second is omitted from iperf3's figures, not from the CPU.
         line_cores: cpu / f64::from(secs + 1),
+        line_us_per_frame: if pps > 0.0 {
+            cpu / f64::from(secs + 1) / pps * 1e6
+        } else {
+            f64::NAN
+        },
         lost_percent: lost,
     })
 }
@@ -164,7 +171,11 @@ pub fn run(secs: u32, progress: &dyn Fn(&str)) -> Result<Results> {
             "UDP 1400-byte datagrams",
             &["-u", "-b", "0", "-l", "1400"][..],
         ),
-        ("TCP, one flow (GSO super-packets)", &[][..]),
+        (
+            "UDP 1400-byte, paced at 200 Mbit/s",
+            &["-u", "-b", "200M", "-l", "1400"][..],
+        ),
+        ("TCP, one flow (super-packets; per segment)", &[][..]),
     ] {
         progress(&format!("carried through a 10 ms line: {case}, {secs} s"));
         out.push(carried(&a, &b, case, extra, secs)?);
@@ -203,13 +214,18 @@ impl Results {
         let mut s =
             String::from("\nCarried through one delay line (10 ms), sender a -> router -> b:\n");
         s.push_str(&format!(
-            "  {:<36} {:>12} {:>10} {:>11} {:>8}\n",
-            "traffic", "packets/s", "Gbit/s", "line cores", "lost %"
+            "  {:<36} {:>12} {:>10} {:>11} {:>10} {:>8}\n",
+            "traffic", "packets/s", "Gbit/s", "line cores", "µs/frame", "lost %"
         ));
         for c in &self.carried {
             s.push_str(&format!(
-                "  {:<36} {:>12.0} {:>10.3} {:>11.2} {:>8.2}\n",
-                c.case, c.packets_per_second, c.gbit_per_second, c.line_cores, c.lost_percent
+                "  {:<36} {:>12.0} {:>10.3} {:>11.2} {:>10.2} {:>8.2}\n",
+                c.case,
+                c.packets_per_second,
+                c.gbit_per_second,
+                c.line_cores,
+                c.line_us_per_frame,
+                c.lost_percent
             ));
         }
         s.push_str("\nAdded-delay error (one-way, end to end, less the path's own delay):\n");
