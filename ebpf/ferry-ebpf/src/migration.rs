@@ -15,7 +15,10 @@ use ferry_common::{
     migration::{Endpoint, MigSettings, MigStats},
 };
 
-use crate::{packet::parse, tc};
+use crate::{
+    packet::{Frame, Headers, parse},
+    tc,
+};
 
 #[map]
 static MIG_SETTINGS: Array<MigSettings> = Array::with_max_entries(1, 0);
@@ -36,16 +39,22 @@ fn is_migration(family: u8, addr: [u32; 4], port: u16) -> bool {
     unsafe { MIG_ENDPOINTS.get(key).is_some() }
 }
 
+/// The settings, the frame and its headers, when migration tagging is
+/// enabled.
+#[inline(always)]
+fn enabled_frame(ctx: &TcContext) -> Option<(&'static MigSettings, Frame, Headers)> {
+    let s = MIG_SETTINGS.get(0)?;
+    if s.enabled == 0 {
+        return None;
+    }
+    let f = tc::frame(ctx);
+    let h = parse(&f, tc::meta_vlan(ctx))?;
+    Some((s, f, h))
+}
+
 #[classifier]
 pub fn mig_tag_egress(ctx: TcContext) -> i32 {
-    let Some(s) = MIG_SETTINGS.get(0) else {
-        return TC_ACT_UNSPEC;
-    };
-    if s.enabled == 0 {
-        return TC_ACT_UNSPEC;
-    }
-    let f = tc::frame(&ctx);
-    let Some(h) = parse(&f, tc::meta_vlan(&ctx)) else {
+    let Some((s, f, h)) = enabled_frame(&ctx) else {
         return TC_ACT_UNSPEC;
     };
     if h.tag != TagKind::Untagged || h.proto != ipproto::TCP || !h.has_ports {
@@ -101,14 +110,7 @@ pub fn mig_tag_egress(ctx: TcContext) -> i32 {
 
 #[classifier]
 pub fn mig_untag_ingress(ctx: TcContext) -> i32 {
-    let Some(s) = MIG_SETTINGS.get(0) else {
-        return TC_ACT_UNSPEC;
-    };
-    if s.enabled == 0 {
-        return TC_ACT_UNSPEC;
-    }
-    let f = tc::frame(&ctx);
-    let Some(h) = parse(&f, tc::meta_vlan(&ctx)) else {
+    let Some((s, _, h)) = enabled_frame(&ctx) else {
         return TC_ACT_UNSPEC;
     };
     if h.tag == TagKind::Dot1Q && h.vlan == s.vlan {
