@@ -293,6 +293,25 @@ impl Drop for Netns {
     }
 }
 
+/// Runs `f` inside `ns`, or on this thread (in the caller's namespace) when
+/// `ns` is None.
+pub fn run_in<R: Send>(ns: Option<&Netns>, f: impl FnOnce() -> R + Send) -> R {
+    match ns {
+        Some(ns) => ns.run(f),
+        None => f(),
+    }
+}
+
+/// A netlink socket bound to `ns`, or to the caller's namespace.
+pub fn netlink_in<E: From<NetnsError> + From<NetlinkError>>(
+    ns: Option<&Netns>,
+) -> Result<Netlink, E> {
+    Ok(match ns {
+        Some(ns) => ns.netlink()?,
+        None => Netlink::open()?,
+    })
+}
+
 /// Name prefix of namespaces owned by process `pid`: `<prefix>-<pid>-`.
 pub fn owned_prefix(prefix: &str, pid: u32) -> String {
     format!("{prefix}-{pid}-")

@@ -144,10 +144,7 @@ impl Dataplane {
     /// Runs `f` in the data plane's namespace (attach and ifindex lookups
     /// resolve interface names there).
     fn in_ns<R: Send>(netns: &Option<Arc<Netns>>, f: impl FnOnce() -> R + Send) -> R {
-        match netns {
-            Some(ns) => ns.run(f),
-            None => f(),
-        }
+        crate::netns::run_in(netns.as_deref(), f)
     }
 
     fn ifindex_of(&self, ifname: &str) -> Result<u32> {

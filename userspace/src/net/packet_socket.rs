@@ -168,14 +168,7 @@ impl PacketSocket {
                 libc::MSG_DONTWAIT,
             )
         };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(e);
-        }
-        Ok(Some(n as usize))
+        super::nonblocking_len(n)
     }
 }
 

@@ -252,10 +252,7 @@ impl Router {
     }
 
     pub(crate) fn netlink(netns: &Option<Arc<Netns>>) -> Result<Netlink> {
-        Ok(match netns {
-            Some(ns) => ns.netlink()?,
-            None => Netlink::open()?,
-        })
+        crate::netns::netlink_in(netns.as_deref())
     }
 
     /// Rules and classes into the maps.

@@ -140,11 +140,7 @@ impl DelayLine {
     ) -> Result<Self, WanError> {
         let tap_name = format!("fdl{}.{}", spec.ifindex, spec.class_id);
         let io = |what: String| move |source: io::Error| WanError::Io { what, source };
-        let in_ns = |f: &(dyn Fn() -> io::Result<(Tap, PacketSocket, u32)> + Sync)| match netns {
-            Some(ns) => ns.run(f),
-            None => f(),
-        };
-        let (tap, sock, tap_ifindex) = in_ns(&|| {
+        let (tap, sock, tap_ifindex) = crate::netns::run_in(netns.as_deref(), || {
             let tap = Tap::create(&tap_name)?;
             // The tap must send nothing of its own (IPv6 router
             // solicitations, MLD): the line would pass it on.
@@ -167,10 +163,7 @@ impl DelayLine {
             "delay line for class {} on {}",
             spec.class, spec.interface
         )))?;
-        let mut nl = match netns {
-            Some(ns) => ns.netlink()?,
-            None => crate::netlink::Netlink::open()?,
-        };
+        let mut nl = crate::netns::netlink_in::<WanError>(netns.as_deref())?;
         let mtu = nl.link(&spec.interface)?.mtu;
         nl.set_mtu(&tap_name, mtu)?;
         // Room for a burst the thread has not read yet (what overflows is

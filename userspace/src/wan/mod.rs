@@ -92,10 +92,7 @@ impl WanLines {
         let steering = Arc::new(Mutex::new(steering));
         let lines = Arc::new(Mutex::new(BTreeMap::new()));
         let keeper_stop = Arc::new(AtomicBool::new(false));
-        let nl = match &netns {
-            Some(ns) => ns.netlink()?,
-            None => Netlink::open()?,
-        };
+        let nl = crate::netns::netlink_in::<WanError>(netns.as_deref())?;
         let keeper = std::thread::Builder::new()
             .name("ferry-wan-keeper".into())
             .spawn({

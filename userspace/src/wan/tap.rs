@@ -97,14 +97,7 @@ impl Tap {
     pub fn read(&self, buf: &mut [u8]) -> io::Result<Option<usize>> {
         // SAFETY: buf is valid for buf.len() bytes.
         let n = unsafe { libc::read(self.fd.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len()) };
-        if n < 0 {
-            let e = io::Error::last_os_error();
-            if e.kind() == io::ErrorKind::WouldBlock {
-                return Ok(None);
-            }
-            return Err(e);
-        }
-        Ok(Some(n as usize))
+        crate::net::nonblocking_len(n)
     }
 }
 

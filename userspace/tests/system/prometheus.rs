@@ -89,21 +89,25 @@ fn percent_encode(s: &str) -> String {
         .collect()
 }
 
-/// GET from Prometheus (HTTP/1.0: no chunking), from namespace `r`.
+/// The body of GET `path` from `addr` in namespace `ns`. HTTP/1.0: the
+/// server closes when done and sends no chunks.
+fn http10_get(ns: &Netns, addr: &str, path: &str) -> std::io::Result<String> {
+    ns.run(|| {
+        let mut s = TcpStream::connect(addr)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n")?;
+        let mut out = String::new();
+        s.read_to_string(&mut out)?;
+        Ok(out
+            .split_once("\r\n\r\n")
+            .map(|x| x.1.to_string())
+            .unwrap_or_default())
+    })
+}
+
+/// GET from Prometheus, from namespace `r`.
 fn prom_get(r: &Netns, path: &str) -> serde_json::Value {
-    let body = r
-        .run(|| -> std::io::Result<String> {
-            let mut s = TcpStream::connect("127.0.0.1:9090")?;
-            s.set_read_timeout(Some(Duration::from_secs(10)))?;
-            write!(s, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-            let mut out = String::new();
-            s.read_to_string(&mut out)?;
-            Ok(out
-                .split_once("\r\n\r\n")
-                .map(|x| x.1.to_string())
-                .unwrap_or_default())
-        })
-        .unwrap_or_default();
+    let body = http10_get(r, "127.0.0.1:9090", path).unwrap_or_default();
     serde_json::from_str(&body).unwrap_or(serde_json::Value::Null)
 }
 
@@ -371,19 +375,7 @@ fn prometheus_scrapes_every_daemon_and_every_dashboard_panel_has_data() {
         "10.6.2.1:9472",
         "127.0.0.1:9473",
     ] {
-        let text = r
-            .run(|| -> std::io::Result<String> {
-                let mut s = TcpStream::connect(target)?;
-                s.set_read_timeout(Some(Duration::from_secs(10)))?;
-                write!(s, "GET /metrics HTTP/1.0\r\n\r\n")?;
-                let mut out = String::new();
-                s.read_to_string(&mut out)?;
-                Ok(out
-                    .split_once("\r\n\r\n")
-                    .map(|x| x.1.to_string())
-                    .unwrap_or_default())
-            })
-            .unwrap();
+        let text = http10_get(&r, target, "/metrics").unwrap();
         assert!(text.contains("# TYPE ferry_"), "{target}: {text}");
         let mut lint = std::process::Command::new("promtool")
             .args(["check", "metrics"])
