@@ -241,6 +241,43 @@ impl SyntheticGuest {
     }
 }
 
+/// Paces a vCPU at `rate` operations per second of guest time: a token
+/// bucket that fills with the time the vCPU ran and holds at most `burst`
+/// worth of operations. A vCPU that was descheduled or frozen catches up by
+/// that much and no more; what it missed beyond is dropped, never owed.
+struct Pacer {
+    rate: f64,
+    cap: f64,
+    credit: f64,
+}
+
+impl Pacer {
+    fn new(rate: f64, burst: Duration) -> Self {
+        Self {
+            rate,
+            // At least one operation, or a slow vCPU could never run one.
+            cap: (rate * burst.as_secs_f64()).max(1.0),
+            credit: 0.0,
+        }
+    }
+
+    /// Adds `ran` of guest time; returns the operations due now.
+    fn advance(&mut self, ran: Duration) -> u64 {
+        self.credit = (self.credit + self.rate * ran.as_secs_f64()).min(self.cap);
+        self.credit as u64
+    }
+
+    fn spend(&mut self, ops: u64) {
+        self.credit -= ops as f64;
+    }
+
+    /// How long until the next operation is due (at most 1 ms, so pause and
+    /// throttle requests are seen promptly).
+    fn until_next(&self) -> Duration {
+        Duration::from_secs_f64(((1.0 - self.credit) / self.rate).clamp(0.0, 1e-3))
+    }
+}
+
 fn vcpu_loop(
     index: usize,
     vcpus: usize,
@@ -251,11 +288,7 @@ fn vcpu_loop(
     mut st: VcpuState,
 ) -> VcpuState {
     let rate = spec.ops_per_second() as f64 / vcpus as f64;
-    let backlog = (rate * MAX_BACKLOG.as_secs_f64()) as u64;
-    // Ops already behind the pace when this vCPU (re)starts count as done.
-    let mut base = st
-        .ops()
-        .saturating_sub((rate * st.guest_ns as f64 / 1e9) as u64);
+    let mut pacer = Pacer::new(rate, MAX_BACKLOG);
     let mut last = Instant::now();
     let mut period = last;
     loop {
@@ -278,7 +311,8 @@ fn vcpu_loop(
             continue;
         }
         let now = Instant::now();
-        st.guest_ns += (now - last).as_nanos() as u64;
+        let ran = now - last;
+        st.guest_ns += ran.as_nanos() as u64;
         last = now;
         let p = u32::from(ctrl.throttle.load(Ordering::Relaxed));
         if p > 0 && now - period >= THROTTLE_PERIOD * (100 - p) / 100 {
@@ -295,18 +329,14 @@ fn vcpu_loop(
             std::thread::sleep(Duration::from_millis(5));
             continue;
         }
-        let target = base + (rate * st.guest_ns as f64 / 1e9) as u64;
-        let done = st.ops();
-        if target > done + backlog {
-            base += target - done - backlog; // missed beyond the backlog: dropped, not caught up
-        }
-        let due = (base + (rate * st.guest_ns as f64 / 1e9) as u64).saturating_sub(done);
+        let due = pacer.advance(ran);
         if due == 0 {
-            let wait = Duration::from_secs_f64((1.0 / rate).min(0.001));
-            std::thread::sleep(wait);
+            std::thread::sleep(pacer.until_next());
             continue;
         }
-        workload::step(spec, mem, index, vcpus, &mut st, due.min(512));
+        let due = due.min(512);
+        pacer.spend(due);
+        workload::step(spec, mem, index, vcpus, &mut st, due);
         counters[index].ops.store(st.ops(), Ordering::Relaxed);
         counters[index]
             .get_errors
@@ -587,6 +617,64 @@ mod tests {
         assert_eq!(dst.counters().1, 0);
         assert_eq!(dst.info().vcpus, 2);
         assert_eq!(dst.info().nic, Some(nic), "the NIC moves with the guest");
+    }
+
+    /// Runs `pacer` for `total` of guest time in `step`s, spending all it
+    /// allows; returns the operations it allowed.
+    fn drain(pacer: &mut Pacer, total: Duration, step: Duration) -> u64 {
+        let mut ops = 0;
+        let mut t = Duration::ZERO;
+        while t < total {
+            let due = pacer.advance(step);
+            pacer.spend(due);
+            ops += due;
+            t += step;
+        }
+        ops
+    }
+
+    #[test]
+    fn pacer_keeps_its_rate_and_a_stall_is_not_owed() {
+        let mut pacer = Pacer::new(1000.0, MAX_BACKLOG);
+        let steady = drain(&mut pacer, Duration::from_secs(2), Duration::from_millis(1));
+        assert!(
+            (1995..=2000).contains(&steady),
+            "1000 ops/s for 2 s: expected 1995-2000 ops, got {steady}"
+        );
+        // A 10 s stall (the host frozen or descheduled), then 2 s running:
+        // at most the burst (100 ms worth) is caught up, never the 10 s.
+        for round in 0..5 {
+            let caught_up = pacer.advance(Duration::from_secs(10));
+            pacer.spend(caught_up);
+            let after = drain(&mut pacer, Duration::from_secs(2), Duration::from_millis(1));
+            assert!(
+                caught_up <= 100 && (1995..=2000).contains(&after),
+                "round {round} after a 10 s stall: expected at most 100 ops caught up \
+                 and 1995-2000 in the next 2 s, got {caught_up} and {after}"
+            );
+        }
+        // Coarse steps (a vCPU that runs late every time) keep the rate too.
+        let coarse = drain(
+            &mut pacer,
+            Duration::from_secs(2),
+            Duration::from_millis(250),
+        );
+        assert!(
+            coarse <= 2000,
+            "2 s in 250 ms steps: expected at most 2000 ops, got {coarse}"
+        );
+        // A slow rate still runs: one op per 2 s at 0.5 ops/s (the fifth
+        // may fall a rounding error past 10 s).
+        let mut slow = Pacer::new(0.5, MAX_BACKLOG);
+        let ops = drain(
+            &mut slow,
+            Duration::from_secs(10),
+            Duration::from_millis(10),
+        );
+        assert!(
+            (4..=5).contains(&ops),
+            "0.5 ops/s for 10 s: expected 4-5 ops, got {ops}"
+        );
     }
 
     #[test]

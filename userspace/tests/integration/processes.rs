@@ -268,3 +268,82 @@ fn cli_reports_bad_config_and_usage_clearly() {
     }
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A guest's operation count as its host reports it to a coordinator.
+async fn guest_ops(
+    client: &ferry::control::Client,
+    host: &str,
+    addr: SocketAddr,
+    guest: &str,
+) -> u64 {
+    let Response::Capabilities(caps) = client
+        .call(host, addr, &Request::Capabilities, Duration::from_secs(20))
+        .await
+        .unwrap()
+    else {
+        panic!("{host} did not answer with its capabilities")
+    };
+    caps.guests
+        .iter()
+        .find(|g| g.info.name == guest)
+        .unwrap_or_else(|| panic!("{guest} is not on {host}"))
+        .info
+        .ops
+}
+
+#[test]
+fn a_guest_keeps_its_rate_after_its_host_was_frozen() {
+    // The synthetic guest's pace must not owe the time its host was frozen
+    // (SIGSTOP, a loaded machine): the rate limiter once added what it
+    // missed to its debt and ran away to millions of ops/s.
+    let dir = std::env::temp_dir().join(format!("ferry-stall-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    ferry::certs::issue(
+        &dir,
+        &[(Role::Coordinator, "c1".into()), (Role::Host, "a".into())],
+    )
+    .unwrap();
+    let (ca, ma) = (free_port(), free_port());
+    const RATE: u64 = 2000;
+    let guests = format!(
+        "[{{ name: g1, memory: 64MiB, vcpus: 2, workload: {{ kind: key-value, gets_per_second: {}, sets_per_second: {} }} }}]",
+        RATE / 2,
+        RATE / 2
+    );
+    let a = spawn_host(&write_host(&dir, "a", ca, ma, &guests), &dir.join("a.log"));
+    wait_listening(ca);
+    let pid = nix::unistd::Pid::from_raw(a.0.id() as i32);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "c1")).unwrap();
+        for round in 0..4 {
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+            // Measured over 2 s of running: the rate, plus at most the
+            // catch-up burst (100 ms per vCPU) and rounding.
+            let t0 = Instant::now();
+            let before = guest_ops(&client, "a", ca, "g1").await;
+            tokio::time::sleep(Duration::from_secs(2)).await;
+            let after = guest_ops(&client, "a", ca, "g1").await;
+            let secs = t0.elapsed().as_secs_f64();
+            let ops = after - before;
+            let most = (RATE as f64 * (secs + 0.25)) as u64;
+            assert!(
+                ops <= most,
+                "round {round}: {RATE} ops/s for {secs:.2} s after a 1.5 s freeze: \
+                 expected at most {most} ops, the guest ran {ops} ({:.0} ops/s)",
+                ops as f64 / secs
+            );
+            assert!(
+                ops > 0,
+                "round {round}: the guest runs after its host thawed"
+            );
+        }
+    });
+    drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
