@@ -6,7 +6,13 @@
 //! the source sent, checked against what arrived), the device state and
 //! PREPARE; it verifies, loads and answers READY; on GO it resumes the guest
 //! and answers RESUMED. The decision to resume or discard is taken once,
-//! under a lock, and kept for outcome queries from the source.
+//! and kept for outcome queries from the source.
+//!
+//! Ownership changes in one order that everyone observes: the decision is
+//! taken, the host is handed the guest (or told it is gone), and only then
+//! is the outcome published, to the source's stream (RESUMED, FAILED) and to
+//! its outcome queries. Whoever hears that the guest resumed here finds it
+//! in this host's inventory.
 
 use std::{
     collections::{HashMap, HashSet},
@@ -91,19 +97,26 @@ struct Incoming {
     verify: bool,
     claimed: Mutex<HashSet<u16>>,
     events: Mutex<mpsc::Sender<Event>>,
+    /// Set once, by the one decision to resume or discard.
+    decided: AtomicBool,
+    /// What queries see: set once the decision's effect is visible to the
+    /// host (it owns the guest, or has dropped it), not before.
     outcome: Mutex<Outcome>,
 }
 
 impl Incoming {
     /// Takes the one decision; false if it was already taken.
-    fn decide(&self, o: Outcome) -> bool {
-        let mut cur = self.outcome.lock().expect("outcome");
-        if *cur != Outcome::Pending {
-            return false;
-        }
-        *cur = o;
+    fn decide(&self) -> bool {
+        !self.decided.swap(true, Ordering::AcqRel)
+    }
 
-        true
+    fn decided(&self) -> bool {
+        self.decided.load(Ordering::Acquire)
+    }
+
+    /// Makes the decision, already taken and carried out, visible.
+    fn publish(&self, o: Outcome) {
+        *self.outcome.lock().expect("outcome") = o;
     }
 
     fn send(&self, e: Event) {
@@ -192,6 +205,7 @@ impl IncomingRegistry {
             verify: spec.limits.verify_memory,
             claimed: Mutex::new(HashSet::new()),
             events: Mutex::new(tx),
+            decided: AtomicBool::new(false),
             outcome: Mutex::new(Outcome::Pending),
         });
         map.insert(spec.id, inc.clone());
@@ -288,7 +302,7 @@ impl StreamRegistry for IncomingRegistry {
             return false;
         }
         if let Some(m) = self.get(id) {
-            if !query && *m.outcome.lock().expect("outcome") != Outcome::Pending {
+            if !query && m.decided() {
                 return false;
             }
             return m.claimed.lock().expect("claimed").insert(stream);
@@ -483,7 +497,7 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
                 return;
             }
             Err(e) => {
-                if *inc.outcome.lock().expect("outcome") == Outcome::Pending {
+                if !inc.decided() {
                     tracing::warn!(migration = %inc.id, stream, error = %e, reason = e.reason(), "migration stream failed");
                 }
                 inc.send(Event::StreamEnd { stream });
@@ -510,19 +524,22 @@ fn controller(
     let mut ended: HashSet<u16> = HashSet::new();
     let name = inc.guest.name().to_string();
 
+    // Discard, tell the host, then say so: a source that hears FAILED (or
+    // asks) finds the destination already free of the guest.
     let abort = |writer: &mut Option<RecordWriter<TcpStream>>, reason: String| {
-        if inc.decide(Outcome::Aborted(reason.clone())) {
+        if inc.decide() {
             tracing::warn!(migration = %inc.id, guest = %name, reason = %reason, "incoming migration aborted, guest discarded");
-            if let Some(w) = writer.as_mut() {
-                let _ = w.send_bytes(&[&[wire::FAILED][..], reason.as_bytes()].concat());
-                let _ = w.get_ref().shutdown(Shutdown::Both);
-            }
             inc.guest.release();
             sink(DestinationEvent::Aborted {
                 id: inc.id,
                 guest: name.clone(),
-                reason,
+                reason: reason.clone(),
             });
+            inc.publish(Outcome::Aborted(reason.clone()));
+            if let Some(w) = writer.as_mut() {
+                let _ = w.send_bytes(&[&[wire::FAILED][..], reason.as_bytes()].concat());
+                let _ = w.get_ref().shutdown(Shutdown::Both);
+            }
         }
     };
 
@@ -548,7 +565,7 @@ fn controller(
                 return abort(&mut writer, "registry dropped".into());
             }
         };
-        if *inc.outcome.lock().expect("outcome") != Outcome::Pending {
+        if inc.decided() {
             // Decided: only collect the receivers' statistics.
             if let Event::StreamEnd { stream, .. } = ev {
                 ended.insert(stream);
@@ -598,31 +615,33 @@ fn controller(
                     );
                 }
                 Some(&wire::GO) if ready_sent => {
-                    if !inc.decide(Outcome::Resumed) {
+                    if !inc.decide() {
                         return;
                     }
                     if let Err(e) = inc.guest.resume() {
-                        // Decided already: the source has released its copy.
+                        // Decided already: the source will release its copy.
                         tracing::error!(migration = %inc.id, error = %e, "resume after GO failed");
                     }
                     let resumed_at = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
                         .map(|d| d.as_nanos() as u64)
                         .unwrap_or(0);
+                    tracing::info!(migration = %inc.id, guest = %name, received_bytes = stats.received_bytes,
+                        pages = stats.pages, zero_pages = stats.zero_pages, open_cpu_s = stats.open_cpu_seconds,
+                        verify_s = stats.verify_seconds, "incoming migration: guest resumed here");
+                    // The host owns the guest before anyone hears it resumed.
+                    sink(DestinationEvent::Resumed {
+                        id: inc.id,
+                        guest: inc.guest.clone(),
+                        stats: stats.clone(),
+                    });
+                    inc.publish(Outcome::Resumed);
                     if let Some(w) = writer.as_mut() {
                         let mut msg = vec![wire::RESUMED];
                         msg.extend_from_slice(&resumed_at.to_be_bytes());
                         let _ = w.send_bytes(&msg);
                         let _ = w.finish();
                     }
-                    tracing::info!(migration = %inc.id, guest = %name, received_bytes = stats.received_bytes,
-                        pages = stats.pages, zero_pages = stats.zero_pages, open_cpu_s = stats.open_cpu_seconds,
-                        verify_s = stats.verify_seconds, "incoming migration: guest resumed here");
-                    sink(DestinationEvent::Resumed {
-                        id: inc.id,
-                        guest: inc.guest.clone(),
-                        stats: stats.clone(),
-                    });
                     continue;
                 }
                 _ => return abort(&mut writer, "unexpected control message".into()),

@@ -39,6 +39,15 @@ struct Entry {
     busy: bool,
 }
 
+impl Entry {
+    /// A guest released to its destination is no longer this host's, from
+    /// the moment of release (its entry goes once the migration has wound
+    /// down): no reader sees it here after it resumed there.
+    fn owned(&self) -> bool {
+        self.guest.run_state() != RunState::Released
+    }
+}
+
 struct Inventory {
     guests: BTreeMap<String, Entry>,
     /// Memory promised to incoming migrations, by guest name.
@@ -156,6 +165,7 @@ impl Host {
             .expect("inventory")
             .guests
             .get(name)
+            .filter(|e| e.owned())
             .map(|e| e.guest.clone())
     }
 
@@ -164,8 +174,9 @@ impl Host {
             .lock()
             .expect("inventory")
             .guests
-            .keys()
-            .cloned()
+            .iter()
+            .filter(|(_, e)| e.owned())
+            .map(|(n, _)| n.clone())
             .collect()
     }
 
@@ -217,6 +228,7 @@ impl Host {
             guests: inv
                 .guests
                 .values()
+                .filter(|e| e.owned())
                 .map(|e| HostedGuest {
                     info: e.guest.info(),
                     encryption: e.encryption,

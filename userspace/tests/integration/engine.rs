@@ -701,3 +701,146 @@ fn resumed_lost_after_go_is_settled_by_asking_the_destination() {
     assert_eq!(src.run_state(), RunState::Released, "exactly one copy runs");
     assert_eq!(pages_differing(&src.take(), &dst.take()), 0);
 }
+
+/// What a host's inventory would hold: guests the destination handed over,
+/// registered only after `delay` (a slow host, a loaded machine).
+struct Ledger {
+    owned: Mutex<Vec<String>>,
+    discarded: Mutex<Vec<String>>,
+}
+
+fn slow_destination(delay: Duration, switchover: Duration) -> (Dest, Arc<Ledger>) {
+    let ledger = Arc::new(Ledger {
+        owned: Mutex::new(Vec::new()),
+        discarded: Mutex::new(Vec::new()),
+    });
+    let l = ledger.clone();
+    let metrics = ProtocolMetrics::new();
+    let (tx, events) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let registry = IncomingRegistry::new(
+        Backend::RustCrypto,
+        Some(metrics.clone()),
+        switchover,
+        move |e| {
+            std::thread::sleep(delay);
+            match &e {
+                DestinationEvent::Resumed { guest, .. } => {
+                    l.owned.lock().unwrap().push(guest.name().into())
+                }
+                DestinationEvent::Aborted { guest, .. } => {
+                    l.discarded.lock().unwrap().push(guest.clone())
+                }
+            }
+            let _ = tx.lock().unwrap().send(e);
+        },
+    );
+    let listener =
+        MigrationListener::bind("127.0.0.1:0".parse().unwrap(), registry.clone()).unwrap();
+    (
+        Dest {
+            registry,
+            listener,
+            events,
+            metrics,
+        },
+        ledger,
+    )
+}
+
+#[test]
+fn whoever_hears_resumed_finds_the_guest_owned_by_the_destination() {
+    // The host registers an arriving guest in the destination's sink; a
+    // slow sink must delay RESUMED, not let the source (and the coordinator
+    // and client after it) hear it while the guest is on no host.
+    let (dest, ledger) = slow_destination(Duration::from_millis(700), Duration::from_secs(10));
+    let memory = 16 << 20;
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        dest.listener.local_addr(),
+        Limits::default(),
+    );
+    let run = migrate(kv_guest(memory, 5_000, 5_000, true), &dest, &spec, |_| {});
+    let stats = run
+        .result
+        .unwrap_or_else(|f| panic!("migration failed: {f}"));
+    assert_eq!(stats.result, MigrationResult::Completed);
+    assert_eq!(
+        *ledger.owned.lock().unwrap(),
+        vec!["g1".to_string()],
+        "when the source hears RESUMED the destination's host owns the guest"
+    );
+    assert_eq!(run.dst.run_state(), RunState::Running);
+    assert_eq!(run.src.run_state(), RunState::Released);
+}
+
+#[test]
+fn an_outcome_query_answers_resumed_only_once_the_destination_owns_the_guest() {
+    // RESUMED is lost; the source asks. The answer must wait for the host's
+    // registration too (the sink takes longer than the source waits for
+    // RESUMED, so its first queries arrive while the host registers).
+    let (dest, ledger) = slow_destination(Duration::from_millis(2500), Duration::from_secs(10));
+    let relay = Relay::new(dest.listener.local_addr());
+    let memory = 16 << 20;
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        relay.addr(),
+        Limits::default(),
+    );
+    relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
+    let src = Snapshot::new(kv_guest(memory, 5_000, 5_000, true), true);
+    let dst = Snapshot::new(SyntheticGuest::incoming("g1", memory).unwrap(), false);
+    dest.registry.prepare(&spec, dst.clone()).unwrap();
+    let opts = SourceOptions {
+        switchover_timeout: Duration::from_secs(1),
+        ..Default::default()
+    };
+    let stats = migrate_out(src.clone(), &spec, &opts, &mut |_| {})
+        .unwrap_or_else(|f| panic!("the outcome query should settle it: {f}"));
+    assert_eq!(stats.result, MigrationResult::Completed);
+    assert_eq!(
+        *ledger.owned.lock().unwrap(),
+        vec!["g1".to_string()],
+        "the query said resumed before the destination's host owned the guest"
+    );
+    assert_eq!(dst.run_state(), RunState::Running);
+    assert_eq!(src.run_state(), RunState::Released, "exactly one copy runs");
+}
+
+#[test]
+fn whoever_hears_the_destination_discarded_finds_it_gone_there() {
+    // GO never arrives; the destination gives up and discards. The source
+    // learns it by asking; by then the destination's host has let go of
+    // the guest (so a retry is not refused as a duplicate).
+    let (dest, ledger) = slow_destination(Duration::from_millis(1500), Duration::from_secs(2));
+    let relay = Relay::new(dest.listener.local_addr());
+    let memory = 16 << 20;
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        relay.addr(),
+        Limits::default(),
+    );
+    relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::Cut);
+    let src = Snapshot::new(kv_guest(memory, 5_000, 5_000, true), true);
+    let dst = Snapshot::new(SyntheticGuest::incoming("g1", memory).unwrap(), false);
+    dest.registry.prepare(&spec, dst.clone()).unwrap();
+    let opts = SourceOptions {
+        switchover_timeout: Duration::from_secs(2),
+        ..Default::default()
+    };
+    let failed = migrate_out(src.clone(), &spec, &opts, &mut |_| {}).expect_err("GO never arrived");
+    assert!(failed.error.guest_kept(), "{}", failed.error);
+    assert_eq!(
+        *ledger.discarded.lock().unwrap(),
+        vec!["g1".to_string()],
+        "the source heard of the discard before the destination's host did"
+    );
+    assert_eq!(src.run_state(), RunState::Running);
+    assert_eq!(dst.run_state(), RunState::Released, "exactly one copy runs");
+}
