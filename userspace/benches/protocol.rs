@@ -189,6 +189,8 @@ fn main() {
     // `cargo bench` passes --bench; a quick smoke run passes --quick.
     let quick = std::env::args().any(|a| a == "--quick");
     let size: u64 = if quick { 64 << 20 } else { 2 << 30 };
+    let machine = ferry::lab::machine::Machine::probe();
+    println!("{machine}");
     let mut rows = Vec::new();
     println!(
         "{:>7}  {:<24} {:>6} {:>9} {:>11} {:>12} {:>12} {:>13} {:>13} {:>9}",
@@ -278,7 +280,8 @@ fn main() {
     std::fs::create_dir_all(&out).unwrap();
     std::fs::write(
         out.join("protocol.json"),
-        serde_json::to_string_pretty(&rows).unwrap(),
+        serde_json::to_string_pretty(&serde_json::json!({ "machine": machine, "rows": rows }))
+            .unwrap(),
     )
     .unwrap();
     println!("wrote {}", out.join("protocol.json").display());

@@ -198,6 +198,28 @@ enum LabCommand {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Run the demo again and again while spinning threads load every
+    /// core, and count the runs that fail (races show under load).
+    DemoRepeat {
+        /// How many demo runs.
+        #[arg(long, default_value_t = 30)]
+        runs: u32,
+        /// Spinning threads (default: two per core).
+        #[arg(long)]
+        hogs: Option<usize>,
+        /// Demo settings (see config/demo.yaml); built-in defaults otherwise.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Where the JSON goes.
+        #[arg(long, default_value = "target/lab")]
+        out: PathBuf,
+    },
+    /// Print what this machine is (CPU, features, the AEAD backend that
+    /// `fastest` picks), as benchmarks print it with their figures.
+    Machine {
+        #[arg(long)]
+        json: bool,
+    },
     /// Run an experiment (config/lab/experiment-*.yaml): table, JSON, SVG.
     Run {
         file: PathBuf,
@@ -472,8 +494,46 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Lab {
+            command:
+                LabCommand::DemoRepeat {
+                    runs,
+                    hogs,
+                    config: path,
+                    out,
+                },
+        } => {
+            let cfg = match path {
+                Some(path) => config::load::<DemoConfig>(&path)?,
+                None => DemoConfig::default(),
+            };
+            let hogs = hogs
+                .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
+            let report = runtime()?.block_on(ferry::demo::repeat::run(&cfg, runs, hogs))?;
+            print!("{}", ferry::demo::repeat::render(&report));
+            std::fs::create_dir_all(&out)?;
+            let path = out.join("demo-repeat.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+            println!("wrote {}", path.display());
+            if report.failures > 0 {
+                bail!("{} of {runs} demo runs failed", report.failures);
+            }
+            Ok(())
+        }
+        Command::Lab {
+            command: LabCommand::Machine { json },
+        } => {
+            let m = ferry::lab::machine::Machine::probe();
+            if json {
+                println!("{}", serde_json::to_string_pretty(&m)?);
+            } else {
+                println!("{m}");
+            }
+            Ok(())
+        }
+        Command::Lab {
             command: LabCommand::BenchDataplane { seconds, out },
         } => {
+            eprintln!("{}", ferry::lab::machine::Machine::probe());
             let t0 = std::time::Instant::now();
             let r = ferry::lab::dataplane_bench::run(seconds, &|p| {
                 eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
@@ -488,6 +548,7 @@ fn run(cli: Cli) -> Result<()> {
         Command::Lab {
             command: LabCommand::BenchWan { seconds, out },
         } => {
+            eprintln!("{}", ferry::lab::machine::Machine::probe());
             let t0 = std::time::Instant::now();
             let r = ferry::lab::wan_bench::run(seconds, &|p| {
                 eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
@@ -505,6 +566,7 @@ fn run(cli: Cli) -> Result<()> {
             command: LabCommand::Run { file, out },
         } => {
             let cfg: ferry::lab::experiment::ExperimentConfig = config::load(&file)?;
+            eprintln!("{}", ferry::lab::machine::Machine::probe());
             let t0 = std::time::Instant::now();
             let results = ferry::lab::experiment::run(&cfg, |p| {
                 eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())

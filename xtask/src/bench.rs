@@ -59,6 +59,11 @@ fn aead_table() -> Result {
 pub fn bench() -> Result {
     let out = root().join("target/bench");
     fs::create_dir_all(&out).map_err(|e| format!("{}: {e}", out.display()))?;
+    // Figures differ between machines (AVX-512 or not above all): say which
+    // one these come from, first.
+    run(cargo().args(["build", "--release", "--package", "ferry", "--bin", "ferry"]))?;
+    let ferry = root().join("target/release/ferry");
+    run(Command::new(&ferry).args(["lab", "machine"]))?;
     run(cargo().args([
         "bench",
         "--package",
@@ -73,8 +78,6 @@ pub fn bench() -> Result {
     ]))?;
     aead_table()?;
     run(cargo().args(["bench", "--package", "ferry", "--bench", "protocol"]))?;
-    run(cargo().args(["build", "--release", "--package", "ferry", "--bin", "ferry"]))?;
-    let ferry = root().join("target/release/ferry");
     run(Command::new(&ferry)
         .args(["lab", "bench-dataplane", "--out"])
         .arg(&out))?;

@@ -7,7 +7,7 @@ pub mod counters;
 pub mod dataplane_bench;
 pub mod experiment;
 pub mod iperf;
-
+pub mod machine;
 pub mod qemu;
 pub mod topology;
 pub mod wan_bench;
