@@ -27,7 +27,9 @@
 
 pub mod certs;
 pub mod client;
+pub mod clock;
 pub mod config;
+pub mod config_check;
 pub mod control;
 pub mod coordinator;
 pub mod dataplane;

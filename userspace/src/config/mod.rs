@@ -4,8 +4,6 @@
 //! a silently ignored setting. Errors name the file, the line and column, and
 //! the path of the field (`interfaces[1].vlan`).
 
-mod counters;
-mod demo;
 mod duration;
 mod rate;
 mod ratio;
@@ -15,8 +13,6 @@ use std::{fmt, path::Path};
 
 use serde::de::DeserializeOwned;
 
-pub use counters::CountersConfig;
-pub use demo::{DemoConfig, DemoGuest};
 pub use duration::{deserialize_duration, serialize_duration};
 pub use rate::Rate;
 pub use ratio::Ratio;
@@ -85,6 +81,23 @@ pub trait Validate {
     fn validate(&self) -> Result<(), Invalid>;
 }
 
+/// A name of a host, guest, coordinator or class: it appears in
+/// certificates, metrics labels and file names.
+pub fn check_name(field: &str, n: &str) -> Result<(), Invalid> {
+    let ok = !n.is_empty()
+        && n.len() <= 63
+        && n.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
+    if ok {
+        Ok(())
+    } else {
+        Err(Invalid::new(
+            field,
+            format!("{n:?}: use 1-63 letters, digits, '-' or '.'"),
+        ))
+    }
+}
+
 /// Parses `text` (named `origin` in errors) into `T` and validates it.
 pub fn from_str<T: DeserializeOwned + Validate>(
     text: &str,
@@ -138,86 +151,4 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
         source,
     })?;
     from_str(&text, &origin)
-}
-
-/// The kinds of config file ferry reads, told apart by file name prefix.
-/// Used by `ferry config check` and the config tests.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Kind {
-    Demo,
-    Coordinator,
-    Host,
-    LabCounters,
-    Experiment,
-    Router,
-}
-
-impl Kind {
-    pub const ALL: &'static [Kind] = &[
-        Kind::Demo,
-        Kind::Coordinator,
-        Kind::Host,
-        Kind::LabCounters,
-        Kind::Experiment,
-        Kind::Router,
-    ];
-
-    pub fn prefix(self) -> &'static str {
-        match self {
-            Kind::Demo => "demo",
-            Kind::Coordinator => "coordinator",
-            Kind::Host => "host",
-            Kind::LabCounters => "counters",
-            Kind::Experiment => "experiment",
-            Kind::Router => "router",
-        }
-    }
-
-    /// The kind of `path`, from its file name.
-    pub fn of_path(path: &Path) -> Result<Kind, ConfigError> {
-        let origin = path.display().to_string();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        if !(name.ends_with(".yaml") || name.ends_with(".yml")) {
-            return Err(ConfigError::UnknownKind {
-                origin,
-                message: "not a .yaml file".into(),
-            });
-        }
-        Self::ALL
-            .iter()
-            .copied()
-            .find(|k| name.starts_with(k.prefix()))
-            .ok_or_else(|| {
-                let names: Vec<_> = Self::ALL
-                    .iter()
-                    .map(|k| format!("{}*.yaml", k.prefix()))
-                    .collect();
-                ConfigError::UnknownKind {
-                    origin,
-                    message: format!("file names must match one of {}", names.join(", ")),
-                }
-            })
-    }
-
-    /// Loads and validates `path` as this kind, discarding the result.
-    pub fn check(self, path: &Path) -> Result<(), ConfigError> {
-        match self {
-            Kind::Demo => load::<DemoConfig>(path).map(drop),
-            Kind::Coordinator => load::<crate::coordinator::CoordinatorConfig>(path).map(drop),
-            Kind::Host => load::<crate::host::HostConfig>(path).map(drop),
-            Kind::LabCounters => load::<CountersConfig>(path).map(drop),
-            Kind::Experiment => load::<crate::lab::experiment::ExperimentConfig>(path).map(drop),
-            Kind::Router => load::<crate::router::RouterConfig>(path).map(drop),
-        }
-    }
-}
-
-/// Validates `path` as whatever kind its name says it is.
-pub fn check(path: &Path) -> Result<Kind, ConfigError> {
-    let kind = Kind::of_path(path)?;
-    kind.check(path)?;
-    Ok(kind)
 }

@@ -21,6 +21,9 @@ use wire::{LineReader, WireError};
 /// How long a peer may take to complete TLS and send its request.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// How long a coordinator waits for a host's answer to a simple request.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("connecting to {name} at {addr}: {source}")]

@@ -146,6 +146,24 @@ pub enum Request {
     },
 }
 
+impl Request {
+    /// The operation's name, as it travels in `op`.
+    pub fn op(&self) -> &'static str {
+        match self {
+            Request::Migrate { .. } => "migrate",
+            Request::Status { .. } => "status",
+            Request::Hosts => "hosts",
+            Request::Capabilities => "capabilities",
+            Request::PrepareIncoming { .. } => "prepare-incoming",
+            Request::StartOutgoing { .. } => "start-outgoing",
+            Request::AbortIncoming { .. } => "abort-incoming",
+            Request::PeerCapabilities { .. } => "peer-capabilities",
+            Request::PeerPrepare { .. } => "peer-prepare",
+            Request::PeerFinished { .. } => "peer-finished",
+        }
+    }
+}
+
 /// What a host can do and holds.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Capabilities {

@@ -5,9 +5,9 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{Invalid, Validate},
+    config::{Invalid, Validate, check_name},
     control::TlsFiles,
-    host::config::{MetricsListen, check_name},
+    metrics::http::MetricsListen,
     protocol::{EncryptionMode, Limits},
 };
 

@@ -18,11 +18,10 @@ pub use config::CoordinatorConfig;
 
 use crate::{
     control::{
-        self, Client, ControlError, Identity, Request, Responder, Response, Role,
+        self, CALL_TIMEOUT, Client, ControlError, Identity, Request, Responder, Response, Role,
         wire::{Capabilities, HostStatus, MigrateOptions, MigrationRecord, MigrationState},
     },
     engine::{MigrationResult, MigrationStats},
-    host::{CALL_TIMEOUT, op_name},
     metrics::migration::{MigrationMetrics, Role as MetricsRole},
     protocol::{MigrationId, MigrationKey, MigrationSpec, spec::Endpoint, spec::resolve_transport},
 };
@@ -475,7 +474,7 @@ impl Coordinator {
             req,
             Request::Migrate { .. } | Request::Status { .. } | Request::Hosts
         ) {
-            return Err(format!("a coordinator does not answer {}", op_name(req)));
+            return Err(format!("a coordinator does not answer {}", req.op()));
         }
         if who.role != Role::Client {
             return Err(format!("{who} may not use the client API"));
@@ -587,7 +586,7 @@ impl Coordinator {
                 });
                 Response::Ok
             }
-            other => Response::error(format!("a coordinator does not answer {}", op_name(&other))),
+            other => Response::error(format!("a coordinator does not answer {}", other.op())),
         };
         let _ = resp.send(&answer).await;
     }

@@ -13,9 +13,10 @@ use serde::Serialize;
 
 use crate::{
     client::ProgressView,
-    config::{ByteSize, DemoConfig},
+    config::ByteSize,
     control::wire::MigrateOptions,
     coordinator::request_migration,
+    demo::DemoConfig,
     engine::{MigrationResult, MigrationStats},
     guest::{Guest, Sample},
     host::GuestConfig,

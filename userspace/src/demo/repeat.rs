@@ -15,7 +15,8 @@ use std::{
 
 use serde::Serialize;
 
-use crate::{config::DemoConfig, demo, lab::machine::Machine};
+use super::DemoConfig;
+use crate::{demo, lab::machine::Machine};
 
 /// Threads that spin until dropped: the "CPU hog".
 struct Hogs {

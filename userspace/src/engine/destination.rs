@@ -34,9 +34,8 @@ use super::{
 };
 use crate::{
     guest::Guest,
-    metrics::ProtocolMetrics,
     protocol::{
-        Backend, KeySchedule, MigrationId, MigrationSpec, Side, Transport,
+        Backend, KeySchedule, MigrationId, MigrationSpec, ProtocolMetrics, Side, Transport,
         handshake::{Accepted, Expectation, FLAG_OUTCOME_QUERY, StreamRegistry, server_handshake},
         record::{Record, RecordReader, RecordWriter},
         stream_crypto,

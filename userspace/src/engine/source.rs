@@ -35,9 +35,8 @@ use super::{
 };
 use crate::{
     guest::{DirtyBitmap, Guest, PAGE_SIZE},
-    metrics::ProtocolMetrics,
     protocol::{
-        Backend, KeySchedule, MigrationSpec, ProtocolError, Side,
+        Backend, KeySchedule, MigrationSpec, ProtocolError, ProtocolMetrics, Side,
         handshake::{FLAG_OUTCOME_QUERY, client_handshake},
         record::{Crypto, Record, RecordReader, RecordWriter},
         stream_crypto,

@@ -5,9 +5,10 @@ use std::net::SocketAddr;
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{ByteSize, Invalid, Validate},
+    config::{ByteSize, Invalid, Validate, check_name},
     control::TlsFiles,
     guest::{PAGE_SIZE, WorkloadSpec},
+    metrics::http::MetricsListen,
     protocol::{Backend, EncryptionMode},
 };
 
@@ -51,12 +52,6 @@ pub struct HostConfig {
 
 fn yes() -> bool {
     true
-}
-
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct MetricsListen {
-    pub listen: SocketAddr,
 }
 
 /// A synthetic guest this host boots at start.
@@ -118,21 +113,6 @@ fn dscp() -> u8 {
 
 fn one() -> usize {
     1
-}
-
-pub fn check_name(field: &str, n: &str) -> Result<(), Invalid> {
-    let ok = !n.is_empty()
-        && n.len() <= 63
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if ok {
-        Ok(())
-    } else {
-        Err(Invalid::new(
-            field,
-            format!("{n:?}: use 1-63 letters, digits, '-' or '.'"),
-        ))
-    }
 }
 
 impl Validate for HostConfig {

@@ -8,7 +8,6 @@ use std::{
     collections::BTreeMap,
     path::Path,
     sync::{Arc, Mutex},
-    time::Duration,
 };
 
 use anyhow::Context;
@@ -419,7 +418,7 @@ impl Host {
                 self.registry.abort(&id, "cancelled by the coordinator");
                 Response::Ok
             }
-            other => Response::error(format!("a host does not answer {}", op_name(&other))),
+            other => Response::error(format!("a host does not answer {}", other.op())),
         };
         let _ = resp.send(&answer).await;
     }
@@ -464,21 +463,3 @@ impl Host {
         Ok(cfg)
     }
 }
-
-pub fn op_name(r: &Request) -> &'static str {
-    match r {
-        Request::Migrate { .. } => "migrate",
-        Request::Status { .. } => "status",
-        Request::Hosts => "hosts",
-        Request::Capabilities => "capabilities",
-        Request::PrepareIncoming { .. } => "prepare-incoming",
-        Request::StartOutgoing { .. } => "start-outgoing",
-        Request::AbortIncoming { .. } => "abort-incoming",
-        Request::PeerCapabilities { .. } => "peer-capabilities",
-        Request::PeerPrepare { .. } => "peer-prepare",
-        Request::PeerFinished { .. } => "peer-finished",
-    }
-}
-
-/// How long a coordinator waits for a host's answer to a simple request.
-pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);

@@ -16,8 +16,8 @@ use anyhow::{Context, Result, bail};
 use ferry_common::counters::{Direction, TagKind};
 
 use crate::{
-    config::CountersConfig,
     dataplane::{Dataplane, VlanCount, summarize},
+    lab::CountersConfig,
     lab::Topology,
     net::{
         PacketSocket,

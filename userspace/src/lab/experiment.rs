@@ -90,7 +90,7 @@ fn both() -> Vec<Transport> {
 
 impl Validate for ExperimentConfig {
     fn validate(&self) -> Result<(), Invalid> {
-        crate::host::config::check_name("name", &self.name)?;
+        crate::config::check_name("name", &self.name)?;
         if self.scenarios.is_empty() {
             return Err(Invalid::new("scenarios", "at least one scenario"));
         }

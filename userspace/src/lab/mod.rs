@@ -4,6 +4,7 @@
 
 pub mod cluster;
 pub mod counters;
+mod counters_config;
 pub mod dataplane_bench;
 pub mod experiment;
 pub mod iperf;
@@ -12,4 +13,5 @@ pub mod qemu;
 pub mod topology;
 pub mod wan_bench;
 
+pub use counters_config::CountersConfig;
 pub use topology::{Topology, TopologyError};

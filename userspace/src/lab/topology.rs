@@ -30,24 +30,11 @@ pub enum TopologyError {
     NoNode(String),
     #[error("node {0:?} already exists")]
     Duplicate(String),
-    #[error("invalid address {0:?}: expected address/prefix, like 10.0.0.1/24")]
-    BadCidr(String),
+    #[error(transparent)]
+    BadCidr(#[from] crate::net::BadCidr),
 }
 
 pub type Result<T, E = TopologyError> = std::result::Result<T, E>;
-
-/// Parses "10.0.0.1/24" (or "fd00::1/64").
-pub fn parse_cidr(s: &str) -> Result<(IpAddr, u8)> {
-    let bad = || TopologyError::BadCidr(s.to_string());
-    let (ip, prefix) = s.split_once('/').ok_or_else(bad)?;
-    let ip: IpAddr = ip.parse().map_err(|_| bad())?;
-    let prefix: u8 = prefix.parse().map_err(|_| bad())?;
-    let max = if ip.is_ipv4() { 32 } else { 128 };
-    if prefix > max {
-        return Err(bad());
-    }
-    Ok((ip, prefix))
-}
 
 static SEQ: AtomicU32 = AtomicU32::new(0);
 
@@ -154,7 +141,7 @@ impl Topology {
 
     /// Adds an address like "10.0.0.1/24" to `node`'s interface `ifname`.
     pub fn addr(&self, node: &str, ifname: &str, cidr: &str) -> Result<()> {
-        let (ip, prefix) = parse_cidr(cidr)?;
+        let (ip, prefix) = crate::net::parse_cidr(cidr)?;
         self.with_netlink(node, |nl| nl.add_address(ifname, ip, prefix))
     }
 
@@ -176,7 +163,7 @@ impl Topology {
                 0,
             )
         } else {
-            parse_cidr(dst)?
+            crate::net::parse_cidr(dst)?
         };
         self.with_netlink(node, |nl| nl.add_route(ip, prefix, Some(gateway), None))
     }
@@ -203,28 +190,5 @@ impl Topology {
     pub fn forwarding(&self, node: &str) -> Result<()> {
         self.node(node)?.sysctl("net.ipv4.ip_forward", "1")?;
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn cidr_parsing() {
-        assert_eq!(
-            parse_cidr("10.0.0.1/24").unwrap(),
-            ("10.0.0.1".parse().unwrap(), 24)
-        );
-        assert_eq!(
-            parse_cidr("fd00::1/64").unwrap(),
-            ("fd00::1".parse().unwrap(), 64)
-        );
-        for bad in ["10.0.0.1", "10.0.0.1/33", "x/24", "10.0.0.1/"] {
-            assert!(
-                matches!(parse_cidr(bad), Err(TopologyError::BadCidr(_))),
-                "{bad}"
-            );
-        }
     }
 }

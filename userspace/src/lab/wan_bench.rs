@@ -10,11 +10,12 @@ use anyhow::{Context, Result};
 use serde::Serialize;
 
 use crate::{
+    clock::monotonic_ns,
     config,
     lab::{Topology, iperf},
     netns::Netns,
     report::svg::{Chart, LINE_COLORS, Series},
-    router::{Router, RouterConfig, monotonic_ns},
+    router::{Router, RouterConfig},
 };
 
 #[derive(Debug, Serialize)]

@@ -9,6 +9,13 @@ use tokio::{
     task::JoinHandle,
 };
 
+/// `metrics:` in a daemon's YAML: where its /metrics listens.
+#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MetricsListen {
+    pub listen: SocketAddr,
+}
+
 /// A running /metrics endpoint; stops when dropped.
 pub struct MetricsServer {
     pub addr: SocketAddr,
@@ -158,7 +165,7 @@ async fn respond(
 /// Serves `registry` where `cfg` says, else on `default`, for daemon `who`.
 pub async fn serve_daemon(
     who: &str,
-    cfg: Option<&crate::host::config::MetricsListen>,
+    cfg: Option<&MetricsListen>,
     default: SocketAddr,
     registry: Registry,
 ) -> anyhow::Result<MetricsServer> {

@@ -2,8 +2,8 @@
 //!
 //! A netlink socket belongs to the network namespace it was created in, for
 //! its whole life. [`Netlink::open`] uses the calling thread's namespace;
-//! [`crate::netns::Netns::netlink`] opens one inside a given namespace, which
-//! can then be used from any thread.
+//! `Netns::netlink` (in the namespace module, a layer above) opens one
+//! inside a given namespace, which can then be used from any thread.
 
 mod addr;
 mod link;

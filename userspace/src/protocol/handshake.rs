@@ -39,13 +39,13 @@ use std::{
     sync::Arc,
 };
 
+use super::ProtocolMetrics;
 use super::{
     aead::{Backend, TAG_LEN},
     error::ProtocolError,
     keys::{KeySchedule, Role},
     spec::{MigrationId, Transport},
 };
-use crate::metrics::ProtocolMetrics;
 
 pub const CLIENT_HELLO_LEN: usize = 64;
 pub const SERVER_HELLO_LEN: usize = 32;

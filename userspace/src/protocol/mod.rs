@@ -11,12 +11,14 @@ pub mod error;
 pub mod fuzzing;
 pub mod handshake;
 pub mod keys;
+mod metrics;
 pub mod record;
 pub mod spec;
 
 pub use aead::Backend;
 pub use error::ProtocolError;
 pub use keys::{Direction, KeySchedule, MigrationKey};
+pub use metrics::ProtocolMetrics;
 pub use spec::{EncryptionMode, Limits, MigrationId, MigrationSpec, Transport};
 
 use record::Crypto;

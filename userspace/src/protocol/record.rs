@@ -23,12 +23,12 @@ use std::{
     time::Duration,
 };
 
+use super::ProtocolMetrics;
 use super::{
     aead::{Aead, NONCE_LEN, TAG_LEN},
     error::ProtocolError,
     keys::record_nonce,
 };
-use crate::metrics::ProtocolMetrics;
 
 pub const HEADER_LEN: usize = 16;
 pub const VERSION: u8 = 1;

@@ -57,9 +57,7 @@ impl<'de> Deserialize<'de> for MigrationId {
 }
 
 /// A guest's Encrypted-vMotion-style setting.
-#[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize, clap::ValueEnum,
-)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum EncryptionMode {
     /// Never encrypt: the guest's memory crosses the network in the clear.

@@ -10,9 +10,11 @@ use ferry_common::{
 use serde::{Deserialize, Serialize};
 
 use crate::{
-    config::{ByteSize, Invalid, Rate, Validate, deserialize_duration, serialize_duration},
-    host::config::{MetricsListen, check_name},
-    lab::topology::parse_cidr,
+    config::{
+        ByteSize, Invalid, Rate, Validate, check_name, deserialize_duration, serialize_duration,
+    },
+    metrics::http::MetricsListen,
+    net::parse_cidr,
 };
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -31,6 +31,7 @@ use config::{HTB_MAJOR, HTB_ROOT_MINOR, htb_minor};
 pub use watch::{Burst, Move};
 
 use crate::{
+    clock::monotonic_ns,
     config::{Invalid, Validate},
     dataplane::{Dataplane, DataplaneError},
     netlink::{Netlink, NetlinkError, tc::HtbClass, tc::handle},
@@ -464,12 +465,6 @@ impl Router {
     pub fn pin_dir(&self) -> Option<&PathBuf> {
         self.cfg.pin_dir.as_ref()
     }
-}
-
-/// CLOCK_MONOTONIC in nanoseconds: the clock of bpf_ktime_get_ns.
-pub fn monotonic_ns() -> u64 {
-    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).expect("CLOCK_MONOTONIC");
-    t.tv_sec() as u64 * 1_000_000_000 + t.tv_nsec() as u64
 }
 
 fn watch_loop(

@@ -23,7 +23,7 @@ use super::{
     model::{DropReason, Model, Queue, Verdict},
     tap::{Tap, VNET_HDR},
 };
-use crate::{net::PacketSocket, netns::Netns, router::monotonic_ns};
+use crate::{clock::monotonic_ns, net::PacketSocket, netns::Netns};
 
 /// What a line is for: a class leaving an interface.
 #[derive(Clone, Debug, PartialEq)]

@@ -35,7 +35,7 @@ pub use line::{DelayLine, LineSpec, LineStats};
 pub use metrics::WanMetrics;
 pub use model::DropReason;
 
-use crate::{netlink::Netlink, netns::Netns, router::monotonic_ns};
+use crate::{clock::monotonic_ns, netlink::Netlink, netns::Netns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WanError {

@@ -3,7 +3,12 @@
 
 use std::path::{Path, PathBuf};
 
-use ferry::config::{self, ConfigError, CountersConfig, DemoConfig};
+use ferry::{
+    config::{self, ConfigError},
+    config_check,
+    demo::DemoConfig,
+    lab::CountersConfig,
+};
 
 fn config_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../config")
@@ -26,7 +31,7 @@ fn every_file_in_config_validates() {
     yaml_files(&config_dir(), &mut files);
     assert!(!files.is_empty(), "config/ has no YAML files");
     for f in &files {
-        if let Err(e) = config::check(f) {
+        if let Err(e) = config_check::check(f) {
             panic!("{e}");
         }
     }
@@ -44,11 +49,11 @@ fn demo_yamls_hold_the_builtin_defaults() {
 fn every_kind_has_an_example() {
     let mut files = Vec::new();
     yaml_files(&config_dir(), &mut files);
-    for kind in config::Kind::ALL {
+    for kind in config_check::Kind::ALL {
         assert!(
             files
                 .iter()
-                .any(|f| config::Kind::of_path(f).ok() == Some(*kind)),
+                .any(|f| config_check::Kind::of_path(f).ok() == Some(*kind)),
             "no example of {kind:?} in config/"
         );
     }
@@ -140,14 +145,14 @@ fn semantic_errors_name_the_field() {
 
 #[test]
 fn unreadable_and_unknown_files_are_clear() {
-    let err = config::check(Path::new("/nonexistent/demo.yaml"))
+    let err = config_check::check(Path::new("/nonexistent/demo.yaml"))
         .unwrap_err()
         .to_string();
     assert!(
         err.starts_with("/nonexistent/demo.yaml: cannot read"),
         "{err}"
     );
-    let err = config::check(Path::new("/tmp/whatever.yaml"))
+    let err = config_check::check(Path::new("/tmp/whatever.yaml"))
         .unwrap_err()
         .to_string();
     assert!(err.contains("file names must match"), "{err}");

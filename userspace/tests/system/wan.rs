@@ -372,7 +372,7 @@ fn the_egress_program_steers_only_to_a_live_line_and_lets_marked_frames_pass() {
         maps::HashMap,
         programs::{SchedClassifier, TestRun, TestRunOptions},
     };
-    use ferry::{dataplane::Dataplane, router::monotonic_ns};
+    use ferry::{clock::monotonic_ns, dataplane::Dataplane};
     use ferry_common::wan::{DELAYED_MARK, LineEntry, LineKey};
 
     if !privileged("the_egress_program_steers_only_to_a_live_line_and_lets_marked_frames_pass") {

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{ByteSize, Invalid, Validate, deserialize_duration, serialize_duration};
+use crate::config::{ByteSize, Invalid, Validate, deserialize_duration, serialize_duration};
 use crate::{
     guest::{PAGE_SIZE, WorkloadSpec},
     protocol::{Backend, EncryptionMode, Limits},

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use serde::{Deserialize, Serialize};
 
-use super::{Invalid, Validate, deserialize_duration, serialize_duration};
+use crate::config::{Invalid, Validate, deserialize_duration, serialize_duration};
 
 /// The data-plane demo: two throwaway namespaces joined by a veth pair, ferry's
 /// counters on both ends, tagged and untagged traffic across.
