@@ -74,11 +74,7 @@ fn write_file(path: &Path, data: &str, private: bool) -> Result<(), CertError> {
 }
 
 fn check_name(n: &str) -> Result<(), CertError> {
-    let ok = !n.is_empty()
-        && n.len() <= 63
-        && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if ok {
+    if crate::config::is_valid_name(n) {
         Ok(())
     } else {
         Err(CertError::BadName(n.to_string()))

@@ -5,12 +5,14 @@
 //!   coordinator, hosts and clients; [`certs`] makes their certificates.
 //! - [`coordinator`], [`host`]: the daemons: `ferry coordinator` hands out
 //!   migration specs; `ferry host` runs guests and migrates them.
-//! - [`config`]: YAML configuration and its validation.
+//! - [`config`], [`clock`] (crate `ferry-core`): YAML loading and its
+//!   errors, units, names; the monotonic clock. [`config_check`] tells which
+//!   file is which kind.
 //! - [`netns`], [`netlink`]: network namespaces and rtnetlink (interfaces,
 //!   addresses, routes, neighbours, qdiscs).
 //! - [`net`]: frames, AF_PACKET and ICMP sockets.
-//! - [`protocol`]: the encrypted migration protocol (AEAD backends, key
-//!   schedule, records, handshake, the migration spec).
+//! - [`protocol`] (crate `ferry-protocol`): the encrypted migration
+//!   protocol (AEAD backends, key schedule, records, handshake, the spec).
 //! - [`engine`]: the live-migration engine (pre-copy, SDPS, switch-over).
 //! - [`guest`]: what the engine migrates: guest memory with a dirty log, and
 //!   the synthetic guest with its workloads.
@@ -20,15 +22,12 @@
 //!   announcement watch on a router in the migration path.
 //! - [`wan`]: the router's delay lines: per-class delay, jitter, loss and
 //!   rate for long-distance experiments.
-
 //! - [`lab`]: namespace topologies for the lab, the demo and the tests.
 //! - [`demo`]: `ferry demo`.
 //! - [`report`]: figures (SVG) for experiments and benchmarks.
 
 pub mod certs;
 pub mod client;
-pub mod clock;
-pub mod config;
 pub mod config_check;
 pub mod control;
 pub mod coordinator;
@@ -42,10 +41,13 @@ pub mod metrics;
 pub mod net;
 pub mod netlink;
 pub mod netns;
-pub mod protocol;
 pub mod report;
 pub mod router;
 pub mod wan;
+
+// The layers below, under the names the rest of this crate uses.
+pub use ferry_core::{clock, config};
+pub use ferry_protocol as protocol;
 
 /// `ferry --version`: crate version and the git revision it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_GIT_REV"), ")");

@@ -97,7 +97,7 @@ fn fuzz(args: &[String]) -> Result {
         "run",
         "--release",
         "--package",
-        "ferry",
+        "ferry-protocol",
         "--example",
         "fuzz_seeds",
         "--",

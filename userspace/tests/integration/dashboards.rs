@@ -33,7 +33,8 @@ fn dashboards() -> Vec<(String, serde_json::Value)> {
     v
 }
 
-/// Every `"ferry_..."` metric name in the library's source.
+/// Every `"ferry_..."` metric name in the libraries' sources (the `ferry`
+/// crate and the layers under it in crates/).
 fn declared_metrics() -> BTreeSet<String> {
     fn walk(dir: &Path, out: &mut BTreeSet<String>) {
         for e in std::fs::read_dir(dir).unwrap() {
@@ -56,6 +57,7 @@ fn declared_metrics() -> BTreeSet<String> {
     }
     let mut s = BTreeSet::new();
     walk(&root().join("userspace/src"), &mut s);
+    walk(&root().join("crates"), &mut s);
     s
 }
 

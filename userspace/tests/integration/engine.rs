@@ -212,6 +212,15 @@ fn migrate(
     }
 }
 
+/// A source guest under a light key/value load and an incoming guest, with
+/// `spec` prepared at `dest`.
+fn prepared_pair(dest: &Dest, spec: &MigrationSpec) -> (Arc<Snapshot>, Arc<Snapshot>) {
+    let src = Snapshot::new(kv_guest(spec.memory, 5_000, 5_000, true), true);
+    let dst = Snapshot::new(SyntheticGuest::incoming("g1", spec.memory).unwrap(), false);
+    dest.registry.prepare(spec, dst.clone()).unwrap();
+    (src, dst)
+}
+
 fn pages_differing(a: &[u8], b: &[u8]) -> usize {
     a.chunks(PAGE_SIZE)
         .zip(b.chunks(PAGE_SIZE))
@@ -686,9 +695,7 @@ fn resumed_lost_after_go_is_settled_by_asking_the_destination() {
     );
     // GO gets through and the destination resumes, but RESUMED vanishes.
     relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
-    let src = Snapshot::new(kv_guest(memory, 5_000, 5_000, true), true);
-    let dst = Snapshot::new(SyntheticGuest::incoming("g1", memory).unwrap(), false);
-    dest.registry.prepare(&spec, dst.clone()).unwrap();
+    let (src, dst) = prepared_pair(&dest, &spec);
     let opts = SourceOptions {
         switchover_timeout: Duration::from_secs(2),
         ..Default::default()
@@ -792,9 +799,7 @@ fn an_outcome_query_answers_resumed_only_once_the_destination_owns_the_guest() {
         Limits::default(),
     );
     relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
-    let src = Snapshot::new(kv_guest(memory, 5_000, 5_000, true), true);
-    let dst = Snapshot::new(SyntheticGuest::incoming("g1", memory).unwrap(), false);
-    dest.registry.prepare(&spec, dst.clone()).unwrap();
+    let (src, dst) = prepared_pair(&dest, &spec);
     let opts = SourceOptions {
         switchover_timeout: Duration::from_secs(1),
         ..Default::default()
@@ -827,9 +832,7 @@ fn whoever_hears_the_destination_discarded_finds_it_gone_there() {
         Limits::default(),
     );
     relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::Cut);
-    let src = Snapshot::new(kv_guest(memory, 5_000, 5_000, true), true);
-    let dst = Snapshot::new(SyntheticGuest::incoming("g1", memory).unwrap(), false);
-    dest.registry.prepare(&spec, dst.clone()).unwrap();
+    let (src, dst) = prepared_pair(&dest, &spec);
     let opts = SourceOptions {
         switchover_timeout: Duration::from_secs(2),
         ..Default::default()

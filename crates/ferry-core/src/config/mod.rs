@@ -81,14 +81,18 @@ pub trait Validate {
     fn validate(&self) -> Result<(), Invalid>;
 }
 
-/// A name of a host, guest, coordinator or class: it appears in
+/// Whether `n` may name a host, guest, coordinator or class: it appears in
 /// certificates, metrics labels and file names.
-pub fn check_name(field: &str, n: &str) -> Result<(), Invalid> {
-    let ok = !n.is_empty()
+pub fn is_valid_name(n: &str) -> bool {
+    !n.is_empty()
         && n.len() <= 63
         && n.bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.');
-    if ok {
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'.')
+}
+
+/// Checks the name in `field` (see [`is_valid_name`]).
+pub fn check_name(field: &str, n: &str) -> Result<(), Invalid> {
+    if is_valid_name(n) {
         Ok(())
     } else {
         Err(Invalid::new(

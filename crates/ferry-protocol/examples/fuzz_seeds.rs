@@ -7,8 +7,8 @@ fn main() -> std::io::Result<()> {
             .unwrap_or_else(|| "userspace/fuzz/corpus".into()),
     );
     for (target, seed) in [
-        ("record", ferry::protocol::fuzzing::record_seed()),
-        ("handshake", ferry::protocol::fuzzing::handshake_seed()),
+        ("record", ferry_protocol::fuzzing::record_seed()),
+        ("handshake", ferry_protocol::fuzzing::handshake_seed()),
     ] {
         let d = dir.join(target);
         std::fs::create_dir_all(&d)?;

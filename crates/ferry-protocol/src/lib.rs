@@ -4,7 +4,7 @@
 //! that names the migration and proves both ends hold its key, then carries
 //! [`record`]s sealed with AES-256-GCM under keys derived per stream and
 //! direction ([`keys`]) from the coordinator's [`spec`]. The byte layouts
-//! are documented in the modules and in `userspace/PROTOCOL.md`.
+//! are documented in the modules and in `PROTOCOL.md` beside this crate.
 
 pub mod aead;
 pub mod error;

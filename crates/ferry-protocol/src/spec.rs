@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroize;
 
 use super::{aead::KEY_LEN, keys::MigrationKey};
-use crate::config::{deserialize_duration, serialize_duration};
+use ferry_core::config::{deserialize_duration, serialize_duration};
 
 /// A migration's identity: 128 random bits, printed as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]

@@ -1,0 +1,16 @@
+//! ferry-core: the vocabulary every ferry crate shares, and nothing else.
+//!
+//! - [`config`]: YAML loading with `file:line:col: field: message` errors,
+//!   [`config::Validate`], units (durations, sizes, rates, ratios), names.
+//! - [`clock`]: the monotonic clock userspace shares with the eBPF programs.
+//! - [`MacAddr`], [`parse_cidr`]: link and network addresses.
+//!
+//! It depends on no other ferry crate; everything else may depend on it.
+
+mod cidr;
+pub mod clock;
+pub mod config;
+mod mac;
+
+pub use cidr::{BadCidr, parse_cidr};
+pub use mac::MacAddr;
