@@ -56,8 +56,11 @@ impl<'de> Deserialize<'de> for MigrationId {
     }
 }
 
-/// A guest's Encrypted-vMotion-style setting.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+/// A guest's Encrypted-vMotion-style setting. Ordered by strength
+/// (Disabled < Opportunistic < Required): a guest's setting is a floor.
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum EncryptionMode {
     /// Never encrypt: the guest's memory crosses the network in the clear.
@@ -124,6 +127,34 @@ pub enum ModeError {
         "guest {guest} requires encrypted migration, but {host} cannot encrypt: refused before any memory moved"
     )]
     EncryptionRequired { guest: String, host: String },
+    #[error(
+        "guest {guest} is set to encryption {setting}: a migration may ask for more ({requested} is less); \
+         change the guest's setting to move it with less"
+    )]
+    BelowSetting {
+        guest: String,
+        setting: EncryptionMode,
+        requested: EncryptionMode,
+    },
+}
+
+/// The mode of one migration: the guest's own setting, or what the client
+/// asked for if that is stronger. Asking for less is refused, never obeyed:
+/// a client cannot talk a Required guest down to plaintext.
+pub fn migration_mode(
+    guest: &str,
+    setting: EncryptionMode,
+    requested: Option<EncryptionMode>,
+) -> Result<EncryptionMode, ModeError> {
+    match requested {
+        None => Ok(setting),
+        Some(r) if r >= setting => Ok(r),
+        Some(r) => Err(ModeError::BelowSetting {
+            guest: guest.to_string(),
+            setting,
+            requested: r,
+        }),
+    }
 }
 
 /// Resolves the transport from the guest's setting and both hosts'
@@ -242,8 +273,12 @@ pub struct MigrationSpec {
     pub memory: u64,
     pub source: Endpoint,
     pub destination: Endpoint,
-    /// What the guest asked for.
+    /// This migration's mode: the guest's setting, or stronger if the
+    /// client asked (see [`migration_mode`]).
     pub mode: EncryptionMode,
+    /// The guest's own setting, which travels with it unchanged whatever
+    /// this migration's mode.
+    pub setting: EncryptionMode,
     /// What the coordinator decided.
     pub transport: Transport,
     /// Present exactly when `transport` is encrypted.
@@ -357,6 +392,7 @@ mod tests {
                 migration: "127.0.0.1:2".parse().unwrap(),
             },
             mode: EncryptionMode::Opportunistic,
+            setting: EncryptionMode::Opportunistic,
             transport,
             key,
             nonce: 5,
@@ -385,6 +421,54 @@ mod tests {
         assert!(e.to_string().contains("before any memory moved"));
         assert!(
             matches!(r(Required, false, true), Err(ModeError::EncryptionRequired { host, .. }) if host == "a")
+        );
+    }
+
+    #[test]
+    fn every_setting_request_and_capability_gives_the_floor_or_a_refusal() {
+        use EncryptionMode::*;
+        let modes = [Disabled, Opportunistic, Required];
+        for setting in modes {
+            for requested in [None, Some(Disabled), Some(Opportunistic), Some(Required)] {
+                for (src, dst) in [(true, true), (true, false), (false, true), (false, false)] {
+                    let case = format!(
+                        "setting {setting}, --mode {requested:?}, hosts encrypt {src}/{dst}"
+                    );
+                    let mode = migration_mode("g", setting, requested);
+                    let want = requested.map_or(setting, |r| r.max(setting));
+                    if requested.is_some_and(|r| r < setting) {
+                        assert!(
+                            matches!(&mode, Err(ModeError::BelowSetting { .. })),
+                            "{case}: expected a refusal, got {mode:?}"
+                        );
+                        continue;
+                    }
+                    assert_eq!(mode, Ok(want), "{case}");
+                    let t = resolve_transport("g", want, ("a", src), ("b", dst));
+                    let both = src && dst;
+                    let expect = match want {
+                        Disabled => Ok(Transport::Plaintext),
+                        Opportunistic if both => Ok(Transport::Aes256Gcm),
+                        Opportunistic => Ok(Transport::Plaintext),
+                        Required if both => Ok(Transport::Aes256Gcm),
+                        Required => Err(()),
+                    };
+                    assert_eq!(t.clone().map_err(|_| ()), expect, "{case}");
+                    // Never weaker than the guest's own setting allows.
+                    if setting == Required {
+                        assert!(
+                            !matches!(t, Ok(Transport::Plaintext)),
+                            "{case}: a Required guest went in plaintext"
+                        );
+                    }
+                }
+            }
+        }
+        let e = migration_mode("db-1", Required, Some(Disabled)).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "guest db-1 is set to encryption required: a migration may ask for more \
+             (disabled is less); change the guest's setting to move it with less"
         );
     }
 

@@ -23,7 +23,10 @@ use crate::{
     },
     engine::{MigrationResult, MigrationStats},
     metrics::migration::{MigrationMetrics, Role as MetricsRole},
-    protocol::{MigrationId, MigrationKey, MigrationSpec, spec::Endpoint, spec::resolve_transport},
+    protocol::{
+        MigrationId, MigrationKey, MigrationSpec,
+        spec::{Endpoint, migration_mode, resolve_transport},
+    },
 };
 
 /// Where migration keys come from: the OS CSPRNG, or a test's fixed source.
@@ -223,7 +226,13 @@ impl Coordinator {
             Some(p) => format!("{dst_host}@{p}"),
             None => dst_host.clone(),
         };
-        let mode = opts.mode.unwrap_or(g.encryption);
+        let mode = match migration_mode(&guest, g.encryption, opts.mode) {
+            Ok(m) => m,
+            Err(e) => {
+                tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}");
+                return self.refuse(e);
+            }
+        };
         let transport = match resolve_transport(
             &guest,
             mode,
@@ -251,6 +260,7 @@ impl Coordinator {
                 migration: dst_caps.migration,
             },
             mode,
+            setting: g.encryption,
             transport,
             key: transport.encrypted().then(|| (self.key_source)()),
             nonce: u64::from_be_bytes(nonce),

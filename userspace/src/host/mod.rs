@@ -47,10 +47,19 @@ impl Entry {
     }
 }
 
+/// An incoming migration's claim on this host.
+struct Reservation {
+    memory: u64,
+    /// The migration's mode (its metrics label).
+    mode: EncryptionMode,
+    /// The guest's own setting, which it keeps here.
+    setting: EncryptionMode,
+}
+
 struct Inventory {
     guests: BTreeMap<String, Entry>,
     /// Memory promised to incoming migrations, by guest name.
-    reserved: BTreeMap<String, (u64, EncryptionMode)>,
+    reserved: BTreeMap<String, Reservation>,
 }
 
 /// A running host.
@@ -184,7 +193,14 @@ impl Host {
         match ev {
             DestinationEvent::Resumed { guest, stats, .. } => {
                 let name = guest.name().to_string();
-                let mode = inv.reserved.remove(&name).map(|r| r.1).unwrap_or_default();
+                // Every arrival was reserved; were it not, the strongest
+                // setting is the safe one to assume.
+                let (mode, setting) = inv
+                    .reserved
+                    .remove(&name)
+                    .map_or((EncryptionMode::Required, EncryptionMode::Required), |r| {
+                        (r.mode, r.setting)
+                    });
                 self.migration_metrics.destination_finished(mode, &stats);
                 tracing::info!(host = %self.cfg.name, guest = %name, pages = stats.pages, "guest arrived and runs here");
                 if let (Some(net), Some(nic)) = (&self.network, guest.info().nic) {
@@ -194,15 +210,15 @@ impl Host {
                     name,
                     Entry {
                         guest,
-                        encryption: mode,
+                        encryption: setting,
                         busy: false,
                     },
                 );
             }
             DestinationEvent::Aborted { guest, reason, .. } => {
-                if let Some((_, mode)) = inv.reserved.remove(&guest) {
+                if let Some(r) = inv.reserved.remove(&guest) {
                     self.migration_metrics
-                        .ended(MetricsRole::Destination, mode, false);
+                        .ended(MetricsRole::Destination, r.mode, false);
                 }
                 tracing::warn!(host = %self.cfg.name, guest = %guest, reason = %reason, "incoming guest discarded");
             }
@@ -216,7 +232,7 @@ impl Host {
             .values()
             .map(|e| e.guest.memory().len())
             .sum::<u64>()
-            + inv.reserved.values().map(|r| r.0).sum::<u64>();
+            + inv.reserved.values().map(|r| r.memory).sum::<u64>();
         Capabilities {
             host: self.cfg.name.clone(),
             version: crate::VERSION.to_string(),
@@ -260,7 +276,7 @@ impl Host {
             .values()
             .map(|e| e.guest.memory().len())
             .sum::<u64>()
-            + inv.reserved.values().map(|r| r.0).sum::<u64>();
+            + inv.reserved.values().map(|r| r.memory).sum::<u64>();
         let free = self.cfg.memory_capacity.0.saturating_sub(used);
         if spec.memory > free {
             return Err(format!(
@@ -273,8 +289,14 @@ impl Host {
         }
         let guest =
             SyntheticGuest::incoming(&spec.guest, spec.memory).map_err(|e| e.to_string())?;
-        inv.reserved
-            .insert(spec.guest.clone(), (spec.memory, spec.mode));
+        inv.reserved.insert(
+            spec.guest.clone(),
+            Reservation {
+                memory: spec.memory,
+                mode: spec.mode,
+                setting: spec.setting,
+            },
+        );
         drop(inv);
         if let Err(e) = self.registry.prepare(spec, guest) {
             self.inventory

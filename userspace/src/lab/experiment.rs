@@ -205,6 +205,7 @@ pub fn run(cfg: &ExperimentConfig, mut progress: impl FnMut(&str)) -> anyhow::Re
                         migration: listener.local_addr(),
                     },
                     mode: EncryptionMode::Opportunistic,
+                    setting: EncryptionMode::Opportunistic,
                     transport,
                     key: transport.encrypted().then(MigrationKey::generate),
                     nonce: 1,

@@ -622,3 +622,96 @@ fn destination_already_running_the_guest_refuses_the_spec() {
         );
     });
 }
+
+async fn migrate_with_mode(
+    c: &Cluster,
+    guest: &str,
+    to: &str,
+    mode: Option<EncryptionMode>,
+) -> Result<Box<ferry::engine::MigrationStats>, ControlError> {
+    let opts = MigrateOptions {
+        streams: Some(2),
+        mode,
+        ..Default::default()
+    };
+    request_migration(
+        &c.client,
+        &c.coordinator("c1"),
+        guest,
+        None,
+        to,
+        opts,
+        |_| {},
+    )
+    .await
+}
+
+/// The encryption setting `host` reports for `guest`.
+async fn setting_on(c: &Cluster, host: &str, guest: &str) -> Option<EncryptionMode> {
+    let r = c.coordinator("c1");
+    let Response::Hosts { hosts } = c
+        .client
+        .call(&r.name, r.addr, &Request::Hosts, Duration::from_secs(10))
+        .await
+        .unwrap()
+    else {
+        panic!()
+    };
+    hosts
+        .into_iter()
+        .find(|h| h.name == host)?
+        .capabilities?
+        .guests
+        .into_iter()
+        .find(|g| g.info.name == guest)
+        .map(|g| g.encryption)
+}
+
+#[test]
+fn a_client_can_raise_a_guests_encryption_but_never_lower_it() {
+    use EncryptionMode::*;
+    rt().block_on(async {
+        // A Required guest asked to move in the clear: refused, untouched.
+        let c = Cluster::start(two_hosts(true, 256 << 20, Required), None)
+            .await
+            .unwrap();
+        for lower in [Disabled, Opportunistic] {
+            let err = migrate_with_mode(&c, "g1", "host-b", Some(lower))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(
+                err.contains(&format!(
+                    "guest g1 is set to encryption required: a migration may ask for more ({lower} is less)"
+                )),
+                "--mode {lower}: {err}"
+            );
+        }
+        assert!(status(&c, "c1").await.is_empty(), "no spec was created");
+        assert_eq!(setting_on(&c, "host-a", "g1").await, Some(Required));
+        assert_eq!(setting_on(&c, "host-b", "g1").await, None);
+        let stats = migrate_with_mode(&c, "g1", "host-b", None).await.unwrap();
+        assert_eq!(
+            (stats.result, stats.mode, stats.transport),
+            (MigrationResult::Completed, Required, Transport::Aes256Gcm)
+        );
+        drop(c);
+
+        // An Opportunistic guest moved with --mode required: encrypted, and
+        // it arrives still Opportunistic (the request does not stick).
+        let c = Cluster::start(two_hosts(true, 256 << 20, Opportunistic), None)
+            .await
+            .unwrap();
+        let stats = migrate_with_mode(&c, "g1", "host-b", Some(Required))
+            .await
+            .unwrap();
+        assert_eq!(
+            (stats.result, stats.mode, stats.transport),
+            (MigrationResult::Completed, Required, Transport::Aes256Gcm)
+        );
+        assert_eq!(setting_on(&c, "host-b", "g1").await, Some(Opportunistic));
+        let back = migrate_with_mode(&c, "g1", "host-a", None).await.unwrap();
+        assert_eq!((back.result, back.mode), (MigrationResult::Completed, Opportunistic));
+        assert_eq!(setting_on(&c, "host-a", "g1").await, Some(Opportunistic));
+    });
+}

@@ -153,6 +153,7 @@ fn spec(
             migration: to,
         },
         mode: EncryptionMode::Opportunistic,
+        setting: EncryptionMode::Opportunistic,
         transport,
         key: transport.encrypted().then(MigrationKey::generate),
         nonce: 0x1234_5678,
