@@ -7,7 +7,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use zeroize::Zeroize;
 
 use super::{aead::KEY_LEN, keys::MigrationKey};
-use ferry_core::config::{deserialize_duration, serialize_duration};
+use ferry_core::config::{Invalid, deserialize_duration, serialize_duration};
 
 /// A migration's identity: 128 random bits, printed as 32 hex digits.
 #[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
@@ -256,6 +256,50 @@ impl Default for Limits {
 /// Upper bound on a record payload any host accepts, whatever a spec says.
 pub const MAX_RECORD_LIMIT: u32 = 16 * 1024 * 1024;
 
+impl Limits {
+    /// What no migration can run with, wherever the limits come from (a
+    /// config file, the command line, a spec on the wire).
+    pub fn check(&self) -> Result<(), Invalid> {
+        if self.downtime_limit.is_zero() {
+            return Err(Invalid::new(
+                "downtime_limit",
+                "must be more than 0: no switch-over fits in no time",
+            ));
+        }
+        if self.max_time.is_zero() {
+            return Err(Invalid::new("max_time", "must be more than 0"));
+        }
+        if self.downtime_limit > self.max_time {
+            return Err(Invalid::new(
+                "downtime_limit",
+                format!(
+                    "{:?} is longer than max_time ({:?})",
+                    self.downtime_limit, self.max_time
+                ),
+            ));
+        }
+        if self.max_record < 64 * 1024 || self.max_record > MAX_RECORD_LIMIT {
+            return Err(Invalid::new(
+                "max_record",
+                format!("{} is outside 64KiB..=16MiB", self.max_record),
+            ));
+        }
+        if self.bandwidth == Some(0) {
+            return Err(Invalid::new(
+                "bandwidth",
+                "must be more than 0 (leave it out for no limit)",
+            ));
+        }
+        if self.throttle_max > 99 || self.throttle_initial > self.throttle_max {
+            return Err(Invalid::new(
+                "throttle_initial",
+                "throttle_initial <= throttle_max <= 99",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// One end of a migration.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Endpoint {
@@ -312,15 +356,11 @@ impl MigrationSpec {
                 self.id, self.memory
             ));
         }
-        if self.limits.max_record < 64 * 1024 || self.limits.max_record > MAX_RECORD_LIMIT {
+        if let Err(i) = self.limits.check() {
             return Err(format!(
-                "spec {}: max_record {} outside 64 KiB..=16 MiB",
-                self.id, self.limits.max_record
+                "spec {}: limits.{}: {}",
+                self.id, i.field, i.message
             ));
-        }
-        if self.limits.throttle_max > 99 || self.limits.throttle_initial > self.limits.throttle_max
-        {
-            return Err(format!("spec {}: throttle settings out of range", self.id));
         }
         Ok(())
     }

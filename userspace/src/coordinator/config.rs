@@ -115,19 +115,9 @@ impl Validate for CoordinatorConfig {
                 format!("{} is out of range 0..=64", self.defaults.streams),
             ));
         }
-        let l = &self.defaults.limits;
-        if l.throttle_max > 99 || l.throttle_initial > l.throttle_max {
-            return Err(Invalid::new(
-                "defaults.limits",
-                "throttle_initial <= throttle_max <= 99",
-            ));
-        }
-        if l.max_record < 64 * 1024 || l.max_record > crate::protocol::spec::MAX_RECORD_LIMIT {
-            return Err(Invalid::new(
-                "defaults.limits.max_record",
-                "must be between 64KiB and 16MiB",
-            ));
-        }
-        Ok(())
+        self.defaults
+            .limits
+            .check()
+            .map_err(|i| i.within("defaults.limits"))
     }
 }

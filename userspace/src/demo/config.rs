@@ -111,6 +111,6 @@ impl Validate for DemoConfig {
         if self.watch > Duration::from_secs(600) {
             return Err(Invalid::new("watch", "at most 10m"));
         }
-        Ok(())
+        self.limits.check().map_err(|i| i.within("limits"))
     }
 }

@@ -115,7 +115,7 @@ impl Validate for ExperimentConfig {
                 return Err(Invalid::new(format!("scenarios[{i}].vcpus"), "1..=64"));
             }
         }
-        Ok(())
+        self.limits.check().map_err(|i| i.within("limits"))
     }
 }
 

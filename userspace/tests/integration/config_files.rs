@@ -60,6 +60,53 @@ fn every_kind_has_an_example() {
 }
 
 #[test]
+fn limits_no_migration_can_run_with_are_refused_with_their_field() {
+    let coord = std::fs::read_to_string(config_dir().join("coordinator.yaml")).unwrap();
+    let demo = std::fs::read_to_string(config_dir().join("demo.yaml")).unwrap();
+    for (from, to, field) in [
+        (
+            "downtime_limit: 300ms",
+            "downtime_limit: 0s",
+            "downtime_limit",
+        ),
+        ("max_time: 10m", "max_time: 0s", "max_time"),
+        (
+            "downtime_limit: 300ms",
+            "downtime_limit: 11m",
+            "downtime_limit",
+        ),
+    ] {
+        let err = config::from_str::<ferry::coordinator::CoordinatorConfig>(
+            &coord.replace(from, to),
+            "coordinator.yaml",
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.starts_with(&format!("coordinator.yaml: defaults.limits.{field}: ")),
+            "{to}: {err}"
+        );
+        let err = config::from_str::<DemoConfig>(&demo.replace(from, to), "demo.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.starts_with(&format!("demo.yaml: limits.{field}: ")),
+            "{to}: {err}"
+        );
+    }
+    let err = config::from_str::<DemoConfig>(
+        &demo.replace("max_record: 262144", "max_record: 1024"),
+        "demo.yaml",
+    )
+    .unwrap_err()
+    .to_string();
+    assert_eq!(
+        err,
+        "demo.yaml: limits.max_record: 1024 is outside 64KiB..=16MiB"
+    );
+}
+
+#[test]
 fn host_config_errors_name_the_field() {
     let base = std::fs::read_to_string(config_dir().join("host-a.yaml")).unwrap();
     let bad = base.replace("memory_capacity: 4GiB", "memory_capacity: 1GiB");

@@ -715,3 +715,48 @@ fn a_client_can_raise_a_guests_encryption_but_never_lower_it() {
         assert_eq!(setting_on(&c, "host-a", "g1").await, Some(Opportunistic));
     });
 }
+
+#[test]
+fn a_migration_asked_with_a_zero_downtime_limit_is_refused_before_memory_moves() {
+    rt().block_on(async {
+        let c = Cluster::start(
+            two_hosts(true, 256 << 20, EncryptionMode::Opportunistic),
+            None,
+        )
+        .await
+        .unwrap();
+        let opts = MigrateOptions {
+            limits: Some(Limits {
+                downtime_limit: Duration::ZERO,
+                // Bounds the run should the refusal ever go missing.
+                max_time: Duration::from_secs(5),
+                ..Limits::default()
+            }),
+            ..Default::default()
+        };
+        let err = request_migration(
+            &c.client,
+            &c.coordinator("c1"),
+            "g1",
+            None,
+            "host-b",
+            opts,
+            |_| {},
+        )
+        .await
+        .unwrap_err()
+        .to_string();
+        assert!(
+            err.contains("limits.downtime_limit: must be more than 0"),
+            "{err}"
+        );
+        assert!(
+            status(&c, "c1").await.is_empty(),
+            "no spec left the coordinator"
+        );
+        assert_eq!(
+            c.host("host-a").guest("g1").unwrap().run_state(),
+            RunState::Running
+        );
+    });
+}

@@ -74,6 +74,14 @@ impl Invalid {
             message: message.to_string(),
         }
     }
+
+    /// The same problem, in a field nested under `parent`.
+    pub fn within(self, parent: &str) -> Self {
+        Self {
+            field: format!("{parent}.{}", self.field),
+            message: self.message,
+        }
+    }
 }
 
 /// Checks that parsing alone cannot express (ranges, cross-references).
