@@ -4,12 +4,14 @@
 //!   [`config::Validate`], units (durations, sizes, rates, ratios), names.
 //! - [`clock`]: the monotonic clock userspace shares with the eBPF programs.
 //! - [`MacAddr`], [`parse_cidr`]: link and network addresses.
+//! - [`listen`]: what a listener does after a failed accept.
 //!
 //! It depends on no other ferry crate; everything else may depend on it.
 
 mod cidr;
 pub mod clock;
 pub mod config;
+pub mod listen;
 mod mac;
 
 pub use cidr::{BadCidr, parse_cidr};

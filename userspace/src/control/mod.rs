@@ -74,9 +74,14 @@ pub type Handler = Arc<dyn Fn(Identity, Request, Responder) -> BoxFuture + Send 
 /// handler. Each connection runs in its own task.
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handler: Handler) {
     let acceptor = TlsAcceptor::from(tls);
+    let mut failures = ferry_core::listen::AcceptFailures::new("control");
     loop {
-        let Ok((tcp, peer)) = listener.accept().await else {
-            continue;
+        let (tcp, peer) = match listener.accept().await {
+            Ok(c) => c,
+            Err(e) => {
+                tokio::time::sleep(failures.failed(&e)).await;
+                continue;
+            }
         };
         let (acceptor, handler) = (acceptor.clone(), handler.clone());
         tokio::spawn(async move {
@@ -95,8 +100,20 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handle
                 let who = tls::identity(&cert).map_err(|e| e.to_string())?;
                 let (rd, w) = tokio::io::split(tls);
                 let mut lines = LineReader::new(rd);
-                let req: Request = lines.read().await.map_err(|e| e.to_string())?;
-                Ok::<_, String>((who, req, Responder { w }, lines))
+                let mut resp = Responder { w };
+                match lines.read::<Request>().await {
+                    Ok(req) => Ok((who, req, resp, lines)),
+                    Err(e) => {
+                        // Say why before closing: a typo, or an operation
+                        // this version does not know.
+                        if matches!(e, WireError::Json(_) | WireError::TooLong) {
+                            let _ = resp
+                                .send(&Response::error(format!("bad request: {e}")))
+                                .await;
+                        }
+                        Err(e.to_string())
+                    }
+                }
             })
             .await;
             match r {
@@ -168,12 +185,13 @@ impl Client {
         })
     }
 
-    /// Connects to `name` at `addr`, verifies it is `name`, sends `req`.
-    pub async fn open(
+    /// Connects to `name` at `addr`, verifies it is `name`, sends `req`
+    /// (a [`Request`]; any other message only to test how a peer answers).
+    pub async fn open<T: serde::Serialize>(
         &self,
         name: &str,
         addr: SocketAddr,
-        req: &Request,
+        req: &T,
     ) -> Result<Exchange, ControlError> {
         let tcp = match tokio::time::timeout(self.connect_timeout, TcpStream::connect(addr)).await {
             Ok(Ok(t)) => t,
@@ -226,11 +244,11 @@ impl Client {
     }
 
     /// A request with a single answer.
-    pub async fn call(
+    pub async fn call<T: serde::Serialize>(
         &self,
         name: &str,
         addr: SocketAddr,
-        req: &Request,
+        req: &T,
         timeout: Duration,
     ) -> Result<Response, ControlError> {
         let mut x = self.open(name, addr, req).await?;

@@ -332,11 +332,18 @@ impl MigrationListener {
         let handle = std::thread::Builder::new()
             .name("mig-listen".into())
             .spawn(move || {
+                let mut failures = ferry_core::listen::AcceptFailures::new("migration");
                 for conn in listener.incoming() {
                     if s.load(Ordering::Relaxed) {
                         return;
                     }
-                    let Ok(sock) = conn else { continue };
+                    let sock = match conn {
+                        Ok(sock) => sock,
+                        Err(e) => {
+                            std::thread::sleep(failures.failed(&e));
+                            continue;
+                        }
+                    };
                     let r = registry.clone();
                     let _ = std::thread::Builder::new()
                         .name("mig-dst-stream".into())

@@ -34,9 +34,14 @@ impl MetricsServer {
         let l = TcpListener::bind(listen).await?;
         let addr = l.local_addr()?;
         let task = tokio::spawn(async move {
+            let mut failures = ferry_core::listen::AcceptFailures::new("metrics");
             loop {
-                let Ok((s, _)) = l.accept().await else {
-                    continue;
+                let s = match l.accept().await {
+                    Ok((s, _)) => s,
+                    Err(e) => {
+                        tokio::time::sleep(failures.failed(&e)).await;
+                        continue;
+                    }
                 };
                 let r = registry.clone();
                 tokio::spawn(async move {

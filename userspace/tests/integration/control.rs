@@ -760,3 +760,43 @@ fn a_migration_asked_with_a_zero_downtime_limit_is_refused_before_memory_moves()
         );
     });
 }
+
+#[test]
+fn a_malformed_request_or_unknown_operation_gets_an_error_reply() {
+    rt().block_on(async {
+        let c = Cluster::start(
+            two_hosts(true, 256 << 20, EncryptionMode::Opportunistic),
+            None,
+        )
+        .await
+        .unwrap();
+        let coord = c.coordinator("c1");
+        for (what, msg, want) in [
+            (
+                "an unknown operation",
+                serde_json::json!({ "op": "frobnicate" }),
+                "bad request: malformed message: unknown variant `frobnicate`",
+            ),
+            (
+                "a message that is no request",
+                serde_json::json!("hosts"),
+                "bad request: malformed message: invalid type: string",
+            ),
+            (
+                "a request missing its fields",
+                serde_json::json!({ "op": "migrate" }),
+                "bad request: malformed message: missing field `guest`",
+            ),
+        ] {
+            let err = c
+                .client
+                .call(&coord.name, coord.addr, &msg, Duration::from_secs(5))
+                .await
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(want), "{what}: expected {want:?} in {err:?}");
+        }
+        // The coordinator still serves well-formed requests.
+        assert!(status(&c, "c1").await.is_empty());
+    });
+}

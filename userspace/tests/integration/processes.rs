@@ -347,3 +347,96 @@ fn a_guest_keeps_its_rate_after_its_host_was_frozen() {
     drop(a);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// CPU seconds (user + system) the process `pid` has used.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // Fields after the command name, which is in parentheses.
+    let rest = &stat[stat.rfind(')').unwrap() + 2..];
+    let f: Vec<&str> = rest.split(' ').collect();
+    let ticks: u64 = f[11].parse::<u64>().unwrap() + f[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf only reads a constant.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
+    ticks as f64 / hz
+}
+
+#[test]
+fn a_host_out_of_file_descriptors_waits_instead_of_spinning_and_recovers() {
+    let dir = std::env::temp_dir().join(format!("ferry-fds-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    ferry::certs::issue(
+        &dir,
+        &[(Role::Coordinator, "c1".into()), (Role::Host, "a".into())],
+    )
+    .unwrap();
+    let (ca, ma) = (free_port(), free_port());
+    let cfg = write_host(&dir, "a", ca, ma, "[]");
+    let log = std::fs::File::create(dir.join("a.log")).unwrap();
+    let mut cmd = Command::new(FERRY);
+    cmd.args(["host", "--config"])
+        .arg(&cfg)
+        .stdout(Stdio::null())
+        .stderr(log);
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child between
+    // fork and exec and touches nothing else.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 96,
+                rlim_max: 96,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let host = Daemon(cmd.spawn().unwrap());
+    wait_listening(ca);
+    let pid = host.0.id();
+    // More connections than the host has descriptors: it accepts until
+    // EMFILE, and the rest wait in the backlog. Each accepted one waits for
+    // its TLS handshake (up to 10 s) and is then dropped.
+    let hold: Vec<TcpStream> = (0..200).map(|_| TcpStream::connect(ca).unwrap()).collect();
+    std::thread::sleep(Duration::from_millis(500));
+    let (c0, t0) = (cpu_seconds(pid), Instant::now());
+    std::thread::sleep(Duration::from_secs(2));
+    let used = cpu_seconds(pid) - c0;
+    let wall = t0.elapsed().as_secs_f64();
+    assert!(
+        used < 0.3 * wall,
+        "a host out of descriptors used {used:.2} CPU s in {wall:.2} s \
+         (expected under {:.2}: a listener spinning on failed accepts uses a core)",
+        0.3 * wall
+    );
+    let log = std::fs::read_to_string(dir.join("a.log")).unwrap();
+    assert!(
+        log.contains("accept failed; pausing the listener"),
+        "the host says why it pauses: {log}"
+    );
+    drop(hold);
+    // Once the held connections are gone, it serves its coordinator again.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "c1")).unwrap();
+        let mut last = String::new();
+        for _ in 0..40 {
+            match client
+                .call("a", ca, &Request::Capabilities, Duration::from_secs(5))
+                .await
+            {
+                Ok(Response::Capabilities(_)) => return,
+                Ok(other) => last = format!("{other:?}"),
+                Err(e) => last = e.to_string(),
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        panic!("the host did not serve its coordinator again within 20 s: {last}");
+    });
+    drop(host);
+    let _ = std::fs::remove_dir_all(&dir);
+}
