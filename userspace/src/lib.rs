@@ -13,9 +13,9 @@
 //! - [`net`]: frames, AF_PACKET and ICMP sockets.
 //! - [`protocol`] (crate `ferry-protocol`): the encrypted migration
 //!   protocol (AEAD backends, key schedule, records, handshake, the spec).
-//! - [`engine`]: the live-migration engine (pre-copy, SDPS, switch-over).
-//! - [`guest`]: what the engine migrates: guest memory with a dirty log, and
-//!   the synthetic guest with its workloads.
+//! - [`engine`], [`guest`] (crate `ferry-engine`): the live-migration
+//!   engine (pre-copy, SDPS, switch-over) and what it migrates: guest memory
+//!   with a dirty log, and the synthetic guest with its workloads.
 //! - [`metrics`]: Prometheus metric families.
 //! - [`dataplane`]: the embedded eBPF object, its loader and map readers.
 //! - [`router`]: `ferry router`: classification, shaping and the
@@ -33,8 +33,6 @@ pub mod control;
 pub mod coordinator;
 pub mod dataplane;
 pub mod demo;
-pub mod engine;
-pub mod guest;
 pub mod host;
 pub mod lab;
 pub mod metrics;
@@ -47,6 +45,8 @@ pub mod wan;
 
 // The layers below, under the names the rest of this crate uses.
 pub use ferry_core::{clock, config};
+pub use ferry_engine as engine;
+pub use ferry_engine::guest;
 pub use ferry_protocol as protocol;
 
 /// `ferry --version`: crate version and the git revision it was built from.

@@ -32,14 +32,12 @@ use super::{
     stats::DestinationStats,
     wire::{self, Batch, StateAssembler},
 };
-use crate::{
-    guest::Guest,
-    protocol::{
-        Backend, KeySchedule, MigrationId, MigrationSpec, ProtocolMetrics, Side, Transport,
-        handshake::{Accepted, Expectation, FLAG_OUTCOME_QUERY, StreamRegistry, server_handshake},
-        record::{Record, RecordReader, RecordWriter},
-        stream_crypto,
-    },
+use crate::guest::Guest;
+use ferry_protocol::{
+    Backend, KeySchedule, MigrationId, MigrationSpec, ProtocolMetrics, Side, Transport,
+    handshake::{Accepted, Expectation, FLAG_OUTCOME_QUERY, StreamRegistry, server_handshake},
+    record::{Record, RecordReader, RecordWriter},
+    stream_crypto,
 };
 
 /// What became of an incoming migration.

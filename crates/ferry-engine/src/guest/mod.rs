@@ -83,7 +83,7 @@ pub struct GuestInfo {
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Nic {
-    pub mac: crate::net::MacAddr,
+    pub mac: ferry_core::MacAddr,
     #[serde(default)]
     pub ipv4: Option<std::net::Ipv4Addr>,
 }

@@ -33,14 +33,12 @@ use super::{
     stats::{MigrationResult, MigrationStats, PassStats, Phase, Progress},
     wire,
 };
-use crate::{
-    guest::{DirtyBitmap, Guest, PAGE_SIZE},
-    protocol::{
-        Backend, KeySchedule, MigrationSpec, ProtocolError, ProtocolMetrics, Side,
-        handshake::{FLAG_OUTCOME_QUERY, client_handshake},
-        record::{Crypto, Record, RecordReader, RecordWriter},
-        stream_crypto,
-    },
+use crate::guest::{DirtyBitmap, Guest, PAGE_SIZE};
+use ferry_protocol::{
+    Backend, KeySchedule, MigrationSpec, ProtocolError, ProtocolMetrics, Side,
+    handshake::{FLAG_OUTCOME_QUERY, client_handshake},
+    record::{Crypto, Record, RecordReader, RecordWriter},
+    stream_crypto,
 };
 
 /// How the source runs.

@@ -2,12 +2,13 @@
 //! a two-step switch-over that never lets a guest run on two hosts, and the
 //! destination that writes pages straight into guest memory.
 //!
-//! It moves any [`crate::guest::Guest`] over the encrypted protocol
-//! ([`crate::protocol`]), on N TCP streams. Page `p` always travels on
+//! It moves any [`guest::Guest`] over the encrypted protocol
+//! ([`ferry_protocol`]), on N TCP streams. Page `p` always travels on
 //! stream `(p / 64) % N`, so the copies of one page from successive passes
 //! arrive in order without any cross-stream synchronisation.
 
 pub mod destination;
+pub mod guest;
 pub mod source;
 pub mod stats;
 pub mod wire;
@@ -18,7 +19,8 @@ pub use destination::{DestinationEvent, IncomingRegistry, MigrationListener, Out
 pub use source::{SourceOptions, migrate_out};
 pub use stats::{DestinationStats, MigrationResult, MigrationStats, PassStats, Phase, Progress};
 
-use crate::{guest::GuestError, protocol::ProtocolError};
+use crate::guest::GuestError;
+use ferry_protocol::ProtocolError;
 
 /// Pages per partition unit: page p goes on stream (p / CHUNK_PAGES) % streams.
 pub const CHUNK_PAGES: usize = 64;

@@ -3,7 +3,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::protocol::{EncryptionMode, MigrationId, Transport};
+use ferry_protocol::{EncryptionMode, MigrationId, Transport};
 
 /// One pre-copy pass (or the final, stunned one).
 #[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
