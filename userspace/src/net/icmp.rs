@@ -55,6 +55,20 @@ pub fn ping(
     }
     // SAFETY: fresh valid descriptor.
     let fd = unsafe { OwnedFd::from_raw_fd(raw) };
+    // The kernel stamps each reply as it arrives, so a round trip does not
+    // include how late this thread was scheduled to read it (a loaded
+    // machine otherwise adds milliseconds to some samples).
+    let on: libc::c_int = 1;
+    // SAFETY: valid fd and option value of the size given.
+    unsafe {
+        libc::setsockopt(
+            fd.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_TIMESTAMPNS,
+            (&on as *const libc::c_int).cast(),
+            mem::size_of::<libc::c_int>() as u32,
+        )
+    };
     // SAFETY: zeroed sockaddr_in is valid; fields set below.
     let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
     sin.sin_family = libc::AF_INET as u16;
@@ -80,7 +94,7 @@ pub fn ping(
             }
             let c = checksum(&pkt);
             pkt[2..4].copy_from_slice(&c.to_be_bytes());
-            sent_at[next as usize] = Some(Instant::now());
+            sent_at[next as usize] = Some((Instant::now(), realtime_ns()));
             // SAFETY: valid buffer and sockaddr_in.
             let n = unsafe {
                 libc::sendto(
@@ -118,15 +132,7 @@ pub fn ping(
         if r <= 0 {
             continue;
         }
-        // SAFETY: valid buffer.
-        let n = unsafe {
-            libc::recv(
-                fd.as_raw_fd(),
-                buf.as_mut_ptr().cast(),
-                buf.len(),
-                libc::MSG_DONTWAIT,
-            )
-        };
+        let (n, stamped) = recv_stamped(fd.as_raw_fd(), &mut buf);
         let got = Instant::now();
         if n < 20 {
             continue;
@@ -141,12 +147,58 @@ pub fn ping(
         if id != ident || seq >= sent_at.len() {
             continue;
         }
-        if let Some(t) = sent_at[seq].take() {
+        if let Some((t, t_ns)) = sent_at[seq].take() {
             stats.received += 1;
-            stats.rtts.push(got - t);
+            stats.rtts.push(match stamped {
+                Some(rx_ns) if rx_ns >= t_ns => Duration::from_nanos(rx_ns - t_ns),
+                _ => got - t,
+            });
         }
     }
     Ok(stats)
+}
+
+/// CLOCK_REALTIME in nanoseconds: the clock of SO_TIMESTAMPNS.
+fn realtime_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_nanos() as u64)
+}
+
+/// One datagram without blocking, and the kernel's receive time
+/// (CLOCK_REALTIME ns) when it gave one.
+fn recv_stamped(fd: i32, buf: &mut [u8]) -> (isize, Option<u64>) {
+    // u64 elements keep the control buffer aligned for cmsghdr.
+    let mut control = [0u64; 16];
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    // SAFETY: a zeroed msghdr is valid; its pointers are set below.
+    let mut msg: libc::msghdr = unsafe { mem::zeroed() };
+    msg.msg_iov = &mut iov;
+    msg.msg_iovlen = 1;
+    msg.msg_control = control.as_mut_ptr().cast();
+    msg.msg_controllen = mem::size_of_val(&control);
+    // SAFETY: msg points at live buffers of the sizes it states.
+    let n = unsafe { libc::recvmsg(fd, &mut msg, libc::MSG_DONTWAIT) };
+    if n < 0 {
+        return (n, None);
+    }
+    let mut stamp = None;
+    // SAFETY: the CMSG_* walk stays within msg_controllen, which the kernel
+    // set to what it wrote into `control`.
+    unsafe {
+        let mut c = libc::CMSG_FIRSTHDR(&msg);
+        while !c.is_null() {
+            if (*c).cmsg_level == libc::SOL_SOCKET && (*c).cmsg_type == libc::SCM_TIMESTAMPNS {
+                let ts: libc::timespec = std::ptr::read_unaligned(libc::CMSG_DATA(c).cast());
+                stamp = Some(ts.tv_sec as u64 * 1_000_000_000 + ts.tv_nsec as u64);
+            }
+            c = libc::CMSG_NXTHDR(&msg, c);
+        }
+    }
+    (n, stamp)
 }
 
 /// A little entropy for the echo identifier, so concurrent pingers in one

@@ -100,19 +100,37 @@ fn ping_takes_the_configured_round_trip_and_other_classes_no_delay() {
         router
             .apply(icmp_config(&format!("{{delay: {}us}}", rtt * 500.0)))
             .unwrap();
-        let v = ping_ms(&a, 20, Duration::from_millis(20));
+        // Kernel receive timestamps (see icmp::ping), and 40 samples so
+        // that the 90% bar is not at the mercy of one or two.
+        let v = ping_ms(&a, 40, Duration::from_millis(20));
         let m = median(&v);
         let within = v.iter().filter(|x| (*x - rtt).abs() <= 1.0).count();
+        let mut sorted = v.clone();
+        sorted.sort_by(f64::total_cmp);
+        let shown: Vec<String> = sorted.iter().map(|x| format!("{x:.2}")).collect();
+        let shown = shown.join(" ");
         eprintln!(
-            "RTT {rtt} ms configured: median {m:.3} ms (base {base:.3}), {within}/20 within 1 ms, range {:.3}..{:.3}",
-            v.iter().cloned().fold(f64::MAX, f64::min),
-            v.iter().cloned().fold(0.0, f64::max)
+            "RTT {rtt} ms configured: median {m:.3} ms (base {base:.3}), {within}/{} within 1 ms, range {:.3}..{:.3}",
+            v.len(),
+            sorted[0],
+            sorted[sorted.len() - 1]
         );
-        assert!((m - rtt).abs() <= 1.0, "median {m} for {rtt}");
-        assert!(within >= 18, "{v:?}");
         assert!(
-            v.iter().all(|x| *x >= rtt - 0.05),
-            "earlier than configured: {v:?}"
+            (m - rtt).abs() <= 1.0,
+            "RTT {rtt} ms configured: expected the median within 1 ms of it, saw {m:.3} ms; \
+             round trips (ms, sorted): {shown}"
+        );
+        assert!(
+            within * 10 >= v.len() * 9,
+            "RTT {rtt} ms configured: expected at least 90% of {} round trips within 1 ms \
+             of it, saw {within}; round trips (ms, sorted): {shown}",
+            v.len()
+        );
+        assert!(
+            sorted[0] >= rtt - 0.05,
+            "RTT {rtt} ms configured: expected none earlier than {:.2} ms, saw {:.3} ms",
+            rtt - 0.05,
+            sorted[0]
         );
     }
     // Other classes: no line, no delay.
@@ -133,7 +151,7 @@ fn ping_takes_the_configured_round_trip_and_other_classes_no_delay() {
     let stats = router.wan_stats();
     assert_eq!(stats.len(), 2);
     for s in &stats {
-        assert!(s.sent_frames >= 60, "{s:?}");
+        assert!(s.sent_frames >= 120, "{s:?}");
         assert!(DropReason::ALL.iter().all(|r| s.dropped(*r) == 0), "{s:?}");
     }
     // Stopped, the line steers nothing: ICMP flows undelayed again.
