@@ -339,6 +339,27 @@ fn query_outcome(
     Err(last)
 }
 
+/// How long a broken stream waits for the destination to say why.
+const WHY_WAIT: Duration = Duration::from_millis(500);
+
+/// A stream broke. A destination that detects a bad record says why on
+/// stream 0 (FAILED) and closes every stream; the close can reach this side
+/// first, on whichever stream it was sending. The destination's reason
+/// (which stream, what it saw) is the error when it arrives in time;
+/// otherwise (a dead destination, a cut link) the break itself is.
+fn why_broken(broken: MigrationError, in_rx: &mpsc::Receiver<Inbound>) -> MigrationError {
+    let until = Instant::now() + WHY_WAIT;
+    loop {
+        match in_rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(Inbound::Msg(m)) if m.first() == Some(&wire::FAILED) => {
+                return MigrationError::Destination(String::from_utf8_lossy(&m[1..]).into_owned());
+            }
+            Ok(Inbound::Msg(_)) => continue,
+            Ok(Inbound::Closed(_)) | Err(_) => return broken,
+        }
+    }
+}
+
 struct Run<'a> {
     spec: &'a MigrationSpec,
     start: Instant,
@@ -606,10 +627,13 @@ pub fn migrate_out(
                     left -= 1;
                 }
                 Ok(Report::Error { stream, error }) => {
-                    return Err(MigrationError::Stream {
-                        stream,
-                        source: error,
-                    });
+                    return Err(why_broken(
+                        MigrationError::Stream {
+                            stream,
+                            source: error,
+                        },
+                        &in_rx,
+                    ));
                 }
                 Err(mpsc::RecvTimeoutError::Timeout) => {
                     // The destination may have given up (FAILED on stream 0).
@@ -825,10 +849,13 @@ pub fn migrate_out(
     let deadline = Instant::now() + opts.switchover_timeout;
     let ready = loop {
         if let Ok(Report::Error { stream, error }) = rep_rx.try_recv() {
-            break Err(MigrationError::Stream {
-                stream,
-                source: error,
-            });
+            break Err(why_broken(
+                MigrationError::Stream {
+                    stream,
+                    source: error,
+                },
+                &in_rx,
+            ));
         }
         match in_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Inbound::Msg(m)) if m.first() == Some(&wire::READY) => break Ok(()),

@@ -611,6 +611,36 @@ fn a_record_tampered_with_on_the_wire_fails_the_migration_safely() {
 }
 
 #[test]
+fn the_source_reports_what_the_destination_detected_on_which_stream() {
+    // A bit flipped on stream 1: the destination detects it and says so on
+    // stream 0 while closing every stream; the source's error is that
+    // reason, not the broken pipe it saw on whichever stream it was writing.
+    let dest = destination();
+    let relay = Relay::new(dest.listener.local_addr());
+    let memory = 32 << 20;
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        relay.addr(),
+        Limits::default(),
+    );
+    relay.flip_byte(1, 1 << 20);
+    let run = migrate(kv_guest(memory, 5_000, 5_000, true), &dest, &spec, |_| {});
+    assert!(relay.flipped());
+    let failed = run.result.expect_err("tampering must be detected");
+    let msg = failed.error.to_string();
+    assert!(
+        matches!(failed.error, MigrationError::Destination(_))
+            && msg.starts_with("the destination failed: stream 1: ")
+            && msg.contains("authentication failed"),
+        "expected the destination's reason naming stream 1, got: {msg}"
+    );
+    assert!(failed.error.guest_kept());
+    assert_eq!(run.src.run_state(), RunState::Running);
+}
+
+#[test]
 fn destination_refusal_before_any_memory_moves() {
     // A spec the destination never accepted: the handshake fails, nothing moves.
     let dest = destination();
