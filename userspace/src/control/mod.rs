@@ -24,6 +24,20 @@ pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long a coordinator waits for a host's answer to a simple request.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A migration's connection carries something at least this often: progress,
+/// or a heartbeat when there is nothing new (a long switch-over, a slow pass).
+pub const HEARTBEAT: Duration = Duration::from_secs(2);
+
+/// How long a coordinator waits on a silent source before it gives up on
+/// it: several heartbeats, so a loaded host is not mistaken for a dead one.
+pub const SOURCE_SILENCE: Duration = Duration::from_secs(15);
+
+/// How long a client waits on a silent coordinator. Longer than
+/// [`SOURCE_SILENCE`] plus the calls a coordinator makes after it (telling
+/// the destination to abort, a peer coordinator the result), each bounded
+/// by [`CALL_TIMEOUT`].
+pub const CLIENT_SILENCE: Duration = Duration::from_secs(120);
+
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
     #[error("connecting to {name} at {addr}: {source}")]

@@ -233,6 +233,9 @@ pub enum Response {
         destination: String,
     },
     Progress(Progress),
+    /// Nothing new, but alive: sent on a migration's connection when nothing
+    /// else was for [`super::HEARTBEAT`].
+    Heartbeat,
     Finished(Box<MigrationStats>),
     /// The destination accepted a spec (PeerPrepare's answer: where to connect).
     Prepared {

@@ -10,7 +10,7 @@ use std::{
     net::SocketAddr,
     path::Path,
     sync::{Arc, Mutex},
-    time::{Duration, SystemTime, UNIX_EPOCH},
+    time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context;
@@ -18,7 +18,8 @@ pub use config::CoordinatorConfig;
 
 use crate::{
     control::{
-        self, CALL_TIMEOUT, Client, ControlError, Identity, Request, Responder, Response, Role,
+        self, CALL_TIMEOUT, CLIENT_SILENCE, Client, ControlError, Identity, Request, Responder,
+        Response, Role, SOURCE_SILENCE,
         wire::{Capabilities, HostStatus, MigrateOptions, MigrationRecord, MigrationState},
     },
     engine::{MigrationResult, MigrationStats},
@@ -362,11 +363,30 @@ impl Coordinator {
         };
         self.update(&id, |r| r.state = MigrationState::Running);
         let stats = loop {
-            match exchange.next().await {
+            let next = match tokio::time::timeout(SOURCE_SILENCE, exchange.next()).await {
+                Ok(n) => n,
+                Err(_) => {
+                    return self
+                        .lost(
+                            &id,
+                            &dst_host,
+                            peer.as_deref(),
+                            format!(
+                                "source {src_name} said nothing for {}s (no progress, no heartbeat): frozen, overloaded or cut off",
+                                SOURCE_SILENCE.as_secs()
+                            ),
+                        )
+                        .await;
+                }
+            };
+            match next {
                 Ok(Response::Progress(p)) => {
                     self.update(&id, |r| r.progress = Some(p.clone()));
                     // A client that went away does not stop the migration.
                     let _ = resp.send(&Response::Progress(p)).await;
+                }
+                Ok(Response::Heartbeat) => {
+                    let _ = resp.send(&Response::Heartbeat).await;
                 }
                 Ok(Response::Finished(s)) => break s,
                 Ok(other) => {
@@ -662,8 +682,9 @@ pub async fn request_migration(
     };
     let mut x = client.open(&coord.name, coord.addr, &req).await?;
     loop {
-        // A migration can take a while; progress arrives at least every second.
-        let r = x.next_within(Duration::from_secs(3600)).await?;
+        // Progress or a heartbeat comes at least every few seconds; a
+        // coordinator silent for longer than it can legitimately be is gone.
+        let r = x.next_within(CLIENT_SILENCE).await?;
         match r {
             Response::Finished(s) => return Ok(s),
             other => on(&other),

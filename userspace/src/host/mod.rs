@@ -363,9 +363,23 @@ impl Host {
             r
         });
         let mut job = std::pin::pin!(job);
+        let mut beat = tokio::time::interval(control::HEARTBEAT);
+        beat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        let mut last_sent = std::time::Instant::now();
         let result = loop {
             tokio::select! {
-                Some(p) = rx.recv() => { let _ = resp.send(&Response::Progress(p)).await; }
+                Some(p) = rx.recv() => {
+                    let _ = resp.send(&Response::Progress(p)).await;
+                    last_sent = std::time::Instant::now();
+                }
+                _ = beat.tick() => {
+                    // The engine is quiet (a long pass, the switch-over):
+                    // the coordinator still hears this host is alive.
+                    if last_sent.elapsed() >= control::HEARTBEAT {
+                        let _ = resp.send(&Response::Heartbeat).await;
+                        last_sent = std::time::Instant::now();
+                    }
+                }
                 r = &mut job => break r,
             }
         };

@@ -440,3 +440,141 @@ fn a_host_out_of_file_descriptors_waits_instead_of_spinning_and_recovers() {
     drop(host);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_frozen_source_is_reported_within_the_silence_limit_and_keeps_its_guest() {
+    // The source host is frozen (SIGSTOP) mid-pass. Its coordinator hears
+    // nothing, not even a heartbeat, and gives up on it within
+    // SOURCE_SILENCE instead of waiting for ever; the destination is told
+    // to discard; once thawed, the source keeps the guest.
+    let dir = std::env::temp_dir().join(format!("ferry-freeze-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    ferry::certs::issue(
+        &dir,
+        &[
+            (Role::Coordinator, "c1".into()),
+            (Role::Host, "a".into()),
+            (Role::Host, "b".into()),
+            (Role::Client, "admin".into()),
+        ],
+    )
+    .unwrap();
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
+    let guests = "[{ name: g1, memory: 256MiB, vcpus: 1, workload: { kind: key-value, gets_per_second: 5000, sets_per_second: 5000 } }]";
+    let a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
+    let b = spawn_host(&write_host(&dir, "b", cb, mb, "[]"), &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    let pid = nix::unistd::Pid::from_raw(a.0.id() as i32);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let cc = CoordinatorConfig {
+            name: "c1".into(),
+            listen: addr,
+            tls: TlsFiles::in_dir(&dir, "c1"),
+            hosts: vec![
+                HostEntry {
+                    name: "a".into(),
+                    control: ca,
+                    encryption: true,
+                },
+                HostEntry {
+                    name: "b".into(),
+                    control: cb,
+                    encryption: true,
+                },
+            ],
+            peers: vec![],
+            clients: vec![],
+            defaults: Default::default(),
+            metrics: None,
+        };
+        let tls = ferry::control::tls::server_config(&cc.tls).unwrap();
+        let coord = Coordinator::new(cc).unwrap();
+        tokio::spawn(coord.clone().serve_on(listener, tls));
+        let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
+        let cref = ferry::coordinator::CoordinatorRef {
+            name: "c1".into(),
+            addr,
+        };
+        let opts = MigrateOptions {
+            streams: Some(2),
+            limits: Some(Limits {
+                bandwidth: Some(32 << 20),
+                ..Limits::default()
+            }),
+            ..Default::default()
+        };
+        let mut frozen_at = None;
+        // Bounded whatever happens: without the silence limit the client
+        // would wait an hour.
+        let r = tokio::time::timeout(
+            Duration::from_secs(90),
+            request_migration(&client, &cref, "g1", None, "b", opts, |r| {
+                if let Response::Progress(p) = r
+                    && p.phase == Phase::PreCopy
+                    && p.transferred_bytes > 16 << 20
+                    && frozen_at.is_none()
+                {
+                    nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGSTOP).unwrap();
+                    frozen_at = Some(Instant::now());
+                }
+            }),
+        )
+        .await;
+        nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT).unwrap();
+        let frozen_at = frozen_at.expect("the source was frozen mid-pass");
+        let r = r.unwrap_or_else(|_| {
+            panic!(
+                "no answer 90 s into a frozen source (expected an error after {:?})",
+                ferry::control::SOURCE_SILENCE
+            )
+        });
+        let waited = frozen_at.elapsed();
+        let err = r
+            .expect_err("the migration cannot finish with a frozen source")
+            .to_string();
+        assert!(
+            err.contains("source a said nothing for 15s"),
+            "expected the error to name the silent source, got: {err}"
+        );
+        assert!(
+            waited < ferry::control::SOURCE_SILENCE + Duration::from_secs(40),
+            "answered {waited:?} after the freeze"
+        );
+        let rec = coord.records();
+        assert_eq!(rec[0].state, ferry::control::wire::MigrationState::Failed);
+        // Thawed, the source finds the destination gone and keeps the guest.
+        let host = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "c1")).unwrap();
+        let mut state = None;
+        for _ in 0..120 {
+            if let Ok(Response::Capabilities(c)) = host
+                .call("a", ca, &Request::Capabilities, Duration::from_secs(5))
+                .await
+            {
+                state = c
+                    .guests
+                    .iter()
+                    .find(|g| g.info.name == "g1")
+                    .map(|g| g.info.state);
+                if state == Some(ferry::guest::RunState::Running) {
+                    break;
+                }
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        assert_eq!(
+            state,
+            Some(ferry::guest::RunState::Running),
+            "g1 runs on a again after the thaw"
+        );
+    });
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
