@@ -76,6 +76,36 @@ fn spawn_host(cfg: &Path, log: &Path) -> Daemon {
     )
 }
 
+/// Coordinator "c1" of hosts a and b (control ports `ca`, `cb`), serving
+/// on a loopback port in this runtime; certificates in `dir`.
+async fn coordinator_c1(
+    dir: &Path,
+    ca: SocketAddr,
+    cb: SocketAddr,
+) -> (std::sync::Arc<Coordinator>, SocketAddr) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let host = |name: &str, control| HostEntry {
+        name: name.into(),
+        control,
+        encryption: true,
+    };
+    let cc = CoordinatorConfig {
+        name: "c1".into(),
+        listen: addr,
+        tls: TlsFiles::in_dir(dir, "c1"),
+        hosts: vec![host("a", ca), host("b", cb)],
+        peers: vec![],
+        clients: vec![],
+        defaults: Default::default(),
+        metrics: None,
+    };
+    let tls = ferry::control::tls::server_config(&cc.tls).unwrap();
+    let coord = Coordinator::new(cc).unwrap();
+    tokio::spawn(coord.clone().serve_on(listener, tls));
+    (coord, addr)
+}
+
 #[test]
 fn destination_process_killed_mid_pass_leaves_the_guest_on_the_source() {
     let dir = std::env::temp_dir().join(format!("ferry-proc-{}", std::process::id()));
@@ -103,32 +133,7 @@ fn destination_process_killed_mid_pass_leaves_the_guest_on_the_source() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cc = CoordinatorConfig {
-            name: "c1".into(),
-            listen: addr,
-            tls: TlsFiles::in_dir(&dir, "c1"),
-            hosts: vec![
-                HostEntry {
-                    name: "a".into(),
-                    control: ca,
-                    encryption: true,
-                },
-                HostEntry {
-                    name: "b".into(),
-                    control: cb,
-                    encryption: true,
-                },
-            ],
-            peers: vec![],
-            clients: vec![],
-            defaults: Default::default(),
-            metrics: None,
-        };
-        let tls = ferry::control::tls::server_config(&cc.tls).unwrap();
-        let coord = Coordinator::new(cc).unwrap();
-        tokio::spawn(coord.serve_on(listener, tls));
+        let (_, addr) = coordinator_c1(&dir, ca, cb).await;
         let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
         let cref = ferry::coordinator::CoordinatorRef {
             name: "c1".into(),
@@ -472,32 +477,7 @@ fn a_frozen_source_is_reported_within_the_silence_limit_and_keeps_its_guest() {
         .build()
         .unwrap();
     rt.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = listener.local_addr().unwrap();
-        let cc = CoordinatorConfig {
-            name: "c1".into(),
-            listen: addr,
-            tls: TlsFiles::in_dir(&dir, "c1"),
-            hosts: vec![
-                HostEntry {
-                    name: "a".into(),
-                    control: ca,
-                    encryption: true,
-                },
-                HostEntry {
-                    name: "b".into(),
-                    control: cb,
-                    encryption: true,
-                },
-            ],
-            peers: vec![],
-            clients: vec![],
-            defaults: Default::default(),
-            metrics: None,
-        };
-        let tls = ferry::control::tls::server_config(&cc.tls).unwrap();
-        let coord = Coordinator::new(cc).unwrap();
-        tokio::spawn(coord.clone().serve_on(listener, tls));
+        let (coord, addr) = coordinator_c1(&dir, ca, cb).await;
         let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
         let cref = ferry::coordinator::CoordinatorRef {
             name: "c1".into(),
