@@ -107,6 +107,31 @@ fn limits_no_migration_can_run_with_are_refused_with_their_field() {
 }
 
 #[test]
+fn a_yaml_syntax_error_is_reported_as_such_where_it_is() {
+    // An unclosed flow mapping swallows the next line into a value; the
+    // error is the syntax, not the strange value the parser made of it.
+    let demo = std::fs::read_to_string(config_dir().join("demo.yaml")).unwrap();
+    let bad = demo.replacen(
+        "workload: { kind: key-value, gets_per_second: 50000, sets_per_second: 50000 }",
+        "workload: { kind: idle",
+        1,
+    );
+    assert_ne!(bad, demo);
+    let err = config::from_str::<DemoConfig>(&bad, "demo.yaml")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.starts_with("demo.yaml:") && err.contains("did not find expected ',' or '}'"),
+        "expected the YAML syntax error, got: {err}"
+    );
+    assert!(!err.contains("unknown variant"), "{err}");
+    assert!(
+        !err.contains(" at line "),
+        "the location is printed once, in front: {err}"
+    );
+}
+
+#[test]
 fn host_config_errors_name_the_field() {
     let base = std::fs::read_to_string(config_dir().join("host-a.yaml")).unwrap();
     let bad = base.replace("memory_capacity: 4GiB", "memory_capacity: 1GiB");

@@ -117,17 +117,14 @@ pub fn from_str<T: DeserializeOwned + Validate>(
 ) -> Result<T, ConfigError> {
     let de = serde_yaml::Deserializer::from_str(text);
     let value: T = serde_path_to_error::deserialize(de).map_err(|e| {
-        let field = e.path().to_string();
-        let inner = e.into_inner();
-        let loc = inner.location();
-        let message = strip_path(&strip_location(&inner.to_string()), &field);
-        ConfigError::Parse {
-            origin: origin.to_string(),
-            line: loc.as_ref().map(|l| l.line()),
-            column: loc.as_ref().map(|l| l.column()),
-            field,
-            message,
+        // A syntax error is the root cause even where typed parsing trips
+        // first over what it made of the text (an unclosed `{` makes the
+        // next line part of a value: "unknown variant `idle prefill`").
+        if let Err(syntax) = serde_yaml::from_str::<serde::de::IgnoredAny>(text) {
+            return parse_error(origin, String::new(), &syntax);
         }
+        let field = e.path().to_string();
+        parse_error(origin, field, &e.into_inner())
     })?;
     value.validate().map_err(|i| ConfigError::Invalid {
         origin: origin.to_string(),
@@ -137,13 +134,44 @@ pub fn from_str<T: DeserializeOwned + Validate>(
     Ok(value)
 }
 
-/// yaml_serde appends " at line X column Y" to its messages; we print the
+fn parse_error(origin: &str, field: String, e: &serde_yaml::Error) -> ConfigError {
+    let loc = e.location();
+    ConfigError::Parse {
+        origin: origin.to_string(),
+        line: loc.as_ref().map(|l| l.line()),
+        column: loc.as_ref().map(|l| l.column()),
+        message: strip_path(&strip_location(&e.to_string()), &field),
+        field,
+    }
+}
+
+/// yaml_serde puts " at line X column Y" into its messages (a syntax error
+/// has two: where, and where the enclosing construct began); we print the
 /// location in front instead, compiler style.
 fn strip_location(msg: &str) -> String {
-    match msg.rfind(" at line ") {
-        Some(i) => msg[..i].to_string(),
-        None => msg.to_string(),
+    let mut out = String::with_capacity(msg.len());
+    let mut rest = msg;
+    while let Some(i) = rest.find(" at line ") {
+        out.push_str(&rest[..i]);
+        let after = &rest[i + " at line ".len()..];
+        // Skip "N column M" (digits, " column ", digits).
+        let n = after
+            .find(|c: char| !c.is_ascii_digit())
+            .unwrap_or(after.len());
+        let tail = &after[n..];
+        match tail.strip_prefix(" column ") {
+            Some(t) if n > 0 => {
+                let m = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+                rest = &t[m..];
+            }
+            _ => {
+                out.push_str(" at line ");
+                rest = after;
+            }
+        }
     }
+    out.push_str(rest);
+    out
 }
 
 /// yaml_serde also starts some messages with the path ("qinq: unknown
@@ -163,4 +191,28 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
         source,
     })?;
     from_str(&text, &origin)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::strip_location;
+
+    #[test]
+    fn every_location_leaves_the_message() {
+        assert_eq!(
+            strip_location(
+                "did not find expected ',' or '}' at line 6 column 10, while parsing a flow mapping at line 5 column 13"
+            ),
+            "did not find expected ',' or '}', while parsing a flow mapping"
+        );
+        assert_eq!(
+            strip_location("unknown field `x` at line 3 column 1"),
+            "unknown field `x`"
+        );
+        // Text that merely looks like it stays.
+        assert_eq!(
+            strip_location("at line breaks at line x"),
+            "at line breaks at line x"
+        );
+    }
 }
