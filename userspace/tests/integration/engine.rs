@@ -112,14 +112,23 @@ struct Dest {
 }
 
 fn destination() -> Dest {
+    destination_with(Duration::from_secs(10), |_| {})
+}
+
+/// A destination whose host sees each event in `seen` before the test does.
+fn destination_with(
+    switchover: Duration,
+    seen: impl Fn(&DestinationEvent) + Send + Sync + 'static,
+) -> Dest {
     let metrics = ProtocolMetrics::new();
     let (tx, events) = mpsc::channel();
     let tx = Mutex::new(tx);
     let registry = IncomingRegistry::new(
         Backend::RustCrypto,
         Some(metrics.clone()),
-        Duration::from_secs(10),
+        switchover,
         move |e| {
+            seen(&e);
             let _ = tx.lock().unwrap().send(e);
         },
     );
@@ -753,37 +762,18 @@ fn slow_destination(delay: Duration, switchover: Duration) -> (Dest, Arc<Ledger>
         discarded: Mutex::new(Vec::new()),
     });
     let l = ledger.clone();
-    let metrics = ProtocolMetrics::new();
-    let (tx, events) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    let registry = IncomingRegistry::new(
-        Backend::RustCrypto,
-        Some(metrics.clone()),
-        switchover,
-        move |e| {
-            std::thread::sleep(delay);
-            match &e {
-                DestinationEvent::Resumed { guest, .. } => {
-                    l.owned.lock().unwrap().push(guest.name().into())
-                }
-                DestinationEvent::Aborted { guest, .. } => {
-                    l.discarded.lock().unwrap().push(guest.clone())
-                }
+    let dest = destination_with(switchover, move |e| {
+        std::thread::sleep(delay);
+        match e {
+            DestinationEvent::Resumed { guest, .. } => {
+                l.owned.lock().unwrap().push(guest.name().into())
             }
-            let _ = tx.lock().unwrap().send(e);
-        },
-    );
-    let listener =
-        MigrationListener::bind("127.0.0.1:0".parse().unwrap(), registry.clone()).unwrap();
-    (
-        Dest {
-            registry,
-            listener,
-            events,
-            metrics,
-        },
-        ledger,
-    )
+            DestinationEvent::Aborted { guest, .. } => {
+                l.discarded.lock().unwrap().push(guest.clone())
+            }
+        }
+    });
+    (dest, ledger)
 }
 
 #[test]
