@@ -6,18 +6,18 @@ use std::{
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, AtomicUsize, Ordering},
+        atomic::{AtomicBool, Ordering},
     },
 };
 
 #[derive(Default)]
 struct Ctl {
     stop: AtomicBool,
-    socks: Mutex<Vec<TcpStream>>,
-    /// (connection number, byte offset in the source-to-destination direction)
-    flip: Mutex<Option<(usize, u64)>>,
+    /// (source side, destination side) of every connection.
+    socks: Mutex<Vec<(TcpStream, TcpStream)>>,
+    /// (migration stream, byte offset in the source-to-destination direction)
+    flip: Mutex<Option<(u16, u64)>>,
     flipped: AtomicBool,
-    conns: AtomicUsize,
     /// (stream index, bytes, action): after that many destination-to-source
     /// bytes on the connection carrying that migration stream.
     reverse_limit: Mutex<Option<(u16, u64, AfterLimit)>>,
@@ -59,18 +59,16 @@ impl Relay {
                 let Ok(up) = TcpStream::connect(upstream) else {
                     continue;
                 };
-                let n = c.conns.fetch_add(1, Ordering::SeqCst);
-                {
-                    let mut s = c.socks.lock().unwrap();
-                    s.push(down.try_clone().unwrap());
-                    s.push(up.try_clone().unwrap());
-                }
+                c.socks
+                    .lock()
+                    .unwrap()
+                    .push((down.try_clone().unwrap(), up.try_clone().unwrap()));
                 let (d2, u2) = (down.try_clone().unwrap(), up.try_clone().unwrap());
                 let (c1, c2) = (c.clone(), c.clone());
                 let conn = Arc::new(Conn::default());
                 let k2 = conn.clone();
-                std::thread::spawn(move || pump(down, up, n, c1, conn, false));
-                std::thread::spawn(move || pump(u2, d2, n, c2, k2, true));
+                std::thread::spawn(move || pump(down, up, c1, conn, false));
+                std::thread::spawn(move || pump(u2, d2, c2, k2, true));
             }
         });
         Relay { addr, ctl }
@@ -80,16 +78,24 @@ impl Relay {
         self.addr
     }
 
-    /// Breaks every connection now, as a dead host or a pulled cable would.
+    /// Breaks every connection now, as a dead host or a pulled cable would:
+    /// the source's sides first, so that nothing the destination says once
+    /// it notices one broken stream can reach the source on another.
     pub fn cut(&self) {
-        for s in self.ctl.socks.lock().unwrap().iter() {
-            let _ = s.shutdown(Shutdown::Both);
+        let socks = self.ctl.socks.lock().unwrap();
+        for (down, _) in socks.iter() {
+            let _ = down.shutdown(Shutdown::Both);
+        }
+        for (_, up) in socks.iter() {
+            let _ = up.shutdown(Shutdown::Both);
         }
     }
 
-    /// Flips one bit of byte `offset` sent by the source on connection `conn`.
-    pub fn flip_byte(&self, conn: usize, offset: u64) {
-        *self.ctl.flip.lock().unwrap() = Some((conn, offset));
+    /// Flips one bit of byte `offset` (counted from the connection's first
+    /// byte) sent by the source on migration stream `stream`. By stream, not
+    /// by connection: the streams connect in no fixed order.
+    pub fn flip_byte(&self, stream: u16, offset: u64) {
+        *self.ctl.flip.lock().unwrap() = Some((stream, offset));
     }
 
     /// Once the destination has sent `bytes` on migration stream `stream`,
@@ -111,14 +117,7 @@ impl Drop for Relay {
     }
 }
 
-fn pump(
-    mut from: TcpStream,
-    mut to: TcpStream,
-    conn: usize,
-    ctl: Arc<Ctl>,
-    state: Arc<Conn>,
-    reverse: bool,
-) {
+fn pump(mut from: TcpStream, mut to: TcpStream, ctl: Arc<Ctl>, state: Arc<Conn>, reverse: bool) {
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
     let mut head = Vec::new();
@@ -152,12 +151,12 @@ fn pump(
                 break;
             }
             if to.write_all(&buf[..n]).is_err() {
-                break;
+                return;
             }
             continue;
         } else if !reverse
-            && let Some((c, at)) = *ctl.flip.lock().unwrap()
-            && c == conn
+            && let Some((stream, at)) = *ctl.flip.lock().unwrap()
+            && *state.stream.lock().unwrap() == Some(stream)
             && at >= offset
             && at < offset + n as u64
             && !ctl.flipped.swap(true, Ordering::SeqCst)
@@ -166,7 +165,11 @@ fn pump(
         }
         offset += n as u64;
         if to.write_all(&buf[..n]).is_err() {
-            break;
+            // `to` is gone, but what it sent before it went may still be on
+            // its way back through the other pump: a TCP peer still gets
+            // the data that came before a reset. That pump ends both sides
+            // when it has delivered it.
+            return;
         }
     }
     // Like one TCP connection end to end: when one side is gone, both are.
