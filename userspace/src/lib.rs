@@ -44,10 +44,11 @@ pub mod router;
 pub mod wan;
 
 // The layers below, under the names the rest of this crate uses.
-pub use ferry_core::{clock, config};
+pub use ferry_core::{clock, config, machine};
 pub use ferry_engine as engine;
 pub use ferry_engine::guest;
 pub use ferry_protocol as protocol;
+pub use ferry_qemu as qemu;
 
 /// `ferry --version`: crate version and the git revision it was built from.
 pub const VERSION: &str = concat!(env!("CARGO_PKG_VERSION"), " (", env!("FERRY_GIT_REV"), ")");

@@ -10,6 +10,7 @@
 
 mod bench;
 mod setup;
+mod test_guest;
 
 use std::{
     env,

@@ -280,5 +280,6 @@ pub fn setup() -> Result {
     let llvm = nightly_llvm_major()?;
     ensure_packages(llvm)?;
     ensure_bpf_linker(llvm)?;
+    crate::test_guest::ensure()?;
     Ok(())
 }

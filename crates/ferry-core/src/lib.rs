@@ -5,6 +5,7 @@
 //! - [`clock`]: the monotonic clock userspace shares with the eBPF programs.
 //! - [`MacAddr`], [`parse_cidr`]: link and network addresses.
 //! - [`listen`]: what a listener does after a failed accept.
+//! - [`machine`]: a QEMU guest's device model, as hosts and specs carry it.
 //!
 //! It depends on no other ferry crate; everything else may depend on it.
 
@@ -13,6 +14,7 @@ pub mod clock;
 pub mod config;
 pub mod listen;
 mod mac;
+pub mod machine;
 
 pub use cidr::{BadCidr, parse_cidr};
 pub use mac::MacAddr;

@@ -18,9 +18,10 @@ use std::{
     collections::{HashMap, HashSet},
     io,
     net::{Shutdown, SocketAddr, TcpListener, TcpStream},
+    path::PathBuf,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicBool, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -32,7 +33,14 @@ use super::{
     stats::DestinationStats,
     wire::{self, Batch, StateAssembler},
 };
-use crate::guest::Guest;
+use crate::{
+    channels::{
+        ChannelGuest, ChannelStatus,
+        relay::{self, RelayError, SharedWriter},
+        source::PrivateDir,
+    },
+    guest::{Guest, Hosted},
+};
 use ferry_protocol::{
     Backend, KeySchedule, MigrationId, MigrationSpec, ProtocolMetrics, Side, Transport,
     handshake::{Accepted, Expectation, FLAG_OUTCOME_QUERY, StreamRegistry, server_handshake},
@@ -52,7 +60,7 @@ pub enum Outcome {
 pub enum DestinationEvent {
     Resumed {
         id: MigrationId,
-        guest: Arc<dyn Guest>,
+        guest: Hosted,
         stats: DestinationStats,
     },
     Aborted {
@@ -65,7 +73,7 @@ pub enum DestinationEvent {
 type EventSink = Arc<dyn Fn(DestinationEvent) + Send + Sync>;
 
 enum Event {
-    Writer(RecordWriter<TcpStream>),
+    Writer(SharedWriter),
     Control(Vec<u8>),
     /// DONE arrived: the stream's pages are all in (ok) or some are missing.
     StreamDone {
@@ -86,7 +94,11 @@ enum Event {
 
 struct Incoming {
     id: MigrationId,
-    guest: Arc<dyn Guest>,
+    guest: Hosted,
+    /// A device model's incoming socket, in a private directory (channels only).
+    channel_socket: Option<(PathBuf, PrivateDir)>,
+    /// Channel bytes received (channels only).
+    channel_bytes: AtomicU64,
     transport: Transport,
     schedule: Option<Arc<KeySchedule>>,
     streams: u16,
@@ -171,13 +183,51 @@ impl IncomingRegistry {
         guest: Arc<dyn Guest>,
     ) -> Result<(), String> {
         spec.check()?;
-        if guest.memory().len() != spec.memory {
+        if guest.memory().len() != spec.memory || spec.machine.is_some() {
             return Err(format!(
-                "incoming guest has {} bytes, the spec says {}",
+                "incoming guest has {} bytes of ferry-moved memory, the spec says {} ({})",
                 guest.memory().len(),
-                spec.memory
+                spec.memory,
+                if spec.machine.is_some() {
+                    "carried by a device model"
+                } else {
+                    "moved by ferry"
+                }
             ));
         }
+        self.register(spec, Hosted::Pages(guest), None)
+    }
+
+    /// Accepts `spec` for a device-model guest: `guest` is the twin, started
+    /// to receive (paused), which is told here where its channels arrive.
+    pub fn prepare_channels(
+        self: &Arc<Self>,
+        spec: &MigrationSpec,
+        guest: Arc<dyn ChannelGuest>,
+    ) -> Result<(), String> {
+        spec.check()?;
+        if spec.machine.is_none() || guest.memory_bytes() != spec.memory {
+            return Err(format!(
+                "spec {} does not describe the incoming machine ({} bytes)",
+                spec.id,
+                guest.memory_bytes()
+            ));
+        }
+        let dir = PrivateDir::new("ferry-in")
+            .map_err(|e| format!("a private directory for the incoming socket: {e}"))?;
+        let socket = dir.path().join("channels.sock");
+        guest
+            .accept_migration(&socket, spec.streams)
+            .map_err(|e| format!("the incoming device model: {e}"))?;
+        self.register(spec, Hosted::Channels(guest), Some((socket, dir)))
+    }
+
+    fn register(
+        self: &Arc<Self>,
+        spec: &MigrationSpec,
+        guest: Hosted,
+        channel_socket: Option<(PathBuf, PrivateDir)>,
+    ) -> Result<(), String> {
         self.decided
             .lock()
             .expect("decided")
@@ -192,6 +242,8 @@ impl IncomingRegistry {
         let inc = Arc::new(Incoming {
             id: spec.id,
             guest,
+            channel_socket,
+            channel_bytes: AtomicU64::new(0),
             transport: spec.transport,
             schedule: spec
                 .key
@@ -405,7 +457,84 @@ fn serve_stream(mut sock: TcpStream, registry: &IncomingRegistry) {
         .ok();
     sock.set_write_timeout(Some(registry.switchover_timeout))
         .ok();
-    receive(sock, &acc, &inc, registry);
+    if inc.channel_socket.is_some() {
+        receive_channel(sock, &acc, inc, registry);
+    } else {
+        receive(sock, &acc, &inc, registry);
+    }
+}
+
+/// One stream of a device model's migration: relayed both ways between the
+/// source and the twin's incoming socket, connected at the first bytes.
+fn receive_channel(
+    sock: TcpStream,
+    acc: &Accepted,
+    inc: Arc<Incoming>,
+    registry: &IncomingRegistry,
+) {
+    let stream = acc.stream;
+    let fail = |error: String| inc.send(Event::StreamFailed { error });
+    let (Some((socket, _)), Ok(wsock)) = (&inc.channel_socket, sock.try_clone()) else {
+        return fail(format!("stream {stream}: cannot clone the socket"));
+    };
+    let (tx, rx) = stream_crypto(
+        inc.schedule.as_deref(),
+        registry.backend,
+        stream,
+        Side::Destination,
+    );
+    let writer: SharedWriter = Arc::new(Mutex::new(RecordWriter::new(wsock, tx, inc.max_record)));
+    if stream == 0 {
+        inc.send(Event::Writer(writer.clone()));
+    }
+    let mut r = RecordReader::new(sock, rx, inc.max_record, registry.metrics.clone());
+    let connect = || {
+        let c = std::os::unix::net::UnixStream::connect(socket)?;
+        let out = c.try_clone()?;
+        let (w, inc, max) = (writer.clone(), inc.clone(), inc.max_record);
+        std::thread::Builder::new()
+            .name(format!("mig-dst-out-{stream}"))
+            .spawn(move || {
+                let unused = AtomicU64::new(0);
+                if let Err(e) = relay::outward(out, &w, max, &unused)
+                    && !inc.decided()
+                {
+                    inc.send(Event::StreamFailed {
+                        error: format!("stream {stream}: {}", describe(&e)),
+                    });
+                }
+            })?;
+        Ok(c)
+    };
+    let result = relay::inward(
+        &mut r,
+        connect,
+        |m| {
+            if stream == 0 {
+                inc.send(Event::Control(m.to_vec()));
+            } else {
+                inc.send(Event::StreamFailed {
+                    error: format!("stream {stream}: unexpected message"),
+                });
+            }
+        },
+        &inc.channel_bytes,
+    );
+    inc.send(Event::StreamEnd { stream });
+    if let Err(e) = result {
+        if !inc.decided() {
+            tracing::warn!(migration = %inc.id, stream, error = %describe(&e), "migration stream failed");
+        }
+        fail(format!("stream {stream}: {}", describe(&e)));
+    }
+}
+
+/// A relay error as one line: the protocol's own words for a stream error.
+fn describe(e: &RelayError) -> String {
+    match e {
+        RelayError::Stream(p) => p.to_string(),
+        RelayError::Channel(io) => format!("the device model's channel: {io}"),
+    }
 }
 
 fn answer_query(sock: TcpStream, acc: &Accepted, registry: &IncomingRegistry) {
@@ -436,7 +565,11 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
     );
     if stream == 0 {
         match sock.try_clone() {
-            Ok(w) => inc.send(Event::Writer(RecordWriter::new(w, tx, inc.max_record))),
+            Ok(w) => inc.send(Event::Writer(Arc::new(Mutex::new(RecordWriter::new(
+                w,
+                tx,
+                inc.max_record,
+            ))))),
             Err(e) => {
                 inc.send(Event::StreamFailed {
                     error: e.to_string(),
@@ -445,7 +578,10 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
             }
         }
     }
-    let mem = inc.guest.memory();
+    let Some(guest) = inc.guest.pages() else {
+        return;
+    };
+    let mem = guest.memory();
     let pages_total = mem.pages();
     let mut r = RecordReader::new(sock, rx, inc.max_record, registry.metrics.clone());
     let (mut pages, mut zero, mut batches) = (0u64, 0u64, 0u64);
@@ -518,7 +654,11 @@ fn controller(
     deadline: Instant,
     timeout: Duration,
 ) {
-    let mut writer: Option<RecordWriter<TcpStream>> = None;
+    let mut writer: Option<SharedWriter> = None;
+    let channels = match &inc.guest {
+        Hosted::Channels(g) => Some(g.clone()),
+        Hosted::Pages(_) => None,
+    };
     let mut done: HashSet<u16> = HashSet::new();
     let mut state = StateAssembler::default();
     let mut digest: Option<u128> = None;
@@ -530,7 +670,7 @@ fn controller(
 
     // Discard, tell the host, then say so: a source that hears FAILED (or
     // asks) finds the destination already free of the guest.
-    let abort = |writer: &mut Option<RecordWriter<TcpStream>>, reason: String| {
+    let abort = |writer: &mut Option<SharedWriter>, reason: String| {
         if inc.decide() {
             tracing::warn!(migration = %inc.id, guest = %name, reason = %reason, "incoming migration aborted, guest discarded");
             inc.guest.release();
@@ -541,6 +681,7 @@ fn controller(
             });
             inc.publish(Outcome::Aborted(reason.clone()));
             if let Some(w) = writer.as_mut() {
+                let mut w = w.lock().expect("writer");
                 let _ = w.send_bytes(&[&[wire::FAILED][..], reason.as_bytes()].concat());
                 let _ = w.get_ref().shutdown(Shutdown::Both);
             }
@@ -562,8 +703,15 @@ fn controller(
             };
             return abort(&mut writer, why.into());
         }
-        let ev = match rx.recv_timeout(limit - now) {
-            Ok(e) => e,
+        // A device model is watched as it loads: a failure ends it early,
+        // and its completion (with PREPARE) makes READY.
+        let wait = match &channels {
+            Some(_) => (limit - now).min(Duration::from_millis(50)),
+            None => limit - now,
+        };
+        let ev = match rx.recv_timeout(wait) {
+            Ok(e) => Some(e),
+            Err(mpsc::RecvTimeoutError::Timeout) if channels.is_some() => None,
             Err(mpsc::RecvTimeoutError::Timeout) => continue,
             Err(mpsc::RecvTimeoutError::Disconnected) => {
                 return abort(&mut writer, "registry dropped".into());
@@ -571,7 +719,7 @@ fn controller(
         };
         if inc.decided() {
             // Decided: only collect the receivers' statistics.
-            if let Event::StreamEnd { stream, .. } = ev {
+            if let Some(Event::StreamEnd { stream, .. }) = ev {
                 ended.insert(stream);
             }
             if ended.len() >= inc.streams as usize {
@@ -579,83 +727,122 @@ fn controller(
             }
             continue;
         }
-        match ev {
-            Event::Writer(w) => writer = Some(w),
-            Event::StreamDone {
-                stream,
-                ok,
-                bytes,
-                pages,
-                zero,
-                open_cpu,
-            } => match ok {
-                Ok(()) => {
-                    done.insert(stream);
-                    stats.received_bytes += bytes;
-                    stats.pages += pages;
-                    stats.zero_pages += zero;
-                    stats.open_cpu_seconds += open_cpu.as_secs_f64();
-                }
-                Err(e) => return abort(&mut writer, e),
-            },
-            Event::StreamEnd { stream } => {
-                ended.insert(stream);
-            }
-            Event::StreamFailed { error, .. } => return abort(&mut writer, error),
-            Event::Control(m) => match m.first() {
-                Some(&wire::STATE) => {
-                    if let Err(e) = state.push(&m) {
-                        return abort(&mut writer, format!("device state: {e}"));
+        if let Some(ev) = ev {
+            match ev {
+                Event::Writer(w) => writer = Some(w),
+                Event::StreamDone {
+                    stream,
+                    ok,
+                    bytes,
+                    pages,
+                    zero,
+                    open_cpu,
+                } => match ok {
+                    Ok(()) => {
+                        done.insert(stream);
+                        stats.received_bytes += bytes;
+                        stats.pages += pages;
+                        stats.zero_pages += zero;
+                        stats.open_cpu_seconds += open_cpu.as_secs_f64();
                     }
+                    Err(e) => return abort(&mut writer, e),
+                },
+                Event::StreamEnd { stream } => {
+                    ended.insert(stream);
                 }
-                Some(&wire::DIGEST) if m.len() == 17 => {
-                    digest = Some(u128::from_be_bytes(m[1..17].try_into().expect("16 bytes")));
-                }
-                Some(&wire::PREPARE) => prepared = Some(Instant::now()),
-                Some(&wire::ABORT) => {
-                    return abort(
-                        &mut writer,
-                        format!("the source aborted: {}", String::from_utf8_lossy(&m[1..])),
-                    );
-                }
-                Some(&wire::GO) if ready_sent => {
-                    if !inc.decide() {
-                        return;
+                Event::StreamFailed { error, .. } => return abort(&mut writer, error),
+                Event::Control(m) => match m.first() {
+                    Some(&wire::STATE) => {
+                        if let Err(e) = state.push(&m) {
+                            return abort(&mut writer, format!("device state: {e}"));
+                        }
                     }
-                    if let Err(e) = inc.guest.resume() {
-                        // Decided already: the source will release its copy.
-                        tracing::error!(migration = %inc.id, error = %e, "resume after GO failed");
+                    Some(&wire::DIGEST) if m.len() == 17 => {
+                        digest = Some(u128::from_be_bytes(m[1..17].try_into().expect("16 bytes")));
                     }
-                    let resumed_at = std::time::SystemTime::now()
-                        .duration_since(std::time::UNIX_EPOCH)
-                        .map(|d| d.as_nanos() as u64)
-                        .unwrap_or(0);
-                    tracing::info!(migration = %inc.id, guest = %name, received_bytes = stats.received_bytes,
+                    Some(&wire::PREPARE) => prepared = Some(Instant::now()),
+                    Some(&wire::ABORT) => {
+                        return abort(
+                            &mut writer,
+                            format!("the source aborted: {}", String::from_utf8_lossy(&m[1..])),
+                        );
+                    }
+                    Some(&wire::GO) if ready_sent => {
+                        if !inc.decide() {
+                            return;
+                        }
+                        if let Err(e) = inc.guest.resume() {
+                            // Decided already: the source will release its copy.
+                            tracing::error!(migration = %inc.id, error = %e, "resume after GO failed");
+                        }
+                        let resumed_at = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map(|d| d.as_nanos() as u64)
+                            .unwrap_or(0);
+                        tracing::info!(migration = %inc.id, guest = %name, received_bytes = stats.received_bytes,
                         pages = stats.pages, zero_pages = stats.zero_pages, open_cpu_s = stats.open_cpu_seconds,
                         verify_s = stats.verify_seconds, "incoming migration: guest resumed here");
-                    // The host owns the guest before anyone hears it resumed.
-                    sink(DestinationEvent::Resumed {
-                        id: inc.id,
-                        guest: inc.guest.clone(),
-                        stats: stats.clone(),
-                    });
-                    inc.publish(Outcome::Resumed);
-                    if let Some(w) = writer.as_mut() {
-                        let mut msg = vec![wire::RESUMED];
-                        msg.extend_from_slice(&resumed_at.to_be_bytes());
-                        let _ = w.send_bytes(&msg);
-                        let _ = w.finish();
+                        // The host owns the guest before anyone hears it resumed.
+                        sink(DestinationEvent::Resumed {
+                            id: inc.id,
+                            guest: inc.guest.clone(),
+                            stats: stats.clone(),
+                        });
+                        inc.publish(Outcome::Resumed);
+                        if let Some(w) = writer.as_mut() {
+                            let mut w = w.lock().expect("writer");
+                            let mut msg = vec![wire::RESUMED];
+                            msg.extend_from_slice(&resumed_at.to_be_bytes());
+                            let _ = w.send_bytes(&msg);
+                            let _ = w.finish();
+                        }
+                        continue;
                     }
-                    continue;
+                    _ => return abort(&mut writer, "unexpected control message".into()),
+                },
+            }
+        }
+        if let Some(g) = &channels {
+            // Ready: PREPARE seen (everything sent) and the twin loaded it all.
+            let ready_now = matches!((prepared, ready_sent), (Some(_), false)) && writer.is_some();
+            if ready_sent {
+                continue;
+            }
+            match g.progress().map(|p| p.status) {
+                Ok(Some(ChannelStatus::Completed)) if ready_now => {
+                    stats.verify_seconds = prepared.expect("ready").elapsed().as_secs_f64();
+                    stats.received_bytes = inc.channel_bytes.load(Ordering::Relaxed);
+                    let sent = writer
+                        .as_ref()
+                        .expect("checked")
+                        .lock()
+                        .expect("writer")
+                        .send_bytes(&[wire::READY]);
+                    if let Err(e) = sent {
+                        return abort(&mut writer, format!("sending READY: {e}"));
+                    }
+                    ready_sent = true;
+                    prepared = Some(Instant::now());
                 }
-                _ => return abort(&mut writer, "unexpected control message".into()),
-            },
+                Ok(Some(ChannelStatus::Failed(why))) => {
+                    return abort(
+                        &mut writer,
+                        format!("the incoming device model failed: {why}"),
+                    );
+                }
+                Err(e) => return abort(&mut writer, format!("the incoming device model: {e}")),
+                _ => {}
+            }
+            continue;
         }
         // Ready to verify: PREPARE seen, every stream DONE, stream 0 writable.
         if let (Some(t), false) = (prepared, ready_sent)
             && done.len() == inc.streams as usize
             && writer.is_some()
         {
+            let Some(guest) = inc.guest.pages() else {
+                continue;
+            };
             let Some(ds) = state.complete() else {
                 return abort(&mut writer, "PREPARE before the whole device state".into());
             };
@@ -668,7 +855,7 @@ fn controller(
                 };
                 // SAFETY: every stream has delivered DONE after its last page
                 // and the guest has not started: nothing writes its memory.
-                let got = unsafe { inc.guest.memory().digest_quiescent(2) };
+                let got = unsafe { guest.memory().digest_quiescent(2) };
                 stats.memory_identical = Some(got == want);
                 if got != want {
                     return abort(
@@ -677,12 +864,17 @@ fn controller(
                     );
                 }
             }
-            if let Err(e) = inc.guest.restore_state(ds) {
+            if let Err(e) = guest.restore_state(ds) {
                 return abort(&mut writer, format!("loading device state: {e}"));
             }
             stats.verify_seconds = t.elapsed().as_secs_f64();
-            let w = writer.as_mut().expect("checked");
-            if let Err(e) = w.send_bytes(&[wire::READY]) {
+            let sent = writer
+                .as_ref()
+                .expect("checked")
+                .lock()
+                .expect("writer")
+                .send_bytes(&[wire::READY]);
+            if let Err(e) = sent {
                 return abort(&mut writer, format!("sending READY: {e}"));
             }
             ready_sent = true;

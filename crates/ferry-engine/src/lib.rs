@@ -7,6 +7,7 @@
 //! stream `(p / 64) % N`, so the copies of one page from successive passes
 //! arrive in order without any cross-stream synchronisation.
 
+pub mod channels;
 pub mod destination;
 pub mod guest;
 pub mod source;

@@ -256,7 +256,7 @@ fn reader_loop(
 
 /// Opens and handshakes one stream.
 #[allow(clippy::too_many_arguments)]
-fn open_stream(
+pub(crate) fn open_stream(
     spec: &MigrationSpec,
     schedule: Option<&KeySchedule>,
     opts: &SourceOptions,
@@ -295,9 +295,51 @@ fn open_stream(
     Ok(s)
 }
 
+/// Opens and handshakes every stream of `spec`, in parallel; on any
+/// failure, closes those that opened.
+pub(crate) fn connect_streams(
+    spec: &MigrationSpec,
+    schedule: Option<&KeySchedule>,
+    opts: &SourceOptions,
+) -> Result<Vec<TcpStream>, MigrationError> {
+    let socks: Vec<Result<TcpStream, MigrationError>> = std::thread::scope(|s| {
+        let hs: Vec<_> = (0..spec.streams)
+            .map(|i| {
+                s.spawn(move || {
+                    open_stream(
+                        spec,
+                        schedule,
+                        opts,
+                        spec.destination.migration,
+                        i,
+                        spec.streams,
+                        0,
+                    )
+                })
+            })
+            .collect();
+        hs.into_iter()
+            .map(|h| h.join().expect("connect thread"))
+            .collect()
+    });
+    let mut connected = Vec::new();
+    for s in socks {
+        match s {
+            Ok(s) => connected.push(s),
+            Err(e) => {
+                for c in &connected {
+                    let _ = c.shutdown(Shutdown::Both);
+                }
+                return Err(e);
+            }
+        }
+    }
+    Ok(connected)
+}
+
 /// Asks the destination what became of the migration, over a fresh,
 /// authenticated query stream. Some(true): it resumed the guest.
-fn query_outcome(
+pub(crate) fn query_outcome(
     spec: &MigrationSpec,
     schedule: Option<&KeySchedule>,
     opts: &SourceOptions,
@@ -363,14 +405,53 @@ fn why_broken(broken: MigrationError, in_rx: &mpsc::Receiver<Inbound>) -> Migrat
     }
 }
 
-struct Run<'a> {
-    spec: &'a MigrationSpec,
-    start: Instant,
-    stats: MigrationStats,
+pub(crate) struct Run<'a> {
+    pub(crate) spec: &'a MigrationSpec,
+    pub(crate) start: Instant,
+    pub(crate) stats: MigrationStats,
 }
 
-impl Run<'_> {
-    fn fail(mut self, error: MigrationError) -> Failed {
+impl<'a> Run<'a> {
+    pub(crate) fn new(spec: &'a MigrationSpec, opts: &SourceOptions, mem_bytes: u64) -> Self {
+        Run {
+            spec,
+            start: Instant::now(),
+            stats: MigrationStats {
+                id: spec.id,
+                guest: spec.guest.clone(),
+                source: spec.source.host.clone(),
+                destination: spec.destination.host.clone(),
+                result: MigrationResult::Failed,
+                error: None,
+                mode: spec.mode,
+                transport: spec.transport,
+                backend: opts.backend.name().into(),
+                streams: spec.streams,
+                total_seconds: 0.0,
+                setup_seconds: 0.0,
+                downtime_seconds: 0.0,
+                downtime_limit_seconds: spec.limits.downtime_limit.as_secs_f64(),
+                transferred_bytes: 0,
+                total_bytes: mem_bytes,
+                remaining_bytes: mem_bytes,
+                normal_pages: 0,
+                zero_pages: 0,
+                passes: 0,
+                dirty_rate: 0.0,
+                transfer_rate: 0.0,
+                throttle_percent: 0,
+                throttle_max_percent: 0,
+                stunned_bytes: 0,
+                device_state_bytes: 0,
+                seal_cpu_seconds: 0.0,
+                dirty_log: String::new(),
+                memory_identical: None,
+                pass_history: Vec::new(),
+            },
+        }
+    }
+
+    pub(crate) fn fail(mut self, error: MigrationError) -> Failed {
         self.stats.result = MigrationResult::Failed;
         self.stats.error = Some(error.to_string());
         self.stats.total_seconds = self.start.elapsed().as_secs_f64();
@@ -394,42 +475,7 @@ pub fn migrate_out(
 ) -> Result<MigrationStats, Failed> {
     let start = Instant::now();
     let mem_bytes = guest.memory().len();
-    let mut run = Run {
-        spec,
-        start,
-        stats: MigrationStats {
-            id: spec.id,
-            guest: spec.guest.clone(),
-            source: spec.source.host.clone(),
-            destination: spec.destination.host.clone(),
-            result: MigrationResult::Failed,
-            error: None,
-            mode: spec.mode,
-            transport: spec.transport,
-            backend: opts.backend.name().into(),
-            streams: spec.streams,
-            total_seconds: 0.0,
-            setup_seconds: 0.0,
-            downtime_seconds: 0.0,
-            downtime_limit_seconds: spec.limits.downtime_limit.as_secs_f64(),
-            transferred_bytes: 0,
-            total_bytes: mem_bytes,
-            remaining_bytes: mem_bytes,
-            normal_pages: 0,
-            zero_pages: 0,
-            passes: 0,
-            dirty_rate: 0.0,
-            transfer_rate: 0.0,
-            throttle_percent: 0,
-            throttle_max_percent: 0,
-            stunned_bytes: 0,
-            device_state_bytes: 0,
-            seal_cpu_seconds: 0.0,
-            dirty_log: String::new(),
-            memory_identical: None,
-            pass_history: Vec::new(),
-        },
-    };
+    let mut run = Run::new(spec, opts, mem_bytes);
     if let Err(e) = spec.check() {
         return Err(run.fail(MigrationError::Spec(e)));
     }
@@ -455,39 +501,10 @@ pub fn migrate_out(
     });
 
     // Setup: all streams, in parallel.
-    let socks: Vec<Result<TcpStream, MigrationError>> = std::thread::scope(|s| {
-        let hs: Vec<_> = (0..spec.streams)
-            .map(|i| {
-                let sched = schedule.as_ref();
-                s.spawn(move || {
-                    open_stream(
-                        spec,
-                        sched,
-                        opts,
-                        spec.destination.migration,
-                        i,
-                        spec.streams,
-                        0,
-                    )
-                })
-            })
-            .collect();
-        hs.into_iter()
-            .map(|h| h.join().expect("connect thread"))
-            .collect()
-    });
-    let mut connected = Vec::new();
-    for s in socks {
-        match s {
-            Ok(s) => connected.push(s),
-            Err(e) => {
-                for c in &connected {
-                    let _ = c.shutdown(Shutdown::Both);
-                }
-                return Err(run.fail(e));
-            }
-        }
-    }
+    let connected = match connect_streams(spec, schedule.as_ref(), opts) {
+        Ok(c) => c,
+        Err(e) => return Err(run.fail(e)),
+    };
     let live = Arc::new(Live::default());
     let (rep_tx, rep_rx) = mpsc::channel();
     let (in_tx, in_rx) = mpsc::channel();

@@ -7,6 +7,9 @@
 //!                 then n x u32 entry (page | ZERO << 31) in page order
 //!                 (entries last, so pages are copied once, in place)
 //!   0x02 DONE    u64 pages, u64 batches sent on this stream in all
+//! either way, every stream of a device model's migration (see channels)
+//!   0x03 DATA    channel bytes
+//!   0x04 CHANNEL_END the sender's side of the channel closed
 //! source -> destination, stream 0
 //!   0x10 STATE   u32 offset, u32 total, bytes: a chunk of the device state
 //!   0x11 DIGEST  16 bytes: xxh3-128 digest of guest memory at stun
@@ -26,6 +29,8 @@ use crate::guest::PAGE_SIZE;
 
 pub const PAGES: u8 = 0x01;
 pub const DONE: u8 = 0x02;
+pub const DATA: u8 = 0x03;
+pub const CHANNEL_END: u8 = 0x04;
 pub const STATE: u8 = 0x10;
 pub const DIGEST: u8 = 0x11;
 pub const PREPARE: u8 = 0x12;

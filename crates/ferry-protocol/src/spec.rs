@@ -331,6 +331,12 @@ pub struct MigrationSpec {
     pub nonce: u64,
     pub streams: u16,
     pub limits: Limits,
+    /// What the streams carry. None: ferry's own page stream. Some: a QEMU
+    /// guest's own migration channels (the main channel on stream 0, one
+    /// multifd channel on each further stream), and the device model the
+    /// destination starts to receive them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<ferry_core::machine::QemuMachine>,
 }
 
 impl MigrationSpec {
@@ -348,6 +354,14 @@ impl MigrationSpec {
             return Err(format!(
                 "spec {}: {} streams (1..=64)",
                 self.id, self.streams
+            ));
+        }
+        if let Some(m) = &self.machine
+            && m.memory != self.memory
+        {
+            return Err(format!(
+                "spec {}: the machine has {} bytes of memory, the spec says {}",
+                self.id, m.memory, self.memory
             ));
         }
         if self.memory == 0 || !self.memory.is_multiple_of(4096) {
@@ -438,6 +452,7 @@ mod tests {
             nonce: 5,
             streams: 2,
             limits: Limits::default(),
+            machine: None,
         }
     }
 

@@ -269,6 +269,7 @@ impl Coordinator {
             limits: opts
                 .limits
                 .unwrap_or_else(|| self.cfg.defaults.limits.clone()),
+            machine: g.info.machine.clone(),
         };
         if let Err(e) = spec.check() {
             return self.refuse(e);

@@ -123,6 +123,8 @@ pub async fn run(cfg: &DemoConfig, quiet: bool) -> anyhow::Result<DemoSummary> {
                     "host-a",
                     vec![GuestConfig {
                         nic: None,
+                        kind: Default::default(),
+                        qemu: None,
                         name: g.name.clone(),
                         memory: g.memory,
                         vcpus: g.vcpus,

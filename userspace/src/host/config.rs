@@ -1,6 +1,6 @@
 //! `ferry host` configuration.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -48,30 +48,100 @@ pub struct HostConfig {
     /// Use the software dirty log even where the kernel's works.
     #[serde(default)]
     pub software_dirty_log: bool,
+    /// Where QEMU guests keep their QMP sockets, serial logs and pid files
+    /// (default /run/ferry/NAME): a restarted host adopts them from here.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
+}
+
+impl HostConfig {
+    pub fn state_dir(&self) -> PathBuf {
+        self.state_dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("/run/ferry").join(&self.name))
+    }
 }
 
 fn yes() -> bool {
     true
 }
 
-/// A synthetic guest this host boots at start.
+/// A guest this host boots at start: synthetic (ferry's own), or a real
+/// QEMU virtual machine.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GuestConfig {
     pub name: String,
+    #[serde(default)]
+    pub kind: GuestKind,
     pub memory: ByteSize,
     #[serde(default = "one")]
     pub vcpus: usize,
     /// Encrypted-vMotion-style per-guest setting.
     #[serde(default)]
     pub encryption: EncryptionMode,
+    /// What a synthetic guest's vCPUs do (default idle).
+    #[serde(default)]
     pub workload: WorkloadSpec,
+    /// How QEMU starts a `kind: qemu` guest, here and on any destination.
+    #[serde(default)]
+    pub qemu: Option<QemuSettings>,
     /// Fill memory first (a loaded database; a fully touched idle guest).
     #[serde(default = "yes")]
     pub prefill: bool,
     /// The guest's NIC: announced by whichever host it lands on.
     #[serde(default)]
     pub nic: Option<crate::guest::Nic>,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum GuestKind {
+    #[default]
+    Synthetic,
+    Qemu,
+}
+
+/// A QEMU guest's device model; memory and vCPUs come from the guest.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuSettings {
+    #[serde(default)]
+    pub accel: crate::machine::Accel,
+    #[serde(default = "pc")]
+    pub machine: String,
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    #[serde(default)]
+    pub append: Option<String>,
+    #[serde(default)]
+    pub disk: Option<PathBuf>,
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+fn pc() -> String {
+    "pc".into()
+}
+
+impl GuestConfig {
+    /// The QEMU machine of a `kind: qemu` guest.
+    pub fn machine(&self) -> Option<crate::machine::QemuMachine> {
+        let q = self.qemu.as_ref()?;
+        (self.kind == GuestKind::Qemu).then(|| crate::machine::QemuMachine {
+            memory: self.memory.0,
+            vcpus: self.vcpus as u32,
+            accel: q.accel,
+            machine: q.machine.clone(),
+            kernel: q.kernel.clone(),
+            initrd: q.initrd.clone(),
+            append: q.append.clone(),
+            disk: q.disk.clone(),
+            extra_args: q.extra_args.clone(),
+        })
+    }
 }
 
 /// A host's networks.
@@ -143,6 +213,30 @@ impl Validate for HostConfig {
                     f("vcpus"),
                     format!("{} is out of range 1..=64", g.vcpus),
                 ));
+            }
+            match (g.kind, &g.qemu) {
+                (GuestKind::Qemu, None) => {
+                    return Err(Invalid::new(
+                        f("qemu"),
+                        "a qemu guest needs qemu: {kernel, initrd, ...} or {disk}",
+                    ));
+                }
+                (GuestKind::Synthetic, Some(_)) => {
+                    return Err(Invalid::new(f("qemu"), "only for kind: qemu"));
+                }
+                (GuestKind::Qemu, Some(_)) => {
+                    if g.memory.0 % (1 << 20) != 0 {
+                        return Err(Invalid::new(
+                            f("memory"),
+                            "a qemu guest's memory is a whole number of MiB",
+                        ));
+                    }
+                    self.guests[i]
+                        .machine()
+                        .expect("qemu")
+                        .validate(&f("qemu"))?;
+                }
+                (GuestKind::Synthetic, None) => {}
             }
             total += g.memory.0;
         }

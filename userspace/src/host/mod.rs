@@ -19,7 +19,7 @@ use crate::{
         wire::{Capabilities, HostedGuest},
     },
     engine::{self, DestinationEvent, IncomingRegistry, MigrationListener, SourceOptions},
-    guest::{Guest, RunState, SyntheticConfig, SyntheticGuest},
+    guest::{Guest, Hosted, RunState, SyntheticConfig, SyntheticGuest},
     metrics::{
         ProtocolMetrics,
         migration::{MigrationMetrics, Role as MetricsRole},
@@ -32,7 +32,7 @@ pub const DEFAULT_METRICS: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9472);
 
 struct Entry {
-    guest: Arc<dyn Guest>,
+    guest: Hosted,
     encryption: EncryptionMode,
     /// An outgoing migration is running.
     busy: bool,
@@ -109,6 +109,22 @@ impl Host {
         };
         let mut guests = BTreeMap::new();
         for (i, g) in cfg.guests.iter().enumerate() {
+            if let Some(machine) = g.machine() {
+                let dir = cfg.state_dir().join(&g.name);
+                let guest = crate::qemu::QemuGuest::launch_or_adopt(&g.name, &machine, &dir)
+                    .with_context(|| format!("starting QEMU guest {}", g.name))?;
+                tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus,
+                    pid = ?guest.pid(), "QEMU guest running");
+                guests.insert(
+                    g.name.clone(),
+                    Entry {
+                        guest: Hosted::Channels(Arc::new(guest)),
+                        encryption: g.encryption,
+                        busy: false,
+                    },
+                );
+                continue;
+            }
             let sc = SyntheticConfig {
                 memory: g.memory.0,
                 vcpus: g.vcpus,
@@ -123,7 +139,7 @@ impl Host {
             guests.insert(
                 g.name.clone(),
                 Entry {
-                    guest,
+                    guest: Hosted::Pages(guest),
                     encryption: g.encryption,
                     busy: false,
                 },
@@ -168,6 +184,17 @@ impl Host {
     }
 
     pub fn guest(&self, name: &str) -> Option<Arc<dyn Guest>> {
+        self.inventory
+            .lock()
+            .expect("inventory")
+            .guests
+            .get(name)
+            .filter(|e| e.owned())
+            .and_then(|e| e.guest.pages().cloned())
+    }
+
+    /// A guest of either kind this host owns.
+    pub fn hosted(&self, name: &str) -> Option<Hosted> {
         self.inventory
             .lock()
             .expect("inventory")
@@ -230,7 +257,7 @@ impl Host {
         let used: u64 = inv
             .guests
             .values()
-            .map(|e| e.guest.memory().len())
+            .map(|e| e.guest.memory_bytes())
             .sum::<u64>()
             + inv.reserved.values().map(|r| r.memory).sum::<u64>();
         Capabilities {
@@ -274,7 +301,7 @@ impl Host {
         let used: u64 = inv
             .guests
             .values()
-            .map(|e| e.guest.memory().len())
+            .map(|e| e.guest.memory_bytes())
             .sum::<u64>()
             + inv.reserved.values().map(|r| r.memory).sum::<u64>();
         let free = self.cfg.memory_capacity.0.saturating_sub(used);
@@ -287,8 +314,6 @@ impl Host {
                 crate::config::ByteSize(free)
             ));
         }
-        let guest =
-            SyntheticGuest::incoming(&spec.guest, spec.memory).map_err(|e| e.to_string())?;
         inv.reserved.insert(
             spec.guest.clone(),
             Reservation {
@@ -298,7 +323,13 @@ impl Host {
             },
         );
         drop(inv);
-        if let Err(e) = self.registry.prepare(spec, guest) {
+        let prepared = match &spec.machine {
+            None => SyntheticGuest::incoming(&spec.guest, spec.memory)
+                .map_err(|e| e.to_string())
+                .and_then(|g| self.registry.prepare(spec, g)),
+            Some(machine) => self.prepare_twin(spec, machine),
+        };
+        if let Err(e) = prepared {
             self.inventory
                 .lock()
                 .expect("inventory")
@@ -308,6 +339,28 @@ impl Host {
         }
         self.migration_metrics.started(MetricsRole::Destination);
         Ok(())
+    }
+
+    /// Starts the QEMU twin of an incoming guest, paused, waiting for its
+    /// channels; discards it again if the registry refuses the spec.
+    fn prepare_twin(
+        &self,
+        spec: &MigrationSpec,
+        machine: &crate::machine::QemuMachine,
+    ) -> Result<(), String> {
+        machine.validate("the spec's machine").map_err(|e| {
+            format!(
+                "{} cannot start guest {}: {}: {}",
+                self.cfg.name, spec.guest, e.field, e.message
+            )
+        })?;
+        let dir = self.cfg.state_dir().join(&spec.guest);
+        let twin = crate::qemu::QemuGuest::launch(&spec.guest, machine, &dir, true)
+            .map_err(|e| format!("starting the QEMU twin of {}: {e:#}", spec.guest))?;
+        let twin: Arc<dyn crate::engine::channels::ChannelGuest> = Arc::new(twin);
+        self.registry
+            .prepare_channels(spec, twin.clone())
+            .inspect_err(|_| twin.release())
     }
 
     /// Runs an outgoing migration, sending progress to `resp`.
@@ -354,10 +407,14 @@ impl Host {
         let mm = self.migration_metrics.clone();
         mm.started(MetricsRole::Source);
         let job = tokio::task::spawn_blocking(move || {
-            let r = engine::migrate_out(guest, &spec, &opts, &mut |p| {
+            let mut report = |p: &engine::Progress| {
                 mm.progress(p);
                 let _ = tx.send(p.clone());
-            });
+            };
+            let r = match guest {
+                Hosted::Pages(g) => engine::migrate_out(g, &spec, &opts, &mut report),
+                Hosted::Channels(g) => engine::channels::migrate_out(g, &spec, &opts, &mut report),
+            };
             // The spec, and with it the key, is dropped (and wiped) here.
             drop(spec);
             r

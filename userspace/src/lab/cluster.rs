@@ -94,6 +94,7 @@ impl Cluster {
                 metrics: None,
                 network: h.network.clone(),
                 software_dirty_log: false,
+                state_dir: Some(dir.join(format!("{}-state", h.name))),
             };
             let host = tokio::task::spawn_blocking(move || Host::start(hc)).await??;
             let tls = tls::server_config(&host.config().tls)?;

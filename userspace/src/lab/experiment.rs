@@ -211,6 +211,7 @@ pub fn run(cfg: &ExperimentConfig, mut progress: impl FnMut(&str)) -> anyhow::Re
                     nonce: 1,
                     streams: cfg.streams,
                     limits: cfg.limits.clone(),
+                    machine: None,
                 };
                 let dst = SyntheticGuest::incoming("guest", memory)?;
                 registry

@@ -2,9 +2,7 @@
 //! NIC, driven over QMP, migrated between two QEMU processes.
 
 use std::{
-    io::{BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
-    path::{Path, PathBuf},
+    path::Path,
     process::{Child, Stdio},
     time::{Duration, Instant},
 };
@@ -13,107 +11,9 @@ use serde_json::{Value, json};
 
 use crate::{net::MacAddr, netns::Netns};
 
-#[derive(Debug, thiserror::Error)]
-pub enum QemuError {
-    #[error("starting {program}: {source}")]
-    Spawn {
-        program: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("QMP socket {path}: {source}")]
-    Qmp {
-        path: PathBuf,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("QMP {command}: {message}")]
-    Command { command: String, message: String },
-    #[error("QEMU exited early ({status}): {stderr}")]
-    Exited { status: String, stderr: String },
-    #[error("{0}")]
-    Timeout(String),
-}
+pub use crate::qemu::{PROGRAM, QemuError, Qmp, available};
 
 pub type Result<T, E = QemuError> = std::result::Result<T, E>;
-
-pub const PROGRAM: &str = "qemu-system-x86_64";
-
-/// A QMP connection: JSON lines over a unix socket.
-pub struct Qmp {
-    path: PathBuf,
-    reader: BufReader<UnixStream>,
-    writer: UnixStream,
-}
-
-impl Qmp {
-    fn io(&self) -> impl FnOnce(std::io::Error) -> QemuError + '_ {
-        move |source| QemuError::Qmp {
-            path: self.path.clone(),
-            source,
-        }
-    }
-
-    /// Connects and leaves capabilities negotiation mode.
-    pub fn connect(path: &Path) -> Result<Self> {
-        let io = |source| QemuError::Qmp {
-            path: path.to_path_buf(),
-            source,
-        };
-        let s = UnixStream::connect(path).map_err(io)?;
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(io)?;
-        let mut q = Self {
-            path: path.to_path_buf(),
-            reader: BufReader::new(s.try_clone().map_err(io)?),
-            writer: s,
-        };
-        let greeting = q.line()?;
-        if greeting.get("QMP").is_none() {
-            return Err(QemuError::Command {
-                command: "greeting".into(),
-                message: greeting.to_string(),
-            });
-        }
-        q.execute("qmp_capabilities", json!({}))?;
-        Ok(q)
-    }
-
-    fn line(&mut self) -> Result<Value> {
-        let mut l = String::new();
-        let n = self.reader.read_line(&mut l).map_err(self.io())?;
-        if n == 0 {
-            return Err(QemuError::Qmp {
-                path: self.path.clone(),
-                source: std::io::ErrorKind::UnexpectedEof.into(),
-            });
-        }
-        serde_json::from_str(&l).map_err(|e| QemuError::Command {
-            command: "reply".into(),
-            message: format!("{e}: {l}"),
-        })
-    }
-
-    /// Runs `command`; its "return" value. Events in between are skipped.
-    pub fn execute(&mut self, command: &str, arguments: Value) -> Result<Value> {
-        let msg = json!({"execute": command, "arguments": arguments});
-        writeln!(self.writer, "{msg}").map_err(self.io())?;
-        // Bounded: QEMU answers each command once; events are few.
-        for _ in 0..10_000 {
-            let v = self.line()?;
-            if let Some(r) = v.get("return") {
-                return Ok(r.clone());
-            }
-            if let Some(e) = v.get("error") {
-                return Err(QemuError::Command {
-                    command: command.into(),
-                    message: e["desc"].as_str().unwrap_or("").into(),
-                });
-            }
-        }
-        Err(QemuError::Timeout(format!("no reply to {command}")))
-    }
-}
 
 /// A QEMU process with one virtio-net NIC on a tap interface, no disk and
 /// no OS: the firmware runs, which is all a migration and QEMU's own
@@ -251,22 +151,5 @@ impl Vm {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-    }
-}
-
-/// Whether QEMU can run here, and why not.
-pub fn available() -> Result<(), String> {
-    match std::process::Command::new(PROGRAM)
-        .arg("--version")
-        .output()
-    {
-        Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "{PROGRAM} --version failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Err(format!(
-            "{PROGRAM} not found ({e}); `cargo xtask setup` installs it"
-        )),
     }
 }

@@ -27,6 +27,8 @@ fn rt() -> tokio::runtime::Runtime {
 fn guest(name: &str, memory: u64, mode: EncryptionMode) -> GuestConfig {
     GuestConfig {
         name: name.into(),
+        kind: Default::default(),
+        qemu: None,
         memory: ByteSize(memory),
         vcpus: 1,
         encryption: mode,

@@ -168,6 +168,7 @@ fn spec(
         nonce: 0x1234_5678,
         streams,
         limits,
+        machine: None,
     }
 }
 

@@ -7,4 +7,5 @@ mod engine;
 mod logcapture;
 mod processes;
 mod protocol;
+mod qemu;
 mod relay;

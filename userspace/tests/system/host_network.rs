@@ -74,6 +74,8 @@ fn migration_streams_ride_the_migration_vlan_and_the_guest_is_announced() {
     };
     let guest = GuestConfig {
         name: "web".into(),
+        kind: Default::default(),
+        qemu: None,
         memory: ByteSize(64 << 20),
         vcpus: 1,
         encryption: EncryptionMode::Required,

@@ -8,7 +8,7 @@ pub mod memory;
 pub mod synthetic;
 pub mod workload;
 
-use std::fmt;
+use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
@@ -76,6 +76,9 @@ pub struct GuestInfo {
     /// The guest's network interface, which its new host announces.
     #[serde(default)]
     pub nic: Option<Nic>,
+    /// A QEMU guest's device model (None: a synthetic guest).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub machine: Option<ferry_core::machine::QemuMachine>,
 }
 
 /// A guest's NIC as the network knows it. Travels in the device state, as a
@@ -109,4 +112,64 @@ pub trait Guest: Send + Sync {
     fn info(&self) -> GuestInfo;
     /// Throughput samples while it ran here.
     fn timeline(&self) -> Vec<Sample>;
+}
+
+/// A guest as a host holds it: one the engine moves page by page, or one
+/// whose device model moves itself over channels the engine carries.
+#[derive(Clone)]
+pub enum Hosted {
+    Pages(Arc<dyn Guest>),
+    Channels(Arc<dyn crate::channels::ChannelGuest>),
+}
+
+impl Hosted {
+    pub fn name(&self) -> &str {
+        match self {
+            Hosted::Pages(g) => g.name(),
+            Hosted::Channels(g) => g.name(),
+        }
+    }
+
+    pub fn memory_bytes(&self) -> u64 {
+        match self {
+            Hosted::Pages(g) => g.memory().len(),
+            Hosted::Channels(g) => g.memory_bytes(),
+        }
+    }
+
+    pub fn run_state(&self) -> RunState {
+        match self {
+            Hosted::Pages(g) => g.run_state(),
+            Hosted::Channels(g) => g.run_state(),
+        }
+    }
+
+    pub fn info(&self) -> GuestInfo {
+        match self {
+            Hosted::Pages(g) => g.info(),
+            Hosted::Channels(g) => g.info(),
+        }
+    }
+
+    pub fn resume(&self) -> Result<(), GuestError> {
+        match self {
+            Hosted::Pages(g) => g.resume(),
+            Hosted::Channels(g) => g.resume(),
+        }
+    }
+
+    pub fn release(&self) {
+        match self {
+            Hosted::Pages(g) => g.release(),
+            Hosted::Channels(g) => g.release(),
+        }
+    }
+
+    /// The page guest, if this is one.
+    pub fn pages(&self) -> Option<&Arc<dyn Guest>> {
+        match self {
+            Hosted::Pages(g) => Some(g),
+            Hosted::Channels(_) => None,
+        }
+    }
 }

@@ -513,6 +513,7 @@ impl Guest for SyntheticGuest {
             get_errors,
             workload: Some(self.workload.lock().expect("workload").clone()),
             nic: *self.nic.lock().expect("nic"),
+            machine: None,
         }
     }
 

@@ -5,10 +5,11 @@ use serde::{Deserialize, Serialize};
 use super::memory::{GuestMemory, PAGE_SIZE};
 
 /// A workload, as configured.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum WorkloadSpec {
     /// The vCPUs do nothing (the paper's idle VM, Figure 5).
+    #[default]
     Idle,
     /// A Redis-like store in guest memory: 64-byte slots; a GET reads and
     /// checks one, a SET rewrites one, dirtying its page (Table 1's mixes).

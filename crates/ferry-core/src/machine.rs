@@ -1,0 +1,118 @@
+//! A QEMU machine as ferry describes it: what a host needs to start a guest,
+//! and what a destination needs to start its twin (`-incoming defer`) with
+//! the same device model. It travels in the migration spec.
+
+use std::path::PathBuf;
+
+use serde::{Deserialize, Serialize};
+
+use crate::config::Invalid;
+
+/// How QEMU runs the vCPUs.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Accel {
+    /// Emulation: works everywhere, slowly.
+    #[default]
+    Tcg,
+    Kvm,
+}
+
+impl Accel {
+    pub fn name(self) -> &'static str {
+        match self {
+            Accel::Tcg => "tcg",
+            Accel::Kvm => "kvm",
+        }
+    }
+}
+
+/// A QEMU guest's device model: identical on both hosts of a migration.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuMachine {
+    /// Guest memory in bytes.
+    pub memory: u64,
+    pub vcpus: u32,
+    #[serde(default)]
+    pub accel: Accel,
+    /// `-machine` type.
+    #[serde(default = "pc")]
+    pub machine: String,
+    /// Linux kernel to boot (`-kernel`); present on every host.
+    #[serde(default)]
+    pub kernel: Option<PathBuf>,
+    #[serde(default)]
+    pub initrd: Option<PathBuf>,
+    /// Kernel command line.
+    #[serde(default)]
+    pub append: Option<String>,
+    /// A disk image (virtio-blk), shared storage or the same copy on both hosts.
+    #[serde(default)]
+    pub disk: Option<PathBuf>,
+    /// Further QEMU arguments, the same on both hosts.
+    #[serde(default)]
+    pub extra_args: Vec<String>,
+}
+
+fn pc() -> String {
+    "pc".into()
+}
+
+impl QemuMachine {
+    /// Checks what can be checked anywhere; `field` is where it came from.
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        let f = |k: &str| format!("{field}.{k}");
+        if self.kernel.is_none() && self.disk.is_none() {
+            return Err(Invalid::new(
+                field,
+                "needs a kernel (with an initrd) or a disk image to boot",
+            ));
+        }
+        if self.initrd.is_some() && self.kernel.is_none() {
+            return Err(Invalid::new(f("initrd"), "needs a kernel"));
+        }
+        for (k, p) in [
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+            ("disk", &self.disk),
+        ] {
+            if let Some(p) = p
+                && !p.is_file()
+            {
+                return Err(Invalid::new(
+                    f(k),
+                    format!(
+                        "{} is not a file here (`cargo xtask setup` builds the test guest)",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+        if self.machine.is_empty() || self.machine.contains(',') {
+            return Err(Invalid::new(
+                f("machine"),
+                "a machine type such as pc or q35",
+            ));
+        }
+        for (i, a) in self.extra_args.iter().enumerate() {
+            // ferry owns these: the twin must be started the same way.
+            for own in [
+                "-incoming",
+                "-qmp",
+                "-S",
+                "-daemonize",
+                "-serial",
+                "-monitor",
+            ] {
+                if a == own {
+                    return Err(Invalid::new(
+                        format!("{field}.extra_args[{i}]"),
+                        format!("{own} is set by ferry"),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,580 @@
+//! The source of a device model's migration.
+//!
+//! ```text
+//! connect + handshake N streams; a private unix socket for the device model
+//! start its migration (N channels); accept them in order: channel k -> stream k
+//! relay both ways while it runs; report its own figures as progress
+//! it completes (guest stopped); its channels close; PREPARE
+//! READY (the twin loaded everything) -> GO; RESUMED -> retire the source
+//! ```
+//! Any failure before GO cancels the device model's migration and resumes
+//! the guest here; after GO the outcome query decides, as for page guests.
+
+use std::{
+    collections::HashSet,
+    io,
+    net::{Shutdown, TcpStream},
+    os::unix::{
+        fs::{DirBuilderExt, PermissionsExt},
+        net::{UnixListener, UnixStream},
+    },
+    path::{Path, PathBuf},
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, AtomicU64, Ordering},
+        mpsc,
+    },
+    thread::JoinHandle,
+    time::{Duration, Instant, SystemTime},
+};
+
+use super::{
+    ChannelGuest, ChannelProgress, ChannelStatus,
+    relay::{self, RelayError, SharedWriter},
+};
+use crate::{
+    MigrationError,
+    guest::GuestError,
+    source::{Failed, Run, SourceOptions, connect_streams, query_outcome},
+    stats::{MigrationResult, MigrationStats, Phase, Progress},
+    wire,
+};
+use ferry_protocol::{
+    KeySchedule, MigrationSpec, ProtocolError, Side,
+    record::{RecordReader, RecordWriter},
+    stream_crypto,
+};
+
+/// A directory only this process's user can enter, removed when dropped:
+/// the device model's migration socket lives there.
+pub struct PrivateDir(PathBuf);
+
+impl PrivateDir {
+    pub fn new(prefix: &str) -> io::Result<Self> {
+        let mut r = [0u8; 8];
+        getrandom::fill(&mut r).map_err(io::Error::other)?;
+        let p = std::env::temp_dir().join(format!("{prefix}-{:016x}", u64::from_be_bytes(r)));
+        std::fs::DirBuilder::new().mode(0o700).create(&p)?;
+        // The mode survives a umask that would have widened nothing, but
+        // say it explicitly: a socket here carries the guest's memory.
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o700))?;
+        Ok(Self(p))
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl Drop for PrivateDir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+enum Ev {
+    /// A message from the destination on stream 0.
+    Control(Vec<u8>),
+    /// A stream's inward pump ended (the destination's end of stream, or an error).
+    Inward {
+        stream: u16,
+        result: Result<(), RelayError>,
+    },
+    /// The device model closed channel `stream` (Ok), or relaying it failed.
+    Outward {
+        stream: u16,
+        result: Result<(), RelayError>,
+    },
+}
+
+fn relay_error(stream: u16, e: RelayError) -> MigrationError {
+    match e {
+        RelayError::Stream(source) => MigrationError::Stream { stream, source },
+        RelayError::Channel(e) => MigrationError::Guest(GuestError::Invalid(format!(
+            "the device model's channel {stream}: {e}"
+        ))),
+    }
+}
+
+struct Streams {
+    writers: Vec<SharedWriter>,
+    socks: Vec<TcpStream>,
+    readers: Vec<JoinHandle<()>>,
+    accept: Option<JoinHandle<()>>,
+    stop: Arc<AtomicBool>,
+    /// The device model's channels, by the stream that carries each.
+    channels: Arc<Mutex<Vec<(u16, UnixStream)>>>,
+}
+
+impl Streams {
+    fn send(&self, msg: &[u8]) -> io::Result<()> {
+        self.writers[0].lock().expect("writer").send_bytes(msg)
+    }
+
+    /// Ends every stream: gracefully (authenticated end) or by cutting it.
+    fn close(mut self, graceful: bool) -> (f64, u64) {
+        self.stop.store(true, Ordering::Relaxed);
+        let (mut cpu, mut bytes) = (0.0, 0);
+        for w in &self.writers {
+            let mut w = w.lock().expect("writer");
+            if graceful {
+                let _ = w.finish();
+            }
+            cpu += w.seal_cpu.as_secs_f64();
+            bytes += w.wire_bytes;
+        }
+        for s in &self.socks {
+            let _ = s.shutdown(Shutdown::Both);
+        }
+        for (_, c) in self.channels.lock().expect("channels").iter() {
+            let _ = c.shutdown(Shutdown::Both);
+        }
+        if let Some(a) = self.accept.take() {
+            let _ = a.join();
+        }
+        for r in self.readers.drain(..) {
+            let _ = r.join();
+        }
+        (cpu, bytes)
+    }
+}
+
+/// Migrates a device-model guest (QEMU) to the destination named in `spec`,
+/// ferry carrying its channels. On success it runs there and is retired
+/// here; on failure it runs here (unless [`MigrationError::InDoubt`]).
+pub fn migrate_out(
+    guest: Arc<dyn ChannelGuest>,
+    spec: &MigrationSpec,
+    opts: &SourceOptions,
+    progress: &mut dyn FnMut(&Progress),
+) -> Result<MigrationStats, Failed> {
+    let mem = guest.memory_bytes();
+    let mut run = Run::new(spec, opts, mem);
+    run.stats.dirty_log = "device-model".into();
+    if let Err(e) = spec.check() {
+        return Err(run.fail(MigrationError::Spec(e)));
+    }
+    if spec.machine.is_none() || mem != spec.memory {
+        return Err(run.fail(MigrationError::Spec(format!(
+            "spec {} does not describe guest {}'s machine ({} bytes)",
+            spec.id,
+            guest.name(),
+            mem
+        ))));
+    }
+    let schedule = spec
+        .key
+        .as_ref()
+        .map(|k| KeySchedule::new(k, spec.nonce, &spec.id));
+    progress(&Progress {
+        phase: Phase::Setup,
+        total_bytes: mem,
+        remaining_bytes: mem,
+        ..Default::default()
+    });
+    tracing::info!(migration = %spec.id, guest = %spec.guest, destination = %spec.destination.host,
+        transport = %spec.transport, channels = spec.streams, "device-model migration: setup");
+    let dir = match PrivateDir::new("ferry-mig") {
+        Ok(d) => d,
+        Err(e) => {
+            return Err(run.fail(MigrationError::Guest(GuestError::Invalid(format!(
+                "a private directory for the migration socket: {e}"
+            )))));
+        }
+    };
+    let socket = dir.path().join("channels.sock");
+    let listener = match UnixListener::bind(&socket).and_then(|l| {
+        l.set_nonblocking(true)?;
+        Ok(l)
+    }) {
+        Ok(l) => l,
+        Err(e) => {
+            return Err(run.fail(MigrationError::Guest(GuestError::Invalid(format!(
+                "listening on {}: {e}",
+                socket.display()
+            )))));
+        }
+    };
+    let connected = match connect_streams(spec, schedule.as_ref(), opts) {
+        Ok(c) => c,
+        Err(e) => return Err(run.fail(e)),
+    };
+    let (ev_tx, ev_rx) = mpsc::channel();
+    let streams = start_streams(
+        connected,
+        listener,
+        schedule.as_ref(),
+        spec,
+        opts,
+        ev_tx,
+        Arc::new(AtomicU64::new(0)),
+    );
+    run.stats.setup_seconds = run.start.elapsed().as_secs_f64();
+
+    // Before GO: cancel, resume here, tell the destination, close.
+    let abort = |streams: Streams, mut run: Run, e: MigrationError| -> Failed {
+        guest.cancel_migration();
+        let _ = streams.send(&[&[wire::ABORT][..], b"source aborted"].concat());
+        let (cpu, bytes) = streams.close(false);
+        run.stats.seal_cpu_seconds = cpu;
+        run.stats.transferred_bytes = bytes;
+        if let Err(r) = guest.resume() {
+            tracing::error!(migration = %run.spec.id, error = %r, "resuming the guest on the source failed");
+        }
+        run.fail(e)
+    };
+
+    if let Err(e) = guest.start_migration(&socket, spec.streams, &spec.limits) {
+        return Err(abort(streams, run, MigrationError::Guest(e)));
+    }
+
+    // Pre-copy: the device model converges by itself; ferry watches.
+    let mut ended: HashSet<u16> = HashSet::new();
+    let mut last = ChannelProgress::default();
+    let mut last_report = Instant::now() - opts.progress_every;
+    let deadline = run.start + spec.limits.max_time;
+    let completed = loop {
+        match drain(&ev_rx, &mut ended) {
+            Ok(()) => {}
+            Err(e) => break Err(e),
+        }
+        if let Some(c) = &opts.cancel
+            && c.load(Ordering::Relaxed)
+        {
+            break Err(MigrationError::Cancelled(
+                "cancelled before switch-over".into(),
+            ));
+        }
+        let p = match guest.progress() {
+            Ok(p) => p,
+            Err(e) => break Err(MigrationError::Guest(e)),
+        };
+        if last_report.elapsed() >= opts.progress_every {
+            progress(&to_progress(&p, Phase::PreCopy, &run, mem));
+            last_report = Instant::now();
+        }
+        let status = p.status.clone();
+        last = p;
+        match status {
+            Some(ChannelStatus::Completed) => break Ok(()),
+            Some(ChannelStatus::Failed(why)) => {
+                break Err(MigrationError::Guest(GuestError::Invalid(format!(
+                    "the device model's migration failed: {why}"
+                ))));
+            }
+            Some(ChannelStatus::Cancelled) => {
+                break Err(MigrationError::Cancelled(
+                    "the device model's migration was cancelled".into(),
+                ));
+            }
+            _ => {}
+        }
+        if Instant::now() >= deadline {
+            break Err(MigrationError::GaveUp {
+                passes: last.passes,
+                seconds: run.start.elapsed().as_secs_f64(),
+                remaining: last.remaining_bytes,
+            });
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    fill_stats(&mut run.stats, &last);
+    if let Err(e) = completed {
+        return Err(abort(streams, run, e));
+    }
+
+    // The device model stopped the guest and sent its last bytes: once its
+    // channels have closed, everything is on the streams.
+    let stun = guest.stopped_at().unwrap_or_else(SystemTime::now);
+    progress(&to_progress(&last, Phase::Switchover, &run, mem));
+    let opened = streams.opened();
+    let until = Instant::now() + opts.switchover_timeout;
+    while !opened.iter().all(|s| ended.contains(s)) {
+        if let Err(e) = drain(&ev_rx, &mut ended) {
+            return Err(abort(streams, run, e));
+        }
+        if Instant::now() >= until {
+            return Err(abort(
+                streams,
+                run,
+                MigrationError::Guest(GuestError::Timeout(
+                    "the device model completed but kept its channels open",
+                )),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    if let Err(e) = streams.send(&[wire::PREPARE]) {
+        return Err(abort(
+            streams,
+            run,
+            MigrationError::Stream {
+                stream: 0,
+                source: ProtocolError::Io(e),
+            },
+        ));
+    }
+    let ready = wait_for(&ev_rx, &mut ended, wire::READY, opts.switchover_timeout);
+    if let Err(e) = ready {
+        return Err(abort(streams, run, e));
+    }
+    // Committed: from here the source never runs the guest again unless
+    // the destination says it discarded it.
+    let go = streams.send(&[wire::GO]);
+    tracing::info!(migration = %spec.id, "device-model migration: destination ready, sent GO");
+    let resumed = match go.map_err(|e| e.to_string()).and_then(|()| {
+        wait_for(&ev_rx, &mut ended, wire::RESUMED, opts.switchover_timeout)
+            .map_err(|e| e.to_string())
+    }) {
+        Ok(()) => true,
+        Err(why) => {
+            tracing::warn!(migration = %spec.id, why = %why, "device-model migration: lost the destination after GO, asking what it did");
+            match query_outcome(spec, schedule.as_ref(), opts) {
+                Ok(Some(r)) => r,
+                Ok(None) => unreachable!("query_outcome only returns decided outcomes"),
+                Err(e) => {
+                    let (cpu, bytes) = streams.close(false);
+                    run.stats.seal_cpu_seconds = cpu;
+                    run.stats.transferred_bytes = bytes;
+                    return Err(run.fail(MigrationError::InDoubt(format!(
+                        "{why}; outcome query: {e}"
+                    ))));
+                }
+            }
+        }
+    };
+    if !resumed {
+        return Err(abort(
+            streams,
+            run,
+            MigrationError::Destination("the destination discarded the guest after GO".into()),
+        ));
+    }
+    run.stats.downtime_seconds = SystemTime::now()
+        .duration_since(stun)
+        .unwrap_or_default()
+        .as_secs_f64();
+    guest.release();
+    let (cpu, bytes) = streams.close(true);
+    run.stats.seal_cpu_seconds = cpu;
+    run.stats.transferred_bytes = bytes;
+    run.stats.remaining_bytes = 0;
+    run.stats.result = MigrationResult::Completed;
+    run.stats.total_seconds = run.start.elapsed().as_secs_f64();
+    tracing::info!(migration = %spec.id, total_s = run.stats.total_seconds, downtime_ms = run.stats.downtime_seconds * 1e3,
+        bytes, "device-model migration: completed");
+    progress(&Progress {
+        phase: Phase::Completed,
+        pass: run.stats.passes,
+        elapsed_seconds: run.stats.total_seconds,
+        transferred_bytes: bytes,
+        total_bytes: mem,
+        remaining_bytes: 0,
+        dirty_rate: run.stats.dirty_rate,
+        transfer_rate: run.stats.transfer_rate,
+        throttle_percent: 0,
+    });
+    Ok(run.stats)
+}
+
+impl Streams {
+    /// The streams that carry a channel the device model opened.
+    fn opened(&self) -> Vec<u16> {
+        self.channels
+            .lock()
+            .expect("channels")
+            .iter()
+            .map(|(k, _)| *k)
+            .collect()
+    }
+}
+
+/// Starts the stream pumps and the thread that accepts the device model's
+/// channels, the k-th onto stream k.
+fn start_streams(
+    connected: Vec<TcpStream>,
+    listener: UnixListener,
+    schedule: Option<&KeySchedule>,
+    spec: &MigrationSpec,
+    opts: &SourceOptions,
+    ev: mpsc::Sender<Ev>,
+    counted: Arc<AtomicU64>,
+) -> Streams {
+    let max_record = spec.limits.max_record as usize;
+    let stop = Arc::new(AtomicBool::new(false));
+    let channels: Arc<Mutex<Vec<(u16, UnixStream)>>> = Arc::default();
+    let mut writers: Vec<SharedWriter> = Vec::new();
+    let mut readers = Vec::new();
+    let mut channel_txs = Vec::new();
+    for (i, sock) in connected.iter().enumerate() {
+        let i = i as u16;
+        let (tx_c, rx_c) = stream_crypto(schedule, opts.backend, i, Side::Source);
+        writers.push(Arc::new(Mutex::new(RecordWriter::new(
+            sock.try_clone().expect("clone stream"),
+            tx_c,
+            max_record,
+        ))));
+        let (ctx, crx) = mpsc::channel::<UnixStream>();
+        channel_txs.push(ctx);
+        let mut reader = RecordReader::new(
+            sock.try_clone().expect("clone stream"),
+            rx_c,
+            max_record,
+            opts.metrics.clone(),
+        );
+        let (ev, counted, wait) = (ev.clone(), counted.clone(), opts.connect_timeout);
+        readers.push(
+            std::thread::Builder::new()
+                .name(format!("mig-src-in-{i}"))
+                .spawn(move || {
+                    let result = relay::inward(
+                        &mut reader,
+                        || {
+                            crx.recv_timeout(wait).map_err(|_| {
+                                io::Error::new(
+                                    io::ErrorKind::TimedOut,
+                                    "the device model never opened this channel",
+                                )
+                            })
+                        },
+                        |m| {
+                            let _ = ev.send(Ev::Control(m.to_vec()));
+                        },
+                        &counted,
+                    );
+                    let _ = ev.send(Ev::Inward { stream: i, result });
+                })
+                .expect("spawn"),
+        );
+    }
+    let accept = {
+        let (writers, stop, channels) = (writers.clone(), stop.clone(), channels.clone());
+        std::thread::Builder::new()
+            .name("mig-src-accept".into())
+            .spawn(move || {
+                for (k, ctx) in channel_txs.into_iter().enumerate() {
+                    let k = k as u16;
+                    // Never wait for a channel's first bytes: accept order
+                    // alone decides its stream (a silent channel stays so).
+                    let conn = loop {
+                        if stop.load(Ordering::Relaxed) {
+                            return;
+                        }
+                        match listener.accept() {
+                            Ok((c, _)) => break c,
+                            Err(e) if e.kind() == io::ErrorKind::WouldBlock => {
+                                std::thread::sleep(Duration::from_millis(2));
+                            }
+                            Err(e) => {
+                                let _ = ev.send(Ev::Outward {
+                                    stream: k,
+                                    result: Err(RelayError::Channel(e)),
+                                });
+                                return;
+                            }
+                        }
+                    };
+                    let _ = conn.set_nonblocking(false);
+                    let (Ok(inward), Ok(keep)) = (conn.try_clone(), conn.try_clone()) else {
+                        return;
+                    };
+                    let _ = ctx.send(inward);
+                    channels.lock().expect("channels").push((k, keep));
+                    let (w, ev, counted) =
+                        (writers[k as usize].clone(), ev.clone(), counted.clone());
+                    let _ = std::thread::Builder::new()
+                        .name(format!("mig-src-out-{k}"))
+                        .spawn(move || {
+                            let result = relay::outward(conn, &w, max_record, &counted);
+                            let _ = ev.send(Ev::Outward { stream: k, result });
+                        });
+                }
+            })
+            .expect("spawn")
+    };
+    Streams {
+        writers,
+        socks: connected,
+        readers,
+        accept: Some(accept),
+        stop,
+        channels,
+    }
+}
+
+fn to_progress(p: &ChannelProgress, phase: Phase, run: &Run, mem: u64) -> Progress {
+    Progress {
+        phase,
+        pass: p.passes,
+        elapsed_seconds: run.start.elapsed().as_secs_f64(),
+        transferred_bytes: p.transferred_bytes,
+        total_bytes: mem,
+        remaining_bytes: p.remaining_bytes,
+        dirty_rate: p.dirty_rate,
+        transfer_rate: p.transfer_rate,
+        throttle_percent: p.throttle_percent,
+    }
+}
+
+fn fill_stats(s: &mut MigrationStats, p: &ChannelProgress) {
+    s.passes = p.passes;
+    s.normal_pages = p.normal_pages;
+    s.zero_pages = p.duplicate_pages;
+    s.dirty_rate = p.dirty_rate;
+    s.transfer_rate = p.transfer_rate;
+    s.throttle_percent = p.throttle_percent;
+    s.throttle_max_percent = s.throttle_max_percent.max(p.throttle_percent);
+    s.remaining_bytes = p.remaining_bytes;
+}
+
+/// Handles what has arrived: channels that closed, and errors.
+fn drain(rx: &mpsc::Receiver<Ev>, ended: &mut HashSet<u16>) -> Result<(), MigrationError> {
+    while let Ok(ev) = rx.try_recv() {
+        handle(ev, ended, None)?;
+    }
+    Ok(())
+}
+
+/// Waits for message `want` on stream 0, handling everything else.
+fn wait_for(
+    rx: &mpsc::Receiver<Ev>,
+    ended: &mut HashSet<u16>,
+    want: u8,
+    timeout: Duration,
+) -> Result<(), MigrationError> {
+    let until = Instant::now() + timeout;
+    loop {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(ev) => {
+                if handle(ev, ended, Some(want))? {
+                    return Ok(());
+                }
+            }
+            Err(_) => return Err(MigrationError::SwitchoverTimeout(timeout)),
+        }
+    }
+}
+
+/// True when `ev` is the awaited message.
+fn handle(ev: Ev, ended: &mut HashSet<u16>, want: Option<u8>) -> Result<bool, MigrationError> {
+    match ev {
+        Ev::Control(m) if Some(m[0]) == want => Ok(true),
+        Ev::Control(m) if m[0] == wire::FAILED => Err(MigrationError::Destination(
+            String::from_utf8_lossy(&m[1..]).into_owned(),
+        )),
+        Ev::Control(_) => Err(MigrationError::Destination(
+            "unexpected message from the destination".into(),
+        )),
+        Ev::Outward { stream, result } => match result {
+            Ok(()) => {
+                ended.insert(stream);
+                Ok(false)
+            }
+            Err(e) => Err(relay_error(stream, e)),
+        },
+        Ev::Inward { stream, result } => Err(match result {
+            Ok(()) => MigrationError::Destination(format!("stream {stream} ended early")),
+            Err(e) => relay_error(stream, e),
+        }),
+    }
+}

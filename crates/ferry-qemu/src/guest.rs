@@ -1,0 +1,466 @@
+//! A QEMU guest: launched (or adopted) in its own directory, driven over
+//! QMP, moved by QEMU's own migration over channels ferry carries.
+
+use std::{
+    os::unix::process::CommandExt,
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    sync::Mutex,
+    time::{Duration, Instant, SystemTime},
+};
+
+use ferry_core::machine::QemuMachine;
+use ferry_engine::{
+    channels::{ChannelGuest, ChannelProgress, ChannelStatus},
+    guest::{GuestError, GuestInfo, RunState},
+};
+use ferry_protocol::Limits;
+use serde_json::{Value, json};
+
+use crate::{PROGRAM, QemuError, Qmp};
+
+/// A QEMU process and what ferry knows of it.
+pub struct QemuGuest {
+    name: String,
+    machine: QemuMachine,
+    dir: PathBuf,
+    qmp: Mutex<Qmp>,
+    /// Present when this process started QEMU (to reap it).
+    child: Mutex<Option<Child>>,
+    pid: Option<u32>,
+    state: Mutex<RunState>,
+    /// Where this QEMU's serial log started when it came here: its verdict
+    /// counts what the guest said since.
+    serial_from: u64,
+}
+
+fn qmp_path(dir: &Path) -> PathBuf {
+    dir.join("qmp.sock")
+}
+
+fn serial_path(dir: &Path) -> PathBuf {
+    dir.join("serial.log")
+}
+
+fn pid_path(dir: &Path) -> PathBuf {
+    dir.join("qemu.pid")
+}
+
+fn guest_err(e: QemuError) -> GuestError {
+    GuestError::Invalid(e.to_string())
+}
+
+impl QemuGuest {
+    /// The arguments that start `machine` with its QMP socket and serial log
+    /// in `dir`; `incoming` adds `-S -incoming defer`.
+    pub fn command(name: &str, machine: &QemuMachine, dir: &Path, incoming: bool) -> Command {
+        let mut c = Command::new(PROGRAM);
+        c.args(["-name", &format!("guest={name}")])
+            .args(["-nodefaults", "-display", "none"])
+            .args([
+                "-machine",
+                &format!("{},accel={}", machine.machine, machine.accel.name()),
+            ])
+            .args(["-m", &format!("{}M", machine.memory >> 20)])
+            .args(["-smp", &machine.vcpus.to_string()]);
+        if let Some(k) = &machine.kernel {
+            c.arg("-kernel").arg(k);
+        }
+        if let Some(i) = &machine.initrd {
+            c.arg("-initrd").arg(i);
+        }
+        if let Some(a) = &machine.append {
+            c.args(["-append", a]);
+        }
+        if let Some(d) = &machine.disk {
+            c.arg("-drive")
+                .arg(format!("file={},if=virtio,cache=none", d.display()));
+        }
+        c.args([
+            "-chardev",
+            &format!(
+                "file,id=serial0,path={},append=on",
+                serial_path(dir).display()
+            ),
+            "-serial",
+            "chardev:serial0",
+        ])
+        .args([
+            "-qmp",
+            &format!("unix:{},server=on,wait=off", qmp_path(dir).display()),
+        ])
+        .arg("-pidfile")
+        .arg(pid_path(dir))
+        .args(&machine.extra_args);
+        if incoming {
+            c.args(["-S", "-incoming", "defer"]);
+        }
+        c
+    }
+
+    /// Adopts the QEMU already running in `dir` (a restarted host), or
+    /// starts one.
+    pub fn launch_or_adopt(
+        name: &str,
+        machine: &QemuMachine,
+        dir: &Path,
+    ) -> Result<Self, QemuError> {
+        if let Ok(q) = Qmp::connect(&qmp_path(dir)) {
+            let mut g = Self::from_qmp(name, machine, dir, q, None)?;
+            g.serial_from = std::fs::metadata(serial_path(dir)).map_or(0, |m| m.len());
+            tracing::info!(guest = name, dir = %dir.display(), pid = ?g.pid, "adopted a running QEMU");
+            return Ok(g);
+        }
+        Self::launch(name, machine, dir, false)
+    }
+
+    /// Starts QEMU for `machine` in `dir` (created 0700). `incoming`: a twin
+    /// that waits, paused, for a migration.
+    pub fn launch(
+        name: &str,
+        machine: &QemuMachine,
+        dir: &Path,
+        incoming: bool,
+    ) -> Result<Self, QemuError> {
+        let dir_err = |source| QemuError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        };
+        {
+            use std::os::unix::fs::DirBuilderExt;
+            std::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(dir)
+                .map_err(dir_err)?;
+        }
+        let _ = std::fs::remove_file(qmp_path(dir));
+        let _ = std::fs::remove_file(pid_path(dir));
+        let serial_from = std::fs::metadata(serial_path(dir)).map_or(0, |m| m.len());
+        let mut cmd = Self::command(name, machine, dir, incoming);
+        // Its own process group: a Ctrl-C or a signal to the host's group
+        // does not reach the guest.
+        cmd.process_group(0)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        let mut child = cmd.spawn().map_err(|source| QemuError::Spawn {
+            program: PROGRAM.into(),
+            source,
+        })?;
+        let deadline = Instant::now() + Duration::from_secs(20);
+        let qmp = loop {
+            if let Some(status) = child.try_wait().ok().flatten() {
+                let mut stderr = String::new();
+                if let Some(mut e) = child.stderr.take() {
+                    let _ = std::io::Read::read_to_string(&mut e, &mut stderr);
+                }
+                return Err(QemuError::Exited {
+                    status: status.to_string(),
+                    stderr: stderr.trim().to_string(),
+                });
+            }
+            if let Ok(q) = Qmp::connect(&qmp_path(dir)) {
+                break q;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                let _ = child.wait();
+                return Err(QemuError::Timeout(format!(
+                    "QMP socket {} did not answer in 20 s",
+                    qmp_path(dir).display()
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // Its stderr is not read from here on: QEMU's rare messages must
+        // not fill a pipe nobody drains.
+        drop(child.stderr.take());
+        let mut g = Self::from_qmp(name, machine, dir, qmp, Some(child))?;
+        g.serial_from = serial_from;
+        if incoming {
+            *g.state.lock().expect("state") = RunState::Incoming;
+        }
+        tracing::info!(guest = name, pid = ?g.pid, incoming, "QEMU started");
+        Ok(g)
+    }
+
+    fn from_qmp(
+        name: &str,
+        machine: &QemuMachine,
+        dir: &Path,
+        mut qmp: Qmp,
+        child: Option<Child>,
+    ) -> Result<Self, QemuError> {
+        let status = qmp.execute("query-status", json!({}))?;
+        let state = match status["status"].as_str().unwrap_or("") {
+            "running" => RunState::Running,
+            "inmigrate" => RunState::Incoming,
+            _ => RunState::Paused,
+        };
+        let pid = child.as_ref().map(|c| c.id()).or_else(|| {
+            std::fs::read_to_string(pid_path(dir))
+                .ok()
+                .and_then(|s| s.trim().parse().ok())
+        });
+        Ok(Self {
+            name: name.to_string(),
+            machine: machine.clone(),
+            dir: dir.to_path_buf(),
+            qmp: Mutex::new(qmp),
+            child: Mutex::new(child),
+            pid,
+            state: Mutex::new(state),
+            serial_from: 0,
+        })
+    }
+
+    /// The QEMU process id.
+    pub fn pid(&self) -> Option<u32> {
+        self.pid
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    pub fn execute(&self, command: &str, arguments: Value) -> Result<Value, QemuError> {
+        self.qmp.lock().expect("qmp").execute(command, arguments)
+    }
+
+    fn status(&self) -> Result<String, QemuError> {
+        Ok(self.execute("query-status", json!({}))?["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string())
+    }
+
+    /// Capabilities both ends of a migration set alike.
+    fn set_channels(&self, channels: u16) -> Result<(), QemuError> {
+        let multifd = channels > 1;
+        self.execute(
+            "migrate-set-capabilities",
+            json!({"capabilities": [{"capability": "multifd", "state": multifd}]}),
+        )?;
+        if multifd {
+            self.execute(
+                "migrate-set-parameters",
+                json!({"multifd-channels": channels - 1}),
+            )?;
+        }
+        Ok(())
+    }
+
+    fn channel(socket: &Path) -> Value {
+        json!([{"channel-type": "main",
+                "addr": {"transport": "socket", "type": "unix", "path": socket}}])
+    }
+
+    /// Waits (bounded) until QEMU's migration is no longer in flight.
+    fn settle(&self) {
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            match self.execute("query-migrate", json!({})) {
+                Ok(v) => match v["status"].as_str().unwrap_or("") {
+                    "setup" | "active" | "device" | "cancelling" | "pre-switchover"
+                    | "wait-unplug" => {}
+                    _ => return,
+                },
+                Err(_) => return,
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Ends the process: `quit`, then a kill if it lingers.
+    fn end(&self) {
+        let _ = self.execute("quit", json!({}));
+        let until = Instant::now() + Duration::from_secs(5);
+        if let Some(mut c) = self.child.lock().expect("child").take() {
+            while Instant::now() < until {
+                if c.try_wait().ok().flatten().is_some() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            let _ = c.kill();
+            let _ = c.wait();
+        } else if let Some(pid) = self.pid {
+            // Adopted: not our child; gone when its pid no longer signals.
+            while Instant::now() < until {
+                // SAFETY: signal 0 only checks that the process exists.
+                if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                    return;
+                }
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            // SAFETY: the pid QEMU wrote for this guest's own directory.
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+    }
+}
+
+/// (checks passed, checks failed) in a test guest's serial log from byte
+/// `from` on: lines "ferry-guest: check N ok" / "... FAILED".
+pub fn verdict_of(log: &Path, from: u64) -> Option<(u64, u64)> {
+    let text = std::fs::read(log).ok()?;
+    let text = String::from_utf8_lossy(text.get(from as usize..).unwrap_or_default());
+    let mut seen = false;
+    let (mut ok, mut failed) = (0, 0);
+    for l in text.lines() {
+        let Some(rest) = l.trim().strip_prefix("ferry-guest: ") else {
+            continue;
+        };
+        seen = true;
+        if rest.starts_with("check ") {
+            if rest.ends_with(" ok") {
+                ok += 1;
+            } else {
+                failed += 1;
+            }
+        }
+    }
+    seen.then_some((ok, failed))
+}
+
+fn num(v: &Value) -> u64 {
+    v.as_u64()
+        .or_else(|| v.as_f64().map(|f| f as u64))
+        .unwrap_or(0)
+}
+
+impl ChannelGuest for QemuGuest {
+    fn name(&self) -> &str {
+        &self.name
+    }
+
+    fn memory_bytes(&self) -> u64 {
+        self.machine.memory
+    }
+
+    fn run_state(&self) -> RunState {
+        *self.state.lock().expect("state")
+    }
+
+    fn info(&self) -> GuestInfo {
+        let (ops, get_errors) = self.verdict().unwrap_or((0, 0));
+        GuestInfo {
+            name: self.name.clone(),
+            kind: "qemu".into(),
+            memory: self.machine.memory,
+            vcpus: self.machine.vcpus as usize,
+            state: self.run_state(),
+            throttle: 0,
+            ops,
+            get_errors,
+            workload: None,
+            nic: None,
+            machine: Some(self.machine.clone()),
+        }
+    }
+
+    fn start_migration(
+        &self,
+        socket: &Path,
+        channels: u16,
+        limits: &Limits,
+    ) -> Result<(), GuestError> {
+        self.set_channels(channels).map_err(guest_err)?;
+        let throttle = limits.throttle_max > 0;
+        self.execute(
+            "migrate-set-capabilities",
+            json!({"capabilities": [
+                {"capability": "auto-converge", "state": throttle},
+                {"capability": "events", "state": true}]}),
+        )
+        .map_err(guest_err)?;
+        let mut params = json!({
+            // QEMU's 128 MiB/s default would cap every link; ferry's
+            // streams pace themselves when the spec says so.
+            "max-bandwidth": limits.bandwidth.unwrap_or(1 << 40),
+            "downtime-limit": limits.downtime_limit.as_millis().clamp(1, 2_000_000) as u64,
+        });
+        if throttle {
+            params["cpu-throttle-initial"] = json!(limits.throttle_initial.clamp(1, 99));
+            params["cpu-throttle-increment"] = json!(limits.throttle_step.clamp(1, 99));
+            params["max-cpu-throttle"] = json!(limits.throttle_max.clamp(1, 99));
+        }
+        self.execute("migrate-set-parameters", params)
+            .map_err(guest_err)?;
+        self.execute("migrate", json!({"channels": Self::channel(socket)}))
+            .map_err(guest_err)?;
+        Ok(())
+    }
+
+    fn accept_migration(&self, socket: &Path, channels: u16) -> Result<(), GuestError> {
+        self.set_channels(channels).map_err(guest_err)?;
+        self.execute(
+            "migrate-incoming",
+            json!({"channels": Self::channel(socket)}),
+        )
+        .map_err(guest_err)?;
+        Ok(())
+    }
+
+    fn progress(&self) -> Result<ChannelProgress, GuestError> {
+        let v = self
+            .execute("query-migrate", json!({}))
+            .map_err(guest_err)?;
+        let status = match v["status"].as_str().unwrap_or("") {
+            "" | "none" | "setup" => ChannelStatus::Setup,
+            "completed" => ChannelStatus::Completed,
+            "failed" => ChannelStatus::Failed(
+                v["error-desc"]
+                    .as_str()
+                    .unwrap_or("no reason given")
+                    .to_string(),
+            ),
+            "cancelled" => ChannelStatus::Cancelled,
+            _ => ChannelStatus::Active,
+        };
+        let ram = &v["ram"];
+        let page = num(&ram["page-size"]).max(4096);
+        Ok(ChannelProgress {
+            status: Some(status),
+            transferred_bytes: num(&ram["transferred"]),
+            remaining_bytes: num(&ram["remaining"]),
+            total_bytes: num(&ram["total"]),
+            duplicate_pages: num(&ram["duplicate"]),
+            normal_pages: num(&ram["normal"]),
+            dirty_rate: num(&ram["dirty-pages-rate"]) as f64 * page as f64,
+            transfer_rate: ram["mbps"].as_f64().unwrap_or(0.0) * 1e6 / 8.0,
+            passes: num(&ram["dirty-sync-count"]) as u32,
+            throttle_percent: num(&v["cpu-throttle-percentage"]).min(100) as u8,
+            expected_downtime_seconds: num(&v["expected-downtime"]) as f64 / 1e3,
+            setup_seconds: num(&v["setup-time"]) as f64 / 1e3,
+        })
+    }
+
+    fn cancel_migration(&self) {
+        let _ = self.execute("migrate_cancel", json!({}));
+        self.settle();
+    }
+
+    fn stopped_at(&self) -> Option<SystemTime> {
+        self.qmp.lock().expect("qmp").last_event("STOP")
+    }
+
+    fn resume(&self) -> Result<(), GuestError> {
+        let status = self.status().map_err(guest_err)?;
+        if status != "running" {
+            self.execute("cont", json!({})).map_err(guest_err)?;
+        }
+        *self.state.lock().expect("state") = RunState::Running;
+        Ok(())
+    }
+
+    fn release(&self) {
+        *self.state.lock().expect("state") = RunState::Released;
+        self.end();
+        tracing::info!(guest = %self.name, pid = ?self.pid, "QEMU ended");
+    }
+
+    fn verdict(&self) -> Option<(u64, u64)> {
+        verdict_of(&serial_path(&self.dir), self.serial_from)
+    }
+}

@@ -1,0 +1,66 @@
+//! ferry-qemu: real QEMU guests for ferry.
+//!
+//! - [`Qmp`]: a QMP session (commands, and the events between them).
+//! - [`QemuGuest`]: a QEMU process ferry launched or adopted, as a
+//!   [`ferry_engine::channels::ChannelGuest`]: QEMU does pre-copy and
+//!   convergence, ferry carries its channels and commits the switch-over.
+//!
+//! QEMU runs as its own process (its own process group): a `ferry host`
+//! that stops or restarts neither kills nor loses it; the restarted host
+//! adopts it by its QMP socket.
+
+mod guest;
+mod qmp;
+
+pub use guest::{QemuGuest, verdict_of};
+pub use qmp::Qmp;
+
+use std::path::PathBuf;
+
+/// The QEMU binary ferry runs.
+pub const PROGRAM: &str = "qemu-system-x86_64";
+
+#[derive(Debug, thiserror::Error)]
+pub enum QemuError {
+    #[error("starting {program}")]
+    Spawn {
+        program: String,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP socket {path}")]
+    Qmp {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("QMP {command}: {message}")]
+    Command { command: String, message: String },
+    #[error("QEMU exited early ({status}): {stderr}")]
+    Exited { status: String, stderr: String },
+    #[error("{0}")]
+    Timeout(String),
+    #[error("{path}")]
+    Dir {
+        path: PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+}
+
+/// Whether QEMU can run here, and why not.
+pub fn available() -> Result<(), String> {
+    match std::process::Command::new(PROGRAM)
+        .arg("--version")
+        .output()
+    {
+        Ok(o) if o.status.success() => Ok(()),
+        Ok(o) => Err(format!(
+            "{PROGRAM} --version failed: {}",
+            String::from_utf8_lossy(&o.stderr)
+        )),
+        Err(e) => Err(format!(
+            "{PROGRAM} not found ({e}); `cargo xtask setup` installs it"
+        )),
+    }
+}

@@ -1,0 +1,283 @@
+//! Real QEMU guests moved by ferry: QEMU's own migration channels carried
+//! on ferry's encrypted streams, committed by ferry's switch-over. The test
+//! guest (`cargo xtask setup` builds it) checks its own memory and says so
+//! on its serial console.
+
+use std::{
+    path::{Path, PathBuf},
+    sync::{Arc, Mutex, mpsc},
+    time::{Duration, Instant},
+};
+
+use ferry::{
+    engine::{
+        DestinationEvent, IncomingRegistry, MigrationError, MigrationListener, MigrationResult,
+        SourceOptions, channels::ChannelGuest,
+    },
+    guest::RunState,
+    machine::QemuMachine,
+    metrics::ProtocolMetrics,
+    protocol::{
+        Backend, EncryptionMode, Limits, MigrationId, MigrationKey, MigrationSpec, Transport,
+        spec::Endpoint,
+    },
+    qemu::QemuGuest,
+};
+
+/// The test guest's machine, or why it cannot run here.
+pub fn test_machine(memory_mib: u64, dirty_mib_s: u32) -> Result<QemuMachine, String> {
+    ferry::qemu::available()?;
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-guest");
+    let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
+    if !kernel.is_file() || !initrd.is_file() {
+        return Err(format!(
+            "no test guest in {} (`cargo xtask setup` builds it)",
+            dir.display()
+        ));
+    }
+    Ok(QemuMachine {
+        memory: memory_mib << 20,
+        vcpus: 1,
+        accel: Default::default(),
+        machine: "pc".into(),
+        kernel: Some(kernel),
+        initrd: Some(initrd),
+        append: Some(format!(
+            "console=ttyS0 quiet panic=-1 ferry.check_mib=16 ferry.dirty_mib_s={dirty_mib_s}"
+        )),
+        disk: None,
+        extra_args: vec!["-no-reboot".into()],
+    })
+}
+
+/// A directory for one test's QEMU processes, removed afterwards.
+pub struct Scratch(pub PathBuf);
+
+impl Scratch {
+    pub fn new(name: &str) -> Self {
+        let p = std::env::temp_dir().join(format!("ferry-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&p);
+        std::fs::create_dir_all(&p).unwrap();
+        Self(p)
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Waits (bounded) until the guest has passed `more` checks beyond what it
+/// had passed at `base`, and returns (passed, failed).
+pub fn wait_checks(g: &dyn ChannelGuest, base: u64, more: u64, within: Duration) -> (u64, u64) {
+    let until = Instant::now() + within;
+    loop {
+        let v = g.verdict().unwrap_or((0, 0));
+        if v.0 >= base + more || v.1 > 0 || Instant::now() > until {
+            return v;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+pub fn alive(pid: u32) -> bool {
+    // A zombie still answers signal 0; its state in /proc says it is gone.
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .map(|s| {
+            let state = s.rsplit(')').next().unwrap_or("").trim_start();
+            !state.starts_with('Z') && !state.starts_with('X')
+        })
+        .unwrap_or(false)
+}
+
+struct Dest {
+    registry: Arc<IncomingRegistry>,
+    listener: MigrationListener,
+    events: mpsc::Receiver<DestinationEvent>,
+}
+
+fn destination() -> Dest {
+    let (tx, events) = mpsc::channel();
+    let tx = Mutex::new(tx);
+    let registry = IncomingRegistry::new(
+        Backend::default(),
+        Some(ProtocolMetrics::new()),
+        Duration::from_secs(20),
+        move |e| {
+            let _ = tx.lock().unwrap().send(e);
+        },
+    );
+    let listener =
+        MigrationListener::bind("127.0.0.1:0".parse().unwrap(), registry.clone()).unwrap();
+    Dest {
+        registry,
+        listener,
+        events,
+    }
+}
+
+fn spec(machine: &QemuMachine, streams: u16, transport: Transport, dest: &Dest) -> MigrationSpec {
+    MigrationSpec {
+        id: MigrationId::generate(),
+        guest: "vm1".into(),
+        memory: machine.memory,
+        source: Endpoint {
+            host: "a".into(),
+            migration: "127.0.0.1:1".parse().unwrap(),
+        },
+        destination: Endpoint {
+            host: "b".into(),
+            migration: dest.listener.local_addr(),
+        },
+        mode: EncryptionMode::Required,
+        setting: EncryptionMode::Required,
+        transport,
+        key: transport.encrypted().then(MigrationKey::generate),
+        nonce: 7,
+        streams,
+        limits: Limits {
+            max_time: Duration::from_secs(120),
+            ..Limits::default()
+        },
+        machine: Some(machine.clone()),
+    }
+}
+
+/// Boots the test guest and waits for its first check.
+fn boot(machine: &QemuMachine, dir: &Path) -> Arc<QemuGuest> {
+    let g = Arc::new(QemuGuest::launch("vm1", machine, dir, false).expect("start QEMU"));
+    let (ok, failed) = wait_checks(&*g, 0, 1, Duration::from_secs(60));
+    assert!(
+        ok >= 1 && failed == 0,
+        "the test guest did not boot and check itself in 60 s (ok {ok}, failed {failed}); serial log in {}",
+        dir.display()
+    );
+    g
+}
+
+#[test]
+fn a_qemu_guest_moves_encrypted_on_one_and_on_three_channels_and_checks_itself() {
+    let machine = match test_machine(256, 8) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    for streams in [1u16, 3] {
+        let scratch = Scratch::new(&format!("qemu-move-{streams}"));
+        let src = boot(&machine, &scratch.0.join("a"));
+        let src_pid = src.pid().expect("pid");
+        let dest = destination();
+        let spec = spec(&machine, streams, Transport::Aes256Gcm, &dest);
+        let twin =
+            Arc::new(QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"));
+        dest.registry
+            .prepare_channels(&spec, twin.clone())
+            .expect("prepare");
+        let mut phases = Vec::new();
+        let r = ferry::engine::channels::migrate_out(
+            src.clone(),
+            &spec,
+            &SourceOptions::default(),
+            &mut |p| phases.push(p.phase),
+        );
+        let stats = r.unwrap_or_else(|f| panic!("{streams} stream(s): migration failed: {f}"));
+        assert_eq!(stats.result, MigrationResult::Completed);
+        eprintln!(
+            "{streams} stream(s): {:.2} s, downtime {:.1} ms, {} bytes on the wire, {} passes",
+            stats.total_seconds,
+            stats.downtime_seconds * 1e3,
+            stats.transferred_bytes,
+            stats.passes
+        );
+        assert!(
+            stats.transferred_bytes > 1 << 20,
+            "{streams} stream(s): only {} bytes crossed",
+            stats.transferred_bytes
+        );
+        assert!(
+            stats.downtime_seconds > 0.0 && stats.downtime_seconds < 30.0,
+            "{streams} stream(s): downtime {} s",
+            stats.downtime_seconds
+        );
+        match dest.events.recv_timeout(Duration::from_secs(10)) {
+            Ok(DestinationEvent::Resumed { .. }) => {}
+            Ok(DestinationEvent::Aborted { reason, .. }) => panic!("destination aborted: {reason}"),
+            Err(_) => panic!("the destination reported nothing"),
+        }
+        assert_eq!(src.run_state(), RunState::Released);
+        assert_eq!(twin.run_state(), RunState::Running);
+        // The source QEMU is gone; the guest runs on and its checks pass.
+        let until = Instant::now() + Duration::from_secs(10);
+        while alive(src_pid) && Instant::now() < until {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            !alive(src_pid),
+            "the source QEMU (pid {src_pid}) still runs"
+        );
+        let (ok, failed) = wait_checks(&*twin, 0, 2, Duration::from_secs(60));
+        assert!(
+            ok >= 2 && failed == 0,
+            "{streams} stream(s): after the move the guest passed {ok} checks and failed {failed}"
+        );
+        twin.release();
+    }
+}
+
+#[test]
+fn a_qemu_twin_that_dies_mid_migration_leaves_the_guest_running_on_the_source() {
+    let machine = match test_machine(256, 64) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let scratch = Scratch::new("qemu-twin-dies");
+    let src = boot(&machine, &scratch.0.join("a"));
+    let dest = destination();
+    let mut spec = spec(&machine, 2, Transport::Aes256Gcm, &dest);
+    // Slow enough that the twin is killed while pages still flow.
+    spec.limits.bandwidth = Some(16 << 20);
+    let twin =
+        Arc::new(QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"));
+    let twin_pid = twin.pid().expect("pid");
+    dest.registry
+        .prepare_channels(&spec, twin.clone())
+        .expect("prepare");
+    let mut killed = false;
+    let r = ferry::engine::channels::migrate_out(
+        src.clone(),
+        &spec,
+        &SourceOptions::default(),
+        &mut |p| {
+            if !killed && p.transferred_bytes > 8 << 20 {
+                // SAFETY: the twin this test started, by its id.
+                unsafe { libc::kill(twin_pid as i32, libc::SIGKILL) };
+                killed = true;
+            }
+        },
+    );
+    assert!(
+        killed,
+        "the migration ended before the twin could be killed"
+    );
+    let failed = r.expect_err("the twin died");
+    assert!(failed.error.guest_kept(), "{}", failed.error);
+    assert!(
+        !matches!(failed.error, MigrationError::InDoubt(_)),
+        "{}",
+        failed.error
+    );
+    assert_eq!(src.run_state(), RunState::Running);
+    let base = src.verdict().unwrap().0;
+    let (ok, bad) = wait_checks(&*src, base, 2, Duration::from_secs(60));
+    assert!(
+        ok >= base + 2 && bad == 0,
+        "the guest on the source after the failure: {ok} checks passed (was {base}), {bad} failed"
+    );
+    src.release();
+}
