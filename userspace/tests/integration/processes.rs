@@ -55,8 +55,9 @@ fn write_host(
             "name: {name}\ncontrol: {control}\nmigration: {migration}\n\
              tls: {{ ca: ca.pem, cert: {name}.pem, key: {name}-key.pem }}\n\
                           memory_capacity: 1GiB\ncoordinators: [c1]\nguests: {guests}\n\
-             metrics: {{ listen: \"127.0.0.1:{}\" }}\n",
-            free_port().port()
+             metrics: {{ listen: \"127.0.0.1:{}\" }}\nstate_dir: {}\n",
+            free_port().port(),
+            dir.join(format!("{name}-state")).display()
         ),
     )
     .unwrap();
@@ -556,5 +557,183 @@ fn a_frozen_source_is_reported_within_the_silence_limit_and_keeps_its_guest() {
         );
     });
     drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// Where host `host`'s QEMU guest `guest` keeps its files.
+fn qemu_dir(dir: &Path, host: &str, guest: &str) -> PathBuf {
+    dir.join(format!("{host}-state")).join(guest)
+}
+
+fn qemu_pid(dir: &Path, host: &str, guest: &str) -> Option<u32> {
+    std::fs::read_to_string(qemu_dir(dir, host, guest).join("qemu.pid"))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// Ends the QEMU processes this test's hosts started (they outlive their
+/// host on purpose), by their ids.
+struct QemuReaper(Vec<(PathBuf, &'static str)>);
+
+impl Drop for QemuReaper {
+    fn drop(&mut self) {
+        for (dir, host) in &self.0 {
+            if let Some(pid) = qemu_pid(dir, host, "vm1")
+                && crate::qemu::alive(pid)
+            {
+                // SAFETY: a QEMU this test's host started, by its id.
+                unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+            }
+        }
+    }
+}
+
+fn guest_on(
+    hosts: &[ferry::control::wire::HostStatus],
+    host: &str,
+    guest: &str,
+) -> Option<ferry::guest::GuestInfo> {
+    hosts
+        .iter()
+        .find(|h| h.name == host)?
+        .capabilities
+        .as_ref()?
+        .guests
+        .iter()
+        .find(|g| g.info.name == guest)
+        .map(|g| g.info.clone())
+}
+
+#[test]
+fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() {
+    let machine = match crate::qemu::test_machine(256, 8) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("ferry-qemu-proc-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _reaper = QemuReaper(vec![(dir.clone(), "a"), (dir.clone(), "b")]);
+    ferry::certs::issue(
+        &dir,
+        &[
+            (Role::Coordinator, "c1".into()),
+            (Role::Host, "a".into()),
+            (Role::Host, "b".into()),
+            (Role::Client, "admin".into()),
+        ],
+    )
+    .unwrap();
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
+    let guests = format!(
+        "[{{ name: vm1, kind: qemu, memory: 256MiB, vcpus: 1, encryption: required, \
+         qemu: {{ kernel: {}, initrd: {}, append: \"{}\", extra_args: [-no-reboot] }} }}]",
+        machine.kernel.as_ref().unwrap().display(),
+        machine.initrd.as_ref().unwrap().display(),
+        machine.append.as_ref().unwrap()
+    );
+    let a_cfg = write_host(&dir, "a", ca, ma, &guests);
+    let a = spawn_host(&a_cfg, &dir.join("a.log"));
+    let _b = spawn_host(&write_host(&dir, "b", cb, mb, "[]"), &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    let pid = qemu_pid(&dir, "a", "vm1").expect("host a started vm1's QEMU");
+
+    // Host a dies and comes back: the guest neither dies nor doubles.
+    drop(a);
+    std::thread::sleep(Duration::from_millis(300));
+    assert!(crate::qemu::alive(pid), "vm1's QEMU died with its host");
+    let _a = spawn_host(&a_cfg, &dir.join("a2.log"));
+    wait_listening(ca);
+    assert_eq!(
+        qemu_pid(&dir, "a", "vm1"),
+        Some(pid),
+        "the restarted host started a second QEMU instead of adopting the first"
+    );
+
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (_, addr) = coordinator_c1(&dir, ca, cb).await;
+        let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
+        let cref = ferry::coordinator::CoordinatorRef {
+            name: "c1".into(),
+            addr,
+        };
+        let hosts = || async {
+            let Response::Hosts { hosts } = client
+                .call("c1", addr, &Request::Hosts, Duration::from_secs(20))
+                .await
+                .unwrap()
+            else {
+                panic!("no host list")
+            };
+            hosts
+        };
+        // Booted and checking itself before it moves.
+        let until = Instant::now() + Duration::from_secs(60);
+        while guest_on(&hosts().await, "a", "vm1").is_none_or(|g| g.ops == 0) {
+            assert!(Instant::now() < until, "vm1 never reported a check on a");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for (from, to, streams) in [("a", "b", 1u16), ("b", "a", 3)] {
+            let opts = MigrateOptions {
+                streams: Some(streams),
+                ..Default::default()
+            };
+            let stats = request_migration(&client, &cref, "vm1", None, to, opts, |_| {})
+                .await
+                .unwrap();
+            assert_eq!(
+                stats.result,
+                MigrationResult::Completed,
+                "{from} -> {to}: {:?}",
+                stats.error
+            );
+            assert!(
+                stats.transport.encrypted(),
+                "a required guest moved in the clear"
+            );
+            let list = hosts().await;
+            assert!(
+                guest_on(&list, from, "vm1").is_none(),
+                "vm1 still listed on {from}"
+            );
+            let g = guest_on(&list, to, "vm1").expect("vm1 listed on its new host");
+            assert_eq!(g.state, ferry::guest::RunState::Running);
+            assert_eq!(g.kind, "qemu");
+            // The guest's own checks go on passing where it landed.
+            let until = Instant::now() + Duration::from_secs(60);
+            loop {
+                let g = guest_on(&hosts().await, to, "vm1").expect("vm1 on its host");
+                assert_eq!(g.get_errors, 0, "vm1 failed a memory check on {to}");
+                if g.ops >= 2 {
+                    break;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "vm1 passed {} checks on {to} in 60 s",
+                    g.ops
+                );
+                tokio::time::sleep(Duration::from_millis(200)).await;
+            }
+            let old = qemu_pid(&dir, from, "vm1");
+            let until = Instant::now() + Duration::from_secs(10);
+            while old.is_some_and(crate::qemu::alive) && Instant::now() < until {
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+            assert!(
+                !old.is_some_and(crate::qemu::alive),
+                "the QEMU vm1 left on {from} still runs"
+            );
+        }
+    });
     let _ = std::fs::remove_dir_all(&dir);
 }
