@@ -574,19 +574,20 @@ fn qemu_pid(dir: &Path, host: &str, guest: &str) -> Option<u32> {
 }
 
 /// Ends the QEMU processes this test's hosts started (they outlive their
-/// host on purpose), by their ids.
-struct QemuReaper(Vec<(PathBuf, &'static str)>);
+/// host on purpose), by their ids, then removes the test's directory.
+struct QemuReaper(PathBuf, Vec<&'static str>);
 
 impl Drop for QemuReaper {
     fn drop(&mut self) {
-        for (dir, host) in &self.0 {
-            if let Some(pid) = qemu_pid(dir, host, "vm1")
+        for host in &self.1 {
+            if let Some(pid) = qemu_pid(&self.0, host, "vm1")
                 && crate::qemu::alive(pid)
             {
                 // SAFETY: a QEMU this test's host started, by its id.
                 unsafe { libc::kill(pid as i32, libc::SIGKILL) };
             }
         }
+        let _ = std::fs::remove_dir_all(&self.0);
     }
 }
 
@@ -617,7 +618,7 @@ fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() 
     };
     let dir = std::env::temp_dir().join(format!("ferry-qemu-proc-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);
-    let _reaper = QemuReaper(vec![(dir.clone(), "a"), (dir.clone(), "b")]);
+    let _reaper = QemuReaper(dir.clone(), vec!["a", "b"]);
     ferry::certs::issue(
         &dir,
         &[
@@ -735,5 +736,4 @@ fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() 
             );
         }
     });
-    let _ = std::fs::remove_dir_all(&dir);
 }

@@ -68,6 +68,25 @@ impl Drop for Scratch {
     }
 }
 
+/// A QEMU this test started, ended when the test ends however it ends
+/// (QEMU outlives its starter on purpose).
+pub struct Started(pub Arc<QemuGuest>);
+
+impl Drop for Started {
+    fn drop(&mut self) {
+        if self.0.run_state() != RunState::Released {
+            self.0.release();
+        }
+    }
+}
+
+impl std::ops::Deref for Started {
+    type Target = Arc<QemuGuest>;
+    fn deref(&self) -> &Arc<QemuGuest> {
+        &self.0
+    }
+}
+
 /// Waits (bounded) until the guest has passed `more` checks beyond what it
 /// had passed at `base`, and returns (passed, failed).
 pub fn wait_checks(g: &dyn ChannelGuest, base: u64, more: u64, within: Duration) -> (u64, u64) {
@@ -145,9 +164,11 @@ fn spec(machine: &QemuMachine, streams: u16, transport: Transport, dest: &Dest) 
 }
 
 /// Boots the test guest and waits for its first check.
-fn boot(machine: &QemuMachine, dir: &Path) -> Arc<QemuGuest> {
-    let g = Arc::new(QemuGuest::launch("vm1", machine, dir, false).expect("start QEMU"));
-    let (ok, failed) = wait_checks(&*g, 0, 1, Duration::from_secs(60));
+fn boot(machine: &QemuMachine, dir: &Path) -> Started {
+    let g = Started(Arc::new(
+        QemuGuest::launch("vm1", machine, dir, false).expect("start QEMU"),
+    ));
+    let (ok, failed) = wait_checks(&**g, 0, 1, Duration::from_secs(60));
     assert!(
         ok >= 1 && failed == 0,
         "the test guest did not boot and check itself in 60 s (ok {ok}, failed {failed}); serial log in {}",
@@ -171,14 +192,15 @@ fn a_qemu_guest_moves_encrypted_on_one_and_on_three_channels_and_checks_itself()
         let src_pid = src.pid().expect("pid");
         let dest = destination();
         let spec = spec(&machine, streams, Transport::Aes256Gcm, &dest);
-        let twin =
-            Arc::new(QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"));
+        let twin = Started(Arc::new(
+            QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"),
+        ));
         dest.registry
-            .prepare_channels(&spec, twin.clone())
+            .prepare_channels(&spec, twin.0.clone())
             .expect("prepare");
         let mut phases = Vec::new();
         let r = ferry::engine::channels::migrate_out(
-            src.clone(),
+            src.0.clone(),
             &spec,
             &SourceOptions::default(),
             &mut |p| phases.push(p.phase),
@@ -218,12 +240,11 @@ fn a_qemu_guest_moves_encrypted_on_one_and_on_three_channels_and_checks_itself()
             !alive(src_pid),
             "the source QEMU (pid {src_pid}) still runs"
         );
-        let (ok, failed) = wait_checks(&*twin, 0, 2, Duration::from_secs(60));
+        let (ok, failed) = wait_checks(&**twin, 0, 2, Duration::from_secs(60));
         assert!(
             ok >= 2 && failed == 0,
             "{streams} stream(s): after the move the guest passed {ok} checks and failed {failed}"
         );
-        twin.release();
     }
 }
 
@@ -242,15 +263,16 @@ fn a_qemu_twin_that_dies_mid_migration_leaves_the_guest_running_on_the_source() 
     let mut spec = spec(&machine, 2, Transport::Aes256Gcm, &dest);
     // Slow enough that the twin is killed while pages still flow.
     spec.limits.bandwidth = Some(16 << 20);
-    let twin =
-        Arc::new(QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"));
+    let twin = Started(Arc::new(
+        QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"),
+    ));
     let twin_pid = twin.pid().expect("pid");
     dest.registry
-        .prepare_channels(&spec, twin.clone())
+        .prepare_channels(&spec, twin.0.clone())
         .expect("prepare");
     let mut killed = false;
     let r = ferry::engine::channels::migrate_out(
-        src.clone(),
+        src.0.clone(),
         &spec,
         &SourceOptions::default(),
         &mut |p| {
@@ -274,10 +296,9 @@ fn a_qemu_twin_that_dies_mid_migration_leaves_the_guest_running_on_the_source() 
     );
     assert_eq!(src.run_state(), RunState::Running);
     let base = src.verdict().unwrap().0;
-    let (ok, bad) = wait_checks(&*src, base, 2, Duration::from_secs(60));
+    let (ok, bad) = wait_checks(&**src, base, 2, Duration::from_secs(60));
     assert!(
         ok >= base + 2 && bad == 0,
         "the guest on the source after the failure: {ok} checks passed (was {base}), {bad} failed"
     );
-    src.release();
 }
