@@ -191,9 +191,14 @@ pub fn summary(s: &MigrationStats) -> String {
         match s.memory_identical {
             Some(true) => "yes (digests at stun and resume match)".into(),
             Some(false) => "NO".into(),
+            None if s.dirty_log == "device-model" => "checked by the device model".into(),
             None => "not verified".into(),
         },
     );
+    // A device model's migration has no per-pass record of ferry's.
+    if s.pass_history.is_empty() {
+        return t;
+    }
     let _ = writeln!(
         t,
         "\n  {:>4} {:>9} {:>8} {:>10} {:>8} {:>11} {:>11} {:>9} {:>8}",

@@ -40,6 +40,10 @@ enum Command {
         /// Print the summary as JSON on stdout.
         #[arg(long)]
         json: bool,
+        /// Which guest moves: ferry's synthetic one, or the QEMU test guest
+        /// (built by `cargo xtask setup`) under real QEMU.
+        #[arg(long, value_enum)]
+        guest: Option<ferry::host::config::GuestKind>,
     },
     /// Run the coordinator (vCenter's role): hands out migration specs.
     Coordinator {
@@ -307,11 +311,18 @@ fn runtime() -> Result<tokio::runtime::Runtime> {
 
 fn run(cli: Cli) -> Result<()> {
     match cli.command {
-        Command::Demo { config, json } => {
-            let cfg = match config {
+        Command::Demo {
+            config,
+            json,
+            guest,
+        } => {
+            let mut cfg = match config {
                 Some(path) => config::load::<DemoConfig>(&path)?,
                 None => DemoConfig::default(),
             };
+            if let Some(g) = guest {
+                cfg.guest_kind = g;
+            }
             let summary = runtime()?.block_on(ferry::demo::migration::run(&cfg, json))?;
             if json {
                 println!("{}", serde_json::to_string_pretty(&summary)?);

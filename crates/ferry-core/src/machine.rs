@@ -60,7 +60,8 @@ fn pc() -> String {
 }
 
 impl QemuMachine {
-    /// Checks what can be checked anywhere; `field` is where it came from.
+    /// Checks what can be checked anywhere (not files: a coordinator or a
+    /// config check may run elsewhere); `field` is where it came from.
     pub fn validate(&self, field: &str) -> Result<(), Invalid> {
         let f = |k: &str| format!("{field}.{k}");
         if self.kernel.is_none() && self.disk.is_none() {
@@ -71,23 +72,6 @@ impl QemuMachine {
         }
         if self.initrd.is_some() && self.kernel.is_none() {
             return Err(Invalid::new(f("initrd"), "needs a kernel"));
-        }
-        for (k, p) in [
-            ("kernel", &self.kernel),
-            ("initrd", &self.initrd),
-            ("disk", &self.disk),
-        ] {
-            if let Some(p) = p
-                && !p.is_file()
-            {
-                return Err(Invalid::new(
-                    f(k),
-                    format!(
-                        "{} is not a file here (`cargo xtask setup` builds the test guest)",
-                        p.display()
-                    ),
-                ));
-            }
         }
         if self.machine.is_empty() || self.machine.contains(',') {
             return Err(Invalid::new(
@@ -104,6 +88,7 @@ impl QemuMachine {
                 "-daemonize",
                 "-serial",
                 "-monitor",
+                "-pidfile",
             ] {
                 if a == own {
                     return Err(Invalid::new(
@@ -111,6 +96,29 @@ impl QemuMachine {
                         format!("{own} is set by ferry"),
                     ));
                 }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that the files it boots from exist on this host.
+    pub fn check_files(&self, field: &str) -> Result<(), Invalid> {
+        let f = |k: &str| format!("{field}.{k}");
+        for (k, p) in [
+            ("kernel", &self.kernel),
+            ("initrd", &self.initrd),
+            ("disk", &self.disk),
+        ] {
+            if let Some(p) = p
+                && !p.is_file()
+            {
+                return Err(Invalid::new(
+                    f(k),
+                    format!(
+                        "{} is not a file here (`cargo xtask setup` builds the test guest)",
+                        p.display()
+                    ),
+                ));
             }
         }
         Ok(())

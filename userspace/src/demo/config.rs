@@ -1,12 +1,13 @@
 //! `ferry demo`: the built-in demonstration's settings.
 
-use std::time::Duration;
+use std::{path::PathBuf, time::Duration};
 
 use serde::{Deserialize, Serialize};
 
 use crate::config::{ByteSize, Invalid, Validate, deserialize_duration, serialize_duration};
 use crate::{
     guest::{PAGE_SIZE, WorkloadSpec},
+    host::config::GuestKind,
     protocol::{Backend, EncryptionMode, Limits},
 };
 
@@ -15,8 +16,13 @@ use crate::{
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DemoConfig {
+    /// synthetic: ferry's own guest (`guest`); qemu: the QEMU test guest (`qemu`).
+    #[serde(default)]
+    pub guest_kind: GuestKind,
     #[serde(default = "default_guest")]
     pub guest: DemoGuest,
+    #[serde(default)]
+    pub qemu: DemoQemu,
     /// The guest's setting; both demo hosts can encrypt.
     #[serde(default)]
     pub mode: EncryptionMode,
@@ -43,6 +49,31 @@ pub struct DemoGuest {
     pub vcpus: usize,
     pub workload: WorkloadSpec,
     pub prefill: bool,
+}
+
+/// The QEMU test guest `cargo xtask setup` builds: Debian's cloud kernel and
+/// a busybox initramfs that dirties memory and checks its own.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DemoQemu {
+    pub name: String,
+    pub memory: ByteSize,
+    pub kernel: PathBuf,
+    pub initrd: PathBuf,
+    /// MiB the guest rewrites every second.
+    pub dirty_mib_per_second: u32,
+}
+
+impl Default for DemoQemu {
+    fn default() -> Self {
+        Self {
+            name: "vm-1".into(),
+            memory: ByteSize(512 << 20),
+            kernel: "target/test-guest/vmlinuz".into(),
+            initrd: "target/test-guest/initrd.gz".into(),
+            dirty_mib_per_second: 16,
+        }
+    }
 }
 
 fn default_guest() -> DemoGuest {
@@ -77,7 +108,9 @@ fn default_watch() -> Duration {
 impl Default for DemoConfig {
     fn default() -> Self {
         Self {
+            guest_kind: GuestKind::default(),
             guest: default_guest(),
+            qemu: DemoQemu::default(),
             mode: EncryptionMode::default(),
             streams: default_streams(),
             backend: Backend::default(),
@@ -106,6 +139,13 @@ impl Validate for DemoConfig {
             return Err(Invalid::new(
                 "streams",
                 format!("{} is out of range 1..=64", self.streams),
+            ));
+        }
+        let q = self.qemu.memory.0;
+        if q < 64 << 20 || !q.is_multiple_of(1 << 20) || q > 64 << 30 {
+            return Err(Invalid::new(
+                "qemu.memory",
+                "must be a whole number of MiB between 64MiB and 64GiB",
             ));
         }
         if self.watch > Duration::from_secs(600) {

@@ -94,7 +94,7 @@ pub struct GuestConfig {
     pub nic: Option<crate::guest::Nic>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum GuestKind {
     #[default]

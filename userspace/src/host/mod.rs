@@ -110,6 +110,10 @@ impl Host {
         let mut guests = BTreeMap::new();
         for (i, g) in cfg.guests.iter().enumerate() {
             if let Some(machine) = g.machine() {
+                let field = format!("guests[{i}].qemu");
+                machine
+                    .check_files(&field)
+                    .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
                 let dir = cfg.state_dir().join(&g.name);
                 let guest = crate::qemu::QemuGuest::launch_or_adopt(&g.name, &machine, &dir)
                     .with_context(|| format!("starting QEMU guest {}", g.name))?;

@@ -737,3 +737,33 @@ fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() 
         }
     });
 }
+
+#[test]
+fn ferry_demo_moves_the_qemu_test_guest_which_vouches_for_its_memory() {
+    if let Err(why) = crate::qemu::test_machine(512, 16) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // From the repository root, where the demo's default guest paths point.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let out = Command::new(FERRY)
+        .args(["demo", "--guest", "qemu", "--json"])
+        .current_dir(&root)
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "ferry demo --guest qemu failed: {stderr}"
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON on stdout");
+    assert_eq!(v["result"], "completed", "{v}");
+    assert_eq!(v["guest_kind"], "qemu");
+    assert_eq!(
+        v["guest_verified"], true,
+        "the guest's own checks: {stderr}"
+    );
+    assert_eq!(v["transport"], "aes-256-gcm");
+    assert_eq!(v["memory_bytes"], 512u64 << 20);
+    assert!(v["transferred_bytes"].as_u64().unwrap() > 16 << 20, "{v}");
+}
