@@ -385,7 +385,7 @@ pub(crate) fn query_outcome(
 /// destination first lets go of the guest, and a loaded machine can take
 /// a while to schedule that (500 ms was not always enough in CI). A dead
 /// destination closes stream 0 and ends the wait at once.
-const WHY_WAIT: Duration = Duration::from_secs(2);
+pub(crate) const WHY_WAIT: Duration = Duration::from_secs(2);
 
 /// A stream broke. A destination that detects a bad record says why on
 /// stream 0 (FAILED) and closes every stream; the close can reach this side

@@ -302,3 +302,151 @@ fn a_qemu_twin_that_dies_mid_migration_leaves_the_guest_running_on_the_source() 
         "the guest on the source after the failure: {ok} checks passed (was {base}), {bad} failed"
     );
 }
+
+/// Runs a migration of a booted test guest through `relay` (set up by
+/// `arrange`); the destination's verdict and the source's error.
+fn migrate_through_relay(
+    name: &str,
+    dirty_mib_s: u32,
+    limits: impl FnOnce(&mut Limits),
+    arrange: impl FnOnce(&crate::relay::Relay),
+    during: impl FnMut(&ferry::engine::Progress, &crate::relay::Relay),
+) -> (
+    Started,
+    Started,
+    Result<ferry::engine::MigrationStats, ferry::engine::source::Failed>,
+    Option<DestinationEvent>,
+    Scratch,
+) {
+    let machine = test_machine(256, dirty_mib_s).expect("checked by the caller");
+    let scratch = Scratch::new(name);
+    let src = boot(&machine, &scratch.0.join("a"));
+    let dest = destination();
+    let relay = crate::relay::Relay::new(dest.listener.local_addr());
+    let mut spec = spec(&machine, 2, Transport::Aes256Gcm, &dest);
+    spec.destination.migration = relay.addr();
+    limits(&mut spec.limits);
+    arrange(&relay);
+    let twin = Started(Arc::new(
+        QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"),
+    ));
+    dest.registry
+        .prepare_channels(&spec, twin.0.clone())
+        .expect("prepare");
+    let mut during = during;
+    let opts = SourceOptions {
+        switchover_timeout: Duration::from_secs(10),
+        ..Default::default()
+    };
+    let r = ferry::engine::channels::migrate_out(src.0.clone(), &spec, &opts, &mut |p| {
+        during(p, &relay);
+    });
+    let ev = dest.events.recv_timeout(Duration::from_secs(20)).ok();
+    drop(relay);
+    (src, twin, r, ev, scratch)
+}
+
+/// The guest runs on at the source and passes more checks; the twin is gone.
+fn kept_on_the_source(src: &Started, twin: &Started, ev: Option<DestinationEvent>) {
+    assert_eq!(src.run_state(), RunState::Running);
+    match ev {
+        Some(DestinationEvent::Aborted { .. }) => {}
+        Some(DestinationEvent::Resumed { .. }) => panic!("the destination resumed the guest"),
+        None => panic!("the destination reported nothing"),
+    }
+    assert_eq!(twin.run_state(), RunState::Released, "the twin still runs");
+    let twin_pid = twin.pid().expect("pid");
+    let until = Instant::now() + Duration::from_secs(10);
+    while alive(twin_pid) && Instant::now() < until {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(
+        !alive(twin_pid),
+        "the twin QEMU (pid {twin_pid}) still runs"
+    );
+    let base = src.verdict().unwrap().0;
+    let (ok, bad) = wait_checks(&***src, base, 2, Duration::from_secs(60));
+    assert!(
+        ok >= base + 2 && bad == 0,
+        "the guest on the source afterwards: {ok} checks passed (was {base}), {bad} failed"
+    );
+}
+
+#[test]
+fn a_tampered_qemu_stream_is_caught_and_the_guest_stays_on_the_source() {
+    if let Err(why) = test_machine(256, 8) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // One bit, 4 MiB into stream 1 (a multifd channel's pages).
+    let (src, twin, r, ev, _s) = migrate_through_relay(
+        "qemu-tamper",
+        8,
+        |_| {},
+        |relay| relay.flip_byte(1, 4 << 20),
+        |_, _| {},
+    );
+    let failed = r.expect_err("tampering must be detected");
+    let msg = failed.error.to_string();
+    assert!(
+        msg.contains("authentication failed"),
+        "the source's error names the destination's finding: {msg}"
+    );
+    assert!(failed.error.guest_kept());
+    kept_on_the_source(&src, &twin, ev);
+}
+
+#[test]
+fn a_cut_qemu_stream_mid_pass_leaves_the_guest_on_the_source() {
+    if let Err(why) = test_machine(256, 64) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    let mut cut = false;
+    let (src, twin, r, ev, _s) = migrate_through_relay(
+        "qemu-cut",
+        64,
+        |l| l.bandwidth = Some(16 << 20),
+        |_| {},
+        |p, relay| {
+            if !cut && p.transferred_bytes > 4 << 20 {
+                relay.cut();
+                cut = true;
+            }
+        },
+    );
+    assert!(cut, "the migration ended before the cut");
+    let failed = r.expect_err("the link died");
+    assert!(failed.error.guest_kept(), "{}", failed.error);
+    kept_on_the_source(&src, &twin, ev);
+}
+
+#[test]
+fn a_qemu_guest_that_cannot_converge_gives_up_after_max_time_on_the_source() {
+    if let Err(why) = test_machine(256, 96) {
+        eprintln!("skipped: {why}");
+        return;
+    }
+    // It rewrites 96 MiB/s; the link gives it 8 MiB/s and no throttling.
+    let (src, twin, r, ev, _s) = migrate_through_relay(
+        "qemu-giveup",
+        96,
+        |l| {
+            l.bandwidth = Some(8 << 20);
+            l.throttle_initial = 0;
+            l.throttle_step = 0;
+            l.throttle_max = 0;
+            l.downtime_limit = Duration::from_millis(50);
+            l.max_time = Duration::from_secs(6);
+        },
+        |_| {},
+        |_, _| {},
+    );
+    let failed = r.expect_err("it cannot converge");
+    assert!(
+        matches!(failed.error, MigrationError::GaveUp { .. }),
+        "{}",
+        failed.error
+    );
+    kept_on_the_source(&src, &twin, ev);
+}

@@ -530,9 +530,32 @@ fn fill_stats(s: &mut MigrationStats, p: &ChannelProgress) {
 /// Handles what has arrived: channels that closed, and errors.
 fn drain(rx: &mpsc::Receiver<Ev>, ended: &mut HashSet<u16>) -> Result<(), MigrationError> {
     while let Ok(ev) = rx.try_recv() {
-        handle(ev, ended, None)?;
+        handle(ev, ended, None).map_err(|e| why_broken(e, rx))?;
     }
     Ok(())
+}
+
+/// A stream broke. A destination that detects a bad record says why on
+/// stream 0 (FAILED) while it closes every stream, and the close can reach
+/// this side first: its reason, when it comes in time, is the error.
+fn why_broken(broken: MigrationError, rx: &mpsc::Receiver<Ev>) -> MigrationError {
+    if !matches!(
+        broken,
+        MigrationError::Stream { .. } | MigrationError::Guest(_)
+    ) {
+        return broken;
+    }
+    let until = Instant::now() + crate::source::WHY_WAIT;
+    loop {
+        match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
+            Ok(Ev::Control(m)) if m.first() == Some(&wire::FAILED) => {
+                return MigrationError::Destination(String::from_utf8_lossy(&m[1..]).into_owned());
+            }
+            // Stream 0's own end: nothing more can come.
+            Ok(Ev::Inward { stream: 0, .. }) | Err(_) => return broken,
+            Ok(_) => continue,
+        }
+    }
 }
 
 /// Waits for message `want` on stream 0, handling everything else.
@@ -546,7 +569,7 @@ fn wait_for(
     loop {
         match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
             Ok(ev) => {
-                if handle(ev, ended, Some(want))? {
+                if handle(ev, ended, Some(want)).map_err(|e| why_broken(e, rx))? {
                     return Ok(());
                 }
             }
