@@ -143,6 +143,44 @@ pub fn issue(dir: &Path, who: &[(Role, String)]) -> Result<Vec<PathBuf>, CertErr
     Ok(written)
 }
 
+/// A QEMU `tls-creds-x509` directory for `name` in `dir`, signed by the CA
+/// there (made if missing): ca-cert.pem, server-cert.pem / server-key.pem and
+/// client-cert.pem / client-key.pem. QEMU insists on key encipherment in
+/// the key usage of both leaves, which ferry's own certificates leave out.
+pub fn issue_qemu_x509(dir: &Path, name: &str) -> Result<(), CertError> {
+    check_name(name)?;
+    issue(dir, &[])?;
+    let (ca_pem, ca_key_pem) = (dir.join("ca.pem"), dir.join("ca-key.pem"));
+    let ca = fs::read_to_string(&ca_pem).map_err(io(&ca_pem))?;
+    let key = KeyPair::from_pem(&fs::read_to_string(&ca_key_pem).map_err(io(&ca_key_pem))?)?;
+    let issuer = Issuer::from_ca_cert_pem(&ca, key)?;
+    write_file(&dir.join("ca-cert.pem"), &ca, false)?;
+    for (side, eku) in [
+        ("server", ExtendedKeyUsagePurpose::ServerAuth),
+        ("client", ExtendedKeyUsagePurpose::ClientAuth),
+    ] {
+        let key = KeyPair::generate()?;
+        let mut p = CertificateParams::new(vec![name.to_string()])?;
+        let mut dn = DistinguishedName::new();
+        dn.push(DnType::CommonName, name);
+        p.distinguished_name = dn;
+        p.extended_key_usages = vec![eku];
+        p.key_usages = vec![
+            KeyUsagePurpose::DigitalSignature,
+            KeyUsagePurpose::KeyEncipherment,
+        ];
+        validity(&mut p, 2);
+        let cert = p.signed_by(&key, &issuer)?;
+        write_file(&dir.join(format!("{side}-cert.pem")), &cert.pem(), false)?;
+        write_file(
+            &dir.join(format!("{side}-key.pem")),
+            &key.serialize_pem(),
+            true,
+        )?;
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -204,6 +204,22 @@ enum LabCommand {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Benchmark QEMU migrations four ways, interleaved: QEMU plain TCP,
+    /// QEMU's TLS, ferry Disabled, ferry encrypted; 1 and 4 channels.
+    BenchQemu {
+        /// Runs of each case.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Guest memory, MiB.
+        #[arg(long, default_value_t = 512)]
+        memory_mib: u64,
+        /// MiB of it the guest fills with random bytes before the move.
+        #[arg(long, default_value_t = 256)]
+        touched_mib: u32,
+        /// Where the JSON and SVG go.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// Run the demo again and again while spinning threads load every
     /// core, and count the runs that fail (races show under load).
     DemoRepeat {
@@ -564,6 +580,32 @@ fn run(cli: Cli) -> Result<()> {
             let path = out.join("dataplane.json");
             std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
             println!("wrote {}", path.display());
+            Ok(())
+        }
+        Command::Lab {
+            command:
+                LabCommand::BenchQemu {
+                    runs,
+                    memory_mib,
+                    touched_mib,
+                    out,
+                },
+        } => {
+            if runs == 0 || touched_mib as u64 >= memory_mib {
+                anyhow::bail!("--runs must be at least 1 and --touched-mib below --memory-mib");
+            }
+            eprintln!("{}", ferry::lab::machine::Machine::probe());
+            let t0 = std::time::Instant::now();
+            let r = ferry::lab::qemu_bench::run(runs, memory_mib, touched_mib, &|p| {
+                eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
+            })?;
+            print!("{}", r.table());
+            std::fs::create_dir_all(&out)?;
+            let path = out.join("qemu.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+            let svg = out.join("qemu.svg");
+            std::fs::write(&svg, r.chart())?;
+            println!("wrote {} and {}", path.display(), svg.display());
             Ok(())
         }
         Command::Lab {

@@ -10,6 +10,7 @@ pub mod experiment;
 pub mod iperf;
 pub mod machine;
 pub mod qemu;
+pub mod qemu_bench;
 pub mod topology;
 pub mod wan_bench;
 
