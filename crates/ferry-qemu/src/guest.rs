@@ -46,6 +46,18 @@ fn pid_path(dir: &Path) -> PathBuf {
     dir.join("qemu.pid")
 }
 
+/// What a host needs to adopt the QEMU in a directory after a restart:
+/// the guest's name and machine, written when it is launched.
+fn record_path(dir: &Path) -> PathBuf {
+    dir.join("guest.json")
+}
+
+/// Present once the guest migrated away from this host (written, and
+/// synced, before its QEMU ends): a restarted host does not boot it again.
+fn released_path(dir: &Path) -> PathBuf {
+    dir.join("released")
+}
+
 fn guest_err(e: QemuError) -> GuestError {
     GuestError::Invalid(e.to_string())
 }
@@ -114,6 +126,24 @@ impl QemuGuest {
         Self::launch(name, machine, dir, false)
     }
 
+    /// Whether the guest of `dir` moved away from this host (and has not
+    /// come back).
+    pub fn released_here(dir: &Path) -> bool {
+        released_path(dir).exists()
+    }
+
+    /// Adopts the QEMU running in `dir`, by the record its launch left
+    /// there; None when nothing answers (a stale directory).
+    pub fn adopt(dir: &Path) -> Option<Self> {
+        let record: Value = serde_json::from_slice(&std::fs::read(record_path(dir)).ok()?).ok()?;
+        let name = record["name"].as_str()?.to_string();
+        let machine: QemuMachine = serde_json::from_value(record["machine"].clone()).ok()?;
+        let q = Qmp::connect(&qmp_path(dir)).ok()?;
+        let mut g = Self::from_qmp(&name, &machine, dir, q, None).ok()?;
+        g.serial_from = std::fs::metadata(serial_path(dir)).map_or(0, |m| m.len());
+        Some(g)
+    }
+
     /// Starts QEMU for `machine` in `dir` (created 0700). `incoming`: a twin
     /// that waits, paused, for a migration.
     pub fn launch(
@@ -136,6 +166,10 @@ impl QemuGuest {
         }
         let _ = std::fs::remove_file(qmp_path(dir));
         let _ = std::fs::remove_file(pid_path(dir));
+        let _ = std::fs::remove_file(released_path(dir));
+        let record = serde_json::to_vec_pretty(&json!({"name": name, "machine": machine}))
+            .expect("a machine serialises");
+        std::fs::write(record_path(dir), record).map_err(dir_err)?;
         let serial_from = std::fs::metadata(serial_path(dir)).map_or(0, |m| m.len());
         let mut cmd = Self::command(name, machine, dir, incoming);
         // Its own process group: a Ctrl-C or a signal to the host's group
@@ -456,6 +490,18 @@ impl ChannelGuest for QemuGuest {
 
     fn release(&self) {
         *self.state.lock().expect("state") = RunState::Released;
+        // Durable before the process ends: a host restarted from here on
+        // must not boot a guest that now runs elsewhere.
+        match std::fs::File::create(released_path(&self.dir)).and_then(|f| f.sync_all()) {
+            Ok(()) => {
+                if let Ok(d) = std::fs::File::open(&self.dir) {
+                    let _ = d.sync_all();
+                }
+            }
+            Err(e) => {
+                tracing::error!(guest = %self.name, dir = %self.dir.display(), error = %e, "cannot record the release")
+            }
+        }
         self.end();
         tracing::info!(guest = %self.name, pid = ?self.pid, "QEMU ended");
     }

@@ -27,6 +27,55 @@ use crate::{
     protocol::{EncryptionMode, MigrationSpec},
 };
 
+/// QEMU guests in the state directory that the configuration does not name:
+/// guests that arrived before a restart (adopted, running), and twins of an
+/// incoming migration the restart interrupted (ended if still loading; kept
+/// paused, for an operator, if they had loaded everything).
+fn adopt_arrivals(cfg: &HostConfig, guests: &mut BTreeMap<String, Entry>) {
+    let Ok(entries) = std::fs::read_dir(cfg.state_dir()) else {
+        return;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Some(name) = dir.file_name().and_then(|n| n.to_str()).map(str::to_string) else {
+            continue;
+        };
+        if guests.contains_key(&name) || cfg.guests.iter().any(|g| g.name == name) {
+            continue;
+        }
+        let Some(g) = crate::qemu::QemuGuest::adopt(&dir) else {
+            continue;
+        };
+        let encryption = std::fs::read_to_string(dir.join("encryption"))
+            .ok()
+            .and_then(|s| serde_json::from_str(&s).ok())
+            .unwrap_or(EncryptionMode::Required);
+        let g: Arc<dyn crate::engine::channels::ChannelGuest> = Arc::new(g);
+        match g.run_state() {
+            RunState::Incoming => {
+                tracing::warn!(host = %cfg.name, guest = %name, "ending the twin of an incoming migration interrupted by a restart");
+                g.release();
+                continue;
+            }
+            RunState::Running => {
+                tracing::info!(host = %cfg.name, guest = %name, "adopted a QEMU guest that arrived before the restart");
+            }
+            state => {
+                tracing::warn!(host = %cfg.name, guest = %name, %state,
+                    "a QEMU guest left {state} by a switch-over the restart interrupted: it stays so until an operator decides");
+            }
+        }
+        guests.insert(
+            name,
+            Entry {
+                guest: Hosted::Channels(g),
+                encryption,
+                busy: false,
+            },
+        );
+    }
+}
+
 /// Where /metrics listens when the configuration does not say.
 pub const DEFAULT_METRICS: std::net::SocketAddr =
     std::net::SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9472);
@@ -115,6 +164,12 @@ impl Host {
                     .check_files(&field)
                     .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
                 let dir = cfg.state_dir().join(&g.name);
+                if crate::qemu::QemuGuest::released_here(&dir) {
+                    tracing::warn!(host = %cfg.name, guest = %g.name, dir = %dir.display(),
+                        "guest migrated away from this host: not starting it (remove {}/released to boot it here again)",
+                        dir.display());
+                    continue;
+                }
                 let guest = crate::qemu::QemuGuest::launch_or_adopt(&g.name, &machine, &dir)
                     .with_context(|| format!("starting QEMU guest {}", g.name))?;
                 tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus,
@@ -149,6 +204,7 @@ impl Host {
                 },
             );
         }
+        adopt_arrivals(&cfg, &mut guests);
         let migration_metrics =
             MigrationMetrics::new(&[MetricsRole::Source, MetricsRole::Destination])
                 .context("migration metrics")?;
@@ -361,6 +417,11 @@ impl Host {
         let dir = self.cfg.state_dir().join(&spec.guest);
         let twin = crate::qemu::QemuGuest::launch(&spec.guest, machine, &dir, true)
             .map_err(|e| format!("starting the QEMU twin of {}: {e:#}", spec.guest))?;
+        // The guest's own setting, for the host that adopts it after a restart.
+        let _ = std::fs::write(
+            dir.join("encryption"),
+            serde_json::to_string(&spec.setting).expect("a mode serialises"),
+        );
         let twin: Arc<dyn crate::engine::channels::ChannelGuest> = Arc::new(twin);
         self.registry
             .prepare_channels(spec, twin.clone())

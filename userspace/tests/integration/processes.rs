@@ -639,7 +639,8 @@ fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() 
     );
     let a_cfg = write_host(&dir, "a", ca, ma, &guests);
     let a = spawn_host(&a_cfg, &dir.join("a.log"));
-    let _b = spawn_host(&write_host(&dir, "b", cb, mb, "[]"), &dir.join("b.log"));
+    let b_cfg = write_host(&dir, "b", cb, mb, "[]");
+    let mut b = Some(spawn_host(&b_cfg, &dir.join("b.log")));
     wait_listening(ca);
     wait_listening(cb);
     let pid = qemu_pid(&dir, "a", "vm1").expect("host a started vm1's QEMU");
@@ -648,7 +649,7 @@ fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() 
     drop(a);
     std::thread::sleep(Duration::from_millis(300));
     assert!(crate::qemu::alive(pid), "vm1's QEMU died with its host");
-    let _a = spawn_host(&a_cfg, &dir.join("a2.log"));
+    let mut a = Some(spawn_host(&a_cfg, &dir.join("a2.log")));
     wait_listening(ca);
     assert_eq!(
         qemu_pid(&dir, "a", "vm1"),
@@ -734,8 +735,43 @@ fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() 
                 !old.is_some_and(crate::qemu::alive),
                 "the QEMU vm1 left on {from} still runs"
             );
+            if from == "b" {
+                break;
+            }
+            // Both hosts restart: a must not boot the guest that left it,
+            // b adopts the one that arrived (the same QEMU).
+            let arrived = qemu_pid(&dir, "b", "vm1").expect("vm1's pid on b");
+            drop((a.take(), b.take()));
+            a = Some(spawn_host(&a_cfg, &dir.join("a3.log")));
+            b = Some(spawn_host(&b_cfg, &dir.join("b3.log")));
+            wait_listening(ca);
+            wait_listening(cb);
+            let until = Instant::now() + Duration::from_secs(20);
+            let list = loop {
+                let list = hosts().await;
+                if list.iter().all(|h| h.reachable) {
+                    break list;
+                }
+                assert!(
+                    Instant::now() < until,
+                    "the restarted hosts did not come back"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            assert!(
+                guest_on(&list, "a", "vm1").is_none(),
+                "host a booted vm1 again after it had moved to b"
+            );
+            let g = guest_on(&list, "b", "vm1").expect("host b lost vm1 in its restart");
+            assert_eq!(g.state, ferry::guest::RunState::Running);
+            assert_eq!(
+                qemu_pid(&dir, "b", "vm1"),
+                Some(arrived),
+                "b did not adopt vm1's QEMU"
+            );
         }
     });
+    drop((a, b));
 }
 
 #[test]

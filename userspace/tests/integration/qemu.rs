@@ -149,8 +149,16 @@ fn spec(machine: &QemuMachine, streams: u16, transport: Transport, dest: &Dest) 
             host: "b".into(),
             migration: dest.listener.local_addr(),
         },
-        mode: EncryptionMode::Required,
-        setting: EncryptionMode::Required,
+        mode: if transport.encrypted() {
+            EncryptionMode::Required
+        } else {
+            EncryptionMode::Disabled
+        },
+        setting: if transport.encrypted() {
+            EncryptionMode::Required
+        } else {
+            EncryptionMode::Disabled
+        },
         transport,
         key: transport.encrypted().then(MigrationKey::generate),
         nonce: 7,
@@ -178,7 +186,7 @@ fn boot(machine: &QemuMachine, dir: &Path) -> Started {
 }
 
 #[test]
-fn a_qemu_guest_moves_encrypted_on_one_and_on_three_channels_and_checks_itself() {
+fn a_qemu_guest_moves_encrypted_on_one_and_three_streams_and_in_the_clear_and_checks_itself() {
     let machine = match test_machine(256, 8) {
         Ok(m) => m,
         Err(why) => {
@@ -186,12 +194,17 @@ fn a_qemu_guest_moves_encrypted_on_one_and_on_three_channels_and_checks_itself()
             return;
         }
     };
-    for streams in [1u16, 3] {
+    // Required and Opportunistic moves are encrypted; a Disabled one is not.
+    for (streams, transport) in [
+        (1u16, Transport::Aes256Gcm),
+        (3, Transport::Aes256Gcm),
+        (2, Transport::Plaintext),
+    ] {
         let scratch = Scratch::new(&format!("qemu-move-{streams}"));
         let src = boot(&machine, &scratch.0.join("a"));
         let src_pid = src.pid().expect("pid");
         let dest = destination();
-        let spec = spec(&machine, streams, Transport::Aes256Gcm, &dest);
+        let spec = spec(&machine, streams, transport, &dest);
         let twin = Started(Arc::new(
             QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"),
         ));
@@ -208,7 +221,7 @@ fn a_qemu_guest_moves_encrypted_on_one_and_on_three_channels_and_checks_itself()
         let stats = r.unwrap_or_else(|f| panic!("{streams} stream(s): migration failed: {f}"));
         assert_eq!(stats.result, MigrationResult::Completed);
         eprintln!(
-            "{streams} stream(s): {:.2} s, downtime {:.1} ms, {} bytes on the wire, {} passes",
+            "{streams} stream(s), {transport}: {:.2} s, downtime {:.1} ms, {} bytes on the wire, {} passes",
             stats.total_seconds,
             stats.downtime_seconds * 1e3,
             stats.transferred_bytes,
