@@ -53,6 +53,16 @@ pub struct QemuMachine {
     /// Further QEMU arguments, the same on both hosts.
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// A virtio-net NIC on a tap interface of each host's (attached to the
+    /// host's guest bridge); its MAC moves with the guest.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub nic: Option<QemuNic>,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QemuNic {
+    pub mac: crate::MacAddr,
 }
 
 fn pc() -> String {

@@ -32,7 +32,13 @@ pub struct QemuGuest {
     /// Where this QEMU's serial log started when it came here: its verdict
     /// counts what the guest said since.
     serial_from: u64,
+    /// Started to receive a migration: it announces itself on resume.
+    twin: bool,
 }
+
+/// How a resumed twin announces the guest (QEMU's own defaults: five
+/// rounds, 50 ms then 100 ms apart more each time).
+const ANNOUNCE: (u64, u64, u64, u64) = (50, 550, 5, 100);
 
 fn qmp_path(dir: &Path) -> PathBuf {
     dir.join("qmp.sock")
@@ -65,7 +71,13 @@ fn guest_err(e: QemuError) -> GuestError {
 impl QemuGuest {
     /// The arguments that start `machine` with its QMP socket and serial log
     /// in `dir`; `incoming` adds `-S -incoming defer`.
-    pub fn command(name: &str, machine: &QemuMachine, dir: &Path, incoming: bool) -> Command {
+    pub fn command(
+        name: &str,
+        machine: &QemuMachine,
+        dir: &Path,
+        incoming: bool,
+        tap: Option<&str>,
+    ) -> Command {
         let mut c = Command::new(PROGRAM);
         c.args(["-name", &format!("guest={name}")])
             .args(["-nodefaults", "-display", "none"])
@@ -87,6 +99,15 @@ impl QemuGuest {
         if let Some(d) = &machine.disk {
             c.arg("-drive")
                 .arg(format!("file={},if=virtio,cache=none", d.display()));
+        }
+        if let (Some(nic), Some(tap)) = (&machine.nic, tap) {
+            c.args([
+                "-netdev",
+                &format!("tap,id=n0,ifname={tap},script=no,downscript=no"),
+                "-device",
+                // No option ROM: the firmware does not PXE-boot.
+                &format!("virtio-net-pci,netdev=n0,mac={},romfile=", nic.mac),
+            ]);
         }
         c.args([
             "-chardev",
@@ -116,6 +137,7 @@ impl QemuGuest {
         name: &str,
         machine: &QemuMachine,
         dir: &Path,
+        tap: Option<&str>,
     ) -> Result<Self, QemuError> {
         if let Ok(q) = Qmp::connect(&qmp_path(dir)) {
             let mut g = Self::from_qmp(name, machine, dir, q, None)?;
@@ -123,7 +145,7 @@ impl QemuGuest {
             tracing::info!(guest = name, dir = %dir.display(), pid = ?g.pid, "adopted a running QEMU");
             return Ok(g);
         }
-        Self::launch(name, machine, dir, false)
+        Self::launch(name, machine, dir, false, tap)
     }
 
     /// Whether the guest of `dir` moved away from this host (and has not
@@ -145,12 +167,14 @@ impl QemuGuest {
     }
 
     /// Starts QEMU for `machine` in `dir` (created 0700). `incoming`: a twin
-    /// that waits, paused, for a migration.
+    /// that waits, paused, for a migration. `tap`: the interface its NIC
+    /// gets (QEMU creates it, down and unattached).
     pub fn launch(
         name: &str,
         machine: &QemuMachine,
         dir: &Path,
         incoming: bool,
+        tap: Option<&str>,
     ) -> Result<Self, QemuError> {
         let dir_err = |source| QemuError::Dir {
             path: dir.to_path_buf(),
@@ -171,7 +195,7 @@ impl QemuGuest {
             .expect("a machine serialises");
         std::fs::write(record_path(dir), record).map_err(dir_err)?;
         let serial_from = std::fs::metadata(serial_path(dir)).map_or(0, |m| m.len());
-        let mut cmd = Self::command(name, machine, dir, incoming);
+        let mut cmd = Self::command(name, machine, dir, incoming, tap);
         // Its own process group: a Ctrl-C or a signal to the host's group
         // does not reach the guest.
         cmd.process_group(0)
@@ -214,6 +238,10 @@ impl QemuGuest {
         g.serial_from = serial_from;
         if incoming {
             *g.state.lock().expect("state") = RunState::Incoming;
+            // It announces the guest once ferry commits (GO), not as soon
+            // as it has loaded: until then the guest runs on the source.
+            g.twin = true;
+            g.execute("migrate-set-parameters", json!({"announce-rounds": 0}))?;
         }
         tracing::info!(guest = name, pid = ?g.pid, incoming, "QEMU started");
         Ok(g)
@@ -246,6 +274,7 @@ impl QemuGuest {
             pid,
             state: Mutex::new(state),
             serial_from: 0,
+            twin: false,
         })
     }
 
@@ -484,7 +513,17 @@ impl ChannelGuest for QemuGuest {
         if status != "running" {
             self.execute("cont", json!({})).map_err(guest_err)?;
         }
-        *self.state.lock().expect("state") = RunState::Running;
+        let was = std::mem::replace(&mut *self.state.lock().expect("state"), RunState::Running);
+        if self.twin && was != RunState::Running {
+            // The guest is here now: the network learns it (RARP per NIC).
+            let (initial, max, rounds, step) = ANNOUNCE;
+            if let Err(e) = self.execute(
+                "announce-self",
+                json!({"initial": initial, "max": max, "rounds": rounds, "step": step}),
+            ) {
+                tracing::warn!(guest = %self.name, error = %e, "announcing the guest failed");
+            }
+        }
         Ok(())
     }
 

@@ -140,6 +140,7 @@ impl GuestConfig {
             append: q.append.clone(),
             disk: q.disk.clone(),
             extra_args: q.extra_args.clone(),
+            nic: self.nic.map(|n| crate::machine::QemuNic { mac: n.mac }),
         })
     }
 }
@@ -158,6 +159,9 @@ pub struct HostNetwork {
     /// The guests' network: a guest that lands here is announced on it.
     #[serde(default)]
     pub guest_interface: Option<String>,
+    /// The bridge QEMU guests' tap interfaces join (their NICs' network).
+    #[serde(default)]
+    pub guest_bridge: Option<String>,
     #[serde(default)]
     pub announce: crate::net::announce::Schedule,
 }

@@ -27,6 +27,29 @@ use crate::{
     protocol::{EncryptionMode, MigrationSpec},
 };
 
+/// The tap interface of `guest`'s NIC on `host`: unique per host (two hosts
+/// may share a namespace in a lab) and within IFNAMSIZ.
+fn tap_name(host: &str, guest: &str) -> String {
+    let h = format!("{host}/{guest}")
+        .bytes()
+        .fold(0xcbf29ce484222325u64, |h, b| {
+            (h ^ b as u64).wrapping_mul(0x100000001b3)
+        });
+    format!("fq{:08x}", h as u32)
+}
+
+/// Puts a QEMU guest's tap on the host's guest bridge, up.
+fn attach_tap(cfg: &HostConfig, tap: &str) -> anyhow::Result<()> {
+    let mut nl = crate::netlink::Netlink::open().context("netlink")?;
+    if let Some(br) = cfg.network.as_ref().and_then(|n| n.guest_bridge.as_deref()) {
+        nl.set_master(tap, br)
+            .with_context(|| format!("attaching {tap} to bridge {br}"))?;
+    }
+    nl.set_up(tap)
+        .with_context(|| format!("bringing {tap} up"))?;
+    Ok(())
+}
+
 /// QEMU guests in the state directory that the configuration does not name:
 /// guests that arrived before a restart (adopted, running), and twins of an
 /// incoming migration the restart interrupted (ended if still loading; kept
@@ -170,8 +193,13 @@ impl Host {
                         dir.display());
                     continue;
                 }
-                let guest = crate::qemu::QemuGuest::launch_or_adopt(&g.name, &machine, &dir)
-                    .with_context(|| format!("starting QEMU guest {}", g.name))?;
+                let tap = tap_name(&cfg.name, &g.name);
+                let guest =
+                    crate::qemu::QemuGuest::launch_or_adopt(&g.name, &machine, &dir, Some(&tap))
+                        .with_context(|| format!("starting QEMU guest {}", g.name))?;
+                if machine.nic.is_some() {
+                    attach_tap(&cfg, &tap).with_context(|| format!("guest {}'s NIC", g.name))?;
+                }
                 tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus,
                     pid = ?guest.pid(), "QEMU guest running");
                 guests.insert(
@@ -415,8 +443,16 @@ impl Host {
             )
         })?;
         let dir = self.cfg.state_dir().join(&spec.guest);
-        let twin = crate::qemu::QemuGuest::launch(&spec.guest, machine, &dir, true)
+        let tap = tap_name(&self.cfg.name, &spec.guest);
+        let twin = crate::qemu::QemuGuest::launch(&spec.guest, machine, &dir, true, Some(&tap))
             .map_err(|e| format!("starting the QEMU twin of {}: {e:#}", spec.guest))?;
+        if machine.nic.is_some()
+            && let Err(e) = attach_tap(&self.cfg, &tap)
+        {
+            use crate::engine::channels::ChannelGuest;
+            twin.release();
+            return Err(format!("the twin of {}'s NIC: {e:#}", spec.guest));
+        }
         // The guest's own setting, for the host that adopts it after a restart.
         let _ = std::fs::write(
             dir.join("encryption"),

@@ -140,6 +140,7 @@ fn test_machine(memory_mib: u64, touched_mib: u32) -> Result<QemuMachine> {
         )),
         disk: None,
         extra_args: vec!["-no-reboot".into()],
+        nic: None,
     })
 }
 
@@ -311,8 +312,20 @@ fn through_ferry(
 }
 
 fn one(way: Way, multifd: u16, machine: &QemuMachine, dir: &Path, certs: &Path) -> Result<Run> {
-    let src = Arc::new(QemuGuest::launch("bench", machine, &dir.join("a"), false)?);
-    let dst = Arc::new(QemuGuest::launch("bench", machine, &dir.join("b"), true)?);
+    let src = Arc::new(QemuGuest::launch(
+        "bench",
+        machine,
+        &dir.join("a"),
+        false,
+        None,
+    )?);
+    let dst = Arc::new(QemuGuest::launch(
+        "bench",
+        machine,
+        &dir.join("b"),
+        true,
+        None,
+    )?);
     let _end = Ending(vec![src.clone(), dst.clone()]);
     wait_ready(&src)?;
     let cpu = cpu_seconds();

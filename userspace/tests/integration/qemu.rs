@@ -47,6 +47,7 @@ pub fn test_machine(memory_mib: u64, dirty_mib_s: u32) -> Result<QemuMachine, St
         )),
         disk: None,
         extra_args: vec!["-no-reboot".into()],
+        nic: None,
     })
 }
 
@@ -174,7 +175,7 @@ fn spec(machine: &QemuMachine, streams: u16, transport: Transport, dest: &Dest) 
 /// Boots the test guest and waits for its first check.
 fn boot(machine: &QemuMachine, dir: &Path) -> Started {
     let g = Started(Arc::new(
-        QemuGuest::launch("vm1", machine, dir, false).expect("start QEMU"),
+        QemuGuest::launch("vm1", machine, dir, false, None).expect("start QEMU"),
     ));
     let (ok, failed) = wait_checks(&**g, 0, 1, Duration::from_secs(60));
     assert!(
@@ -206,7 +207,7 @@ fn a_qemu_guest_moves_encrypted_on_one_and_three_streams_and_in_the_clear_and_ch
         let dest = destination();
         let spec = spec(&machine, streams, transport, &dest);
         let twin = Started(Arc::new(
-            QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"),
+            QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true, None).expect("twin"),
         ));
         dest.registry
             .prepare_channels(&spec, twin.0.clone())
@@ -277,7 +278,7 @@ fn a_qemu_twin_that_dies_mid_migration_leaves_the_guest_running_on_the_source() 
     // Slow enough that the twin is killed while pages still flow.
     spec.limits.bandwidth = Some(16 << 20);
     let twin = Started(Arc::new(
-        QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"),
+        QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true, None).expect("twin"),
     ));
     let twin_pid = twin.pid().expect("pid");
     dest.registry
@@ -341,7 +342,7 @@ fn migrate_through_relay(
     limits(&mut spec.limits);
     arrange(&relay);
     let twin = Started(Arc::new(
-        QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true).expect("twin"),
+        QemuGuest::launch("vm1", &machine, &scratch.0.join("b"), true, None).expect("twin"),
     ));
     dest.registry
         .prepare_channels(&spec, twin.0.clone())

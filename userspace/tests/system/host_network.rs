@@ -61,6 +61,7 @@ fn migration_streams_ride_the_migration_vlan_and_the_guest_is_announced() {
             dscp: 10,
         }),
         guest_interface: Some(guest_if.into()),
+        guest_bridge: None,
         announce: Default::default(),
     };
     let host = |name: &str, guests, n| HostSpec {

@@ -6,6 +6,7 @@ mod common;
 mod harness;
 mod host_network;
 mod prometheus;
+mod qemu_network;
 
 mod router;
 mod vlan_counters;
