@@ -549,3 +549,94 @@ impl ChannelGuest for QemuGuest {
         verdict_of(&serial_path(&self.dir), self.serial_from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn machine() -> QemuMachine {
+        QemuMachine {
+            memory: 256 << 20,
+            vcpus: 2,
+            accel: Default::default(),
+            machine: "pc".into(),
+            kernel: Some("/k".into()),
+            initrd: Some("/i".into()),
+            append: Some("console=ttyS0".into()),
+            disk: None,
+            extra_args: vec!["-no-reboot".into()],
+            nic: Some(ferry_core::machine::QemuNic {
+                mac: "52:54:00:00:00:01".parse().unwrap(),
+            }),
+        }
+    }
+
+    fn args(c: &Command) -> Vec<String> {
+        c.get_args()
+            .map(|a| a.to_string_lossy().into_owned())
+            .collect()
+    }
+
+    #[test]
+    fn a_twin_is_the_same_machine_paused_for_an_incoming_migration() {
+        let dir = Path::new("/run/g");
+        let src = args(&QemuGuest::command(
+            "vm",
+            &machine(),
+            dir,
+            false,
+            Some("fq1"),
+        ));
+        let twin = args(&QemuGuest::command(
+            "vm",
+            &machine(),
+            dir,
+            true,
+            Some("fq2"),
+        ));
+        // The same device model; only the tap's name and the wait differ.
+        let same = |v: &[String]| -> Vec<String> {
+            v.iter()
+                .filter(|a| !a.contains("fq1") && !a.contains("fq2"))
+                .filter(|a| !["-S", "-incoming", "defer"].contains(&a.as_str()))
+                .cloned()
+                .collect()
+        };
+        assert_eq!(same(&src), same(&twin));
+        assert!(!src.iter().any(|a| a == "-incoming"));
+        assert!(twin.ends_with(&["-S".into(), "-incoming".into(), "defer".into()]));
+        for want in ["256M", "pc,accel=tcg", "-no-reboot"] {
+            assert!(src.iter().any(|a| a == want), "{want} in {src:?}");
+        }
+        assert!(
+            src.iter()
+                .any(|a| a == "virtio-net-pci,netdev=n0,mac=52:54:00:00:00:01,romfile="),
+            "{src:?}"
+        );
+        assert!(src.iter().any(|a| a.starts_with("tap,id=n0,ifname=fq1,")));
+        // Without a tap there is no NIC (a guest that needs none).
+        let bare = args(&QemuGuest::command("vm", &machine(), dir, false, None));
+        assert!(!bare.iter().any(|a| a.contains("netdev")));
+    }
+
+    #[test]
+    fn the_verdict_counts_checks_from_where_the_guest_arrived() {
+        let p = std::env::temp_dir().join(format!("ferry-verdict-{}", std::process::id()));
+        std::fs::write(
+            &p,
+            "boot noise\nferry-guest: ready check_mib=16\nferry-guest: check 1 ok\n\
+             ferry-guest: check 2 ok\n",
+        )
+        .unwrap();
+        assert_eq!(verdict_of(&p, 0), Some((2, 0)));
+        let arrived = std::fs::metadata(&p).unwrap().len();
+        let mut more = std::fs::read_to_string(&p).unwrap();
+        more.push_str("ferry-guest: check 3 ok\nferry-guest: check 4 FAILED 0123\n");
+        std::fs::write(&p, more).unwrap();
+        assert_eq!(verdict_of(&p, arrived), Some((1, 1)));
+        // A log the guest never wrote to says nothing either way.
+        std::fs::write(&p, "SeaBIOS\n").unwrap();
+        assert_eq!(verdict_of(&p, 0), None);
+        let _ = std::fs::remove_file(&p);
+    }
+}
