@@ -705,9 +705,12 @@ fn controller(
         }
         // A device model is watched as it loads: a failure ends it early,
         // and its completion (with PREPARE) makes READY.
-        let wait = match &channels {
-            Some(_) => (limit - now).min(Duration::from_millis(50)),
-            None => limit - now,
+        let wait = match (&channels, prepared) {
+            // Everything is sent: READY as soon as the twin has loaded it
+            // (each interval here is stun time).
+            (Some(_), Some(_)) => (limit - now).min(Duration::from_millis(2)),
+            (Some(_), None) => (limit - now).min(Duration::from_millis(50)),
+            (None, _) => limit - now,
         };
         let ev = match rx.recv_timeout(wait) {
             Ok(e) => Some(e),

@@ -287,6 +287,11 @@ impl QemuGuest {
         &self.dir
     }
 
+    /// When QEMU last reported `event` (STOP, RESUME, ...) on this session.
+    pub fn last_event(&self, event: &str) -> Option<SystemTime> {
+        self.qmp.lock().expect("qmp").last_event(event)
+    }
+
     pub fn execute(&self, command: &str, arguments: Value) -> Result<Value, QemuError> {
         self.qmp.lock().expect("qmp").execute(command, arguments)
     }

@@ -40,12 +40,29 @@ pub fn outward(
 ) -> Result<(), RelayError> {
     let mut buf = vec![0u8; max_record];
     buf[0] = wire::DATA;
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&from);
     loop {
-        let n = match from.read(&mut buf[1..]) {
+        let mut n = match from.read(&mut buf[1..]) {
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
             Err(e) => return Err(RelayError::Channel(e)),
         };
+        // Whatever else is already waiting goes into the same record, up to
+        // a full one, without waiting for more: fewer, larger records cost
+        // fewer system calls and seals, and add no delay.
+        while n > 0 && n + 1 < buf.len() {
+            let rest = &mut buf[n + 1..];
+            // SAFETY: `rest` is a live, writable buffer of rest.len() bytes
+            // and `fd` belongs to `from`, which outlives the call.
+            let r =
+                unsafe { libc::recv(fd, rest.as_mut_ptr().cast(), rest.len(), libc::MSG_DONTWAIT) };
+            // Nothing more now, the end, or an error: the next blocking
+            // read reports the last two.
+            if r <= 0 {
+                break;
+            }
+            n += r as usize;
+        }
         let mut w = to.lock().expect("stream writer");
         if n == 0 {
             return w

@@ -72,6 +72,9 @@ impl Drop for PrivateDir {
     }
 }
 
+/// How often the device model's migration is looked at.
+const POLL: Duration = Duration::from_millis(5);
+
 enum Ev {
     /// A message from the destination on stream 0.
     Control(Vec<u8>),
@@ -276,7 +279,9 @@ pub fn migrate_out(
                 remaining: last.remaining_bytes,
             });
         }
-        std::thread::sleep(Duration::from_millis(50));
+        // Often: the stun starts when the device model stops the guest, and
+        // every poll interval until ferry sees it completed adds to it.
+        std::thread::sleep(POLL);
     };
     fill_stats(&mut run.stats, &last);
     if let Err(e) = completed {
@@ -286,6 +291,16 @@ pub fn migrate_out(
     // The device model stopped the guest and sent its last bytes: once its
     // channels have closed, everything is on the streams.
     let stun = guest.stopped_at().unwrap_or_else(SystemTime::now);
+    // Where the stun goes, step by step (debug level).
+    let step = |what: &str| {
+        let ms = SystemTime::now()
+            .duration_since(stun)
+            .unwrap_or_default()
+            .as_secs_f64()
+            * 1e3;
+        tracing::debug!(migration = %spec.id, since_stop_ms = ms, "device-model switch-over: {what}");
+    };
+    step("the device model completed");
     progress(&to_progress(&last, Phase::Switchover, &run, mem));
     let opened = streams.opened();
     let until = Instant::now() + opts.switchover_timeout;
@@ -302,8 +317,9 @@ pub fn migrate_out(
                 )),
             ));
         }
-        std::thread::sleep(Duration::from_millis(5));
+        std::thread::sleep(Duration::from_millis(1));
     }
+    step("its channels closed; PREPARE");
     if let Err(e) = streams.send(&[wire::PREPARE]) {
         return Err(abort(
             streams,
@@ -318,6 +334,7 @@ pub fn migrate_out(
     if let Err(e) = ready {
         return Err(abort(streams, run, e));
     }
+    step("READY");
     // Committed: from here the source never runs the guest again unless
     // the destination says it discarded it.
     let go = streams.send(&[wire::GO]);
@@ -350,6 +367,7 @@ pub fn migrate_out(
             MigrationError::Destination("the destination discarded the guest after GO".into()),
         ));
     }
+    step("RESUMED");
     run.stats.downtime_seconds = SystemTime::now()
         .duration_since(stun)
         .unwrap_or_default()
