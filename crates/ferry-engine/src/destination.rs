@@ -647,6 +647,16 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
     }
 }
 
+/// Sends `msg` on stream 0 (whose writer the caller checked is there).
+fn send_on(writer: &Option<SharedWriter>, msg: &[u8]) -> io::Result<()> {
+    writer
+        .as_ref()
+        .expect("stream 0 is writable")
+        .lock()
+        .expect("writer")
+        .send_bytes(msg)
+}
+
 fn controller(
     inc: Arc<Incoming>,
     rx: mpsc::Receiver<Event>,
@@ -815,13 +825,7 @@ fn controller(
                 Ok(Some(ChannelStatus::Completed)) if ready_now => {
                     stats.verify_seconds = prepared.expect("ready").elapsed().as_secs_f64();
                     stats.received_bytes = inc.channel_bytes.load(Ordering::Relaxed);
-                    let sent = writer
-                        .as_ref()
-                        .expect("checked")
-                        .lock()
-                        .expect("writer")
-                        .send_bytes(&[wire::READY]);
-                    if let Err(e) = sent {
+                    if let Err(e) = send_on(&writer, &[wire::READY]) {
                         return abort(&mut writer, format!("sending READY: {e}"));
                     }
                     ready_sent = true;
@@ -871,13 +875,7 @@ fn controller(
                 return abort(&mut writer, format!("loading device state: {e}"));
             }
             stats.verify_seconds = t.elapsed().as_secs_f64();
-            let sent = writer
-                .as_ref()
-                .expect("checked")
-                .lock()
-                .expect("writer")
-                .send_bytes(&[wire::READY]);
-            if let Err(e) = sent {
+            if let Err(e) = send_on(&writer, &[wire::READY]) {
                 return abort(&mut writer, format!("sending READY: {e}"));
             }
             ready_sent = true;
