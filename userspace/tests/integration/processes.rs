@@ -803,3 +803,128 @@ fn ferry_demo_moves_the_qemu_test_guest_which_vouches_for_its_memory() {
     assert_eq!(v["memory_bytes"], 512u64 << 20);
     assert!(v["transferred_bytes"].as_u64().unwrap() > 16 << 20, "{v}");
 }
+
+#[test]
+fn a_qemu_destination_host_killed_mid_pass_leaves_the_guest_on_the_source_and_no_twin() {
+    let machine = match crate::qemu::test_machine(256, 8) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let dir = std::env::temp_dir().join(format!("ferry-qemu-kill-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    let _reaper = QemuReaper(dir.clone(), vec!["a", "b"]);
+    ferry::certs::issue(
+        &dir,
+        &[
+            (Role::Coordinator, "c1".into()),
+            (Role::Host, "a".into()),
+            (Role::Host, "b".into()),
+            (Role::Client, "admin".into()),
+        ],
+    )
+    .unwrap();
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
+    let guests = format!(
+        "[{{ name: vm1, kind: qemu, memory: 256MiB, vcpus: 1, encryption: required, \
+         qemu: {{ kernel: {}, initrd: {}, append: \"{}\", extra_args: [-no-reboot] }} }}]",
+        machine.kernel.as_ref().unwrap().display(),
+        machine.initrd.as_ref().unwrap().display(),
+        machine.append.as_ref().unwrap()
+    );
+    let _a = spawn_host(&write_host(&dir, "a", ca, ma, &guests), &dir.join("a.log"));
+    let b_cfg = write_host(&dir, "b", cb, mb, "[]");
+    let mut b = Some(spawn_host(&b_cfg, &dir.join("b.log")));
+    wait_listening(ca);
+    wait_listening(cb);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let (_, addr) = coordinator_c1(&dir, ca, cb).await;
+        let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
+        let cref = ferry::coordinator::CoordinatorRef {
+            name: "c1".into(),
+            addr,
+        };
+        let hosts = || async {
+            let Response::Hosts { hosts } = client
+                .call("c1", addr, &Request::Hosts, Duration::from_secs(20))
+                .await
+                .unwrap()
+            else {
+                panic!("no host list")
+            };
+            hosts
+        };
+        let until = Instant::now() + Duration::from_secs(60);
+        while guest_on(&hosts().await, "a", "vm1").is_none_or(|g| g.ops == 0) {
+            assert!(Instant::now() < until, "vm1 never reported a check on a");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Slow enough that pre-copy still runs when b dies.
+        let opts = MigrateOptions {
+            streams: Some(2),
+            limits: Some(Limits {
+                bandwidth: Some(4 << 20),
+                ..Limits::default()
+            }),
+            ..Default::default()
+        };
+        let mut twin = None;
+        let stats = request_migration(&client, &cref, "vm1", None, "b", opts, |r| {
+            if let Response::Progress(p) = r
+                && p.phase == Phase::PreCopy
+                && p.transferred_bytes > 2 << 20
+                && twin.is_none()
+            {
+                twin = qemu_pid(&dir, "b", "vm1");
+                drop(b.take()); // SIGKILL
+            }
+        })
+        .await
+        .unwrap();
+        let twin = twin.expect("b was killed mid-pass, its twin running");
+        assert_eq!(stats.result, MigrationResult::Failed, "{:?}", stats.error);
+        // The guest runs on a and goes on checking itself.
+        let g = guest_on(&hosts().await, "a", "vm1").expect("vm1 is still on a");
+        assert_eq!(g.state, ferry::guest::RunState::Running);
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = guest_on(&hosts().await, "a", "vm1").expect("vm1 on a");
+            assert_eq!(now.get_errors, 0, "vm1 failed a memory check on a");
+            if now.ops >= g.ops + 2 {
+                break;
+            }
+            assert!(Instant::now() < until, "vm1 stopped checking itself on a");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        // Nothing runs for it on b: its twin ended with its channels, or
+        // the restarted host ends it.
+        b = Some(spawn_host(&b_cfg, &dir.join("b2.log")));
+        wait_listening(cb);
+        let until = Instant::now() + Duration::from_secs(15);
+        while crate::qemu::alive(twin) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !crate::qemu::alive(twin),
+            "the twin QEMU (pid {twin}) still runs on b"
+        );
+        let until = Instant::now() + Duration::from_secs(20);
+        let list = loop {
+            let list = hosts().await;
+            if list.iter().all(|h| h.reachable) {
+                break list;
+            }
+            assert!(Instant::now() < until, "b did not come back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        };
+        assert!(guest_on(&list, "b", "vm1").is_none(), "vm1 listed on b");
+    });
+    drop(b);
+}
