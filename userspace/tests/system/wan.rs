@@ -188,7 +188,21 @@ fn jitter_spreads_round_trips_as_configured_without_reordering() {
     // plus the line's own sub-millisecond lateness (within the 1 ms budget).
     assert!((-0.65..=1.0).contains(&(mean - 20.0)), "mean {mean}");
     assert!((1.2..=2.1).contains(&sd), "sd {sd}");
-    assert!(lo >= 15.95 && hi <= 25.0, "{lo}..{hi}");
+    // Never early: the line holds every frame at least its delay less the
+    // jitter. Late by more than the 1 ms budget only rarely: a loaded
+    // 2-core machine may schedule the line's thread late now and then.
+    let mut sorted = v.clone();
+    sorted.sort_by(f64::total_cmp);
+    assert!(
+        lo >= 15.95,
+        "a round trip of {lo:.3} ms is earlier than the 16 ms two legs of 10 ms - 2 ms allow: {sorted:.2?}"
+    );
+    let late = v.iter().filter(|x| **x > 25.0).count();
+    assert!(
+        late <= 5,
+        "expected at most 5 of {} round trips beyond 24 ms + 1 ms, saw {late} (max {hi:.3} ms): {sorted:.2?}",
+        v.len()
+    );
     router.stop().unwrap();
 }
 
