@@ -11,7 +11,7 @@ pub enum ProtocolError {
     Io(#[from] io::Error),
     #[error("not a ferry migration stream: first bytes {0}")]
     NotFerry(String),
-    #[error("peer speaks ferry protocol version {0}; this host speaks version 1")]
+    #[error("peer speaks ferry protocol version {0}; this host speaks version {v}", v = crate::PROTOCOL_VERSION)]
     Version(u8),
     #[error("handshake for unknown migration {0}")]
     UnknownMigration(MigrationId),
@@ -41,6 +41,8 @@ pub enum ProtocolError {
         "record {counter}: authentication failed (wrong key, altered header or altered payload)"
     )]
     Decrypt { counter: u64 },
+    #[error("record {counter}: checksum mismatch (the plaintext record was corrupted on its way)")]
+    Checksum { counter: u64 },
     #[error("record {got} replayed: record {expected} was expected next")]
     Replay { expected: u64, got: u64 },
     #[error(
@@ -71,6 +73,7 @@ impl ProtocolError {
             ProtocolError::DuplicateStream { .. } => "duplicate_stream",
             ProtocolError::Refused(_) => "refused",
             ProtocolError::Decrypt { .. } => "decrypt",
+            ProtocolError::Checksum { .. } => "checksum",
             ProtocolError::Replay { .. } => "replay",
             ProtocolError::OutOfOrder { .. } => "out_of_order",
             ProtocolError::TooLong { .. } => "length",
@@ -91,6 +94,7 @@ impl ProtocolError {
         "duplicate_stream",
         "refused",
         "decrypt",
+        "checksum",
         "replay",
         "out_of_order",
         "length",

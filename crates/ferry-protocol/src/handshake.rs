@@ -5,7 +5,7 @@
 //! ```text
 //! offset size field
 //!      0    8 magic        "FERRYMIG"
-//!      8    1 version      1
+//!      8    1 version      2 ([`crate::PROTOCOL_VERSION`])
 //!      9    1 transport    0 = plaintext, 1 = AES-256-GCM
 //!     10    2 stream       index of this stream
 //!     12    2 streams      number of streams
@@ -19,7 +19,7 @@
 //!
 //! ```text
 //!      0    8 magic        "FERRYACK"
-//!      8    1 version      1
+//!      8    1 version      2 ([`crate::PROTOCOL_VERSION`])
 //!      9    1 status       0 = accepted, else a [`HelloStatus`]
 //!     10    2 stream       echoed
 //!     12    4 reserved     0
@@ -140,7 +140,7 @@ pub fn parse_client_hello(b: &[u8; CLIENT_HELLO_LEN]) -> Result<ClientHello, Pro
     if &b[0..8] != CLIENT_MAGIC {
         return Err(ProtocolError::NotFerry(hex::encode(&b[0..8])));
     }
-    if b[8] != 1 {
+    if b[8] != crate::PROTOCOL_VERSION {
         return Err(ProtocolError::Version(b[8]));
     }
     let transport =
@@ -212,7 +212,7 @@ pub fn server_handshake<S: Read + Write>(
         Ok(acc) => {
             let mut reply = [0u8; SERVER_HELLO_LEN];
             reply[0..8].copy_from_slice(SERVER_MAGIC);
-            reply[8] = 1;
+            reply[8] = crate::PROTOCOL_VERSION;
             reply[9] = HelloStatus::Accepted.to_wire();
             reply[10..12].copy_from_slice(&acc.stream.to_be_bytes());
             if let Some(ks) = &acc.expectation.schedule {
@@ -236,7 +236,7 @@ pub fn server_handshake<S: Read + Write>(
             ) {
                 let mut reply = [0u8; SERVER_HELLO_LEN];
                 reply[0..8].copy_from_slice(SERVER_MAGIC);
-                reply[8] = 1;
+                reply[8] = crate::PROTOCOL_VERSION;
                 reply[9] = HelloStatus::of(&e).to_wire();
                 reply[10..12].copy_from_slice(&b[10..12]);
                 let _ = s.write_all(&reply);
@@ -321,7 +321,7 @@ pub fn client_handshake<S: Read + Write>(
 ) -> Result<(), ProtocolError> {
     let mut b = [0u8; CLIENT_HELLO_LEN];
     b[0..8].copy_from_slice(CLIENT_MAGIC);
-    b[8] = 1;
+    b[8] = crate::PROTOCOL_VERSION;
     b[9] = transport.wire();
     b[10..12].copy_from_slice(&stream.to_be_bytes());
     b[12..14].copy_from_slice(&streams.to_be_bytes());
@@ -338,7 +338,7 @@ pub fn client_handshake<S: Read + Write>(
     if &r[0..8] != SERVER_MAGIC {
         return Err(ProtocolError::NotFerry(hex::encode(&r[0..8])));
     }
-    if r[8] != 1 {
+    if r[8] != crate::PROTOCOL_VERSION {
         return Err(ProtocolError::Version(r[8]));
     }
     let status = HelloStatus::from_wire(r[9]);

@@ -15,6 +15,10 @@ mod metrics;
 pub mod record;
 pub mod spec;
 
+/// The version byte of hellos and records. 2: plaintext records carry a
+/// CRC32C (version 1 had no check on plaintext).
+pub const PROTOCOL_VERSION: u8 = 2;
+
 pub use aead::Backend;
 pub use error::ProtocolError;
 pub use keys::{Direction, KeySchedule, MigrationKey};

@@ -593,31 +593,37 @@ fn connection_cut_during_switchover_resumes_the_guest_on_the_source() {
 
 #[test]
 fn a_record_tampered_with_on_the_wire_fails_the_migration_safely() {
-    let dest = destination();
-    let relay = Relay::new(dest.listener.local_addr());
-    let memory = 32 << 20;
-    let spec = spec(
-        memory,
-        1,
-        Transport::Aes256Gcm,
-        relay.addr(),
-        Limits::default(),
-    );
-    // One bit, a megabyte into the only stream: inside some page's ciphertext.
-    relay.flip_byte(0, 1 << 20);
-    let run = migrate(kv_guest(memory, 5_000, 5_000, true), &dest, &spec, |_| {});
-    assert!(relay.flipped());
-    let failed = run.result.expect_err("tampering must be detected");
-    assert!(failed.error.guest_kept(), "{}", failed.error);
-    assert_eq!(run.src.run_state(), RunState::Running);
-    match wait_event(&dest) {
-        DestinationEvent::Aborted { reason, .. } => {
-            assert!(reason.contains("authentication failed"), "{reason}")
+    // Encrypted, the tag catches it; in plaintext, the record's CRC32C does
+    // (Disabled means unencrypted, not unchecked).
+    for (transport, detail, reason) in [
+        (Transport::Aes256Gcm, "authentication failed", "decrypt"),
+        (Transport::Plaintext, "checksum mismatch", "checksum"),
+    ] {
+        let dest = destination();
+        let relay = Relay::new(dest.listener.local_addr());
+        let memory = 32 << 20;
+        let spec = spec(memory, 1, transport, relay.addr(), Limits::default());
+        // One bit, a megabyte into the only stream: inside some page.
+        relay.flip_byte(0, 1 << 20);
+        let run = migrate(kv_guest(memory, 5_000, 5_000, true), &dest, &spec, |_| {});
+        assert!(relay.flipped());
+        let failed = run
+            .result
+            .expect_err(&format!("{transport}: tampering must be detected"));
+        assert!(failed.error.guest_kept(), "{}", failed.error);
+        assert_eq!(run.src.run_state(), RunState::Running);
+        match wait_event(&dest) {
+            DestinationEvent::Aborted { reason: why, .. } => {
+                assert!(
+                    why.contains(detail),
+                    "{transport}: expected {detail:?} in {why:?}"
+                )
+            }
+            DestinationEvent::Resumed { .. } => panic!("{transport}: resumed a tampered guest"),
         }
-        DestinationEvent::Resumed { .. } => panic!("resumed a tampered guest"),
+        assert_eq!(dest.metrics.rejected(reason), 1, "{transport}");
+        assert_eq!(run.dst.run_state(), RunState::Released);
     }
-    assert_eq!(dest.metrics.rejected("decrypt"), 1);
-    assert_eq!(run.dst.run_state(), RunState::Released);
 }
 
 #[test]

@@ -391,6 +391,24 @@ fn plaintext_stream_still_detects_truncation_and_order() {
 }
 
 #[test]
+fn a_corrupted_plaintext_record_fails_its_checksum() {
+    let s = Setup::plaintext();
+    // A payload bit, a header bit (the reserved field) and a checksum bit:
+    // each corrupts record 1 or 2, and none passes as data.
+    for (record, byte, counter) in [(1usize, 20usize, 1u64), (2, 2, 2), (1, 16 + 13, 1)] {
+        let mut recs = records(&s, PAYLOADS, true);
+        recs[record][byte] ^= 0x10;
+        let o = exchange(&s, Some((&s, 0, 2)), recs.concat());
+        assert!(
+            matches!(o.server, Err(ProtocolError::Checksum { counter: c }) if c == counter),
+            "record {record} byte {byte} flipped: expected a checksum error on record {counter}, got {:?}",
+            o.server
+        );
+        only_rejection(&o, "checksum");
+    }
+}
+
+#[test]
 fn length_beyond_the_limit_is_refused_before_reading() {
     let s = Setup::encrypted(1);
     let mut rec = records(&s, &[b"x"], true).remove(0);
