@@ -145,6 +145,9 @@ pub fn summary(s: &MigrationStats) -> String {
                 .map(|e| format!(": {e}"))
                 .unwrap_or_default(),
     );
+    if let Some(n) = &s.note {
+        row("note", n.clone());
+    }
     row(
         "mode / transport",
         format!(

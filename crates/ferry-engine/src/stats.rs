@@ -66,6 +66,10 @@ pub struct MigrationStats {
     pub destination: String,
     pub result: MigrationResult,
     pub error: Option<String>,
+    /// What the operator should know about these figures (e.g. that the
+    /// source was lost after the switch-over, so only the outcome is known).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub note: Option<String>,
     pub mode: EncryptionMode,
     pub transport: Transport,
     pub backend: String,
@@ -94,6 +98,53 @@ pub struct MigrationStats {
     /// Digests of guest memory at stun and at resume compared (None: not asked).
     pub memory_identical: Option<bool>,
     pub pass_history: Vec<PassStats>,
+}
+
+impl MigrationStats {
+    /// A migration that has not moved anything yet: every figure zero,
+    /// result failed until something says otherwise.
+    pub fn begin(
+        id: MigrationId,
+        guest: &str,
+        source: &str,
+        destination: &str,
+        mode: EncryptionMode,
+        transport: Transport,
+    ) -> Self {
+        MigrationStats {
+            id,
+            guest: guest.into(),
+            source: source.into(),
+            destination: destination.into(),
+            result: MigrationResult::Failed,
+            error: None,
+            note: None,
+            mode,
+            transport,
+            backend: String::new(),
+            streams: 0,
+            total_seconds: 0.0,
+            setup_seconds: 0.0,
+            downtime_seconds: 0.0,
+            downtime_limit_seconds: 0.0,
+            transferred_bytes: 0,
+            total_bytes: 0,
+            remaining_bytes: 0,
+            normal_pages: 0,
+            zero_pages: 0,
+            passes: 0,
+            dirty_rate: 0.0,
+            transfer_rate: 0.0,
+            throttle_percent: 0,
+            throttle_max_percent: 0,
+            stunned_bytes: 0,
+            device_state_bytes: 0,
+            seal_cpu_seconds: 0.0,
+            dirty_log: String::new(),
+            memory_identical: None,
+            pass_history: Vec::new(),
+        }
+    }
 }
 
 /// What the destination saw.

@@ -242,12 +242,30 @@ pub enum Response {
         migration: SocketAddr,
     },
     Incoming(Box<DestinationStats>),
+    /// AbortIncoming's answer: what the destination decided, once decided.
+    Outcome {
+        outcome: IncomingOutcome,
+    },
     Status {
         migrations: Vec<MigrationRecord>,
     },
     Hosts {
         hosts: Vec<HostStatus>,
     },
+}
+
+/// What became of an incoming migration, as its destination reports it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "kebab-case")]
+pub enum IncomingOutcome {
+    /// The guest runs here: the switch-over happened, whatever the source says.
+    Resumed,
+    /// This host dropped its copy.
+    Discarded { reason: String },
+    /// Not decided within the wait (the destination is still on its way).
+    Pending,
+    /// This host knows nothing of the migration.
+    Unknown,
 }
 
 impl Response {

@@ -20,7 +20,10 @@ use crate::{
     control::{
         self, CALL_TIMEOUT, CLIENT_SILENCE, Client, ControlError, Identity, Request, Responder,
         Response, Role, SOURCE_SILENCE,
-        wire::{Capabilities, HostStatus, MigrateOptions, MigrationRecord, MigrationState},
+        wire::{
+            Capabilities, HostStatus, IncomingOutcome, MigrateOptions, MigrationRecord,
+            MigrationState,
+        },
     },
     engine::{MigrationResult, MigrationStats},
     metrics::migration::{MigrationMetrics, Role as MetricsRole},
@@ -422,9 +425,14 @@ impl Coordinator {
             r.error = stats.error.clone();
             r.stats = Some(stats.clone());
         });
-        if !ok {
-            self.abort_destination(&id, &dst_host, peer.as_deref())
-                .await;
+        if !ok
+            && let Some(IncomingOutcome::Resumed) = self
+                .abort_destination(&id, &dst_host, peer.as_deref())
+                .await
+        {
+            // Should not happen: the engine's commit rules out two copies.
+            tracing::error!(coordinator = %self.cfg.name, migration = %id, guest = %guest,
+                "the source reported failure, but the destination {dst_host} resumed the guest: check both hosts");
         }
         if let Some(p) = &peer
             && let Ok(pe) = self.peer_entry(p)
@@ -449,39 +457,90 @@ impl Coordinator {
         Response::Finished(stats)
     }
 
-    async fn abort_destination(&self, id: &MigrationId, host: &str, peer: Option<&str>) {
-        if peer.is_none()
-            && let Ok(e) = self.host_entry(host)
+    /// Cancels the destination's side and returns what it decided (None:
+    /// not asked, a peer coordinator's host, or unreachable).
+    async fn abort_destination(
+        &self,
+        id: &MigrationId,
+        host: &str,
+        peer: Option<&str>,
+    ) -> Option<IncomingOutcome> {
+        if peer.is_some() {
+            return None;
+        }
+        let e = self.host_entry(host).ok()?;
+        match self
+            .client
+            .call(
+                host,
+                e.control,
+                &Request::AbortIncoming { id: *id },
+                CALL_TIMEOUT,
+            )
+            .await
         {
-            let _ = self
-                .client
-                .call(
-                    host,
-                    e.control,
-                    &Request::AbortIncoming { id: *id },
-                    CALL_TIMEOUT,
-                )
-                .await;
+            Ok(Response::Outcome { outcome }) => Some(outcome),
+            Ok(other) => {
+                tracing::warn!(coordinator = %self.cfg.name, migration = %id, "destination {host} answered the abort with {other:?}");
+                None
+            }
+            Err(e) => {
+                tracing::warn!(coordinator = %self.cfg.name, migration = %id, "cannot abort on destination {host}: {e}");
+                None
+            }
         }
     }
 
+    /// The source is gone or mute. What happened to the guest is the
+    /// destination's word: if it resumed the guest (GO arrived before the
+    /// source died), the migration completed, and is recorded so.
     async fn lost(&self, id: &MigrationId, dst: &str, peer: Option<&str>, msg: String) -> Response {
         tracing::warn!(coordinator = %self.cfg.name, migration = %id, "{msg}");
-        let mode = self
+        let record = self
             .records
             .lock()
             .expect("records")
             .iter()
             .find(|r| r.id == *id)
-            .map(|r| r.mode)
-            .unwrap_or_default();
+            .cloned();
+        let mode = record.as_ref().map(|r| r.mode).unwrap_or_default();
+        let outcome = self.abort_destination(id, dst, peer).await;
+        if let (Some(IncomingOutcome::Resumed), Some(r)) = (outcome, record) {
+            let note = format!(
+                "{msg}, after the switch-over: the destination {dst} had resumed the guest, so it runs there; the source's figures are lost"
+            );
+            tracing::warn!(coordinator = %self.cfg.name, migration = %id, guest = %r.guest,
+                "migration completed, but {note}");
+            let mut stats = MigrationStats::begin(
+                *id,
+                &r.guest,
+                &r.source,
+                &r.destination,
+                r.mode,
+                r.transport,
+            );
+            stats.result = MigrationResult::Completed;
+            stats.note = Some(note);
+            stats.total_seconds = unix_ms().saturating_sub(r.started_unix_ms) as f64 / 1e3;
+            if let Some(p) = &r.progress {
+                stats.transferred_bytes = p.transferred_bytes;
+                stats.total_bytes = p.total_bytes;
+            }
+            self.update(id, |rec| {
+                rec.state = MigrationState::Completed;
+                rec.error = None;
+                rec.stats = Some(Box::new(stats.clone()));
+            });
+            self.migration_metrics
+                .ended(MetricsRole::Coordinator, mode, true);
+            return Response::Finished(Box::new(stats));
+        }
         self.migration_metrics
             .ended(MetricsRole::Coordinator, mode, false);
         self.update(id, |r| {
             r.state = MigrationState::Failed;
             r.error = Some(msg.clone());
         });
-        self.abort_destination(id, dst, peer).await;
         Response::error(msg)
     }
 

@@ -8,6 +8,7 @@ use std::{
     collections::BTreeMap,
     path::Path,
     sync::{Arc, Mutex},
+    time::Duration,
 };
 
 use anyhow::Context;
@@ -16,7 +17,7 @@ pub use config::{GuestConfig, HostConfig};
 use crate::{
     control::{
         self, Identity, Request, Responder, Response, Role,
-        wire::{Capabilities, HostedGuest},
+        wire::{Capabilities, HostedGuest, IncomingOutcome},
     },
     engine::{self, DestinationEvent, IncomingRegistry, MigrationListener, SourceOptions},
     guest::{Guest, Hosted, RunState, SyntheticConfig, SyntheticGuest},
@@ -24,8 +25,11 @@ use crate::{
         ProtocolMetrics,
         migration::{MigrationMetrics, Role as MetricsRole},
     },
-    protocol::{EncryptionMode, MigrationSpec},
+    protocol::{EncryptionMode, MigrationId, MigrationSpec},
 };
+
+/// How long an abort waits for the destination's decision to settle.
+const ABORT_SETTLE: Duration = Duration::from_secs(3);
 
 /// The tap interface of `guest`'s NIC on `host`: unique per host (two hosts
 /// may share a namespace in a lab) and within IFNAMSIZ.
@@ -610,11 +614,34 @@ impl Host {
             Request::StartOutgoing { spec } => self.start_outgoing(spec, &mut resp).await,
             Request::AbortIncoming { id } => {
                 self.registry.abort(&id, "cancelled by the coordinator");
-                Response::Ok
+                Response::Outcome {
+                    outcome: self.settled_outcome(&id).await,
+                }
             }
             other => Response::error(format!("a host does not answer {}", other.op())),
         };
         let _ = resp.send(&answer).await;
+    }
+
+    /// The decision on an incoming migration, waiting a little for one that
+    /// is being taken: an abort that lost the race to GO leaves the guest
+    /// resumed here, and the coordinator must hear that, not "aborted".
+    async fn settled_outcome(&self, id: &MigrationId) -> IncomingOutcome {
+        let deadline = tokio::time::Instant::now() + ABORT_SETTLE;
+        loop {
+            let o = match self.registry.outcome(id) {
+                None => return IncomingOutcome::Unknown,
+                Some(engine::Outcome::Resumed) => return IncomingOutcome::Resumed,
+                Some(engine::Outcome::Aborted(reason)) => {
+                    return IncomingOutcome::Discarded { reason };
+                }
+                Some(engine::Outcome::Pending) => IncomingOutcome::Pending,
+            };
+            if tokio::time::Instant::now() >= deadline {
+                return o;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
     /// Serves the control API and /metrics until the task is dropped.

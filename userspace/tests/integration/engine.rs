@@ -23,7 +23,7 @@ use ferry::{
     },
 };
 
-use crate::relay::{AfterLimit, Relay};
+use crate::relay::{AfterLimit, HELLO_AND_READY, Relay};
 
 /// Delegates to a synthetic guest and copies its memory when the source has
 /// stunned it, or when the destination is about to resume it.
@@ -684,10 +684,6 @@ fn destination_refusal_before_any_memory_moves() {
         "both streams refused"
     );
 }
-
-/// On stream 0 the destination sends its 32-byte hello, then READY
-/// (16-byte header, 1-byte message, 16-byte tag).
-const HELLO_AND_READY: u64 = 32 + 16 + 1 + 16;
 
 #[test]
 fn link_cut_between_ready_and_go_resumes_the_guest_on_the_source() {

@@ -15,6 +15,8 @@ use ferry::{
     protocol::Limits,
 };
 
+use crate::relay::{AfterLimit, HELLO_AND_READY, Relay};
+
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
 struct Daemon(Child);
@@ -48,11 +50,23 @@ fn write_host(
     migration: SocketAddr,
     guests: &str,
 ) -> PathBuf {
+    write_host_with(dir, name, control, migration, guests, "")
+}
+
+/// [`write_host`] with `extra` YAML lines appended.
+fn write_host_with(
+    dir: &Path,
+    name: &str,
+    control: SocketAddr,
+    migration: SocketAddr,
+    guests: &str,
+    extra: &str,
+) -> PathBuf {
     let p = dir.join(format!("host-{name}.yaml"));
     std::fs::write(
         &p,
         format!(
-            "name: {name}\ncontrol: {control}\nmigration: {migration}\n\
+            "{extra}name: {name}\ncontrol: {control}\nmigration: {migration}\n\
              tls: {{ ca: ca.pem, cert: {name}.pem, key: {name}-key.pem }}\n\
                           memory_capacity: 1GiB\ncoordinators: [c1]\nguests: {guests}\n\
              metrics: {{ listen: \"127.0.0.1:{}\" }}\nstate_dir: {}\n",
@@ -75,6 +89,73 @@ fn spawn_host(cfg: &Path, log: &Path) -> Daemon {
             .spawn()
             .unwrap(),
     )
+}
+
+/// A fresh directory for one test, with certificates for coordinator c1,
+/// hosts a and b and client admin.
+fn site_dir(tag: &str) -> PathBuf {
+    let dir = std::env::temp_dir().join(format!("ferry-{tag}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    ferry::certs::issue(
+        &dir,
+        &[
+            (Role::Coordinator, "c1".into()),
+            (Role::Host, "a".into()),
+            (Role::Host, "b".into()),
+            (Role::Client, "admin".into()),
+        ],
+    )
+    .unwrap();
+    dir
+}
+
+fn runtime() -> tokio::runtime::Runtime {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap()
+}
+
+/// What a test talks through: the admin client and coordinator c1.
+struct Admin {
+    client: ferry::control::Client,
+    coord: ferry::coordinator::CoordinatorRef,
+}
+
+impl Admin {
+    /// Starts c1 (of hosts a and b) in this runtime.
+    async fn start(dir: &Path, ca: SocketAddr, cb: SocketAddr) -> Admin {
+        let (_, addr) = coordinator_c1(dir, ca, cb).await;
+        Admin {
+            client: ferry::control::Client::new(&TlsFiles::in_dir(dir, "admin")).unwrap(),
+            coord: ferry::coordinator::CoordinatorRef {
+                name: "c1".into(),
+                addr,
+            },
+        }
+    }
+
+    async fn call(&self, req: &Request) -> Response {
+        self.client
+            .call("c1", self.coord.addr, req, Duration::from_secs(20))
+            .await
+            .unwrap()
+    }
+
+    async fn hosts(&self) -> Vec<ferry::control::wire::HostStatus> {
+        match self.call(&Request::Hosts).await {
+            Response::Hosts { hosts } => hosts,
+            other => panic!("hosts: {other:?}"),
+        }
+    }
+
+    async fn records(&self) -> Vec<ferry::control::wire::MigrationRecord> {
+        match self.call(&Request::Status { id: None }).await {
+            Response::Status { migrations } => migrations,
+            other => panic!("status: {other:?}"),
+        }
+    }
 }
 
 /// Coordinator "c1" of hosts a and b (control ports `ca`, `cb`), serving
@@ -211,6 +292,75 @@ fn destination_process_killed_mid_pass_leaves_the_guest_on_the_source() {
         assert!(later > ops, "g1 works on a after the failed move");
     });
     drop(a);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_source_killed_after_go_is_recorded_as_the_completed_migration_it_was() {
+    // The destination resumed the guest; the source died before it could
+    // report. What happened to the guest is that it moved: the client and
+    // the coordinator's record say completed, not failed.
+    let dir = site_dir("after-go");
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
+    // b's migration port is reached through a relay that swallows RESUMED,
+    // so the source (alive) would wait for it: the window to kill it in.
+    let relay = Relay::new(mb);
+    relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
+    let guests = "[{ name: g1, memory: 64MiB, vcpus: 1, encryption: required, \
+                  workload: { kind: key-value, gets_per_second: 1000, sets_per_second: 1000 } }]";
+    let mut a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
+    let advertise = format!("advertise: {}\n", relay.addr());
+    let b_cfg = write_host_with(&dir, "b", cb, mb, "[]", &advertise);
+    let _b = spawn_host(&b_cfg, &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    runtime().block_on(async {
+        let admin = Admin::start(&dir, ca, cb).await;
+        let (client, coord) = (admin.client.clone(), admin.coord.clone());
+        let moving = tokio::spawn(async move {
+            request_migration(&client, &coord, "g1", None, "b", Default::default(), |_| {}).await
+        });
+        let until = Instant::now() + Duration::from_secs(60);
+        let b_log = dir.join("b.log");
+        while !std::fs::read_to_string(&b_log)
+            .unwrap_or_default()
+            .contains("guest resumed here")
+        {
+            assert!(
+                Instant::now() < until && !moving.is_finished(),
+                "b never resumed g1 (or the migration ended first: {:?})",
+                moving.is_finished()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        a.0.kill().unwrap(); // SIGKILL, while it waits for RESUMED
+        let stats = moving
+            .await
+            .unwrap()
+            .expect("the client hears the migration's end, not an error");
+        assert_eq!(
+            stats.result,
+            MigrationResult::Completed,
+            "g1 runs on b, so the migration completed: {:?}",
+            stats.error
+        );
+        let note = stats.note.clone().unwrap_or_default();
+        assert!(
+            note.contains("after the switch-over") && note.contains("runs there"),
+            "the note says why the figures are missing: {note:?}"
+        );
+        let rec = admin.records().await;
+        assert_eq!(rec.len(), 1, "{rec:?}");
+        assert_eq!(
+            rec[0].state,
+            ferry::control::wire::MigrationState::Completed,
+            "the coordinator's record: {:?}",
+            rec[0].error
+        );
+        let g1 = guest_on(&admin.hosts().await, "b", "g1").expect("g1 is listed on b");
+        assert_eq!(g1.state, ferry::guest::RunState::Running);
+    });
+    drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
 }
 

@@ -10,6 +10,12 @@ use std::{
     },
 };
 
+/// What the destination says on stream 0 up to and including READY on an
+/// encrypted migration: its 32-byte server hello, then READY (one byte) as a
+/// record (16-byte header, 16-byte tag). A limit here lets READY through and
+/// stops what follows (RESUMED or FAILED).
+pub const HELLO_AND_READY: u64 = 32 + 16 + 1 + 16;
+
 #[derive(Default)]
 struct Ctl {
     stop: AtomicBool,
