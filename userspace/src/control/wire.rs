@@ -181,6 +181,9 @@ pub struct Capabilities {
 pub struct HostedGuest {
     pub info: GuestInfo,
     pub encryption: EncryptionMode,
+    /// An outgoing migration of this guest is under way.
+    #[serde(default)]
+    pub migrating: bool,
 }
 
 /// A migration as the coordinator tracks it.
@@ -206,6 +209,9 @@ pub enum MigrationState {
     Running,
     Completed,
     Failed,
+    /// The coordinator restarted while it was under way, and could not yet
+    /// tell from the hosts where the guest ended.
+    Interrupted,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

@@ -1,6 +1,6 @@
 //! `ferry coordinator` configuration.
 
-use std::net::SocketAddr;
+use std::{net::SocketAddr, path::PathBuf};
 
 use serde::{Deserialize, Serialize};
 
@@ -30,6 +30,11 @@ pub struct CoordinatorConfig {
     pub defaults: Defaults,
     #[serde(default)]
     pub metrics: Option<MetricsListen>,
+    /// Where the migration history is kept across restarts. A file loaded
+    /// from YAML without it uses /var/lib/ferry/NAME; built in code without
+    /// it (labs, tests), the history lives in memory only.
+    #[serde(default)]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

@@ -5,16 +5,18 @@
 //! coordinator only until both ends have it; it is wiped when dropped.
 
 pub mod config;
+pub mod history;
 
 use std::{
     net::SocketAddr,
     path::Path,
-    sync::{Arc, Mutex},
+    sync::Arc,
     time::{SystemTime, UNIX_EPOCH},
 };
 
 use anyhow::Context;
 pub use config::CoordinatorConfig;
+use history::History;
 
 use crate::{
     control::{
@@ -26,6 +28,7 @@ use crate::{
         },
     },
     engine::{MigrationResult, MigrationStats},
+    guest::RunState,
     metrics::migration::{MigrationMetrics, Role as MetricsRole},
     protocol::{
         MigrationId, MigrationKey, MigrationSpec,
@@ -33,16 +36,18 @@ use crate::{
     },
 };
 
+/// How often, and how many times, a restarted coordinator looks where the
+/// guests of interrupted migrations ended (10 minutes in all).
+const SETTLE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
+const SETTLE_ROUNDS: usize = 300;
+
 /// Where migration keys come from: the OS CSPRNG, or a test's fixed source.
 pub type KeySource = Arc<dyn Fn() -> MigrationKey + Send + Sync>;
-
-/// How many finished migrations `status` remembers.
-const HISTORY: usize = 1000;
 
 pub struct Coordinator {
     cfg: CoordinatorConfig,
     client: Client,
-    records: Mutex<Vec<MigrationRecord>>,
+    history: History,
     key_source: KeySource,
     pub migration_metrics: MigrationMetrics,
     /// Everything this coordinator's /metrics serves.
@@ -78,13 +83,17 @@ impl Coordinator {
         key_source: KeySource,
     ) -> anyhow::Result<Arc<Self>> {
         let client = Client::new(&cfg.tls).context("coordinator TLS client")?;
+        let history = match &cfg.state_dir {
+            Some(dir) => History::open(dir)?,
+            None => History::in_memory(),
+        };
         let migration_metrics =
             MigrationMetrics::new(&[MetricsRole::Coordinator]).context("coordinator metrics")?;
         let metrics = registry(&migration_metrics)?;
         Ok(Arc::new(Self {
             cfg,
             client,
-            records: Mutex::new(Vec::new()),
+            history,
             key_source,
             migration_metrics,
             metrics,
@@ -103,30 +112,27 @@ impl Coordinator {
 
     pub fn load_config(path: &Path) -> Result<CoordinatorConfig, crate::config::ConfigError> {
         let mut cfg: CoordinatorConfig = crate::config::load(path)?;
-        cfg.tls = cfg.tls.relative_to(path.parent().unwrap_or(Path::new(".")));
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.tls = cfg.tls.relative_to(base);
+        // A coordinator started from a file remembers across restarts.
+        let dir = cfg
+            .state_dir
+            .take()
+            .unwrap_or_else(|| Path::new("/var/lib/ferry").join(&cfg.name));
+        cfg.state_dir = Some(base.join(dir));
         Ok(cfg)
     }
 
     pub fn records(&self) -> Vec<MigrationRecord> {
-        self.records.lock().expect("records").clone()
+        self.history.all()
     }
 
     fn record(&self, r: MigrationRecord) {
-        let mut recs = self.records.lock().expect("records");
-        recs.insert(0, r);
-        recs.truncate(HISTORY);
+        self.history.add(r);
     }
 
     fn update(&self, id: &MigrationId, f: impl FnOnce(&mut MigrationRecord)) {
-        if let Some(r) = self
-            .records
-            .lock()
-            .expect("records")
-            .iter_mut()
-            .find(|r| r.id == *id)
-        {
-            f(r);
-        }
+        self.history.update(id, f);
     }
 
     fn host_entry(&self, name: &str) -> Result<&config::HostEntry, String> {
@@ -385,7 +391,7 @@ impl Coordinator {
             };
             match next {
                 Ok(Response::Progress(p)) => {
-                    self.update(&id, |r| r.progress = Some(p.clone()));
+                    self.history.progress(&id, p.clone());
                     // A client that went away does not stop the migration.
                     let _ = resp.send(&Response::Progress(p)).await;
                 }
@@ -496,13 +502,7 @@ impl Coordinator {
     /// source died), the migration completed, and is recorded so.
     async fn lost(&self, id: &MigrationId, dst: &str, peer: Option<&str>, msg: String) -> Response {
         tracing::warn!(coordinator = %self.cfg.name, migration = %id, "{msg}");
-        let record = self
-            .records
-            .lock()
-            .expect("records")
-            .iter()
-            .find(|r| r.id == *id)
-            .cloned();
+        let record = self.history.get(id);
         let mode = record.as_ref().map(|r| r.mode).unwrap_or_default();
         let outcome = self.abort_destination(id, dst, peer).await;
         if let (Some(IncomingOutcome::Resumed), Some(r)) = (outcome, record) {
@@ -542,6 +542,65 @@ impl Coordinator {
             r.error = Some(msg.clone());
         });
         Response::error(msg)
+    }
+
+    /// Migrations the last run did not see end: their outcome is where the
+    /// guest runs now, once no host is still moving it (a source goes on
+    /// without its coordinator). Looked at every few seconds for a while;
+    /// one that neither host lists (a host down, or the guest gone) stays
+    /// interrupted, for the operator.
+    async fn settle_interrupted(self: Arc<Self>) {
+        for _ in 0..SETTLE_ROUNDS {
+            let open = self.history.interrupted();
+            if open.is_empty() {
+                return;
+            }
+            for r in open {
+                self.settle_one(&r).await;
+            }
+            tokio::time::sleep(SETTLE_EVERY).await;
+        }
+    }
+
+    async fn settle_one(&self, r: &MigrationRecord) {
+        // Per host: unreachable (None), or whether it lists the guest and,
+        // if so, whether it is still moving it.
+        let look = |caps: Result<Capabilities, String>| {
+            caps.ok().map(|c| {
+                c.guests
+                    .iter()
+                    .find(|g| g.info.name == r.guest)
+                    .map(|g| g.migrating || g.info.state == RunState::Paused)
+            })
+        };
+        let src = look(self.host_caps(&r.source).await);
+        let dst = if r.destination.contains('@') {
+            Some(None) // another coordinator's host: not ours to ask
+        } else {
+            look(self.host_caps(&r.destination).await)
+        };
+        let (state, error) = match (src, dst) {
+            (Some(None), Some(Some(_))) => (MigrationState::Completed, None),
+            (Some(Some(false)), Some(None)) => (
+                MigrationState::Failed,
+                Some(format!(
+                    "interrupted by a coordinator restart; the guest stayed on {}",
+                    r.source
+                )),
+            ),
+            (Some(Some(false)), Some(Some(_))) => {
+                tracing::error!(coordinator = %self.cfg.name, migration = %r.id, guest = %r.guest,
+                    "the guest is listed on both {} and {}: check both hosts", r.source, r.destination);
+                return;
+            }
+            _ => return, // still moving, or a host to hear from
+        };
+        tracing::info!(coordinator = %self.cfg.name, migration = %r.id, guest = %r.guest, state = ?state,
+            "interrupted migration settled from where the guest runs");
+        self.history.update(&r.id, |rec| {
+            rec.state = state;
+            rec.error = error;
+        });
     }
 
     fn allowed(&self, who: &Identity, req: &Request) -> Result<(), String> {
@@ -705,7 +764,9 @@ impl Coordinator {
         listener: tokio::net::TcpListener,
         tls: Arc<rustls::ServerConfig>,
     ) {
-        tracing::info!(coordinator = %self.cfg.name, listen = ?listener.local_addr().ok(), hosts = self.cfg.hosts.len(), "coordinator ready");
+        tracing::info!(coordinator = %self.cfg.name, listen = ?listener.local_addr().ok(), hosts = self.cfg.hosts.len(),
+            history = self.history.all().len(), "coordinator ready");
+        tokio::spawn(self.clone().settle_interrupted());
         let me = self.clone();
         control::serve(
             listener,

@@ -366,6 +366,7 @@ impl Host {
                 .map(|e| HostedGuest {
                     info: e.guest.info(),
                     encryption: e.encryption,
+                    migrating: e.busy,
                 })
                 .collect(),
         }

@@ -133,6 +133,7 @@ impl Cluster {
                 clients: vec!["admin".into()],
                 defaults: spec.defaults.clone(),
                 metrics: None,
+                state_dir: None,
             };
             let tls = tls::server_config(&cc.tls)?;
             let c = match &key_source {

@@ -9,7 +9,10 @@ use std::{
 };
 
 use ferry::{
-    control::{Request, Response, Role, TlsFiles, wire::MigrateOptions},
+    control::{
+        Request, Response, Role, TlsFiles,
+        wire::{MigrateOptions, MigrationState},
+    },
     coordinator::{Coordinator, CoordinatorConfig, config::HostEntry, request_migration},
     engine::{MigrationResult, Phase},
     protocol::Limits,
@@ -181,6 +184,7 @@ async fn coordinator_c1(
         clients: vec![],
         defaults: Default::default(),
         metrics: None,
+        state_dir: None,
     };
     let tls = ferry::control::tls::server_config(&cc.tls).unwrap();
     let coord = Coordinator::new(cc).unwrap();
@@ -361,6 +365,140 @@ fn a_source_killed_after_go_is_recorded_as_the_completed_migration_it_was() {
         assert_eq!(g1.state, ferry::guest::RunState::Running);
     });
     drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+/// `ferry coordinator` c1 as a process, of hosts a and b, keeping its
+/// history in `dir`/c1-state.
+fn spawn_coordinator(
+    dir: &Path,
+    listen: SocketAddr,
+    ca: SocketAddr,
+    cb: SocketAddr,
+    log: &str,
+) -> Daemon {
+    let cfg = dir.join("c1.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "name: c1\nlisten: {listen}\ntls: {{ ca: ca.pem, cert: c1.pem, key: c1-key.pem }}\n\
+             hosts:\n  - {{ name: a, control: {ca}, encryption: true }}\n  \
+             - {{ name: b, control: {cb}, encryption: true }}\n\
+             metrics: {{ listen: \"127.0.0.1:{}\" }}\nstate_dir: c1-state\n",
+            free_port().port()
+        ),
+    )
+    .unwrap();
+    let out = std::fs::File::create(dir.join(log)).unwrap();
+    let d = Daemon(
+        Command::new(FERRY)
+            .args(["coordinator", "--config"])
+            .arg(&cfg)
+            .stdout(Stdio::null())
+            .stderr(out)
+            .spawn()
+            .unwrap(),
+    );
+    wait_listening(listen);
+    d
+}
+
+#[test]
+fn a_restarted_coordinator_remembers_its_migrations_and_settles_the_interrupted_one() {
+    let dir = site_dir("coord-restart");
+    let (ca, ma, cb, mb, cl) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let guests = "[{ name: g1, memory: 64MiB, vcpus: 1, \
+                  workload: { kind: key-value, gets_per_second: 1000, sets_per_second: 1000 } }, \
+                  { name: g2, memory: 32MiB, vcpus: 1, \
+                  workload: { kind: key-value, gets_per_second: 1000, sets_per_second: 1000 } }]";
+    let _a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
+    let _b = spawn_host(&write_host(&dir, "b", cb, mb, "[]"), &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    let mut c1 = spawn_coordinator(&dir, cl, ca, cb, "c1.log");
+    let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
+    let coord = ferry::coordinator::CoordinatorRef {
+        name: "c1".into(),
+        addr: cl,
+    };
+    let admin = Admin { client, coord };
+    runtime().block_on(async {
+        // g1 moves; then g2 starts a slow move (4 MiB/s: some 8 s) and the
+        // coordinator is killed in its middle. Its host carries on alone.
+        let done = request_migration(
+            &admin.client,
+            &admin.coord,
+            "g1",
+            None,
+            "b",
+            Default::default(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(done.result, MigrationResult::Completed, "{:?}", done.error);
+        let slow = MigrateOptions {
+            limits: Some(Limits {
+                bandwidth: Some(4 << 20),
+                ..Limits::default()
+            }),
+            ..Default::default()
+        };
+        let mut killed = false;
+        let r = request_migration(&admin.client, &admin.coord, "g2", None, "b", slow, |r| {
+            if let Response::Progress(p) = r
+                && p.transferred_bytes > 4 << 20
+                && !killed
+            {
+                c1.0.kill().unwrap(); // SIGKILL
+                killed = true;
+            }
+        })
+        .await;
+        assert!(
+            killed && r.is_err(),
+            "the coordinator was killed mid-move: {r:?}"
+        );
+        c1 = spawn_coordinator(&dir, cl, ca, cb, "c1-restarted.log");
+        let recs = admin.records().await;
+        let state = |g: &str, recs: &[ferry::control::wire::MigrationRecord]| {
+            recs.iter().find(|r| r.guest == g).map(|r| r.state)
+        };
+        assert_eq!(
+            recs.len(),
+            2,
+            "both migrations survive the restart: {recs:?}"
+        );
+        assert_eq!(state("g1", &recs), Some(MigrationState::Completed));
+        assert_ne!(
+            state("g2", &recs),
+            Some(MigrationState::Running),
+            "nobody follows it now"
+        );
+        // g2's move ends on its own; the coordinator settles it from where g2 runs.
+        let until = Instant::now() + Duration::from_secs(90);
+        loop {
+            let recs = admin.records().await;
+            if state("g2", &recs) == Some(MigrationState::Completed) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "g2's migration was never settled: {:?}",
+                recs.iter().find(|r| r.guest == "g2")
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let hosts = admin.hosts().await;
+        assert!(guest_on(&hosts, "b", "g2").is_some() && guest_on(&hosts, "a", "g2").is_none());
+    });
+    drop(c1);
     let _ = std::fs::remove_dir_all(&dir);
 }
 
