@@ -89,6 +89,31 @@ impl Kind {
     }
 }
 
+/// The files a valid configuration names, checked as its daemon would load
+/// them: the TLS CA, certificate and key of a coordinator or host (relative
+/// paths from the file's directory). What is wrong, or nothing.
+pub fn check_files(kind: Kind, path: &Path) -> Result<(), String> {
+    let tls = match kind {
+        Kind::Coordinator => {
+            crate::coordinator::Coordinator::load_config(path)
+                .map_err(|e| e.to_string())?
+                .tls
+        }
+        Kind::Host => {
+            crate::host::Host::load_config(path)
+                .map_err(|e| e.to_string())?
+                .tls
+        }
+        _ => return Ok(()),
+    };
+    crate::control::tls::server_config(&tls).map(drop).map_err(|e| {
+        format!(
+            "{}: tls: {e} (create the files with `ferry certs`, or fix the paths: relative ones are from the file's directory)",
+            path.display()
+        )
+    })
+}
+
 /// Validates `path` as whatever kind its name says it is.
 pub fn check(path: &Path) -> Result<Kind, ConfigError> {
     let kind = Kind::of_path(path)?;

@@ -174,6 +174,9 @@ enum ConfigCommand {
     Check {
         #[arg(required = true)]
         files: Vec<PathBuf>,
+        /// Check only the files themselves, not the TLS files they name.
+        #[arg(long)]
+        syntax_only: bool,
     },
 }
 
@@ -501,11 +504,19 @@ fn run(cli: Cli) -> Result<()> {
             Ok(())
         }
         Command::Config {
-            command: ConfigCommand::Check { files },
+            command: ConfigCommand::Check { files, syntax_only },
         } => {
             let mut failed = 0;
             for f in &files {
-                match config_check::check(f) {
+                let checked = config_check::check(f)
+                    .map_err(|e| e.to_string())
+                    .and_then(|kind| {
+                        if !syntax_only {
+                            config_check::check_files(kind, f)?;
+                        }
+                        Ok(kind)
+                    });
+                match checked {
                     Ok(kind) => println!("{}: ok ({kind:?})", f.display()),
                     Err(e) => {
                         eprintln!("{e}");

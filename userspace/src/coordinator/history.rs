@@ -182,7 +182,9 @@ mod tests {
         let _ = std::fs::remove_dir_all(&dir);
         std::fs::create_dir_all(&dir).unwrap();
         std::fs::write(dir.join(FILE), b"[{\"id\": ").unwrap();
-        let e = History::open(&dir).err().expect("a truncated file is refused");
+        let e = History::open(&dir)
+            .err()
+            .expect("a truncated file is refused");
         let msg = e.to_string();
         assert!(
             msg.contains("migrations.json") && msg.contains("move it away"),

@@ -523,6 +523,39 @@ fn cli_reports_bad_config_and_usage_clearly() {
         err.contains("host-x.yaml:3:1: migraton: unknown field `migraton`"),
         "{err}"
     );
+    // Valid YAML naming TLS files that are not there: refused, naming the
+    // file and what to do; --syntax-only passes it.
+    let no_tls = dir.join("host-y.yaml");
+    std::fs::write(
+        &no_tls,
+        "name: y\ncontrol: 127.0.0.1:1\nmigration: 127.0.0.1:2\n\
+         tls: { ca: nowhere/ca.pem, cert: nowhere/y.pem, key: nowhere/y-key.pem }\n\
+         memory_capacity: 1GiB\ncoordinators: [c1]\nguests: []\n",
+    )
+    .unwrap();
+    let out = Command::new(FERRY)
+        .args(["config", "check"])
+        .arg(&no_tls)
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success()
+            && err.contains("host-y.yaml: tls: ")
+            && err.contains("nowhere/ca.pem")
+            && err.contains("ferry certs"),
+        "missing TLS files must fail the check: {err}"
+    );
+    let out = Command::new(FERRY)
+        .args(["config", "check", "--syntax-only"])
+        .arg(&no_tls)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = Command::new(FERRY)
         .args(["host", "--config"])
         .arg(&bad)
