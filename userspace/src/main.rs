@@ -96,6 +96,10 @@ enum Command {
         /// Compare memory digests at stun and resume.
         #[arg(long)]
         verify_memory: bool,
+        /// How long each side waits for the other's word at the switch-over
+        /// (bounds the stun when one is lost), e.g. 10s. Default 30s.
+        #[arg(long, value_parser = parse_duration)]
+        switchover_timeout: Option<Duration>,
         /// Print the final statistics as JSON on stdout.
         #[arg(long)]
         json: bool,
@@ -398,13 +402,17 @@ fn run(cli: Cli) -> Result<()> {
             streams,
             downtime_limit,
             verify_memory,
+            switchover_timeout,
             json,
             conn,
         } => {
             let (client, coord) = conn.open()?;
-            let limits = (downtime_limit.is_some() || verify_memory).then(|| Limits {
+            let given = downtime_limit.is_some() || verify_memory || switchover_timeout.is_some();
+            let limits = given.then(|| Limits {
                 downtime_limit: downtime_limit.unwrap_or(Limits::default().downtime_limit),
                 verify_memory,
+                switchover_timeout: switchover_timeout
+                    .unwrap_or(Limits::default().switchover_timeout),
                 ..Limits::default()
             });
             let options = MigrateOptions {

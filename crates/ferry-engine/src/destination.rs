@@ -260,9 +260,12 @@ impl IncomingRegistry {
         map.insert(spec.id, inc.clone());
         drop(map);
         // The whole migration must end within its time limit plus a switch-over.
-        let deadline = Instant::now() + spec.limits.max_time + 2 * self.switchover_timeout;
-        let (sink, timeout, registry) =
-            (self.events.clone(), self.switchover_timeout, self.clone());
+        let deadline = Instant::now() + spec.limits.max_time + 2 * spec.limits.switchover_timeout;
+        let (sink, timeout, registry) = (
+            self.events.clone(),
+            spec.limits.switchover_timeout,
+            self.clone(),
+        );
         std::thread::Builder::new()
             .name(format!("mig-dst-{}", &spec.id.to_string()[..8]))
             .spawn(move || {

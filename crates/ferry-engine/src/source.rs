@@ -29,7 +29,7 @@ use std::{
 };
 
 use super::{
-    CHUNK_PAGES, DEFAULT_SWITCHOVER_TIMEOUT, MigrationError, QUERY_STREAM_BASE,
+    CHUNK_PAGES, MigrationError, QUERY_STREAM_BASE,
     stats::{MigrationResult, MigrationStats, PassStats, Phase, Progress},
     wire,
 };
@@ -47,7 +47,6 @@ pub struct SourceOptions {
     pub backend: Backend,
     pub metrics: Option<ProtocolMetrics>,
     pub connect_timeout: Duration,
-    pub switchover_timeout: Duration,
     /// Use the software dirty log even where the kernel one works.
     pub software_dirty_log: bool,
     /// Set to cancel the migration (honoured before the switch-over).
@@ -62,7 +61,6 @@ impl Default for SourceOptions {
             backend: Backend::default(),
             metrics: None,
             connect_timeout: Duration::from_secs(10),
-            switchover_timeout: DEFAULT_SWITCHOVER_TIMEOUT,
             software_dirty_log: false,
             cancel: None,
             progress_every: Duration::from_millis(250),
@@ -291,7 +289,8 @@ pub(crate) fn open_stream(
     s.set_read_timeout(None).ok();
     // A destination that stops reading (dead, or a black-holing path) fails
     // the migration instead of blocking a sender for ever.
-    s.set_write_timeout(Some(opts.switchover_timeout)).ok();
+    s.set_write_timeout(Some(spec.limits.switchover_timeout))
+        .ok();
     Ok(s)
 }
 
@@ -849,7 +848,7 @@ pub fn migrate_out(
     let _ = senders[0].tx.send(Cmd::Message(vec![wire::PREPARE]));
 
     // READY, or the switch-over fails and the guest resumes here.
-    let deadline = Instant::now() + opts.switchover_timeout;
+    let deadline = Instant::now() + spec.limits.switchover_timeout;
     let ready = loop {
         if let Ok(Report::Error { stream, error }) = rep_rx.try_recv() {
             break Err(why_broken(
@@ -879,7 +878,11 @@ pub fn migrate_out(
                 });
             }
             Err(mpsc::RecvTimeoutError::Timeout) if Instant::now() < deadline => {}
-            Err(_) => break Err(MigrationError::SwitchoverTimeout(opts.switchover_timeout)),
+            Err(_) => {
+                break Err(MigrationError::SwitchoverTimeout(
+                    spec.limits.switchover_timeout,
+                ));
+            }
         }
     };
     if let Err(e) = ready {
@@ -890,7 +893,7 @@ pub fn migrate_out(
     let _ = senders[0].tx.send(Cmd::Message(vec![wire::GO]));
     tracing::info!(migration = %spec.id, "migration: destination ready, sent GO");
     let resumed = loop {
-        match in_rx.recv_timeout(opts.switchover_timeout) {
+        match in_rx.recv_timeout(spec.limits.switchover_timeout) {
             Ok(Inbound::Msg(m)) if m.first() == Some(&wire::RESUMED) => break Ok(true),
             Ok(Inbound::Msg(m)) if m.first() == Some(&wire::FAILED) => break Ok(false),
             Ok(Inbound::Msg(_)) => continue,

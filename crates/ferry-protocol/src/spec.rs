@@ -217,6 +217,17 @@ pub struct Limits {
     /// Compare digests of every page at stun and at resume before resuming.
     #[serde(default)]
     pub verify_memory: bool,
+    /// How long each side of the switch-over waits for the other's word
+    /// (READY after PREPARE, RESUMED after GO). It bounds how long a guest
+    /// stays stunned on its source when a word is lost: about twice this,
+    /// plus the outcome query, before the source resumes it or learns it
+    /// runs on the destination.
+    #[serde(
+        default = "default_switchover_timeout",
+        deserialize_with = "deserialize_duration",
+        serialize_with = "serialize_duration"
+    )]
+    pub switchover_timeout: Duration,
 }
 
 fn default_downtime() -> Duration {
@@ -224,6 +235,9 @@ fn default_downtime() -> Duration {
 }
 fn default_max_time() -> Duration {
     Duration::from_secs(600)
+}
+fn default_switchover_timeout() -> Duration {
+    Duration::from_secs(30)
 }
 fn default_record() -> u32 {
     256 * 1024
@@ -249,6 +263,7 @@ impl Default for Limits {
             throttle_step: default_throttle_step(),
             throttle_max: default_throttle_max(),
             verify_memory: false,
+            switchover_timeout: default_switchover_timeout(),
         }
     }
 }
@@ -275,6 +290,17 @@ impl Limits {
                 format!(
                     "{:?} is longer than max_time ({:?})",
                     self.downtime_limit, self.max_time
+                ),
+            ));
+        }
+        if self.switchover_timeout < Duration::from_millis(100)
+            || self.switchover_timeout > Duration::from_secs(600)
+        {
+            return Err(Invalid::new(
+                "switchover_timeout",
+                format!(
+                    "{:?} is outside 100ms..=10m (it bounds how long a guest can stay stunned)",
+                    self.switchover_timeout
                 ),
             ));
         }

@@ -204,7 +204,6 @@ fn migrate(
     dest.registry.prepare(spec, dst.clone()).unwrap();
     let opts = SourceOptions {
         backend: Backend::AwsLc,
-        switchover_timeout: Duration::from_secs(10),
         ..Default::default()
     };
     let mut phases = Vec::new();
@@ -734,18 +733,24 @@ fn resumed_lost_after_go_is_settled_by_asking_the_destination() {
         2,
         Transport::Aes256Gcm,
         relay.addr(),
-        Limits::default(),
+        Limits {
+            switchover_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
     );
     // GO gets through and the destination resumes, but RESUMED vanishes.
     relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
     let (src, dst) = prepared_pair(&dest, &spec);
-    let opts = SourceOptions {
-        switchover_timeout: Duration::from_secs(2),
-        ..Default::default()
-    };
+    let opts = SourceOptions::default();
     let stats = migrate_out(src.clone(), &spec, &opts, &mut |_| {})
         .unwrap_or_else(|f| panic!("the outcome query should settle it: {f}"));
     assert_eq!(stats.result, MigrationResult::Completed);
+    // The spec's switchover_timeout (2 s) bounds the wait, not the 30 s default.
+    assert!(
+        stats.downtime_seconds < 8.0,
+        "stunned {:.1} s with switchover_timeout 2 s (expected about 2 s plus the query)",
+        stats.downtime_seconds
+    );
     assert_eq!(dest.registry.outcome(&spec.id), Some(Outcome::Resumed));
     assert_eq!(dst.run_state(), RunState::Running);
     assert_eq!(src.run_state(), RunState::Released, "exactly one copy runs");
@@ -820,14 +825,14 @@ fn an_outcome_query_answers_resumed_only_once_the_destination_owns_the_guest() {
         2,
         Transport::Aes256Gcm,
         relay.addr(),
-        Limits::default(),
+        Limits {
+            switchover_timeout: Duration::from_secs(1),
+            ..Limits::default()
+        },
     );
     relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
     let (src, dst) = prepared_pair(&dest, &spec);
-    let opts = SourceOptions {
-        switchover_timeout: Duration::from_secs(1),
-        ..Default::default()
-    };
+    let opts = SourceOptions::default();
     let stats = migrate_out(src.clone(), &spec, &opts, &mut |_| {})
         .unwrap_or_else(|f| panic!("the outcome query should settle it: {f}"));
     assert_eq!(stats.result, MigrationResult::Completed);
@@ -853,14 +858,14 @@ fn whoever_hears_the_destination_discarded_finds_it_gone_there() {
         2,
         Transport::Aes256Gcm,
         relay.addr(),
-        Limits::default(),
+        Limits {
+            switchover_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        },
     );
     relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::Cut);
     let (src, dst) = prepared_pair(&dest, &spec);
-    let opts = SourceOptions {
-        switchover_timeout: Duration::from_secs(2),
-        ..Default::default()
-    };
+    let opts = SourceOptions::default();
     let failed = migrate_out(src.clone(), &spec, &opts, &mut |_| {}).expect_err("GO never arrived");
     assert!(failed.error.guest_kept(), "{}", failed.error);
     assert_eq!(

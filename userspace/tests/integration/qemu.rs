@@ -339,6 +339,7 @@ fn migrate_through_relay(
     let relay = crate::relay::Relay::new(dest.listener.local_addr());
     let mut spec = spec(&machine, 2, Transport::Aes256Gcm, &dest);
     spec.destination.migration = relay.addr();
+    spec.limits.switchover_timeout = Duration::from_secs(10);
     limits(&mut spec.limits);
     arrange(&relay);
     let twin = Started(Arc::new(
@@ -348,10 +349,7 @@ fn migrate_through_relay(
         .prepare_channels(&spec, twin.0.clone())
         .expect("prepare");
     let mut during = during;
-    let opts = SourceOptions {
-        switchover_timeout: Duration::from_secs(10),
-        ..Default::default()
-    };
+    let opts = SourceOptions::default();
     let r = ferry::engine::channels::migrate_out(src.0.clone(), &spec, &opts, &mut |p| {
         during(p, &relay);
     });

@@ -303,7 +303,7 @@ pub fn migrate_out(
     step("the device model completed");
     progress(&to_progress(&last, Phase::Switchover, &run, mem));
     let opened = streams.opened();
-    let until = Instant::now() + opts.switchover_timeout;
+    let until = Instant::now() + spec.limits.switchover_timeout;
     while !opened.iter().all(|s| ended.contains(s)) {
         if let Err(e) = drain(&ev_rx, &mut ended) {
             return Err(abort(streams, run, e));
@@ -330,7 +330,12 @@ pub fn migrate_out(
             },
         ));
     }
-    let ready = wait_for(&ev_rx, &mut ended, wire::READY, opts.switchover_timeout);
+    let ready = wait_for(
+        &ev_rx,
+        &mut ended,
+        wire::READY,
+        spec.limits.switchover_timeout,
+    );
     if let Err(e) = ready {
         return Err(abort(streams, run, e));
     }
@@ -340,8 +345,13 @@ pub fn migrate_out(
     let go = streams.send(&[wire::GO]);
     tracing::info!(migration = %spec.id, "device-model migration: destination ready, sent GO");
     let resumed = match go.map_err(|e| e.to_string()).and_then(|()| {
-        wait_for(&ev_rx, &mut ended, wire::RESUMED, opts.switchover_timeout)
-            .map_err(|e| e.to_string())
+        wait_for(
+            &ev_rx,
+            &mut ended,
+            wire::RESUMED,
+            spec.limits.switchover_timeout,
+        )
+        .map_err(|e| e.to_string())
     }) {
         Ok(()) => true,
         Err(why) => {
