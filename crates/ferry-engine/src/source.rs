@@ -134,7 +134,7 @@ fn sender_loop(
     };
     let fail = |e: std::io::Error| Report::Error {
         stream,
-        error: ProtocolError::Io(e),
+        error: ProtocolError::from(e),
     };
     while let Ok(cmd) = rx.recv() {
         match cmd {

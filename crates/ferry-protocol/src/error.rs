@@ -8,7 +8,9 @@ use super::{handshake::HelloStatus, spec::MigrationId, spec::Transport};
 #[derive(Debug, thiserror::Error)]
 pub enum ProtocolError {
     #[error("connection: {0}")]
-    Io(#[from] io::Error),
+    Io(io::Error),
+    #[error("timed out: the peer neither sent nor took any bytes within the stream's timeout")]
+    Stalled,
     #[error("not a ferry migration stream: first bytes {0}")]
     NotFerry(String),
     #[error("peer speaks ferry protocol version {0}; this host speaks version {v}", v = crate::PROTOCOL_VERSION)]
@@ -59,6 +61,17 @@ pub enum ProtocolError {
     Timeout,
 }
 
+/// A socket timeout is a timeout, not "Resource temporarily unavailable
+/// (os error 11)": it is named and counted as one.
+impl From<io::Error> for ProtocolError {
+    fn from(e: io::Error) -> Self {
+        match e.kind() {
+            io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ProtocolError::Stalled,
+            _ => ProtocolError::Io(e),
+        }
+    }
+}
+
 impl ProtocolError {
     /// The metrics label: a fixed, bounded set.
     pub fn reason(&self) -> &'static str {
@@ -79,7 +92,7 @@ impl ProtocolError {
             ProtocolError::TooLong { .. } => "length",
             ProtocolError::Truncated { .. } => "truncated",
             ProtocolError::Malformed(_) => "malformed",
-            ProtocolError::Timeout => "timeout",
+            ProtocolError::Timeout | ProtocolError::Stalled => "timeout",
         }
     }
 

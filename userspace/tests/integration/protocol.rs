@@ -502,3 +502,24 @@ fn stream_index_outside_the_spec_is_refused() {
     );
     only_rejection(&o, "bad_stream");
 }
+
+#[test]
+fn a_silent_peer_is_a_named_and_counted_timeout_not_os_error_11() {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let _peer = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+    let (sock, _) = listener.accept().unwrap();
+    sock.set_read_timeout(Some(std::time::Duration::from_millis(100)))
+        .unwrap();
+    let metrics = ProtocolMetrics::new();
+    let mut r = RecordReader::new(sock, None, 64 * 1024, Some(metrics.clone()));
+    let e = r.read_record().expect_err("nothing was sent");
+    let msg = e.to_string();
+    assert!(
+        matches!(e, ProtocolError::Stalled)
+            && msg.starts_with("timed out")
+            && !msg.contains("os error"),
+        "expected a named timeout, got {msg:?}"
+    );
+    assert_eq!(metrics.rejected("timeout"), 1);
+    assert_eq!(metrics.rejected("io"), 0);
+}

@@ -67,10 +67,10 @@ pub fn outward(
         if n == 0 {
             return w
                 .send_bytes(&[wire::CHANNEL_END])
-                .map_err(|e| RelayError::Stream(ProtocolError::Io(e)));
+                .map_err(|e| RelayError::Stream(ProtocolError::from(e)));
         }
         w.send_bytes(&buf[..n + 1])
-            .map_err(|e| RelayError::Stream(ProtocolError::Io(e)))?;
+            .map_err(|e| RelayError::Stream(ProtocolError::from(e)))?;
         counted.fetch_add(n as u64, Ordering::Relaxed);
     }
 }

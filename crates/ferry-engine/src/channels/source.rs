@@ -326,7 +326,7 @@ pub fn migrate_out(
             run,
             MigrationError::Stream {
                 stream: 0,
-                source: ProtocolError::Io(e),
+                source: ProtocolError::from(e),
             },
         ));
     }
