@@ -386,6 +386,7 @@ impl MigrationListener {
             .name("mig-listen".into())
             .spawn(move || {
                 let mut failures = ferry_core::listen::AcceptFailures::new("migration");
+                let gate = ferry_core::listen::Gate::new("migration", HANDSHAKES_WAITING);
                 for conn in listener.incoming() {
                     if s.load(Ordering::Relaxed) {
                         return;
@@ -397,10 +398,17 @@ impl MigrationListener {
                             continue;
                         }
                     };
+                    // Closed at once over the cap: no thread for it.
+                    let Some(pass) = gate.enter() else {
+                        if let Some(m) = &registry.metrics {
+                            m.reject(&ferry_protocol::ProtocolError::Overloaded);
+                        }
+                        continue;
+                    };
                     let r = registry.clone();
                     let _ = std::thread::Builder::new()
                         .name("mig-dst-stream".into())
-                        .spawn(move || serve_stream(sock, &r));
+                        .spawn(move || serve_stream(sock, &r, pass));
                 }
             })?;
         Ok(Self {
@@ -430,15 +438,23 @@ impl Drop for MigrationListener {
     }
 }
 
-fn serve_stream(mut sock: TcpStream, registry: &IncomingRegistry) {
+/// Streams that may wait in their handshake at once: more than any set of
+/// migrations opens (64 streams each), few enough that a flood of idle
+/// connections cannot take a thread each.
+const HANDSHAKES_WAITING: usize = 256;
+
+fn serve_stream(mut sock: TcpStream, registry: &IncomingRegistry, pass: ferry_core::listen::Pass) {
     let peer = sock.peer_addr().ok();
     sock.set_read_timeout(Some(Duration::from_secs(10))).ok();
-    let acc = match server_handshake(
+    let handshake = server_handshake(
         &mut sock,
         registry,
         registry.backend,
         registry.metrics.as_ref(),
-    ) {
+    );
+    // Authenticated (or refused): its place is free for the next.
+    drop(pass);
+    let acc = match handshake {
         Ok(a) => a,
         Err(e) => {
             tracing::warn!(peer = ?peer, error = %e, "refused a migration stream");

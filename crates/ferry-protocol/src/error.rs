@@ -59,6 +59,8 @@ pub enum ProtocolError {
     Malformed(&'static str),
     #[error("the peer did not complete the handshake in time")]
     Timeout,
+    #[error("too many connections waiting for their handshake; closed")]
+    Overloaded,
 }
 
 /// A socket timeout is a timeout, not "Resource temporarily unavailable
@@ -93,6 +95,7 @@ impl ProtocolError {
             ProtocolError::Truncated { .. } => "truncated",
             ProtocolError::Malformed(_) => "malformed",
             ProtocolError::Timeout | ProtocolError::Stalled => "timeout",
+            ProtocolError::Overloaded => "overload",
         }
     }
 
@@ -114,5 +117,6 @@ impl ProtocolError {
         "truncated",
         "malformed",
         "timeout",
+        "overload",
     ];
 }

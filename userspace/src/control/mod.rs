@@ -20,6 +20,8 @@ use wire::{LineReader, WireError};
 
 /// How long a peer may take to complete TLS and send its request.
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Connections that may be in their TLS handshake or first request at once.
+const HANDSHAKES_WAITING: usize = 128;
 
 /// How long a coordinator waits for a host's answer to a simple request.
 pub const CALL_TIMEOUT: Duration = Duration::from_secs(30);
@@ -89,6 +91,7 @@ pub type Handler = Arc<dyn Fn(Identity, Request, Responder) -> BoxFuture + Send 
 pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handler: Handler) {
     let acceptor = TlsAcceptor::from(tls);
     let mut failures = ferry_core::listen::AcceptFailures::new("control");
+    let gate = ferry_core::listen::Gate::new("control", HANDSHAKES_WAITING);
     loop {
         let (tcp, peer) = match listener.accept().await {
             Ok(c) => c,
@@ -97,6 +100,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handle
                 continue;
             }
         };
+        let Some(pass) = gate.enter() else { continue };
         let (acceptor, handler) = (acceptor.clone(), handler.clone());
         tokio::spawn(async move {
             let r = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
@@ -130,6 +134,8 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handle
                 }
             })
             .await;
+            // Authenticated, refused or timed out: the place is free.
+            drop(pass);
             match r {
                 Ok(Ok((who, req, resp, lines))) => {
                     // Keep the read half alive while the handler answers.

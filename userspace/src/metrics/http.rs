@@ -28,6 +28,9 @@ impl Drop for MetricsServer {
     }
 }
 
+/// Connections /metrics holds at once.
+const METRICS_CONNECTIONS: usize = 64;
+
 impl MetricsServer {
     /// Binds `listen` (port 0: any) and serves `registry` on GET /metrics.
     pub async fn start(listen: SocketAddr, registry: Registry) -> std::io::Result<Self> {
@@ -35,6 +38,9 @@ impl MetricsServer {
         let addr = l.local_addr()?;
         let task = tokio::spawn(async move {
             let mut failures = ferry_core::listen::AcceptFailures::new("metrics");
+            // Scrapers are few: a flood of idle connections must not take the
+            // file descriptors the control port needs.
+            let gate = ferry_core::listen::Gate::new("metrics", METRICS_CONNECTIONS);
             loop {
                 let s = match l.accept().await {
                     Ok((s, _)) => s,
@@ -43,10 +49,12 @@ impl MetricsServer {
                         continue;
                     }
                 };
+                let Some(pass) = gate.enter() else { continue };
                 let r = registry.clone();
                 tokio::spawn(async move {
                     // A client that stalls is dropped rather than held.
                     let _ = tokio::time::timeout(Duration::from_secs(30), serve(s, r)).await;
+                    drop(pass);
                 });
             }
         });

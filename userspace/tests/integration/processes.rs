@@ -143,7 +143,7 @@ impl Admin {
         self.client
             .call("c1", self.coord.addr, req, Duration::from_secs(20))
             .await
-            .unwrap()
+            .unwrap_or_else(|e| panic!("{} to c1 at {}: {e}", req.op(), self.coord.addr))
     }
 
     async fn hosts(&self) -> Vec<ferry::control::wire::HostStatus> {
@@ -500,6 +500,140 @@ fn a_restarted_coordinator_remembers_its_migrations_and_settles_the_interrupted_
     });
     drop(c1);
     let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn threads(pid: u32) -> usize {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap()
+        .lines()
+        .find_map(|l| l.strip_prefix("Threads:"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap()
+}
+
+/// The /metrics address `write_host` gave host `name`.
+fn metrics_addr(dir: &Path, name: &str) -> SocketAddr {
+    let yaml = std::fs::read_to_string(dir.join(format!("host-{name}.yaml"))).unwrap();
+    let at = yaml.find("listen: \"").unwrap() + "listen: \"".len();
+    yaml[at..at + yaml[at..].find('"').unwrap()]
+        .parse()
+        .unwrap()
+}
+
+#[test]
+fn floods_of_idle_connections_neither_take_a_thread_each_nor_cut_the_coordinator_off() {
+    let dir = site_dir("flood");
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
+    let guests = "[{ name: g1, memory: 32MiB, vcpus: 1, \
+                  workload: { kind: key-value, gets_per_second: 1000, sets_per_second: 1000 } }]";
+    let _a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
+    // b runs at the common 1024 descriptor limit.
+    let b_cfg = write_host(&dir, "b", cb, mb, "[]");
+    let mut cmd = Command::new(FERRY);
+    cmd.args(["host", "--config"])
+        .arg(&b_cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("b.log")).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child between
+    // fork and exec and touches nothing else.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(|| {
+            let lim = libc::rlimit {
+                rlim_cur: 1024,
+                rlim_max: 1024,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let b = Daemon(cmd.spawn().unwrap());
+    wait_listening(ca);
+    wait_listening(cb);
+    let metrics = metrics_addr(&dir, "b");
+    wait_listening(metrics);
+    let before = threads(b.0.id());
+    // 600 idle connections on each of b's migration and metrics ports: more
+    // than its descriptors allow for both, were each one held.
+    let mut flood = Vec::new();
+    for port in [mb, metrics] {
+        for _ in 0..600 {
+            flood.push(TcpStream::connect(port).unwrap());
+        }
+    }
+    std::thread::sleep(Duration::from_millis(500));
+    let during = threads(b.0.id());
+    assert!(
+        during < before + 300,
+        "b runs {during} threads under the flood (had {before}): expected at most the \
+         handshake cap (256) more, not one per idle connection"
+    );
+    runtime().block_on(async {
+        let admin = Admin::start(&dir, ca, cb).await;
+        let hosts = admin.hosts().await;
+        let hb = hosts.iter().find(|h| h.name == "b").unwrap();
+        assert!(
+            hb.reachable,
+            "the coordinator lost b under the flood: {:?}",
+            hb.error
+        );
+        drop(flood);
+        // The idle ones gone, migrations get through again.
+        let until = Instant::now() + Duration::from_secs(60);
+        let stats = loop {
+            let r = request_migration(
+                &admin.client,
+                &admin.coord,
+                "g1",
+                None,
+                "b",
+                Default::default(),
+                |_| {},
+            )
+            .await
+            .unwrap();
+            if r.result == MigrationResult::Completed || Instant::now() > until {
+                break r;
+            }
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        };
+        assert_eq!(
+            stats.result,
+            MigrationResult::Completed,
+            "{:?}",
+            stats.error
+        );
+    });
+    let text = http_get(metrics, "/metrics");
+    let overload = text
+        .lines()
+        .find(|l| l.starts_with("ferry_protocol_rejections_total{reason=\"overload\"}"))
+        .and_then(|l| l.rsplit(' ').next()?.parse::<u64>().ok())
+        .unwrap_or(0);
+    assert!(
+        overload > 0,
+        "refused connections are counted under reason=overload"
+    );
+    drop(b);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+fn http_get(addr: SocketAddr, path: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    write!(
+        s,
+        "GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut out = String::new();
+    let _ = s.read_to_string(&mut out);
+    out
 }
 
 #[test]
