@@ -161,6 +161,31 @@ impl Admin {
     }
 }
 
+/// [`spawn_host`] with at most `nofile` file descriptors.
+fn spawn_host_with_fd_limit(cfg: &Path, log: &Path, nofile: u64) -> Daemon {
+    let mut cmd = Command::new(FERRY);
+    cmd.args(["host", "--config"])
+        .arg(cfg)
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(log).unwrap());
+    // SAFETY: setrlimit is async-signal-safe; it runs in the child between
+    // fork and exec and touches nothing else.
+    unsafe {
+        use std::os::unix::process::CommandExt;
+        cmd.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: nofile,
+                rlim_max: nofile,
+            };
+            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    Daemon(cmd.spawn().unwrap())
+}
+
 /// Coordinator "c1" of hosts a and b (control ports `ca`, `cb`), serving
 /// on a loopback port in this runtime; certificates in `dir`.
 async fn coordinator_c1(
@@ -531,27 +556,7 @@ fn floods_of_idle_connections_neither_take_a_thread_each_nor_cut_the_coordinator
     let _a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
     // b runs at the common 1024 descriptor limit.
     let b_cfg = write_host(&dir, "b", cb, mb, "[]");
-    let mut cmd = Command::new(FERRY);
-    cmd.args(["host", "--config"])
-        .arg(&b_cfg)
-        .stdout(Stdio::null())
-        .stderr(std::fs::File::create(dir.join("b.log")).unwrap());
-    // SAFETY: setrlimit is async-signal-safe; it runs in the child between
-    // fork and exec and touches nothing else.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 1024,
-                rlim_max: 1024,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let b = Daemon(cmd.spawn().unwrap());
+    let b = spawn_host_with_fd_limit(&b_cfg, &dir.join("b.log"), 1024);
     wait_listening(ca);
     wait_listening(cb);
     let metrics = metrics_addr(&dir, "b");
@@ -832,28 +837,7 @@ fn a_host_out_of_file_descriptors_waits_instead_of_spinning_and_recovers() {
     .unwrap();
     let (ca, ma) = (free_port(), free_port());
     let cfg = write_host(&dir, "a", ca, ma, "[]");
-    let log = std::fs::File::create(dir.join("a.log")).unwrap();
-    let mut cmd = Command::new(FERRY);
-    cmd.args(["host", "--config"])
-        .arg(&cfg)
-        .stdout(Stdio::null())
-        .stderr(log);
-    // SAFETY: setrlimit is async-signal-safe; it runs in the child between
-    // fork and exec and touches nothing else.
-    unsafe {
-        use std::os::unix::process::CommandExt;
-        cmd.pre_exec(|| {
-            let lim = libc::rlimit {
-                rlim_cur: 96,
-                rlim_max: 96,
-            };
-            if libc::setrlimit(libc::RLIMIT_NOFILE, &lim) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let host = Daemon(cmd.spawn().unwrap());
+    let host = spawn_host_with_fd_limit(&cfg, &dir.join("a.log"), 96);
     wait_listening(ca);
     let pid = host.0.id();
     // More connections than the host has descriptors: it accepts until
