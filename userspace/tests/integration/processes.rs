@@ -219,18 +219,7 @@ async fn coordinator_c1(
 
 #[test]
 fn destination_process_killed_mid_pass_leaves_the_guest_on_the_source() {
-    let dir = std::env::temp_dir().join(format!("ferry-proc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    ferry::certs::issue(
-        &dir,
-        &[
-            (Role::Coordinator, "c1".into()),
-            (Role::Host, "a".into()),
-            (Role::Host, "b".into()),
-            (Role::Client, "admin".into()),
-        ],
-    )
-    .unwrap();
+    let dir = site_dir("proc");
     let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
     let guests = "[{ name: g1, memory: 256MiB, vcpus: 1, workload: { kind: key-value, gets_per_second: 5000, sets_per_second: 5000 } }]";
     let a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
@@ -238,11 +227,7 @@ fn destination_process_killed_mid_pass_leaves_the_guest_on_the_source() {
     wait_listening(ca);
     wait_listening(cb);
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let (_, addr) = coordinator_c1(&dir, ca, cb).await;
         let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
@@ -892,18 +877,7 @@ fn a_frozen_source_is_reported_within_the_silence_limit_and_keeps_its_guest() {
     // nothing, not even a heartbeat, and gives up on it within
     // SOURCE_SILENCE instead of waiting for ever; the destination is told
     // to discard; once thawed, the source keeps the guest.
-    let dir = std::env::temp_dir().join(format!("ferry-freeze-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
-    ferry::certs::issue(
-        &dir,
-        &[
-            (Role::Coordinator, "c1".into()),
-            (Role::Host, "a".into()),
-            (Role::Host, "b".into()),
-            (Role::Client, "admin".into()),
-        ],
-    )
-    .unwrap();
+    let dir = site_dir("freeze");
     let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
     let guests = "[{ name: g1, memory: 256MiB, vcpus: 1, workload: { kind: key-value, gets_per_second: 5000, sets_per_second: 5000 } }]";
     let a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
@@ -911,11 +885,7 @@ fn a_frozen_source_is_reported_within_the_silence_limit_and_keeps_its_guest() {
     wait_listening(ca);
     wait_listening(cb);
     let pid = nix::unistd::Pid::from_raw(a.0.id() as i32);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let (coord, addr) = coordinator_c1(&dir, ca, cb).await;
         let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
@@ -1055,19 +1025,8 @@ fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() 
             return;
         }
     };
-    let dir = std::env::temp_dir().join(format!("ferry-qemu-proc-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = site_dir("qemu-proc");
     let _reaper = QemuReaper(dir.clone(), vec!["a", "b"]);
-    ferry::certs::issue(
-        &dir,
-        &[
-            (Role::Coordinator, "c1".into()),
-            (Role::Host, "a".into()),
-            (Role::Host, "b".into()),
-            (Role::Client, "admin".into()),
-        ],
-    )
-    .unwrap();
     let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
     let guests = format!(
         "[{{ name: vm1, kind: qemu, memory: 256MiB, vcpus: 1, encryption: required, \
@@ -1096,11 +1055,7 @@ fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() 
         "the restarted host started a second QEMU instead of adopting the first"
     );
 
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let (_, addr) = coordinator_c1(&dir, ca, cb).await;
         let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
@@ -1252,19 +1207,8 @@ fn a_qemu_destination_host_killed_mid_pass_leaves_the_guest_on_the_source_and_no
             return;
         }
     };
-    let dir = std::env::temp_dir().join(format!("ferry-qemu-kill-{}", std::process::id()));
-    let _ = std::fs::remove_dir_all(&dir);
+    let dir = site_dir("qemu-kill");
     let _reaper = QemuReaper(dir.clone(), vec!["a", "b"]);
-    ferry::certs::issue(
-        &dir,
-        &[
-            (Role::Coordinator, "c1".into()),
-            (Role::Host, "a".into()),
-            (Role::Host, "b".into()),
-            (Role::Client, "admin".into()),
-        ],
-    )
-    .unwrap();
     let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
     let guests = format!(
         "[{{ name: vm1, kind: qemu, memory: 256MiB, vcpus: 1, encryption: required, \
@@ -1278,11 +1222,7 @@ fn a_qemu_destination_host_killed_mid_pass_leaves_the_guest_on_the_source_and_no
     let mut b = Some(spawn_host(&b_cfg, &dir.join("b.log")));
     wait_listening(ca);
     wait_listening(cb);
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(2)
-        .enable_all()
-        .build()
-        .unwrap();
+    let rt = runtime();
     rt.block_on(async {
         let (_, addr) = coordinator_c1(&dir, ca, cb).await;
         let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
