@@ -5,6 +5,7 @@
 //! - [`clock`]: the monotonic clock userspace shares with the eBPF programs.
 //! - [`MacAddr`], [`parse_cidr`]: link and network addresses.
 //! - [`listen`]: what a listener does after a failed accept.
+//! - [`fs`]: files written so that a crash leaves them whole.
 //! - [`machine`]: a QEMU guest's device model, as hosts and specs carry it.
 //!
 //! It depends on no other ferry crate; everything else may depend on it.
@@ -12,6 +13,7 @@
 mod cidr;
 pub mod clock;
 pub mod config;
+pub mod fs;
 pub mod listen;
 mod mac;
 pub mod machine;

@@ -40,6 +40,7 @@ use crate::{
         source::PrivateDir,
     },
     guest::{Guest, Hosted},
+    journal::{Entry, Journal},
 };
 use ferry_protocol::{
     Backend, KeySchedule, MigrationId, MigrationSpec, ProtocolMetrics, Side, Transport,
@@ -95,6 +96,8 @@ enum Event {
 struct Incoming {
     id: MigrationId,
     guest: Hosted,
+    /// The source host's name (for the journal).
+    source: String,
     /// A device model's incoming socket, in a private directory (channels only).
     channel_socket: Option<(PathBuf, PrivateDir)>,
     /// Channel bytes received (channels only).
@@ -152,6 +155,8 @@ pub struct IncomingRegistry {
     metrics: Option<ProtocolMetrics>,
     events: EventSink,
     switchover_timeout: Duration,
+    /// Where READY and the decision are made durable (a host's journal).
+    journal: std::sync::OnceLock<Arc<dyn Journal>>,
 }
 
 /// How long a decided migration is kept for outcome queries.
@@ -171,7 +176,15 @@ impl IncomingRegistry {
             metrics,
             events: Arc::new(events),
             switchover_timeout,
+            journal: std::sync::OnceLock::new(),
         })
+    }
+
+    /// Makes READY and each decision durable in `journal` before they are
+    /// sent, and answers outcome queries from it for migrations this
+    /// process never saw (it restarted). Set once, before any migration.
+    pub fn set_journal(&self, journal: Arc<dyn Journal>) {
+        let _ = self.journal.set(journal);
     }
 
     /// Accepts `spec` with `guest` (an incoming guest of the spec's size) as
@@ -242,6 +255,7 @@ impl IncomingRegistry {
         let inc = Arc::new(Incoming {
             id: spec.id,
             guest,
+            source: spec.source.host.clone(),
             channel_socket,
             channel_bytes: AtomicU64::new(0),
             transport: spec.transport,
@@ -266,11 +280,12 @@ impl IncomingRegistry {
             spec.limits.switchover_timeout,
             self.clone(),
         );
+        let journal = self.journal.get().cloned();
         std::thread::Builder::new()
             .name(format!("mig-dst-{}", &spec.id.to_string()[..8]))
             .spawn(move || {
                 let id = inc.id;
-                controller(inc, rx, sink, deadline, timeout);
+                controller(inc, rx, sink, journal, deadline, timeout);
                 registry.settle(&id);
             })
             .map_err(|e| format!("cannot start the migration controller: {e}"))?;
@@ -283,11 +298,10 @@ impl IncomingRegistry {
         if let Some(m) = self.migrations.lock().expect("registry").get(id) {
             return Some(m.outcome.lock().expect("outcome").clone());
         }
-        self.decided
-            .lock()
-            .expect("decided")
-            .get(id)
-            .map(|d| d.outcome.clone())
+        if let Some(d) = self.decided.lock().expect("decided").get(id) {
+            return Some(d.outcome.clone());
+        }
+        self.journal.get().and_then(|j| j.outcome(id))
     }
 
     /// Moves a migration whose controller has finished into the decided
@@ -666,6 +680,24 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
     }
 }
 
+/// Makes READY durable before it is sent: a restarted destination then
+/// answers "discarded" for a migration it had loaded but not resumed.
+fn journal_ready(
+    journaled: &dyn Fn(Entry<'_>) -> io::Result<()>,
+    inc: &Incoming,
+    name: &str,
+    done: &AtomicBool,
+) -> Result<(), String> {
+    journaled(Entry::Ready {
+        id: inc.id,
+        guest: name,
+        source: &inc.source,
+    })
+    .map_err(|e| format!("cannot record READY in the journal: {e}"))?;
+    done.store(true, Ordering::Relaxed);
+    Ok(())
+}
+
 /// Sends `msg` on stream 0 (whose writer the caller checked is there).
 fn send_on(writer: &Option<SharedWriter>, msg: &[u8]) -> io::Result<()> {
     writer
@@ -680,9 +712,11 @@ fn controller(
     inc: Arc<Incoming>,
     rx: mpsc::Receiver<Event>,
     sink: EventSink,
+    journal: Option<Arc<dyn Journal>>,
     deadline: Instant,
     timeout: Duration,
 ) {
+    let journaled = |e: Entry<'_>| journal.as_ref().map_or(Ok(()), |j| j.write(e));
     let mut writer: Option<SharedWriter> = None;
     let channels = match &inc.guest {
         Hosted::Channels(g) => Some(g.clone()),
@@ -699,10 +733,21 @@ fn controller(
 
     // Discard, tell the host, then say so: a source that hears FAILED (or
     // asks) finds the destination already free of the guest.
+    let ready_journaled = AtomicBool::new(false);
     let abort = |writer: &mut Option<SharedWriter>, reason: String| {
         if inc.decide() {
             tracing::warn!(migration = %inc.id, guest = %name, reason = %reason, "incoming migration aborted, guest discarded");
             inc.guest.release();
+            if ready_journaled.load(Ordering::Relaxed)
+                && let Err(e) = journaled(Entry::Discarded {
+                    id: inc.id,
+                    guest: &name,
+                    reason: &reason,
+                })
+            {
+                // READY without a decision reads as discarded after a restart.
+                tracing::warn!(migration = %inc.id, error = %e, "cannot record the discard in the journal");
+            }
             sink(DestinationEvent::Aborted {
                 id: inc.id,
                 guest: name.clone(),
@@ -800,6 +845,18 @@ fn controller(
                         );
                     }
                     Some(&wire::GO) if ready_sent => {
+                        // Durable before the guest runs: a restart from here
+                        // on knows it resumed here.
+                        if let Err(e) = journaled(Entry::Resumed {
+                            id: inc.id,
+                            guest: &name,
+                            source: &inc.source,
+                        }) {
+                            return abort(
+                                &mut writer,
+                                format!("cannot record the resume in the journal: {e}"),
+                            );
+                        }
                         if !inc.decide() {
                             return;
                         }
@@ -844,6 +901,9 @@ fn controller(
                 Ok(Some(ChannelStatus::Completed)) if ready_now => {
                     stats.verify_seconds = prepared.expect("ready").elapsed().as_secs_f64();
                     stats.received_bytes = inc.channel_bytes.load(Ordering::Relaxed);
+                    if let Err(e) = journal_ready(&journaled, &inc, &name, &ready_journaled) {
+                        return abort(&mut writer, e);
+                    }
                     if let Err(e) = send_on(&writer, &[wire::READY]) {
                         return abort(&mut writer, format!("sending READY: {e}"));
                     }
@@ -894,6 +954,9 @@ fn controller(
                 return abort(&mut writer, format!("loading device state: {e}"));
             }
             stats.verify_seconds = t.elapsed().as_secs_f64();
+            if let Err(e) = journal_ready(&journaled, &inc, &name, &ready_journaled) {
+                return abort(&mut writer, e);
+            }
             if let Err(e) = send_on(&writer, &[wire::READY]) {
                 return abort(&mut writer, format!("sending READY: {e}"));
             }

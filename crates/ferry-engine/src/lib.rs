@@ -10,6 +10,7 @@
 pub mod channels;
 pub mod destination;
 pub mod guest;
+pub mod journal;
 pub mod source;
 pub mod stats;
 pub mod wire;
@@ -17,6 +18,7 @@ pub mod wire;
 use std::time::Duration;
 
 pub use destination::{DestinationEvent, IncomingRegistry, MigrationListener, Outcome};
+pub use journal::Journal;
 pub use source::{SourceOptions, migrate_out};
 pub use stats::{DestinationStats, MigrationResult, MigrationStats, PassStats, Phase, Progress};
 
@@ -70,9 +72,12 @@ pub enum MigrationError {
     #[error("the destination did not answer within {0:?} during switch-over")]
     SwitchoverTimeout(Duration),
     #[error(
-        "cannot tell whether the destination resumed the guest ({0}); the guest stays stunned on the source until an operator decides"
+        "cannot tell whether the destination resumed the guest ({0}); the guest stays stunned on the source until `ferry resolve GUEST` decides"
     )]
     InDoubt(String),
+    /// The host's journal could not make a commit point durable.
+    #[error("cannot record the switch-over in the host's journal")]
+    Journal(#[source] std::io::Error),
     #[error("cancelled: {0}")]
     Cancelled(String),
 }

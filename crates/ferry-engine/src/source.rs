@@ -53,6 +53,8 @@ pub struct SourceOptions {
     pub cancel: Option<Arc<AtomicBool>>,
     /// How often progress is reported during a pass.
     pub progress_every: Duration,
+    /// Where the release is made durable before GO (a host's journal).
+    pub journal: Option<Arc<dyn crate::Journal>>,
 }
 
 impl Default for SourceOptions {
@@ -64,6 +66,7 @@ impl Default for SourceOptions {
             software_dirty_log: false,
             cancel: None,
             progress_every: Duration::from_millis(250),
+            journal: None,
         }
     }
 }
@@ -378,6 +381,36 @@ pub(crate) fn query_outcome(
         std::thread::sleep(Duration::from_millis(250 << attempt.min(4)));
     }
     Err(last)
+}
+
+/// Makes the release durable before GO: a source restarted from here on
+/// does not run the guest again.
+pub(crate) fn journal_release(
+    opts: &SourceOptions,
+    spec: &MigrationSpec,
+) -> Result<(), MigrationError> {
+    let Some(j) = &opts.journal else {
+        return Ok(());
+    };
+    j.write(crate::journal::Entry::Released {
+        id: spec.id,
+        guest: &spec.guest,
+        destination: &spec.destination.host,
+    })
+    .map_err(MigrationError::Journal)
+}
+
+/// The destination discarded the guest after GO: it is this host's again.
+pub(crate) fn journal_reclaim(opts: &SourceOptions, spec: &MigrationSpec) {
+    let Some(j) = &opts.journal else { return };
+    if let Err(e) = j.write(crate::journal::Entry::Reclaimed {
+        id: spec.id,
+        guest: &spec.guest,
+    }) {
+        // It runs here now; a restart would not boot it again, which an
+        // operator sees in the log.
+        tracing::error!(migration = %spec.id, guest = %spec.guest, error = %e, "cannot record that the guest came back");
+    }
 }
 
 /// How long a broken stream waits for the destination to say why: the
@@ -888,6 +921,9 @@ pub fn migrate_out(
     if let Err(e) = ready {
         abort_stunned!(e);
     }
+    if let Err(e) = journal_release(opts, spec) {
+        abort_stunned!(e);
+    }
     // Committed: the source will never run this guest again unless the
     // destination says it discarded it.
     let _ = senders[0].tx.send(Cmd::Message(vec![wire::GO]));
@@ -920,6 +956,7 @@ pub fn migrate_out(
         }
     };
     if !resumed {
+        journal_reclaim(opts, spec);
         abort_stunned!(MigrationError::Destination(
             "the destination discarded the guest after GO".into()
         ));

@@ -6,7 +6,6 @@
 //! few hundred milliseconds and are worth nothing after a restart.
 
 use std::{
-    io::Write,
     path::{Path, PathBuf},
     sync::Mutex,
 };
@@ -154,22 +153,10 @@ impl History {
             let recs = self.records.lock().expect("history");
             serde_json::to_vec_pretty(&*recs).expect("records serialise")
         };
-        if let Err(e) = write_atomically(file, &json) {
+        if let Err(e) = ferry_core::fs::write_atomically(file, &json) {
             tracing::warn!(file = %file.display(), error = %e, "cannot save the migration history");
         }
     }
-}
-
-fn write_atomically(file: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let tmp = file.with_extension("json.tmp");
-    let mut f = std::fs::File::create(&tmp)?;
-    f.write_all(bytes)?;
-    f.sync_all()?;
-    std::fs::rename(&tmp, file)?;
-    if let Some(dir) = file.parent() {
-        std::fs::File::open(dir)?.sync_all()?;
-    }
-    Ok(())
 }
 
 #[cfg(test)]

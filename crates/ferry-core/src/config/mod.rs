@@ -9,7 +9,10 @@ mod rate;
 mod ratio;
 mod size;
 
-use std::{fmt, path::Path};
+use std::{
+    fmt,
+    path::{Path, PathBuf},
+};
 
 use serde::de::DeserializeOwned;
 
@@ -193,9 +196,31 @@ pub fn load<T: DeserializeOwned + Validate>(path: &Path) -> Result<T, ConfigErro
     from_str(&text, &origin)
 }
 
+/// A daemon's state directory, from the `state_dir` its file at `path`
+/// named (relative to that file) or, unset, `/var/lib/ferry/NAME`: a daemon
+/// started from a file keeps its state across restarts and reboots.
+pub fn state_dir_for(path: &Path, configured: Option<PathBuf>, name: &str) -> PathBuf {
+    let base = path.parent().unwrap_or(Path::new("."));
+    base.join(configured.unwrap_or_else(|| Path::new("/var/lib/ferry").join(name)))
+}
+
 #[cfg(test)]
 mod tests {
     use super::strip_location;
+
+    #[test]
+    fn state_dir_is_relative_to_the_file_or_under_var_lib() {
+        use std::path::{Path, PathBuf};
+        let f = Path::new("/etc/ferry/host-a.yaml");
+        assert_eq!(
+            super::state_dir_for(f, None, "host-a"),
+            PathBuf::from("/var/lib/ferry/host-a")
+        );
+        assert_eq!(
+            super::state_dir_for(f, Some("state".into()), "host-a"),
+            PathBuf::from("/etc/ferry/state")
+        );
+    }
 
     #[test]
     fn every_location_leaves_the_message() {

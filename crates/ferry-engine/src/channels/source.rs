@@ -340,6 +340,9 @@ pub fn migrate_out(
         return Err(abort(streams, run, e));
     }
     step("READY");
+    if let Err(e) = crate::source::journal_release(opts, spec) {
+        return Err(abort(streams, run, e));
+    }
     // Committed: from here the source never runs the guest again unless
     // the destination says it discarded it.
     let go = streams.send(&[wire::GO]);
@@ -371,6 +374,7 @@ pub fn migrate_out(
         }
     };
     if !resumed {
+        crate::source::journal_reclaim(opts, spec);
         return Err(abort(
             streams,
             run,
