@@ -2,6 +2,13 @@
 
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
+/// Every freed heap block is wiped first: key material that passed through
+/// buffers ferry does not own (rustls's record and plaintext buffers, a
+/// Vec that grew) does not outlive them in free memory.
+#[global_allocator]
+static ALLOC: secmem_alloc::zeroizing_alloc::ZeroizeAlloc<std::alloc::System> =
+    secmem_alloc::zeroizing_alloc::ZeroizeAlloc::new(std::alloc::System);
+
 use anyhow::{Context, Result, bail};
 use clap::{Args, Parser, Subcommand};
 use ferry::{
@@ -118,6 +125,24 @@ enum Command {
     Hosts {
         #[arg(long)]
         json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// End the doubt over a guest: paused on its source after a switch-over
+    /// whose outcome the source could not learn, or listed on two hosts.
+    /// Resumes the paused copy only when the destination, asked, never ran
+    /// the guest; drops a copy only when the guest runs elsewhere.
+    Resolve {
+        guest: String,
+        /// When several hosts run the guest: the host whose copy stays (the
+        /// others are discarded).
+        #[arg(long, value_name = "HOST")]
+        keep: Option<String>,
+        /// Resume the paused copy even though the destination cannot be
+        /// asked (or says it resumed a guest it no longer runs). Only when
+        /// you know the guest does not run there.
+        #[arg(long)]
+        force: bool,
         #[command(flatten)]
         conn: Conn,
     },
@@ -475,9 +500,17 @@ fn run(cli: Cli) -> Result<()> {
                 &ferry::control::Request::Hosts,
                 Duration::from_secs(60),
             ))?;
-            let ferry::control::Response::Hosts { hosts } = r else {
+            let ferry::control::Response::Hosts { hosts, duplicates } = r else {
                 bail!("unexpected answer: {r:?}")
             };
+            for d in &duplicates {
+                eprintln!(
+                    "warning: guest {} is listed on {}: keep one with `ferry resolve {} --keep HOST`",
+                    d.guest,
+                    d.hosts.join(" and "),
+                    d.guest
+                );
+            }
             if json {
                 println!("{}", serde_json::to_string_pretty(&hosts)?);
             } else {
@@ -510,6 +543,29 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Resolve {
+            guest,
+            keep,
+            force,
+            conn,
+        } => {
+            let (client, coord) = conn.open()?;
+            let r = runtime()?
+                .block_on(client.call(
+                    &coord.name,
+                    coord.addr,
+                    &ferry::control::Request::Resolve { guest, keep, force },
+                    Duration::from_secs(60),
+                ))
+                .context("cannot resolve")?;
+            match r {
+                ferry::control::Response::Resolved { message } => {
+                    println!("{message}");
+                    Ok(())
+                }
+                other => bail!("unexpected answer: {other:?}"),
+            }
         }
         Command::Config {
             command: ConfigCommand::Check { files, syntax_only },

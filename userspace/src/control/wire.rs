@@ -121,6 +121,18 @@ pub enum Request {
         id: Option<MigrationId>,
     },
     Hosts,
+    /// Decides a guest left paused by a switch-over in doubt, or listed on
+    /// more than one host, from what the hosts say (see `ferry resolve`).
+    Resolve {
+        guest: String,
+        /// The host whose copy stays, when several hosts run the guest.
+        #[serde(default)]
+        keep: Option<String>,
+        /// Resume the source's copy even when the destination cannot be
+        /// asked, or said it resumed a guest it no longer runs.
+        #[serde(default)]
+        force: bool,
+    },
     // coordinator -> host
     Capabilities,
     PrepareIncoming {
@@ -131,6 +143,12 @@ pub enum Request {
     },
     AbortIncoming {
         id: MigrationId,
+    },
+    /// Resumes a paused guest here, or drops this host's copy of one that
+    /// runs elsewhere (a coordinator's `resolve`).
+    SettleGuest {
+        guest: String,
+        action: SettleAction,
     },
     // coordinator -> coordinator
     PeerCapabilities {
@@ -153,6 +171,8 @@ impl Request {
             Request::Migrate { .. } => "migrate",
             Request::Status { .. } => "status",
             Request::Hosts => "hosts",
+            Request::Resolve { .. } => "resolve",
+            Request::SettleGuest { .. } => "settle-guest",
             Request::Capabilities => "capabilities",
             Request::PrepareIncoming { .. } => "prepare-incoming",
             Request::StartOutgoing { .. } => "start-outgoing",
@@ -162,6 +182,26 @@ impl Request {
             Request::PeerFinished { .. } => "peer-finished",
         }
     }
+}
+
+/// What a host does with its copy of a guest when told to settle it.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "do", rename_all = "kebab-case")]
+pub enum SettleAction {
+    /// Run the paused copy here again: the other side never ran it.
+    Resume { migration: Option<MigrationId> },
+    /// Drop the copy here: the guest runs on `runs_on`.
+    Discard {
+        runs_on: String,
+        migration: Option<MigrationId>,
+    },
+}
+
+/// A guest that more than one host lists (none of them moving it).
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Duplicate {
+    pub guest: String,
+    pub hosts: Vec<String>,
 }
 
 /// What a host can do and holds.
@@ -257,6 +297,13 @@ pub enum Response {
     },
     Hosts {
         hosts: Vec<HostStatus>,
+        /// Guests listed on more than one host: run `ferry resolve`.
+        #[serde(default)]
+        duplicates: Vec<Duplicate>,
+    },
+    /// What `resolve` did.
+    Resolved {
+        message: String,
     },
 }
 

@@ -23,8 +23,8 @@ use crate::{
         self, CALL_TIMEOUT, CLIENT_SILENCE, Client, ControlError, Identity, Request, Responder,
         Response, Role, SOURCE_SILENCE,
         wire::{
-            Capabilities, HostStatus, IncomingOutcome, MigrateOptions, MigrationRecord,
-            MigrationState,
+            Capabilities, Duplicate, HostStatus, IncomingOutcome, MigrateOptions, MigrationRecord,
+            MigrationState, SettleAction,
         },
     },
     engine::{MigrationResult, MigrationStats},
@@ -40,6 +40,8 @@ use crate::{
 /// guests of interrupted migrations ended (10 minutes in all).
 const SETTLE_EVERY: std::time::Duration = std::time::Duration::from_secs(2);
 const SETTLE_ROUNDS: usize = 300;
+/// How often the coordinator looks at its hosts for a guest listed twice.
+const DUPLICATE_WATCH: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Where migration keys come from: the OS CSPRNG, or a test's fixed source.
 pub type KeySource = Arc<dyn Fn() -> MigrationKey + Send + Sync>;
@@ -50,6 +52,10 @@ pub struct Coordinator {
     history: History,
     key_source: KeySource,
     pub migration_metrics: MigrationMetrics,
+    /// Guests listed on more than one host, at the last look.
+    duplicates: prometheus::IntGauge,
+    /// The duplicates already reported, so each is logged once.
+    reported: std::sync::Mutex<Vec<Duplicate>>,
     /// Everything this coordinator's /metrics serves.
     pub metrics: prometheus::Registry,
 }
@@ -90,12 +96,22 @@ impl Coordinator {
         let migration_metrics =
             MigrationMetrics::new(&[MetricsRole::Coordinator]).context("coordinator metrics")?;
         let metrics = registry(&migration_metrics)?;
+        let duplicates = prometheus::IntGauge::new(
+            "ferry_coordinator_duplicate_guests",
+            "Guests that more than one host lists as its own, none of them migrating it (see `ferry resolve`)",
+        )
+        .context("coordinator metrics")?;
+        metrics
+            .register(Box::new(duplicates.clone()))
+            .context("coordinator metrics")?;
         Ok(Arc::new(Self {
             cfg,
             client,
             history,
             key_source,
             migration_metrics,
+            duplicates,
+            reported: std::sync::Mutex::new(Vec::new()),
             metrics,
         }))
     }
@@ -114,12 +130,11 @@ impl Coordinator {
         let mut cfg: CoordinatorConfig = crate::config::load(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.tls = cfg.tls.relative_to(base);
-        // A coordinator started from a file remembers across restarts.
-        let dir = cfg
-            .state_dir
-            .take()
-            .unwrap_or_else(|| Path::new("/var/lib/ferry").join(&cfg.name));
-        cfg.state_dir = Some(base.join(dir));
+        cfg.state_dir = Some(crate::config::state_dir_for(
+            path,
+            cfg.state_dir.take(),
+            &cfg.name,
+        ));
         Ok(cfg)
     }
 
@@ -603,6 +618,326 @@ impl Coordinator {
         });
     }
 
+    /// Every host's status, in configuration order.
+    async fn inventory(&self) -> Vec<HostStatus> {
+        let mut hosts = Vec::new();
+        for h in &self.cfg.hosts {
+            hosts.push(match self.host_caps(&h.name).await {
+                Ok(c) => HostStatus {
+                    name: h.name.clone(),
+                    reachable: true,
+                    error: None,
+                    capabilities: Some(c),
+                },
+                Err(e) => HostStatus {
+                    name: h.name.clone(),
+                    reachable: false,
+                    error: Some(e),
+                    capabilities: None,
+                },
+            });
+        }
+        hosts
+    }
+
+    /// Counts the guests in `hosts` listed by more than one host and logs
+    /// each new one. A guest being migrated is not a duplicate: the source
+    /// lists it (migrating) until it has released it.
+    fn note_duplicates(&self, hosts: &[HostStatus]) -> Vec<Duplicate> {
+        let mut by_guest: std::collections::BTreeMap<&str, (Vec<String>, bool)> =
+            Default::default();
+        for h in hosts {
+            for g in h.capabilities.iter().flat_map(|c| &c.guests) {
+                let e = by_guest.entry(&g.info.name).or_default();
+                e.0.push(h.name.clone());
+                e.1 |= g.migrating;
+            }
+        }
+        let dups: Vec<Duplicate> = by_guest
+            .into_iter()
+            .filter(|(_, (hosts, moving))| hosts.len() > 1 && !moving)
+            .map(|(g, (hosts, _))| Duplicate {
+                guest: g.to_string(),
+                hosts,
+            })
+            .collect();
+        self.duplicates.set(dups.len() as i64);
+        let mut reported = self.reported.lock().expect("reported");
+        for d in &dups {
+            if !reported.contains(d) {
+                tracing::error!(coordinator = %self.cfg.name, guest = %d.guest, hosts = ?d.hosts,
+                    "guest {} is listed on {}: two copies; keep one with `ferry resolve {} --keep HOST`",
+                    d.guest, d.hosts.join(" and "), d.guest);
+            }
+        }
+        *reported = dups.clone();
+        dups
+    }
+
+    /// Looks at the hosts every few seconds for guests listed twice.
+    async fn watch_duplicates(self: Arc<Self>) {
+        if self.cfg.hosts.len() < 2 {
+            return;
+        }
+        loop {
+            tokio::time::sleep(DUPLICATE_WATCH).await;
+            let hosts = self.inventory().await;
+            self.note_duplicates(&hosts);
+        }
+    }
+
+    async fn settle_on(&self, host: &str, guest: &str, action: SettleAction) -> Result<(), String> {
+        let e = self.host_entry(host)?;
+        let req = Request::SettleGuest {
+            guest: guest.to_string(),
+            action,
+        };
+        match self.client.call(host, e.control, &req, CALL_TIMEOUT).await {
+            Ok(Response::Ok) => Ok(()),
+            Ok(other) => Err(format!("{host} answered {other:?}")),
+            Err(e @ ControlError::Remote { .. }) => Err(e.to_string()),
+            Err(e) => Err(format!("cannot reach {host}: {e}")),
+        }
+    }
+
+    /// `ferry resolve GUEST`: ends the doubt over a guest left paused by a
+    /// switch-over whose outcome its source could not learn, or over a
+    /// guest two hosts list, from what the hosts say. It resumes a paused
+    /// copy only when it can prove the other side never ran the guest (the
+    /// destination, asked, discarded it or never had it, and lists no copy)
+    /// and drops a copy only when the guest runs elsewhere; otherwise it
+    /// refuses and says why (`force` resumes a paused copy anyway).
+    async fn resolve(
+        &self,
+        guest: &str,
+        keep: Option<&str>,
+        force: bool,
+    ) -> Result<String, String> {
+        let hosts = self.inventory().await;
+        let unreachable: Vec<&HostStatus> = hosts.iter().filter(|h| !h.reachable).collect();
+        let mut copies: Vec<(&str, &control::wire::HostedGuest)> = Vec::new();
+        for h in &hosts {
+            for g in h.capabilities.iter().flat_map(|c| &c.guests) {
+                if g.info.name == guest {
+                    copies.push((&h.name, g));
+                }
+            }
+        }
+        if let Some((h, _)) = copies.iter().find(|(_, g)| g.migrating) {
+            return Err(format!(
+                "{guest} is migrating from {h}: wait for that migration to end"
+            ));
+        }
+        let running: Vec<&str> = copies
+            .iter()
+            .filter(|(_, g)| g.info.state == RunState::Running)
+            .map(|(h, _)| *h)
+            .collect();
+        let paused: Vec<&str> = copies
+            .iter()
+            .filter(|(_, g)| g.info.state == RunState::Paused)
+            .map(|(h, _)| *h)
+            .collect();
+        let unreachable_note = || {
+            if unreachable.is_empty() {
+                String::new()
+            } else {
+                format!(
+                    " (unreachable: {})",
+                    unreachable
+                        .iter()
+                        .map(|h| h.name.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                )
+            }
+        };
+        // The migration that left a paused copy on `src`, newest first.
+        let in_doubt = |src: &str| {
+            self.history
+                .all()
+                .into_iter()
+                .find(|r| r.guest == guest && r.source == src)
+        };
+
+        if let Some(keep) = keep {
+            if copies.len() < 2 {
+                return Err(format!(
+                    "--keep is for a guest listed on several hosts; {guest} is listed on {}",
+                    if copies.is_empty() {
+                        "none".to_string()
+                    } else {
+                        copies[0].0.to_string()
+                    }
+                ));
+            }
+            if !copies.iter().any(|(h, _)| *h == keep) {
+                return Err(format!("{keep} does not list {guest}"));
+            }
+            let mut dropped = Vec::new();
+            for (h, _) in copies.iter().filter(|(h, _)| *h != keep) {
+                self.settle_on(
+                    h,
+                    guest,
+                    SettleAction::Discard {
+                        runs_on: keep.to_string(),
+                        migration: None,
+                    },
+                )
+                .await?;
+                dropped.push(*h);
+            }
+            if paused.contains(&keep) {
+                self.settle_on(keep, guest, SettleAction::Resume { migration: None })
+                    .await?;
+            }
+            return Ok(format!(
+                "kept {guest} on {keep}; discarded the copy on {}",
+                dropped.join(", ")
+            ));
+        }
+
+        match (running.as_slice(), paused.as_slice()) {
+            ([], []) => Err(format!(
+                "no reachable host lists {guest}{}",
+                unreachable_note()
+            )),
+            ([h], []) => Ok(format!("{guest} runs on {h} only: nothing to resolve")),
+            ([dst], [src]) => {
+                // The usual doubt: the destination resumed it, the source
+                // never heard. The destination's word decides.
+                let rec = in_doubt(src).filter(|r| r.destination == *dst);
+                let Some(rec) = rec else {
+                    return Err(format!(
+                        "{guest} runs on {dst} and is paused on {src}, and no migration from {src} to {dst} is on record: keep one with --keep HOST"
+                    ));
+                };
+                match self.abort_destination(&rec.id, dst, None).await {
+                    Some(IncomingOutcome::Resumed) => {
+                        self.settle_on(
+                            src,
+                            guest,
+                            SettleAction::Discard {
+                                runs_on: dst.to_string(),
+                                migration: Some(rec.id),
+                            },
+                        )
+                        .await?;
+                        let msg = format!(
+                            "{dst} resumed {guest} in migration {}: it runs there; discarded the paused copy on {src}",
+                            rec.id
+                        );
+                        self.close_record(&rec.id, true, &msg);
+                        Ok(msg)
+                    }
+                    other => Err(format!(
+                        "{guest} runs on {dst} and is paused on {src}, but {dst} answers {other:?} for migration {}: keep one with --keep HOST",
+                        rec.id
+                    )),
+                }
+            }
+            ([], [src]) => {
+                let resume = |why: String, id: Option<MigrationId>| async move {
+                    self.settle_on(src, guest, SettleAction::Resume { migration: id })
+                        .await?;
+                    let msg = format!("{why}: resumed {guest} on {src}");
+                    if let Some(id) = id {
+                        self.close_record(&id, false, &msg);
+                    }
+                    Ok::<String, String>(msg)
+                };
+                let Some(rec) = in_doubt(src) else {
+                    if unreachable.is_empty() || force {
+                        return resume(
+                            format!("no other host lists {guest}{}", unreachable_note()),
+                            None,
+                        )
+                        .await;
+                    }
+                    return Err(format!(
+                        "{guest} is paused on {src} and no migration of it is on record; a host that might run it cannot be asked{}: bring it back, or add --force",
+                        unreachable_note()
+                    ));
+                };
+                let dst = rec.destination.as_str();
+                let peer = dst.contains('@');
+                let outcome = if peer {
+                    None
+                } else {
+                    self.abort_destination(&rec.id, dst, None).await
+                };
+                match outcome {
+                    Some(IncomingOutcome::Discarded { reason }) => {
+                        resume(format!("{dst} discarded its copy ({reason})"), Some(rec.id)).await
+                    }
+                    Some(IncomingOutcome::Unknown) => {
+                        resume(
+                            format!(
+                                "{dst} never had {guest} ready (it has no record of migration {})",
+                                rec.id
+                            ),
+                            Some(rec.id),
+                        )
+                        .await
+                    }
+                    Some(IncomingOutcome::Pending) => Err(format!(
+                        "{dst} is still deciding on migration {}: try again in a few seconds",
+                        rec.id
+                    )),
+                    Some(IncomingOutcome::Resumed) if force => {
+                        resume(
+                            format!("forced: {dst} had resumed {guest} but no longer runs it"),
+                            Some(rec.id),
+                        )
+                        .await
+                    }
+                    Some(IncomingOutcome::Resumed) => Err(format!(
+                        "{dst} resumed {guest} in migration {} but no longer lists it (lost when its process ended, or moved on): the copy paused on {src} is older than what ran on {dst}; add --force to resume it anyway",
+                        rec.id
+                    )),
+                    None if force => {
+                        resume(format!("forced: {dst} could not be asked"), Some(rec.id)).await
+                    }
+                    None => Err(format!(
+                        "cannot ask {dst} whether it resumed {guest} (migration {}): bring {dst} back and run this again, or, if {dst} is gone for good and {guest} does not run there, add --force",
+                        rec.id
+                    )),
+                }
+            }
+            _ => Err(format!(
+                "{guest} is listed on {}: keep one with --keep HOST",
+                copies
+                    .iter()
+                    .map(|(h, g)| format!("{h} ({})", g.info.state))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            )),
+        }
+    }
+
+    /// Records how `resolve` ended a migration in doubt.
+    fn close_record(&self, id: &MigrationId, completed: bool, how: &str) {
+        self.history.update(id, |r| {
+            r.state = if completed {
+                MigrationState::Completed
+            } else {
+                MigrationState::Failed
+            };
+            let was = r.error.take();
+            r.error = (!completed).then(|| match was {
+                Some(w) => format!("{w}; resolved: {how}"),
+                None => format!("resolved: {how}"),
+            });
+            if let Some(s) = r.stats.as_mut() {
+                s.note = Some(format!("resolved: {how}"));
+                if completed {
+                    s.result = MigrationResult::Completed;
+                    s.error = None;
+                }
+            }
+        });
+    }
+
     fn allowed(&self, who: &Identity, req: &Request) -> Result<(), String> {
         let peer_op = matches!(
             req,
@@ -621,7 +956,10 @@ impl Coordinator {
         }
         if !matches!(
             req,
-            Request::Migrate { .. } | Request::Status { .. } | Request::Hosts
+            Request::Migrate { .. }
+                | Request::Status { .. }
+                | Request::Hosts
+                | Request::Resolve { .. }
         ) {
             return Err(format!("a coordinator does not answer {}", req.op()));
         }
@@ -667,24 +1005,21 @@ impl Coordinator {
                 Response::Status { migrations }
             }
             Request::Hosts => {
-                let mut hosts = Vec::new();
-                for h in &self.cfg.hosts {
-                    match self.host_caps(&h.name).await {
-                        Ok(c) => hosts.push(HostStatus {
-                            name: h.name.clone(),
-                            reachable: true,
-                            error: None,
-                            capabilities: Some(c),
-                        }),
-                        Err(e) => hosts.push(HostStatus {
-                            name: h.name.clone(),
-                            reachable: false,
-                            error: Some(e),
-                            capabilities: None,
-                        }),
+                let hosts = self.inventory().await;
+                let duplicates = self.note_duplicates(&hosts);
+                Response::Hosts { hosts, duplicates }
+            }
+            Request::Resolve { guest, keep, force } => {
+                match self.resolve(&guest, keep.as_deref(), force).await {
+                    Ok(message) => {
+                        tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "resolved: {message}");
+                        Response::Resolved { message }
+                    }
+                    Err(e) => {
+                        tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "cannot resolve: {e}");
+                        Response::error(e)
                     }
                 }
-                Response::Hosts { hosts }
             }
             Request::PeerCapabilities { host } => match self.host_caps(&host).await {
                 Ok(c) => Response::Capabilities(Box::new(c)),
@@ -767,6 +1102,7 @@ impl Coordinator {
         tracing::info!(coordinator = %self.cfg.name, listen = ?listener.local_addr().ok(), hosts = self.cfg.hosts.len(),
             history = self.history.all().len(), "coordinator ready");
         tokio::spawn(self.clone().settle_interrupted());
+        tokio::spawn(self.clone().watch_duplicates());
         let me = self.clone();
         control::serve(
             listener,

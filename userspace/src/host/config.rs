@@ -48,8 +48,12 @@ pub struct HostConfig {
     /// Use the software dirty log even where the kernel's works.
     #[serde(default)]
     pub software_dirty_log: bool,
-    /// Where QEMU guests keep their QMP sockets, serial logs and pid files
-    /// (default /run/ferry/NAME): a restarted host adopts them from here.
+    /// The host's journal (guests released and received, fsynced at each
+    /// switch-over) and its QEMU guests' QMP sockets, serial logs and pid
+    /// files: a restarted host never boots a guest that migrated away, and
+    /// adopts its QEMU guests from here. A file without it gets
+    /// /var/lib/ferry/NAME; a configuration built in code without it keeps
+    /// no journal (QEMU files then go to /run/ferry/NAME).
     #[serde(default)]
     pub state_dir: Option<PathBuf>,
 }

@@ -2,6 +2,7 @@
 //! source or destination of migrations.
 
 pub mod config;
+pub mod journal;
 pub mod network;
 
 use std::{
@@ -13,6 +14,7 @@ use std::{
 
 use anyhow::Context;
 pub use config::{GuestConfig, HostConfig};
+use journal::{Decision, FileJournal, GuestFact};
 
 use crate::{
     control::{
@@ -58,7 +60,11 @@ fn attach_tap(cfg: &HostConfig, tap: &str) -> anyhow::Result<()> {
 /// guests that arrived before a restart (adopted, running), and twins of an
 /// incoming migration the restart interrupted (ended if still loading; kept
 /// paused, for an operator, if they had loaded everything).
-fn adopt_arrivals(cfg: &HostConfig, guests: &mut BTreeMap<String, Entry>) {
+fn adopt_arrivals(
+    cfg: &HostConfig,
+    journal: Option<&FileJournal>,
+    guests: &mut BTreeMap<String, Entry>,
+) {
     let Ok(entries) = std::fs::read_dir(cfg.state_dir()) else {
         return;
     };
@@ -78,6 +84,36 @@ fn adopt_arrivals(cfg: &HostConfig, guests: &mut BTreeMap<String, Entry>) {
             .and_then(|s| serde_json::from_str(&s).ok())
             .unwrap_or(EncryptionMode::Required);
         let g: Arc<dyn crate::engine::channels::ChannelGuest> = Arc::new(g);
+        // The journal knows what was decided before the restart: a twin
+        // that had loaded everything and was told GO runs; one that never
+        // heard GO is discarded (the source resumes its copy).
+        let decided = journal.and_then(|j| j.last_incoming(&name));
+        match (&decided, g.run_state()) {
+            (Some((id, Decision::Ready)), RunState::Paused | RunState::Incoming) => {
+                tracing::warn!(host = %cfg.name, guest = %name, migration = %id,
+                    "ending the twin of an incoming migration whose GO never took effect before the restart");
+                g.release();
+                if let Some(j) = journal {
+                    let _ = crate::engine::Journal::write(
+                        j,
+                        crate::engine::journal::Entry::Discarded {
+                            id: *id,
+                            guest: &name,
+                            reason: "this host stopped after READY, before GO took effect",
+                        },
+                    );
+                }
+                continue;
+            }
+            (Some((id, Decision::Resumed)), RunState::Paused) => {
+                tracing::warn!(host = %cfg.name, guest = %name, migration = %id,
+                    "resuming a QEMU guest whose GO was recorded before the restart");
+                if let Err(e) = g.resume() {
+                    tracing::error!(host = %cfg.name, guest = %name, error = %e, "resuming it failed");
+                }
+            }
+            _ => {}
+        }
         match g.run_state() {
             RunState::Incoming => {
                 tracing::warn!(host = %cfg.name, guest = %name, "ending the twin of an incoming migration interrupted by a restart");
@@ -144,6 +180,7 @@ pub struct Host {
     inventory: Mutex<Inventory>,
     registry: Arc<IncomingRegistry>,
     listener: MigrationListener,
+    journal: Option<Arc<FileJournal>>,
     pub protocol_metrics: ProtocolMetrics,
     pub migration_metrics: MigrationMetrics,
     /// Everything this host's /metrics serves.
@@ -183,14 +220,44 @@ impl Host {
             )?),
             None => None,
         };
+        let journal = match &cfg.state_dir {
+            Some(d) => Some(Arc::new(FileJournal::open(d)?)),
+            None => None,
+        };
         let mut guests = BTreeMap::new();
         for (i, g) in cfg.guests.iter().enumerate() {
+            let released = journal.as_ref().and_then(|j| j.released(&g.name));
             if let Some(machine) = g.machine() {
                 let field = format!("guests[{i}].qemu");
                 machine
                     .check_files(&field)
                     .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
                 let dir = cfg.state_dir().join(&g.name);
+                if let Some(GuestFact::Released { migration, to }) = &released {
+                    // Released at GO: a QEMU still here, paused, is the copy
+                    // of a switch-over in doubt (for `ferry resolve`).
+                    use crate::engine::channels::ChannelGuest;
+                    match crate::qemu::QemuGuest::adopt(&dir) {
+                        Some(q) if q.run_state() == RunState::Paused => {
+                            tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
+                                "adopted the paused QEMU of a switch-over in doubt: it stays paused until `ferry resolve {}`", g.name);
+                            guests.insert(
+                                g.name.clone(),
+                                Entry {
+                                    guest: Hosted::Channels(Arc::new(q)),
+                                    encryption: g.encryption,
+                                    busy: false,
+                                },
+                            );
+                        }
+                        _ => {
+                            tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
+                            journal = %journal.as_ref().expect("released").path().display(),
+                            "guest migrated away from this host: not starting it")
+                        }
+                    }
+                    continue;
+                }
                 if crate::qemu::QemuGuest::released_here(&dir) {
                     tracing::warn!(host = %cfg.name, guest = %g.name, dir = %dir.display(),
                         "guest migrated away from this host: not starting it (remove {}/released to boot it here again)",
@@ -216,6 +283,12 @@ impl Host {
                 );
                 continue;
             }
+            if let Some(GuestFact::Released { migration, to }) = &released {
+                tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
+                    journal = %journal.as_ref().expect("released").path().display(),
+                    "guest migrated away from this host: not starting it");
+                continue;
+            }
             let sc = SyntheticConfig {
                 memory: g.memory.0,
                 vcpus: g.vcpus,
@@ -236,7 +309,20 @@ impl Host {
                 },
             );
         }
-        adopt_arrivals(&cfg, &mut guests);
+        adopt_arrivals(&cfg, journal.as_deref(), &mut guests);
+        if let Some(j) = &journal {
+            for (name, fact) in j.received() {
+                if guests.contains_key(&name) {
+                    continue;
+                }
+                if let GuestFact::Received { migration, from } = fact {
+                    // Synthetic guests live in the host process's memory.
+                    tracing::error!(host = %cfg.name, guest = %name, %migration, source = %from,
+                        "a guest that had arrived here was lost when this host's process ended (synthetic guests live in it)");
+                }
+            }
+            registry.set_journal(j.clone());
+        }
         let migration_metrics =
             MigrationMetrics::new(&[MetricsRole::Source, MetricsRole::Destination])
                 .context("migration metrics")?;
@@ -253,6 +339,7 @@ impl Host {
             }),
             registry,
             listener,
+            journal,
             protocol_metrics: metrics,
             migration_metrics,
             metrics: reg,
@@ -505,6 +592,10 @@ impl Host {
             backend: self.cfg.backend,
             metrics: Some(self.protocol_metrics.clone()),
             software_dirty_log: self.cfg.software_dirty_log,
+            journal: self
+                .journal
+                .clone()
+                .map(|j| j as Arc<dyn crate::engine::Journal>),
             ..Default::default()
         };
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
@@ -613,6 +704,13 @@ impl Host {
                 }
             }
             Request::StartOutgoing { spec } => self.start_outgoing(spec, &mut resp).await,
+            Request::SettleGuest { guest, action } => match self.settle_guest(&guest, &action) {
+                Ok(()) => Response::Ok,
+                Err(e) => {
+                    tracing::warn!(host = %self.cfg.name, guest = %guest, "refused to settle: {e}");
+                    Response::error(e)
+                }
+            },
             Request::AbortIncoming { id } => {
                 self.registry.abort(&id, "cancelled by the coordinator");
                 Response::Outcome {
@@ -622,6 +720,59 @@ impl Host {
             other => Response::error(format!("a host does not answer {}", other.op())),
         };
         let _ = resp.send(&answer).await;
+    }
+
+    /// Resumes a guest left paused here, or drops this host's copy of one
+    /// that runs elsewhere, as a coordinator's `resolve` decided; journaled
+    /// first, so a restart honours it.
+    fn settle_guest(&self, name: &str, action: &control::wire::SettleAction) -> Result<(), String> {
+        use control::wire::SettleAction;
+        let mut inv = self.inventory.lock().expect("inventory");
+        let Some(e) = inv.guests.get(name).filter(|e| e.owned()) else {
+            return Err(format!("no guest {name} on {}", self.cfg.name));
+        };
+        if e.busy {
+            return Err(format!("guest {name} is migrating from {}", self.cfg.name));
+        }
+        let journal = |entry| {
+            self.journal.as_ref().map_or(Ok(()), |j| {
+                crate::engine::Journal::write(&**j, entry)
+                    .map_err(|e| format!("cannot record it in the journal: {e}"))
+            })
+        };
+        match action {
+            SettleAction::Resume { migration } => {
+                let state = e.guest.run_state();
+                if state != RunState::Paused {
+                    return Err(format!(
+                        "guest {name} is {state} on {}, not paused",
+                        self.cfg.name
+                    ));
+                }
+                if let Some(id) = migration {
+                    journal(crate::engine::journal::Entry::Reclaimed {
+                        id: *id,
+                        guest: name,
+                    })?;
+                }
+                e.guest
+                    .resume()
+                    .map_err(|err| format!("resuming {name}: {err}"))?;
+                tracing::warn!(host = %self.cfg.name, guest = %name, "guest resumed here by a coordinator's resolve");
+            }
+            SettleAction::Discard { runs_on, migration } => {
+                journal(crate::engine::journal::Entry::Released {
+                    id: migration.unwrap_or_else(MigrationId::generate),
+                    guest: name,
+                    destination: runs_on,
+                })?;
+                e.guest.release();
+                inv.guests.remove(name);
+                tracing::warn!(host = %self.cfg.name, guest = %name, runs_on = %runs_on,
+                    "this host's copy of the guest discarded by a coordinator's resolve");
+            }
+        }
+        Ok(())
     }
 
     /// The decision on an incoming migration, waiting a little for one that
@@ -681,7 +832,13 @@ impl Host {
     /// Loads `path` with TLS paths relative to its directory.
     pub fn load_config(path: &Path) -> Result<HostConfig, crate::config::ConfigError> {
         let mut cfg: HostConfig = crate::config::load(path)?;
-        cfg.tls = cfg.tls.relative_to(path.parent().unwrap_or(Path::new(".")));
+        let base = path.parent().unwrap_or(Path::new("."));
+        cfg.tls = cfg.tls.relative_to(base);
+        cfg.state_dir = Some(crate::config::state_dir_for(
+            path,
+            cfg.state_dir.take(),
+            &cfg.name,
+        ));
         Ok(cfg)
     }
 }

@@ -214,7 +214,7 @@ fn required_encryption_to_a_host_that_cannot_is_refused_before_memory_moves() {
 
 async fn free(c: &Cluster, host: &str) -> u64 {
     let r = c.coordinator("c1");
-    let Response::Hosts { hosts } = c
+    let Response::Hosts { hosts, .. } = c
         .client
         .call(&r.name, r.addr, &Request::Hosts, Duration::from_secs(10))
         .await
@@ -651,7 +651,7 @@ async fn migrate_with_mode(
 /// The encryption setting `host` reports for `guest`.
 async fn setting_on(c: &Cluster, host: &str, guest: &str) -> Option<EncryptionMode> {
     let r = c.coordinator("c1");
-    let Response::Hosts { hosts } = c
+    let Response::Hosts { hosts, .. } = c
         .client
         .call(&r.name, r.addr, &Request::Hosts, Duration::from_secs(10))
         .await

@@ -81,6 +81,28 @@ fn write_host_with(
     p
 }
 
+/// Waits up to `secs` for `needle` in the log at `path`.
+async fn wait_log(path: &Path, needle: &str, secs: u64) {
+    let until = Instant::now() + Duration::from_secs(secs);
+    while !std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .contains(needle)
+    {
+        assert!(
+            Instant::now() < until,
+            "{} never said {needle:?} within {secs} s",
+            path.display()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+/// Kills a daemon (SIGKILL) and reaps it.
+fn kill(d: &mut Daemon) {
+    d.0.kill().unwrap();
+    d.0.wait().unwrap();
+}
+
 fn spawn_host(cfg: &Path, log: &Path) -> Daemon {
     let out = std::fs::File::create(log).unwrap();
     Daemon(
@@ -148,7 +170,38 @@ impl Admin {
 
     async fn hosts(&self) -> Vec<ferry::control::wire::HostStatus> {
         match self.call(&Request::Hosts).await {
-            Response::Hosts { hosts } => hosts,
+            Response::Hosts { hosts, .. } => hosts,
+            other => panic!("hosts: {other:?}"),
+        }
+    }
+
+    /// `ferry resolve`: what it did, or why it refused.
+    async fn resolve(
+        &self,
+        guest: &str,
+        keep: Option<&str>,
+        force: bool,
+    ) -> Result<String, String> {
+        let req = Request::Resolve {
+            guest: guest.into(),
+            keep: keep.map(str::to_string),
+            force,
+        };
+        match self
+            .client
+            .call("c1", self.coord.addr, &req, Duration::from_secs(60))
+            .await
+        {
+            Ok(Response::Resolved { message }) => Ok(message),
+            Ok(other) => panic!("resolve {guest}: {other:?}"),
+            Err(e) => Err(e.to_string()),
+        }
+    }
+
+    /// Guests the coordinator finds listed on more than one host.
+    async fn duplicates(&self) -> Vec<ferry::control::wire::Duplicate> {
+        match self.call(&Request::Hosts).await {
+            Response::Hosts { duplicates, .. } => duplicates,
             other => panic!("hosts: {other:?}"),
         }
     }
@@ -193,6 +246,16 @@ async fn coordinator_c1(
     ca: SocketAddr,
     cb: SocketAddr,
 ) -> (std::sync::Arc<Coordinator>, SocketAddr) {
+    coordinator_c1_keyed(dir, ca, cb, None).await
+}
+
+/// [`coordinator_c1`] whose migration keys come from `keys`.
+async fn coordinator_c1_keyed(
+    dir: &Path,
+    ca: SocketAddr,
+    cb: SocketAddr,
+    keys: Option<ferry::coordinator::KeySource>,
+) -> (std::sync::Arc<Coordinator>, SocketAddr) {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     let host = |name: &str, control| HostEntry {
@@ -212,9 +275,64 @@ async fn coordinator_c1(
         state_dir: None,
     };
     let tls = ferry::control::tls::server_config(&cc.tls).unwrap();
-    let coord = Coordinator::new(cc).unwrap();
+    let coord = match keys {
+        Some(k) => Coordinator::with_key_source(cc, k).unwrap(),
+        None => Coordinator::new(cc).unwrap(),
+    };
     tokio::spawn(coord.clone().serve_on(listener, tls));
     (coord, addr)
+}
+
+/// Where `needle` occurs in the readable, writable memory of process
+/// `pid` (heap, stacks, anonymous maps): (mapping, offset) of each hit.
+fn find_in_memory(pid: u32, needle: &[u8]) -> Vec<(String, u64)> {
+    use std::os::unix::fs::FileExt;
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mem = std::fs::File::open(format!("/proc/{pid}/mem")).unwrap();
+    let mut hits = Vec::new();
+    for line in maps.lines() {
+        let mut f = line.split_whitespace();
+        let (Some(range), Some(perms)) = (f.next(), f.next()) else {
+            continue;
+        };
+        if !perms.starts_with("rw") {
+            continue;
+        }
+        let name = line
+            .split_whitespace()
+            .nth(5)
+            .unwrap_or("[anon]")
+            .to_string();
+        let (lo, hi) = range.split_once('-').unwrap();
+        let (lo, hi) = (
+            u64::from_str_radix(lo, 16).unwrap(),
+            u64::from_str_radix(hi, 16).unwrap(),
+        );
+        let mut at = lo;
+        let mut buf = vec![0u8; 1 << 20];
+        while at < hi {
+            let n = ((hi - at) as usize).min(buf.len());
+            // Guard pages and the like cannot be read: skip them.
+            let Ok(got) = mem.read_at(&mut buf[..n], at) else {
+                at += n as u64;
+                continue;
+            };
+            if got == 0 {
+                break;
+            }
+            for i in buf[..got]
+                .windows(needle.len())
+                .enumerate()
+                .filter(|(_, w)| *w == needle)
+                .map(|(i, _)| i)
+            {
+                hits.push((name.clone(), at + i as u64));
+            }
+            // Overlap so a needle across two reads is found.
+            at += (got.saturating_sub(needle.len() - 1)).max(1) as u64;
+        }
+    }
+    hits
 }
 
 #[test]
@@ -262,7 +380,7 @@ fn destination_process_killed_mid_pass_leaves_the_guest_on_the_source() {
         let err = stats.error.clone().unwrap();
         assert!(err.starts_with("stream "), "{err}");
         // g1 still runs on a; b is gone.
-        let Response::Hosts { hosts } = client
+        let Response::Hosts { hosts, .. } = client
             .call("c1", addr, &Request::Hosts, Duration::from_secs(20))
             .await
             .unwrap()
@@ -286,7 +404,7 @@ fn destination_process_killed_mid_pass_leaves_the_guest_on_the_source() {
         // Its workload keeps going: ops advance between two looks.
         let ops = g1.info.ops;
         tokio::time::sleep(Duration::from_millis(300)).await;
-        let Response::Hosts { hosts } = client
+        let Response::Hosts { hosts, .. } = client
             .call("c1", addr, &Request::Hosts, Duration::from_secs(20))
             .await
             .unwrap()
@@ -373,7 +491,193 @@ fn a_source_killed_after_go_is_recorded_as_the_completed_migration_it_was() {
         );
         let g1 = guest_on(&admin.hosts().await, "b", "g1").expect("g1 is listed on b");
         assert_eq!(g1.state, ferry::guest::RunState::Running);
+
+        // Issue 13.1: a restarted a must not boot g1 from its configuration
+        // again. Its journal says it released g1 to b before GO.
+        a.0.wait().unwrap();
+        let a_cfg = dir.join("host-a.yaml");
+        a = spawn_host(&a_cfg, &dir.join("a2.log"));
+        wait_listening(ca);
+        let hosts = admin.hosts().await;
+        assert!(
+            guest_on(&hosts, "a", "g1").is_none(),
+            "a restarted after GO booted g1 again: it runs on a and on b"
+        );
+        assert!(guest_on(&hosts, "b", "g1").is_some());
+        let log = std::fs::read_to_string(dir.join("a2.log")).unwrap();
+        assert!(
+            log.contains("guest migrated away from this host: not starting it"),
+            "a says why g1 is not started: {log}"
+        );
+        assert!(admin.duplicates().await.is_empty());
+
+        // Without its journal (a wiped state directory) a boots g1 again:
+        // the coordinator reports the duplicate, `resolve` refuses to pick a
+        // copy by itself, and with --keep drops the other.
+        kill(&mut a);
+        std::fs::remove_file(dir.join("a-state/journal.jsonl")).unwrap();
+        a = spawn_host(&a_cfg, &dir.join("a3.log"));
+        wait_listening(ca);
+        let dups = admin.duplicates().await;
+        assert_eq!(dups.len(), 1, "{dups:?}");
+        assert_eq!(dups[0].guest, "g1");
+        assert_eq!(dups[0].hosts, vec!["a".to_string(), "b".to_string()]);
+        let e = admin.resolve("g1", None, false).await.unwrap_err();
+        assert!(e.contains("--keep"), "resolve asks which copy to keep: {e}");
+        let done = admin.resolve("g1", Some("b"), false).await.unwrap();
+        assert!(done.contains("kept g1 on b"), "{done}");
+        let hosts = admin.hosts().await;
+        assert!(guest_on(&hosts, "a", "g1").is_none(), "a's copy is gone");
+        assert_eq!(
+            guest_on(&hosts, "b", "g1").map(|g| g.state),
+            Some(ferry::guest::RunState::Running)
+        );
+        assert!(admin.duplicates().await.is_empty());
+        // And the discard is journaled: a does not boot g1 after this either.
+        kill(&mut a);
+        a = spawn_host(&a_cfg, &dir.join("a4.log"));
+        wait_listening(ca);
+        assert!(guest_on(&admin.hosts().await, "a", "g1").is_none());
     });
+    drop(a);
+    drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_switch_over_cut_by_a_destination_kill_is_resolved_from_what_the_destination_journaled() {
+    // Issue 13.2: b killed right after READY, then right after GO. Each
+    // time the source cannot learn the outcome and keeps the guest paused;
+    // `ferry resolve` asks the restarted b, whose journal remembers what
+    // it decided, and acts only on a proof.
+    let dir = site_dir("resolve");
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
+    let relay = Relay::new(mb);
+    let guests = "[{ name: g1, memory: 64MiB, vcpus: 1, workload: { kind: key-value, gets_per_second: 1000, sets_per_second: 1000 } }, \
+                  { name: g2, memory: 64MiB, vcpus: 1, workload: { kind: key-value, gets_per_second: 1000, sets_per_second: 1000 } }]";
+    let _a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
+    let advertise = format!("advertise: {}\n", relay.addr());
+    let b_cfg = write_host_with(&dir, "b", cb, mb, "[]", &advertise);
+    let mut b = spawn_host(&b_cfg, &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    let opts = MigrateOptions {
+        limits: Some(Limits {
+            switchover_timeout: Duration::from_secs(2),
+            ..Limits::default()
+        }),
+        ..Default::default()
+    };
+    runtime().block_on(async {
+        let admin = Admin::start(&dir, ca, cb).await;
+        let migrate = |guest: &'static str| {
+            let (client, coord, opts) = (admin.client.clone(), admin.coord.clone(), opts.clone());
+            tokio::spawn(async move {
+                request_migration(&client, &coord, guest, None, "b", opts, |_| {}).await
+            })
+        };
+        let state_on = |hosts: &[ferry::control::wire::HostStatus], h: &str, g: &str| {
+            guest_on(hosts, h, g).map(|g| g.state)
+        };
+
+        // READY reaches a, then the link goes silent (GO never arrives)
+        // and b dies.
+        relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::Freeze);
+        let moving = migrate("g1");
+        let until = Instant::now() + Duration::from_secs(60);
+        while !relay.limit_reached() {
+            assert!(
+                Instant::now() < until && !moving.is_finished(),
+                "READY never passed"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        kill(&mut b);
+        let stats = moving
+            .await
+            .unwrap()
+            .expect("the migration ends with its figures");
+        let err = stats.error.clone().unwrap_or_default();
+        assert!(
+            stats.result == MigrationResult::Failed && err.contains("ferry resolve"),
+            "the source cannot tell and says what to do: {err}"
+        );
+        let hosts = admin.hosts().await;
+        assert_eq!(
+            state_on(&hosts, "a", "g1"),
+            Some(ferry::guest::RunState::Paused),
+            "g1 stays stunned on a, never on two hosts"
+        );
+        let e = admin.resolve("g1", None, false).await.unwrap_err();
+        assert!(
+            e.contains("cannot ask b") && e.contains("--force"),
+            "with b down, resolve refuses: {e}"
+        );
+        b = spawn_host(&b_cfg, &dir.join("b2.log"));
+        wait_listening(cb);
+        let done = admin.resolve("g1", None, false).await.unwrap();
+        assert!(
+            done.contains("b discarded its copy") && done.contains("resumed g1 on a"),
+            "b's journal: READY but no GO, so discarded: {done}"
+        );
+        let hosts = admin.hosts().await;
+        let g1 = guest_on(&hosts, "a", "g1").expect("g1 on a");
+        assert_eq!(g1.state, ferry::guest::RunState::Running);
+        assert!(guest_on(&hosts, "b", "g1").is_none());
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let later = guest_on(&admin.hosts().await, "a", "g1").unwrap().ops;
+        assert!(
+            later > g1.ops,
+            "g1 works on a again ({} then {later} ops)",
+            g1.ops
+        );
+        let rec = admin.records().await;
+        let r = rec.iter().find(|r| r.guest == "g1").unwrap();
+        assert!(
+            r.error.as_deref().unwrap_or("").contains("resolved"),
+            "the record says how it ended: {:?}",
+            r.error
+        );
+
+        // GO reaches b, which resumes g2 and dies before a hears RESUMED.
+        // b's journal says resumed: the copy paused on a is stale, and
+        // resolve says so instead of resuming it.
+        relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
+        let moving = migrate("g2");
+        wait_log(&dir.join("b2.log"), "guest resumed here", 60).await;
+        kill(&mut b);
+        let stats = moving
+            .await
+            .unwrap()
+            .expect("the migration ends with its figures");
+        assert_eq!(stats.result, MigrationResult::Failed, "{:?}", stats.error);
+        assert_eq!(
+            state_on(&admin.hosts().await, "a", "g2"),
+            Some(ferry::guest::RunState::Paused)
+        );
+        b = spawn_host(&b_cfg, &dir.join("b3.log"));
+        wait_listening(cb);
+        let e = admin.resolve("g2", None, false).await.unwrap_err();
+        assert!(
+            e.contains("b resumed g2") && e.contains("--force"),
+            "b's journal says it resumed g2: resolve refuses to resume the stale copy: {e}"
+        );
+        let b_log = std::fs::read_to_string(dir.join("b3.log")).unwrap();
+        assert!(
+            b_log.contains("was lost when this host's process ended"),
+            "the restarted b says g2 died with it: {b_log}"
+        );
+        let done = admin.resolve("g2", None, true).await.unwrap();
+        assert!(
+            done.contains("forced") && done.contains("resumed g2 on a"),
+            "{done}"
+        );
+        assert_eq!(
+            state_on(&admin.hosts().await, "a", "g2"),
+            Some(ferry::guest::RunState::Running)
+        );
+    });
+    drop(b);
     drop(relay);
     let _ = std::fs::remove_dir_all(&dir);
 }
@@ -1064,7 +1368,7 @@ fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() 
             addr,
         };
         let hosts = || async {
-            let Response::Hosts { hosts } = client
+            let Response::Hosts { hosts, .. } = client
                 .call("c1", addr, &Request::Hosts, Duration::from_secs(20))
                 .await
                 .unwrap()
@@ -1231,7 +1535,7 @@ fn a_qemu_destination_host_killed_mid_pass_leaves_the_guest_on_the_source_and_no
             addr,
         };
         let hosts = || async {
-            let Response::Hosts { hosts } = client
+            let Response::Hosts { hosts, .. } = client
                 .call("c1", addr, &Request::Hosts, Duration::from_secs(20))
                 .await
                 .unwrap()
@@ -1306,4 +1610,68 @@ fn a_qemu_destination_host_killed_mid_pass_leaves_the_guest_on_the_source_and_no
         assert!(guest_on(&list, "b", "vm1").is_none(), "vm1 listed on b");
     });
     drop(b);
+}
+
+#[test]
+fn no_migration_key_lingers_in_either_hosts_memory_after_its_migrations() {
+    // Issue 13.6: the key travels from the coordinator to both hosts inside
+    // a control request over TLS. Once a migration has ended, neither host
+    // may keep it anywhere in memory: not the raw key, not its hex text.
+    let dir = site_dir("keyscan");
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
+    let guests =
+        "[{ name: g1, memory: 32MiB, vcpus: 1, encryption: required, workload: { kind: idle } }]";
+    let a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
+    let b = spawn_host(&write_host(&dir, "b", cb, mb, "[]"), &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    let issued = std::sync::Arc::new(std::sync::Mutex::new(Vec::<[u8; 32]>::new()));
+    let keys: ferry::coordinator::KeySource = {
+        let issued = issued.clone();
+        std::sync::Arc::new(move || {
+            let mut k = [0u8; 32];
+            getrandom::fill(&mut k).unwrap();
+            issued.lock().unwrap().push(k);
+            ferry::protocol::MigrationKey::from_bytes(k)
+        })
+    };
+    runtime().block_on(async {
+        let (_, addr) = coordinator_c1_keyed(&dir, ca, cb, Some(keys)).await;
+        let client = ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap();
+        let coord = ferry::coordinator::CoordinatorRef {
+            name: "c1".into(),
+            addr,
+        };
+        for (i, to) in ["b", "a", "b", "a", "b", "a"].iter().enumerate() {
+            let s = request_migration(&client, &coord, "g1", None, to, Default::default(), |_| {})
+                .await
+                .unwrap();
+            assert_eq!(
+                s.result,
+                MigrationResult::Completed,
+                "migration {i} to {to}: {:?}",
+                s.error
+            );
+        }
+    });
+    let issued = issued.lock().unwrap().clone();
+    assert_eq!(issued.len(), 6, "one key per migration");
+    let mut found = Vec::new();
+    for (host, d) in [("a", &a), ("b", &b)] {
+        for (i, k) in issued.iter().enumerate() {
+            let hex: String = k.iter().map(|b| format!("{b:02x}")).collect();
+            for (form, needle) in [("raw", &k[..]), ("hex", hex.as_bytes())] {
+                for (map, at) in find_in_memory(d.0.id(), needle) {
+                    found.push(format!("host {host}: key {i} ({form}) in {map} at {at:#x}"));
+                }
+            }
+        }
+    }
+    assert!(
+        found.is_empty(),
+        "migration keys linger after their migrations ended:\n{}",
+        found.join("\n")
+    );
+    drop((a, b));
+    let _ = std::fs::remove_dir_all(&dir);
 }

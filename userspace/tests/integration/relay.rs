@@ -27,6 +27,8 @@ struct Ctl {
     /// (stream index, bytes, action): after that many destination-to-source
     /// bytes on the connection carrying that migration stream.
     reverse_limit: Mutex<Option<(u16, u64, AfterLimit)>>,
+    /// A connection reached the reverse limit.
+    reached: AtomicBool,
 }
 
 /// What happens to a connection's destination-to-source direction at its limit.
@@ -36,6 +38,9 @@ pub enum AfterLimit {
     Cut,
     /// Destination-to-source bytes vanish; the other direction still works.
     BlackHole,
+    /// Both directions go silent (the connection stays open): nothing the
+    /// source sends afterwards arrives, and nothing more comes back.
+    Freeze,
 }
 
 /// What the relay learned of one connection: the migration stream it
@@ -43,6 +48,8 @@ pub enum AfterLimit {
 #[derive(Default)]
 struct Conn {
     stream: Mutex<Option<u16>>,
+    /// Source-to-destination bytes vanish from here on.
+    frozen: AtomicBool,
 }
 
 pub struct Relay {
@@ -110,6 +117,11 @@ impl Relay {
         *self.ctl.reverse_limit.lock().unwrap() = Some((stream, bytes, action));
     }
 
+    /// Whether a connection has reached the limit of [`Relay::after_reverse_bytes`].
+    pub fn limit_reached(&self) -> bool {
+        self.ctl.reached.load(Ordering::SeqCst)
+    }
+
     pub fn flipped(&self) -> bool {
         self.ctl.flipped.load(Ordering::SeqCst)
     }
@@ -139,6 +151,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, ctl: Arc<Ctl>, state: Arc<Conn>,
             }
         }
         let mut n = n;
+        if !reverse && state.frozen.load(Ordering::SeqCst) {
+            continue;
+        }
         if reverse
             && let Some((stream, limit, action)) = *ctl.reverse_limit.lock().unwrap()
             && *state.stream.lock().unwrap() == Some(stream)
@@ -149,16 +164,21 @@ fn pump(mut from: TcpStream, mut to: TcpStream, ctl: Arc<Ctl>, state: Arc<Conn>,
             }
             n = (limit - offset) as usize;
             offset = limit;
+            if action == AfterLimit::Freeze {
+                state.frozen.store(true, Ordering::SeqCst);
+            }
             if action == AfterLimit::Cut {
                 // Close the destination's side first, so that nothing the
                 // source sends after this last delivery can get through.
                 let _ = from.shutdown(Shutdown::Both);
                 let _ = to.write_all(&buf[..n]);
+                ctl.reached.store(true, Ordering::SeqCst);
                 break;
             }
             if to.write_all(&buf[..n]).is_err() {
                 return;
             }
+            ctl.reached.store(true, Ordering::SeqCst);
             continue;
         } else if !reverse
             && let Some((stream, at)) = *ctl.flip.lock().unwrap()

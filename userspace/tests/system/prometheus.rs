@@ -193,7 +193,7 @@ fn prometheus_scrapes_every_daemon_and_every_dashboard_panel_has_data() {
              guests:\n- name: web\n  memory: 64MiB\n  vcpus: 1\n  encryption: required\n  \
              workload: {{kind: key-value, gets_per_second: 5000, sets_per_second: 5000}}\n  \
              nic: {{mac: \"{GUEST_MAC}\", ipv4: 10.6.2.50}}\n\
-             metrics: {{listen: \"10.6.1.1:9472\"}}\n",
+             metrics: {{listen: \"10.6.1.1:9472\"}}\nstate_dir: host-a-state\n",
             tls("host-a")
         ),
     );
@@ -202,7 +202,7 @@ fn prometheus_scrapes_every_daemon_and_every_dashboard_panel_has_data() {
         format!(
             "name: host-b\ncontrol: 10.6.2.1:7502\nmigration: 10.6.2.1:7602\n{}encryption: true\n\
              memory_capacity: 512MiB\ncoordinators: [coordinator]\n\
-             network: {{guest_interface: vb}}\nmetrics: {{listen: \"10.6.2.1:9472\"}}\n",
+             network: {{guest_interface: vb}}\nmetrics: {{listen: \"10.6.2.1:9472\"}}\nstate_dir: host-b-state\n",
             tls("host-b")
         ),
     );
@@ -212,7 +212,7 @@ fn prometheus_scrapes_every_daemon_and_every_dashboard_panel_has_data() {
             "name: coordinator\nlisten: 127.0.0.1:7400\n{}hosts:\n\
              - {{name: host-a, control: \"10.6.1.1:7501\", encryption: true}}\n\
              - {{name: host-b, control: \"10.6.2.1:7502\", encryption: true}}\n\
-             clients: [admin]\ndefaults: {{streams: 2}}\nmetrics: {{listen: \"127.0.0.1:9471\"}}\n",
+             clients: [admin]\ndefaults: {{streams: 2}}\nmetrics: {{listen: \"127.0.0.1:9471\"}}\nstate_dir: coordinator-state\n",
             tls("coordinator")
         ),
     );
