@@ -19,29 +19,47 @@ use std::fmt;
 
 use hkdf::Hkdf;
 use sha2::Sha256;
-use zeroize::{Zeroize, ZeroizeOnDrop, Zeroizing};
+use zeroize::{Zeroize, Zeroizing};
 
 use super::{
     aead::{KEY_LEN, NONCE_LEN},
     spec::MigrationId,
 };
 
-/// A migration's 256-bit key. Never printed (Debug is redacted), wiped on drop.
-#[derive(Clone, Zeroize, ZeroizeOnDrop, PartialEq, Eq)]
-pub struct MigrationKey([u8; KEY_LEN]);
+/// A migration's 256-bit key. Never printed (Debug is redacted), wiped on
+/// drop. It lives in one heap block that never moves: moving the key (into
+/// a spec, a request, a future) copies a pointer, not the key, so no stale
+/// copy is left behind on a stack or in a moved-from value.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MigrationKey(Box<[u8; KEY_LEN]>);
+
+impl Drop for MigrationKey {
+    fn drop(&mut self) {
+        self.0.zeroize();
+    }
+}
 
 impl MigrationKey {
-    /// A fresh key from the operating system's CSPRNG.
+    /// A fresh key from the operating system's CSPRNG, written in place.
     pub fn generate() -> Self {
-        let mut k = [0u8; KEY_LEN];
-        getrandom::fill(&mut k).expect("the OS random source failed");
-        let key = MigrationKey(k);
-        k.zeroize();
-        key
+        let mut k = Box::new([0u8; KEY_LEN]);
+        getrandom::fill(&mut k[..]).expect("the OS random source failed");
+        MigrationKey(k)
     }
 
-    pub fn from_bytes(bytes: [u8; KEY_LEN]) -> Self {
-        MigrationKey(bytes)
+    /// A key from `bytes`, which are wiped.
+    pub fn from_bytes(mut bytes: [u8; KEY_LEN]) -> Self {
+        let mut k = Box::new([0u8; KEY_LEN]);
+        k.copy_from_slice(&bytes);
+        bytes.zeroize();
+        MigrationKey(k)
+    }
+
+    /// A key from 64 hex digits, decoded in place (no copy on the stack).
+    pub fn from_hex(hex_digits: &str) -> Option<Self> {
+        let mut k = MigrationKey(Box::new([0u8; KEY_LEN]));
+        hex::decode_to_slice(hex_digits, &mut k.0[..]).ok()?;
+        Some(k)
     }
 
     /// The raw key, for the key schedule and for the spec's wire encoding only.

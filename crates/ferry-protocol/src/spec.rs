@@ -440,12 +440,10 @@ mod key_hex {
             d.deserialize_str(V)
         }
         fn visit_str<E: serde::de::Error>(self, s: &str) -> Result<Self::Value, E> {
-            let mut k = [0u8; KEY_LEN];
             // The error never echoes the input: it might be most of a key.
-            hex::decode_to_slice(s, &mut k).map_err(|_| E::custom("key is not 64 hex digits"))?;
-            let key = MigrationKey::from_bytes(k);
-            k.zeroize();
-            Ok(Some(key))
+            MigrationKey::from_hex(s)
+                .map(Some)
+                .ok_or_else(|| E::custom("key is not 64 hex digits"))
         }
     }
 
