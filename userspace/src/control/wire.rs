@@ -224,6 +224,10 @@ pub struct HostedGuest {
     /// An outgoing migration of this guest is under way.
     #[serde(default)]
     pub migrating: bool,
+    /// The migration that brought it to this host; none when the host
+    /// booted it from its own configuration.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub arrived: Option<MigrationId>,
 }
 
 /// A migration as the coordinator tracks it.

@@ -682,7 +682,68 @@ impl Coordinator {
         loop {
             tokio::time::sleep(DUPLICATE_WATCH).await;
             let hosts = self.inventory().await;
-            self.note_duplicates(&hosts);
+            let dups = self.note_duplicates(&hosts);
+            for d in &dups {
+                self.discard_stale_boot(&hosts, d).await;
+            }
+        }
+    }
+
+    /// A host that lost its journal boots a configured guest afresh though
+    /// the guest had migrated away: when every other copy was booted from
+    /// configuration and exactly one arrived in the last completed
+    /// migration of that guest on record, that one is the guest and the
+    /// fresh boots are discarded. Any other duplicate waits for
+    /// `ferry resolve`.
+    async fn discard_stale_boot(&self, hosts: &[HostStatus], dup: &Duplicate) {
+        let copies: Vec<(&str, &control::wire::HostedGuest)> = hosts
+            .iter()
+            .flat_map(|h| {
+                h.capabilities
+                    .iter()
+                    .flat_map(|c| &c.guests)
+                    .filter(|g| g.info.name == dup.guest)
+                    .map(move |g| (h.name.as_str(), g))
+            })
+            .collect();
+        let Some(last) = self
+            .history
+            .all()
+            .into_iter()
+            .find(|r| r.guest == dup.guest && r.state == MigrationState::Completed)
+        else {
+            return;
+        };
+        let (moved, fresh): (Vec<_>, Vec<_>) = copies
+            .iter()
+            .filter(|(_, g)| g.arrived.is_some() || g.info.state == RunState::Running)
+            .partition(|(_, g)| g.arrived.is_some());
+        let [(owner, g)] = moved.as_slice() else {
+            return;
+        };
+        if g.arrived != Some(last.id)
+            || *owner != last.destination
+            || g.info.state != RunState::Running
+            || fresh.len() + 1 != copies.len()
+        {
+            return;
+        }
+        for (h, _) in fresh {
+            let action = SettleAction::Discard {
+                runs_on: owner.to_string(),
+                migration: None,
+            };
+            match self.settle_on(h, &dup.guest, action).await {
+                Ok(()) => {
+                    tracing::warn!(coordinator = %self.cfg.name, guest = %dup.guest, host = %h,
+                    runs_on = %owner, migration = %last.id,
+                    "discarded a copy booted from configuration: the guest moved to {owner} in migration {}", last.id)
+                }
+                Err(e) => {
+                    tracing::error!(coordinator = %self.cfg.name, guest = %dup.guest, host = %h,
+                    error = %e, "could not discard a copy booted from configuration")
+                }
+            }
         }
     }
 

@@ -134,6 +134,7 @@ fn adopt_arrivals(
                 guest: Hosted::Channels(g),
                 encryption,
                 busy: false,
+                arrived: decided.as_ref().map(|(id, _)| *id),
             },
         );
     }
@@ -148,6 +149,9 @@ struct Entry {
     encryption: EncryptionMode,
     /// An outgoing migration is running.
     busy: bool,
+    /// The migration that brought the guest here; none for one booted from
+    /// this host's configuration.
+    arrived: Option<MigrationId>,
 }
 
 impl Entry {
@@ -247,6 +251,7 @@ impl Host {
                                     guest: Hosted::Channels(Arc::new(q)),
                                     encryption: g.encryption,
                                     busy: false,
+                                    arrived: None,
                                 },
                             );
                         }
@@ -279,6 +284,7 @@ impl Host {
                         guest: Hosted::Channels(Arc::new(guest)),
                         encryption: g.encryption,
                         busy: false,
+                        arrived: None,
                     },
                 );
                 continue;
@@ -306,6 +312,7 @@ impl Host {
                     guest: Hosted::Pages(guest),
                     encryption: g.encryption,
                     busy: false,
+                    arrived: None,
                 },
             );
         }
@@ -397,7 +404,7 @@ impl Host {
     fn on_incoming(&self, ev: DestinationEvent) {
         let mut inv = self.inventory.lock().expect("inventory");
         match ev {
-            DestinationEvent::Resumed { guest, stats, .. } => {
+            DestinationEvent::Resumed { id, guest, stats } => {
                 let name = guest.name().to_string();
                 // Every arrival was reserved; were it not, the strongest
                 // setting is the safe one to assume.
@@ -418,6 +425,7 @@ impl Host {
                         guest,
                         encryption: setting,
                         busy: false,
+                        arrived: Some(id),
                     },
                 );
             }
@@ -454,6 +462,7 @@ impl Host {
                     info: e.guest.info(),
                     encryption: e.encryption,
                     migrating: e.busy,
+                    arrived: e.arrived,
                 })
                 .collect(),
         }

@@ -511,29 +511,33 @@ fn a_source_killed_after_go_is_recorded_as_the_completed_migration_it_was() {
         );
         assert!(admin.duplicates().await.is_empty());
 
-        // Without its journal (a wiped state directory) a boots g1 again:
-        // the coordinator reports the duplicate, `resolve` refuses to pick a
-        // copy by itself, and with --keep drops the other.
+        // Without its journal (a wiped state directory) a boots g1 afresh.
+        // The coordinator's record says g1 moved to b, which runs the copy
+        // that arrived in that migration: it discards a's fresh boot on its
+        // own, and the discard is journaled on a.
         kill(&mut a);
         std::fs::remove_file(dir.join("a-state/journal.jsonl")).unwrap();
         a = spawn_host(&a_cfg, &dir.join("a3.log"));
         wait_listening(ca);
-        let dups = admin.duplicates().await;
-        assert_eq!(dups.len(), 1, "{dups:?}");
-        assert_eq!(dups[0].guest, "g1");
-        assert_eq!(dups[0].hosts, vec!["a".to_string(), "b".to_string()]);
-        let e = admin.resolve("g1", None, false).await.unwrap_err();
-        assert!(e.contains("--keep"), "resolve asks which copy to keep: {e}");
-        let done = admin.resolve("g1", Some("b"), false).await.unwrap();
-        assert!(done.contains("kept g1 on b"), "{done}");
-        let hosts = admin.hosts().await;
-        assert!(guest_on(&hosts, "a", "g1").is_none(), "a's copy is gone");
+        let until = Instant::now() + Duration::from_secs(40);
+        while guest_on(&admin.hosts().await, "a", "g1").is_some() {
+            assert!(
+                Instant::now() < until,
+                "the coordinator never discarded a's fresh boot of g1, which moved to b"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
         assert_eq!(
-            guest_on(&hosts, "b", "g1").map(|g| g.state),
-            Some(ferry::guest::RunState::Running)
+            guest_on(&admin.hosts().await, "b", "g1").map(|g| g.state),
+            Some(ferry::guest::RunState::Running),
+            "b's copy, the one that moved, still runs"
+        );
+        let log = std::fs::read_to_string(dir.join("a3.log")).unwrap();
+        assert!(
+            log.contains("guest booted") && log.contains("discarded by a coordinator"),
+            "a booted g1 and then dropped it on the coordinator's word: {log}"
         );
         assert!(admin.duplicates().await.is_empty());
-        // And the discard is journaled: a does not boot g1 after this either.
         kill(&mut a);
         a = spawn_host(&a_cfg, &dir.join("a4.log"));
         wait_listening(ca);
@@ -541,6 +545,48 @@ fn a_source_killed_after_go_is_recorded_as_the_completed_migration_it_was() {
     });
     drop(a);
     drop(relay);
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn a_guest_configured_on_two_hosts_is_reported_and_resolve_keeps_the_named_copy() {
+    // Nothing on record says which copy is the guest: the coordinator
+    // reports the duplicate, and only an operator's --keep picks one.
+    let dir = site_dir("two-configs");
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
+    let guests = "[{ name: g2, memory: 16MiB, vcpus: 1 }]";
+    let a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
+    let b_cfg = write_host(&dir, "b", cb, mb, guests);
+    let mut b = spawn_host(&b_cfg, &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    runtime().block_on(async {
+        let admin = Admin::start(&dir, ca, cb).await;
+        let dups = admin.duplicates().await;
+        assert_eq!(dups.len(), 1, "{dups:?}");
+        assert_eq!(dups[0].guest, "g2");
+        assert_eq!(dups[0].hosts, vec!["a".to_string(), "b".to_string()]);
+        let e = admin.resolve("g2", None, false).await.unwrap_err();
+        assert!(e.contains("--keep"), "resolve asks which copy to keep: {e}");
+        let e = admin.resolve("g2", Some("c"), false).await.unwrap_err();
+        assert!(e.contains("c does not list g2"), "{e}");
+        let done = admin.resolve("g2", Some("a"), false).await.unwrap();
+        assert!(done.contains("kept g2 on a"), "{done}");
+        let hosts = admin.hosts().await;
+        assert!(guest_on(&hosts, "b", "g2").is_none(), "b's copy is gone");
+        assert_eq!(
+            guest_on(&hosts, "a", "g2").map(|g| g.state),
+            Some(ferry::guest::RunState::Running)
+        );
+        assert!(admin.duplicates().await.is_empty());
+        // The discard is journaled: b does not boot g2 after a restart.
+        kill(&mut b);
+        b = spawn_host(&b_cfg, &dir.join("b2.log"));
+        wait_listening(cb);
+        assert!(guest_on(&admin.hosts().await, "b", "g2").is_none());
+        assert!(admin.duplicates().await.is_empty());
+    });
+    drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
 
