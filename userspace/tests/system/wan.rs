@@ -136,7 +136,10 @@ fn ping_takes_the_configured_round_trip_and_other_classes_no_delay() {
     // Other classes: no line, no delay.
     let tcp = median(&tcp_connect_ms(&a, &b, 20));
     eprintln!("TCP connect (other class) median {tcp:.3} ms");
-    assert!(tcp < 1.0, "the other class took {tcp} ms");
+    assert!(
+        tcp < 1.0,
+        "expected the other class's TCP connects undelayed (median under 1 ms), saw a median of {tcp:.3} ms"
+    );
 
     let text = prometheus::TextEncoder::new()
         .encode_to_string(&router.metrics.registry.gather())
@@ -157,7 +160,10 @@ fn ping_takes_the_configured_round_trip_and_other_classes_no_delay() {
     // Stopped, the line steers nothing: ICMP flows undelayed again.
     router.stop().unwrap();
     let after = median(&ping_ms(&a, 5, Duration::from_millis(10)));
-    assert!(after < 1.0, "after stop: {after} ms");
+    assert!(
+        after < 1.0,
+        "expected ICMP undelayed once the router stopped (median under 1 ms), saw {after:.3} ms"
+    );
 }
 
 #[test]
@@ -186,8 +192,14 @@ fn jitter_spreads_round_trips_as_configured_without_reordering() {
     eprintln!("jitter: mean {mean:.3} ms, sd {sd:.3} ms, range {lo:.3}..{hi:.3}");
     // The mean of 100 draws is within 4 standard errors (0.65 ms) of 20 ms,
     // plus the line's own sub-millisecond lateness (within the 1 ms budget).
-    assert!((-0.65..=1.0).contains(&(mean - 20.0)), "mean {mean}");
-    assert!((1.2..=2.1).contains(&sd), "sd {sd}");
+    assert!(
+        (-0.65..=1.0).contains(&(mean - 20.0)),
+        "expected a mean round trip of 19.35..21.0 ms, saw {mean:.3} ms: {v:.2?}"
+    );
+    assert!(
+        (1.2..=2.1).contains(&sd),
+        "expected a standard deviation of 1.2..2.1 ms (1.63 for two uniform ±2 ms legs), saw {sd:.3} ms: {v:.2?}"
+    );
     // Never early: the line holds every frame at least its delay less the
     // jitter. Late by more than the 1 ms budget only rarely: a loaded
     // 2-core machine may schedule the line's thread late now and then.
@@ -297,7 +309,9 @@ fn configured_loss_is_reproduced_and_nothing_else_is_lost_or_reordered() {
     );
     assert!(
         (lost as f64 - f64::from(n) * 0.1).abs() <= 5.0 * sd,
-        "{lost}"
+        "random 10% loss: expected {} ± {:.0} (5 sd) of {n} frames lost, saw {lost}",
+        n / 10,
+        5.0 * sd
     );
     assert_eq!(s.dropped(DropReason::RandomLoss), lost, "{s:?}");
     for r in DropReason::ALL.iter().filter(|r| !r.configured()) {
@@ -338,8 +352,16 @@ fn configured_loss_is_reproduced_and_nothing_else_is_lost_or_reordered() {
         "burst: lost {lost} of {n} (expected {:.0} ± {sd:.0}) in {bursts} bursts, mean length {mean_burst:.2} (expected 4)",
         f64::from(n) * p
     );
-    assert!((lost as f64 - f64::from(n) * p).abs() <= 5.0 * sd, "{lost}");
-    assert!((3.0..=5.2).contains(&mean_burst), "{mean_burst}");
+    assert!(
+        (lost as f64 - f64::from(n) * p).abs() <= 5.0 * sd,
+        "burst loss: expected {:.0} ± {:.0} (5 sd) of {n} frames lost, saw {lost}",
+        f64::from(n) * p,
+        5.0 * sd
+    );
+    assert!(
+        (3.0..=5.2).contains(&mean_burst),
+        "burst loss: expected a mean burst of 3.0..5.2 frames (1 / exit = 4), saw {mean_burst:.2} over {bursts} bursts"
+    );
     assert_eq!(s2.dropped(DropReason::BurstLoss), lost, "{s2:?}");
     for r in DropReason::ALL.iter().filter(|r| !r.configured()) {
         assert_eq!(s2.dropped(*r), 0, "{r:?}: {s2:?}");
@@ -388,9 +410,16 @@ fn tcp_fills_a_1gbit_link_at_150ms() {
         iv.iter().map(|b| (b / 1e6).round()).collect::<Vec<_>>(),
         router.wan_stats()
     );
-    assert!(rtt_ms >= 149.0, "RTT {rtt_ms} ms");
+    assert!(
+        rtt_ms >= 149.0,
+        "expected iperf3's mean RTT at least 149 ms on a 150 ms line, saw {rtt_ms:.1} ms"
+    );
     // TCP goodput on a full 1 Gbit/s link is 1448/1514 of it: 956 Mbit/s.
-    assert!(steady >= 0.85 * 956.0, "{steady} Mbit/s");
+    assert!(
+        steady >= 0.85 * 956.0,
+        "expected at least 85% of the 956 Mbit/s TCP goodput of a 1 Gbit/s link over the last 5 s, saw {steady:.0} Mbit/s; intervals {:?}",
+        iv.iter().map(|b| (b / 1e6).round()).collect::<Vec<_>>()
+    );
     router.stop().unwrap();
 }
 
