@@ -504,6 +504,17 @@ impl ChannelGuest for QemuGuest {
         })
     }
 
+    fn set_switchover_bandwidth(&self, bytes_per_second: u64) -> Result<(), GuestError> {
+        // QEMU would otherwise estimate the switch-over from its own rate
+        // into ferry's local socket.
+        self.execute(
+            "migrate-set-parameters",
+            json!({"avail-switchover-bandwidth": bytes_per_second.max(1)}),
+        )
+        .map_err(guest_err)?;
+        Ok(())
+    }
+
     fn cancel_migration(&self) {
         let _ = self.execute("migrate_cancel", json!({}));
         self.settle();

@@ -460,5 +460,19 @@ fn a_qemu_guest_that_cannot_converge_gives_up_after_max_time_on_the_source() {
         "{}",
         failed.error
     );
+    // QEMU sees only ferry's local socket: the rate it plans the
+    // switch-over with is the one ferry measured on its streams (here,
+    // what the 6 s carried on average, give or take a factor of two for
+    // the last window's burst), not QEMU's default of none.
+    let wire = failed.stats.transferred_bytes as f64 / failed.stats.total_seconds.max(0.1);
+    let params = src
+        .0
+        .execute("query-migrate-parameters", serde_json::json!({}))
+        .unwrap();
+    let avail = params["avail-switchover-bandwidth"].as_u64().unwrap_or(0) as f64;
+    assert!(
+        (0.5 * wire..=2.0 * wire).contains(&avail),
+        "expected avail-switchover-bandwidth within 0.5x..2x of the {wire:.0} B/s ferry carried on average, saw {avail} B/s: {params}"
+    );
     kept_on_the_source(&src, &twin, ev);
 }

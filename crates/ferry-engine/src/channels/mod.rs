@@ -83,6 +83,10 @@ pub trait ChannelGuest: Send + Sync {
     /// source's `channels`.
     fn accept_migration(&self, socket: &Path, channels: u16) -> Result<(), GuestError>;
     fn progress(&self) -> Result<ChannelProgress, GuestError>;
+    /// Source: the rate ferry measures end to end, in bytes per second,
+    /// for the device model's switch-over decision. It sees only a local
+    /// socket, so it cannot know the path's rate itself.
+    fn set_switchover_bandwidth(&self, bytes_per_second: u64) -> Result<(), GuestError>;
     /// Source: stops the migration; the guest runs on here.
     fn cancel_migration(&self);
     /// When the guest stopped for the switch-over (the source's stun).

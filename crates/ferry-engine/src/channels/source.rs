@@ -74,6 +74,8 @@ impl Drop for PrivateDir {
 
 /// How often the device model's migration is looked at.
 const POLL: Duration = Duration::from_millis(5);
+/// How often the device model hears the rate ferry measured end to end.
+const RATE_WINDOW: Duration = Duration::from_millis(500);
 
 enum Ev {
     /// A message from the destination on stream 0.
@@ -110,6 +112,14 @@ struct Streams {
 }
 
 impl Streams {
+    /// Bytes sealed onto the wire so far, on every stream.
+    fn wire_bytes(&self) -> u64 {
+        self.writers
+            .iter()
+            .map(|w| w.lock().expect("writer").wire_bytes)
+            .sum()
+    }
+
     fn send(&self, msg: &[u8]) -> io::Result<()> {
         self.writers[0].lock().expect("writer").send_bytes(msg)
     }
@@ -236,6 +246,7 @@ pub fn migrate_out(
     let mut last = ChannelProgress::default();
     let mut last_report = Instant::now() - opts.progress_every;
     let deadline = run.start + spec.limits.max_time;
+    let mut rate_from = (Instant::now(), streams.wire_bytes());
     let completed = loop {
         match drain(&ev_rx, &mut ended) {
             Ok(()) => {}
@@ -252,6 +263,19 @@ pub fn migrate_out(
             Ok(p) => p,
             Err(e) => break Err(MigrationError::Guest(e)),
         };
+        let since = rate_from.0.elapsed();
+        if since >= RATE_WINDOW {
+            let now = streams.wire_bytes();
+            let rate = (now - rate_from.1) as f64 / since.as_secs_f64();
+            rate_from = (Instant::now(), now);
+            // An idle window (setup, a pause in dirtying) says nothing
+            // about the path.
+            if rate > 0.0
+                && let Err(e) = guest.set_switchover_bandwidth(rate as u64)
+            {
+                break Err(MigrationError::Guest(e));
+            }
+        }
         if last_report.elapsed() >= opts.progress_every {
             progress(&to_progress(&p, Phase::PreCopy, &run, mem));
             last_report = Instant::now();
