@@ -78,6 +78,23 @@ fn registry(m: &MigrationMetrics) -> anyhow::Result<prometheus::Registry> {
     Ok(reg)
 }
 
+/// Each host in `hosts` that lists `guest`, with its copy.
+fn copies_of<'a>(
+    hosts: &'a [HostStatus],
+    guest: &str,
+) -> Vec<(&'a str, &'a control::wire::HostedGuest)> {
+    hosts
+        .iter()
+        .flat_map(|h| {
+            h.capabilities
+                .iter()
+                .flat_map(|c| &c.guests)
+                .filter(|g| g.info.name == guest)
+                .map(move |g| (h.name.as_str(), g))
+        })
+        .collect()
+}
+
 impl Coordinator {
     pub fn new(cfg: CoordinatorConfig) -> anyhow::Result<Arc<Self>> {
         Self::with_key_source(cfg, Arc::new(MigrationKey::generate))
@@ -696,16 +713,7 @@ impl Coordinator {
     /// fresh boots are discarded. Any other duplicate waits for
     /// `ferry resolve`.
     async fn discard_stale_boot(&self, hosts: &[HostStatus], dup: &Duplicate) {
-        let copies: Vec<(&str, &control::wire::HostedGuest)> = hosts
-            .iter()
-            .flat_map(|h| {
-                h.capabilities
-                    .iter()
-                    .flat_map(|c| &c.guests)
-                    .filter(|g| g.info.name == dup.guest)
-                    .map(move |g| (h.name.as_str(), g))
-            })
-            .collect();
+        let copies = copies_of(hosts, &dup.guest);
         let Some(last) = self
             .history
             .all()
@@ -714,17 +722,16 @@ impl Coordinator {
         else {
             return;
         };
-        let (moved, fresh): (Vec<_>, Vec<_>) = copies
-            .iter()
-            .filter(|(_, g)| g.arrived.is_some() || g.info.state == RunState::Running)
-            .partition(|(_, g)| g.arrived.is_some());
+        let (moved, fresh): (Vec<_>, Vec<_>) =
+            copies.iter().partition(|(_, g)| g.arrived.is_some());
         let [(owner, g)] = moved.as_slice() else {
             return;
         };
+        let running = |g: &control::wire::HostedGuest| g.info.state == RunState::Running;
         if g.arrived != Some(last.id)
             || *owner != last.destination
-            || g.info.state != RunState::Running
-            || fresh.len() + 1 != copies.len()
+            || !running(g)
+            || !fresh.iter().all(|(_, g)| running(g))
         {
             return;
         }
@@ -776,14 +783,7 @@ impl Coordinator {
     ) -> Result<String, String> {
         let hosts = self.inventory().await;
         let unreachable: Vec<&HostStatus> = hosts.iter().filter(|h| !h.reachable).collect();
-        let mut copies: Vec<(&str, &control::wire::HostedGuest)> = Vec::new();
-        for h in &hosts {
-            for g in h.capabilities.iter().flat_map(|c| &c.guests) {
-                if g.info.name == guest {
-                    copies.push((&h.name, g));
-                }
-            }
-        }
+        let copies = copies_of(&hosts, guest);
         if let Some((h, _)) = copies.iter().find(|(_, g)| g.migrating) {
             return Err(format!(
                 "{guest} is migrating from {h}: wait for that migration to end"

@@ -198,6 +198,28 @@ impl State {
     }
 }
 
+/// What a guest's last line says of where it stands.
+fn fact(l: &Line) -> Option<GuestFact> {
+    match l {
+        Line::Released {
+            migration, peer, ..
+        } => Some(GuestFact::Released {
+            migration: *migration,
+            to: peer.clone(),
+        }),
+        Line::Resumed {
+            migration, peer, ..
+        } => Some(GuestFact::Received {
+            migration: *migration,
+            from: peer.clone(),
+        }),
+        _ => None,
+    }
+}
+
+/// Why a migration journaled READY without a decision counts as discarded.
+pub const STOPPED_AFTER_READY: &str = "this host stopped after READY, before GO took effect";
+
 pub struct FileJournal {
     path: PathBuf,
     inner: Mutex<(File, State)>,
@@ -277,37 +299,24 @@ impl FileJournal {
 
     /// The last move of `guest` to or from here.
     pub fn guest(&self, guest: &str) -> Option<GuestFact> {
-        let g = self.inner.lock().expect("journal");
-        match g.1.guests.get(guest)? {
-            Line::Released {
-                migration, peer, ..
-            } => Some(GuestFact::Released {
-                migration: *migration,
-                to: peer.clone(),
-            }),
-            Line::Resumed {
-                migration, peer, ..
-            } => Some(GuestFact::Received {
-                migration: *migration,
-                from: peer.clone(),
-            }),
-            _ => None,
-        }
+        self.inner
+            .lock()
+            .expect("journal")
+            .1
+            .guests
+            .get(guest)
+            .and_then(fact)
     }
 
     /// Guests that arrived here (and have not left since).
     pub fn received(&self) -> Vec<(String, GuestFact)> {
-        let names: Vec<String> = {
-            let g = self.inner.lock().expect("journal");
-            g.1.guests
-                .iter()
-                .filter(|(_, l)| matches!(l, Line::Resumed { .. }))
-                .map(|(n, _)| n.clone())
-                .collect()
-        };
-        names
-            .into_iter()
-            .filter_map(|n| self.guest(&n).map(|f| (n, f)))
+        let g = self.inner.lock().expect("journal");
+        g.1.guests
+            .iter()
+            .filter_map(|(n, l)| match fact(l)? {
+                f @ GuestFact::Received { .. } => Some((n.clone(), f)),
+                GuestFact::Released { .. } => None,
+            })
             .collect()
     }
 
@@ -348,7 +357,7 @@ impl Journal for FileJournal {
             Line::Discarded { reason, .. } => Outcome::Aborted(reason.clone()),
             // READY went out but no decision was recorded: GO never took
             // effect here, so the guest never ran here.
-            _ => Outcome::Aborted("this host stopped after READY, before GO took effect".into()),
+            _ => Outcome::Aborted(STOPPED_AFTER_READY.into()),
         })
     }
 }

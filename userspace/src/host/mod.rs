@@ -99,7 +99,7 @@ fn adopt_arrivals(
                         crate::engine::journal::Entry::Discarded {
                             id: *id,
                             guest: &name,
-                            reason: "this host stopped after READY, before GO took effect",
+                            reason: journal::STOPPED_AFTER_READY,
                         },
                     );
                 }
@@ -230,39 +230,46 @@ impl Host {
         };
         let mut guests = BTreeMap::new();
         for (i, g) in cfg.guests.iter().enumerate() {
-            let released = journal.as_ref().and_then(|j| j.released(&g.name));
-            if let Some(machine) = g.machine() {
+            let machine = g.machine();
+            if let Some(machine) = &machine {
                 let field = format!("guests[{i}].qemu");
                 machine
                     .check_files(&field)
                     .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
-                let dir = cfg.state_dir().join(&g.name);
-                if let Some(GuestFact::Released { migration, to }) = &released {
-                    // Released at GO: a QEMU still here, paused, is the copy
-                    // of a switch-over in doubt (for `ferry resolve`).
-                    use crate::engine::channels::ChannelGuest;
-                    match crate::qemu::QemuGuest::adopt(&dir) {
-                        Some(q) if q.run_state() == RunState::Paused => {
-                            tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
-                                "adopted the paused QEMU of a switch-over in doubt: it stays paused until `ferry resolve {}`", g.name);
-                            guests.insert(
-                                g.name.clone(),
-                                Entry {
-                                    guest: Hosted::Channels(Arc::new(q)),
-                                    encryption: g.encryption,
-                                    busy: false,
-                                    arrived: None,
-                                },
-                            );
-                        }
-                        _ => {
-                            tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
-                            journal = %journal.as_ref().expect("released").path().display(),
-                            "guest migrated away from this host: not starting it")
-                        }
+            }
+            if let Some(j) = &journal
+                && let Some(GuestFact::Released { migration, to }) = j.released(&g.name)
+            {
+                // Released at GO: a QEMU still here, paused, is the copy of
+                // a switch-over in doubt (for `ferry resolve`).
+                use crate::engine::channels::ChannelGuest;
+                let in_doubt = machine
+                    .as_ref()
+                    .and_then(|_| crate::qemu::QemuGuest::adopt(&cfg.state_dir().join(&g.name)))
+                    .filter(|q| q.run_state() == RunState::Paused);
+                match in_doubt {
+                    Some(q) => {
+                        tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
+                            "adopted the paused QEMU of a switch-over in doubt: it stays paused until `ferry resolve {}`", g.name);
+                        guests.insert(
+                            g.name.clone(),
+                            Entry {
+                                guest: Hosted::Channels(Arc::new(q)),
+                                encryption: g.encryption,
+                                busy: false,
+                                arrived: None,
+                            },
+                        );
                     }
-                    continue;
+                    None => {
+                        tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
+                            journal = %j.path().display(), "guest migrated away from this host: not starting it")
+                    }
                 }
+                continue;
+            }
+            if let Some(machine) = machine {
+                let dir = cfg.state_dir().join(&g.name);
                 if crate::qemu::QemuGuest::released_here(&dir) {
                     tracing::warn!(host = %cfg.name, guest = %g.name, dir = %dir.display(),
                         "guest migrated away from this host: not starting it (remove {}/released to boot it here again)",
@@ -287,12 +294,6 @@ impl Host {
                         arrived: None,
                     },
                 );
-                continue;
-            }
-            if let Some(GuestFact::Released { migration, to }) = &released {
-                tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
-                    journal = %journal.as_ref().expect("released").path().display(),
-                    "guest migrated away from this host: not starting it");
                 continue;
             }
             let sc = SyntheticConfig {
