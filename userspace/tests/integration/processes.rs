@@ -825,6 +825,9 @@ fn a_restarted_coordinator_remembers_its_migrations_and_settles_the_interrupted_
             killed && r.is_err(),
             "the coordinator was killed mid-move: {r:?}"
         );
+        // Reap it first: until it is gone, its listening socket answers the
+        // new one's readiness probe, and the new one cannot bind.
+        c1.0.wait().unwrap();
         c1 = spawn_coordinator(&dir, cl, ca, cb, "c1-restarted.log");
         let recs = admin.records().await;
         let state = |g: &str, recs: &[ferry::control::wire::MigrationRecord]| {
