@@ -252,6 +252,24 @@ enum LabCommand {
         #[arg(long, default_value = "target/bench")]
         out: PathBuf,
     },
+    /// Benchmark ferry's engine on its synthetic guest at growing sizes,
+    /// idle and busy, against QEMU's own TCP and TLS with a guest of the
+    /// same size, interleaved: time per GiB, downtime, CPU, memory.
+    BenchMigration {
+        /// Runs of each case.
+        #[arg(long, default_value_t = 3)]
+        runs: usize,
+        /// Guest sizes, comma separated.
+        #[arg(long, value_delimiter = ',', default_value = "256MiB,1GiB,4GiB",
+              value_parser = |s: &str| ferry::config::ByteSize::parse(s))]
+        sizes: Vec<ferry::config::ByteSize>,
+        /// QEMU moves the sizes up to this (its guest boots under TCG here).
+        #[arg(long, default_value = "1GiB", value_parser = |s: &str| ferry::config::ByteSize::parse(s))]
+        qemu_up_to: ferry::config::ByteSize,
+        /// Where the JSON and SVG go.
+        #[arg(long, default_value = "target/bench")]
+        out: PathBuf,
+    },
     /// Run the demo again and again while spinning threads load every
     /// core, and count the runs that fail (races show under load).
     DemoRepeat {
@@ -679,6 +697,39 @@ fn run(cli: Cli) -> Result<()> {
             let path = out.join("qemu.json");
             std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
             let svg = out.join("qemu.svg");
+            std::fs::write(&svg, r.chart())?;
+            println!("wrote {} and {}", path.display(), svg.display());
+            Ok(())
+        }
+        Command::Lab {
+            command:
+                LabCommand::BenchMigration {
+                    runs,
+                    sizes,
+                    qemu_up_to,
+                    out,
+                },
+        } => {
+            if runs == 0 || sizes.is_empty() {
+                anyhow::bail!("--runs must be at least 1 and --sizes name at least one size");
+            }
+            if let Some(bad) = sizes
+                .iter()
+                .find(|s| s.0 < 64 << 20 || !s.0.is_multiple_of(1 << 20))
+            {
+                anyhow::bail!("--sizes: {bad} is not a whole number of MiB of at least 64MiB");
+            }
+            eprintln!("{}", ferry::lab::machine::Machine::probe());
+            let t0 = std::time::Instant::now();
+            let sizes: Vec<u64> = sizes.iter().map(|s| s.0).collect();
+            let r = ferry::lab::migration_bench::run(runs, &sizes, qemu_up_to.0, &|p| {
+                eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
+            })?;
+            print!("{}", r.table());
+            std::fs::create_dir_all(&out)?;
+            let path = out.join("migration.json");
+            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+            let svg = out.join("migration.svg");
             std::fs::write(&svg, r.chart())?;
             println!("wrote {} and {}", path.display(), svg.display());
             Ok(())

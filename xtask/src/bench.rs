@@ -87,6 +87,9 @@ pub fn bench() -> Result {
     run(Command::new(&ferry)
         .args(["lab", "bench-qemu", "--out"])
         .arg(&out))?;
+    run(Command::new(&ferry)
+        .args(["lab", "bench-migration", "--out"])
+        .arg(&out))?;
     for exp in ["experiment-figure4", "experiment-figure5"] {
         run(Command::new(&ferry)
             .args(["lab", "run"])

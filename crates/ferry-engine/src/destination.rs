@@ -88,6 +88,11 @@ enum Event {
     StreamEnd {
         stream: u16,
     },
+    /// A stream's part of a pass is in memory (PASS_END arrived).
+    PassEnd {
+        stream: u16,
+        pass: u32,
+    },
     StreamFailed {
         error: String,
     },
@@ -618,6 +623,7 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
     let pages_total = mem.pages();
     let mut r = RecordReader::new(sock, rx, inc.max_record, registry.metrics.clone());
     let (mut pages, mut zero, mut batches) = (0u64, 0u64, 0u64);
+    let mut last_pass: Option<u32> = None;
     let fail = |error: String| inc.send(Event::StreamFailed { error });
     loop {
         match r.read_record() {
@@ -645,6 +651,19 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
                     }
                     batches += 1;
                 }
+                Some(&wire::PASS_END) => match wire::parse_pass(wire::PASS_END, m) {
+                    Some(pass) if last_pass.is_none_or(|l| pass > l) => {
+                        last_pass = Some(pass);
+                        inc.send(Event::PassEnd { stream, pass });
+                    }
+                    Some(pass) => {
+                        return fail(format!(
+                            "stream {stream}: PASS_END {pass} after PASS_END {}",
+                            last_pass.unwrap_or_default()
+                        ));
+                    }
+                    None => return fail(format!("stream {stream}: malformed PASS_END")),
+                },
                 Some(&wire::DONE) => {
                     let ok = match wire::parse_done(m) {
                         Some((p, b)) if p == pages && b == batches => Ok(()),
@@ -729,6 +748,10 @@ fn controller(
     let mut ready_sent = false;
     let mut stats = DestinationStats::default();
     let mut ended: HashSet<u16> = HashSet::new();
+    // The last pass each stream has delivered, and the last one confirmed
+    // to the source (every stream has it).
+    let mut stream_passes: Vec<Option<u32>> = vec![None; inc.streams as usize];
+    let mut confirmed: Option<u32> = None;
     let name = inc.guest.name().to_string();
 
     // Discard, tell the host, then say so: a source that hears FAILED (or
@@ -826,6 +849,19 @@ fn controller(
                 },
                 Event::StreamEnd { stream } => {
                     ended.insert(stream);
+                }
+                Event::PassEnd { stream, pass } => {
+                    if let Some(s) = stream_passes.get_mut(stream as usize) {
+                        *s = Some(pass);
+                    }
+                    let all = stream_passes.iter().copied().min().flatten();
+                    if all > confirmed && writer.is_some() {
+                        confirmed = all;
+                        let msg = wire::pass_message(wire::PASSED, all.expect("some"));
+                        if let Err(e) = send_on(&writer, &msg) {
+                            return abort(&mut writer, format!("sending PASSED: {e}"));
+                        }
+                    }
                 }
                 Event::StreamFailed { error, .. } => return abort(&mut writer, error),
                 Event::Control(m) => match m.first() {

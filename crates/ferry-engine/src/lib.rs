@@ -20,7 +20,9 @@ use std::time::Duration;
 pub use destination::{DestinationEvent, IncomingRegistry, MigrationListener, Outcome};
 pub use journal::Journal;
 pub use source::{SourceOptions, migrate_out};
-pub use stats::{DestinationStats, MigrationResult, MigrationStats, PassStats, Phase, Progress};
+pub use stats::{
+    DestinationStats, MigrationResult, MigrationStats, PassStats, Phase, Progress, StunTimes,
+};
 
 use crate::guest::GuestError;
 use ferry_protocol::ProtocolError;

@@ -21,7 +21,7 @@ use std::{
     net::{Shutdown, SocketAddr, TcpStream},
     sync::{
         Arc,
-        atomic::{AtomicBool, AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering},
         mpsc,
     },
     thread::JoinHandle,
@@ -95,6 +95,9 @@ enum Report {
 #[derive(Default)]
 struct Live {
     bytes: AtomicU64,
+    /// Passes the destination has written to memory on every stream
+    /// (PASSED), counted from 1.
+    passed: AtomicU32,
 }
 
 struct SenderEnd {
@@ -180,6 +183,12 @@ fn sender_loop(
                     }
                 })();
                 total_pages += sent;
+                let result = result.and_then(|()| {
+                    let wb = w.wire_bytes;
+                    w.send_bytes(&wire::pass_message(wire::PASS_END, pass))?;
+                    live.bytes.fetch_add(w.wire_bytes - wb, Ordering::Relaxed);
+                    Ok(())
+                });
                 match result {
                     Ok(()) => {
                         let _ = reports.send(Report::PassDone {
@@ -232,11 +241,17 @@ fn reader_loop(
     max_record: usize,
     metrics: Option<ProtocolMetrics>,
     tx: mpsc::Sender<Inbound>,
+    live: Arc<Live>,
 ) {
     let mut r = RecordReader::new(sock, crypto, max_record, metrics);
     loop {
         match r.read_record() {
             Ok(Record::Data(d)) => {
+                if let Some(pass) = wire::parse_pass(wire::PASSED, d) {
+                    live.passed
+                        .fetch_max(pass.saturating_add(1), Ordering::Relaxed);
+                    continue;
+                }
                 if tx.send(Inbound::Msg(d.to_vec())).is_err() {
                     return;
                 }
@@ -530,11 +545,11 @@ pub fn migrate_out(
             stream_crypto(schedule.as_ref(), opts.backend, i as u16, Side::Source);
         if i == 0 {
             let rs = sock.try_clone().expect("clone stream 0");
-            let (m, t) = (opts.metrics.clone(), in_tx.clone());
+            let (m, t, l) = (opts.metrics.clone(), in_tx.clone(), live.clone());
             reader = Some(
                 std::thread::Builder::new()
                     .name("mig-src-rx".into())
-                    .spawn(move || reader_loop(rs, rx_crypto, max_record, m, t))
+                    .spawn(move || reader_loop(rs, rx_crypto, max_record, m, t, l))
                     .expect("spawn"),
             );
         }
@@ -801,6 +816,34 @@ pub fn migrate_out(
     }
     run.stats.throttle_percent = throttle;
 
+    // What the senders handed to their sockets may still be in flight or
+    // queued at the destination (megabytes on a fast or long path). Stun
+    // once the destination has the last pass in memory, so the stun pays
+    // for the final dirty set, not for that backlog; the guest keeps
+    // running (and the dirty log counting) meanwhile.
+    let drain = Instant::now();
+    let drain_deadline = drain + spec.limits.switchover_timeout;
+    while live.passed.load(Ordering::Relaxed) < pass {
+        if let Some(e) = check_inbound(&in_rx) {
+            abort_running!(e);
+        }
+        if let Ok(Report::Error { stream, error }) = rep_rx.try_recv() {
+            abort_running!(why_broken(
+                MigrationError::Stream {
+                    stream,
+                    source: error,
+                },
+                &in_rx,
+            ));
+        }
+        if Instant::now() >= drain_deadline {
+            tracing::warn!(migration = %spec.id, pass, "migration: the destination never confirmed the last pass; stunning anyway");
+            break;
+        }
+        std::thread::sleep(Duration::from_micros(200));
+    }
+    run.stats.drain_seconds = drain.elapsed().as_secs_f64();
+
     // Switch-over.
     tracing::info!(migration = %spec.id, remaining_bytes = run.stats.remaining_bytes, "migration: switch-over, stunning the guest");
     let stun = Instant::now();
@@ -818,8 +861,12 @@ pub fn migrate_out(
     if let Err(e) = guest.memory().collect_dirty(&mut next) {
         abort_stunned!(MigrationError::Guest(crate::guest::GuestError::Memory(e)));
     }
-    guest.memory().stop_dirty_log();
+    // The dirty log stays armed through the stun: tearing it down walks
+    // every page table entry of the guest (some 30 ms per GiB), which is
+    // stun time that grows with memory. It goes after the switch-over, or
+    // with the abort that resumes the guest here.
     let final_set = Arc::new(std::mem::replace(&mut next, DirtyBitmap::new(pages)));
+    run.stats.stun.pause_seconds = stun.elapsed().as_secs_f64();
     progress(&Progress {
         phase: Phase::Switchover,
         pass,
@@ -879,6 +926,9 @@ pub fn migrate_out(
         ));
     }
     let _ = senders[0].tx.send(Cmd::Message(vec![wire::PREPARE]));
+    let prepared = Instant::now();
+    run.stats.stun.final_pass_seconds =
+        (prepared - stun).as_secs_f64() - run.stats.stun.pause_seconds;
 
     // READY, or the switch-over fails and the guest resumes here.
     let deadline = Instant::now() + spec.limits.switchover_timeout;
@@ -921,6 +971,7 @@ pub fn migrate_out(
     if let Err(e) = ready {
         abort_stunned!(e);
     }
+    run.stats.stun.ready_seconds = prepared.elapsed().as_secs_f64();
     if let Err(e) = journal_release(opts, spec) {
         abort_stunned!(e);
     }
@@ -945,6 +996,7 @@ pub fn migrate_out(
                 Ok(Some(r)) => r,
                 Ok(None) => unreachable!("query_outcome only returns decided outcomes"),
                 Err(e) => {
+                    guest.memory().stop_dirty_log();
                     let (cpu, bytes) = shutdown(senders, false);
                     run.stats.seal_cpu_seconds = cpu.as_secs_f64();
                     run.stats.transferred_bytes = bytes;
@@ -962,8 +1014,13 @@ pub fn migrate_out(
         ));
     }
     run.stats.downtime_seconds = stun.elapsed().as_secs_f64();
+    run.stats.stun.commit_seconds = run.stats.downtime_seconds
+        - run.stats.stun.pause_seconds
+        - run.stats.stun.final_pass_seconds
+        - run.stats.stun.ready_seconds;
     run.stats.stunned_bytes = live.bytes.load(Ordering::Relaxed) - stunned_from;
     guest.release();
+    guest.memory().stop_dirty_log();
     let (cpu, bytes) = shutdown(senders, true);
     if let Some(r) = reader.take() {
         let _ = r.join();

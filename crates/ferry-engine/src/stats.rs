@@ -97,7 +97,28 @@ pub struct MigrationStats {
     pub dirty_log: String,
     /// Digests of guest memory at stun and at resume compared (None: not asked).
     pub memory_identical: Option<bool>,
+    /// Before the stun, guest running: waiting for the destination to
+    /// confirm it has the last pre-copy pass in memory (PASSED).
+    #[serde(default)]
+    pub drain_seconds: f64,
+    /// Where the downtime went.
+    #[serde(default)]
+    pub stun: StunTimes,
     pub pass_history: Vec<PassStats>,
+}
+
+/// The downtime in its steps, on the source's clock; they add up to
+/// `downtime_seconds`.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+pub struct StunTimes {
+    /// Parking the vCPUs and collecting the last dirty set.
+    pub pause_seconds: f64,
+    /// The final pass, the device state and the stun-time memory check.
+    pub final_pass_seconds: f64,
+    /// From PREPARE to READY: the destination checks and loads what it got.
+    pub ready_seconds: f64,
+    /// From READY to RESUMED: the journal, GO, and the resume there.
+    pub commit_seconds: f64,
 }
 
 impl MigrationStats {
@@ -142,6 +163,8 @@ impl MigrationStats {
             seal_cpu_seconds: 0.0,
             dirty_log: String::new(),
             memory_identical: None,
+            drain_seconds: 0.0,
+            stun: StunTimes::default(),
             pass_history: Vec::new(),
         }
     }

@@ -7,6 +7,7 @@
 //!                 then n x u32 entry (page | ZERO << 31) in page order
 //!                 (entries last, so pages are copied once, in place)
 //!   0x02 DONE    u64 pages, u64 batches sent on this stream in all
+//!   0x05 PASS_END u32 pass: this stream's part of the pass is sent
 //! either way, every stream of a device model's migration (see channels)
 //!   0x03 DATA    channel bytes
 //!   0x04 CHANNEL_END the sender's side of the channel closed
@@ -20,6 +21,7 @@
 //!   0x20 READY   verified and loaded
 //!   0x21 FAILED  utf-8 reason
 //!   0x22 RESUMED u64 unix ns of the resume
+//!   0x23 PASSED  u32 pass: every stream's part of the pass is in memory
 //! either way, outcome-query streams
 //!   0x30 QUERY   (source) what happened to this migration?
 //!   0x31 OUTCOME u8 0 = unknown, 1 = resumed, 2 = aborted
@@ -31,6 +33,7 @@ pub const PAGES: u8 = 0x01;
 pub const DONE: u8 = 0x02;
 pub const DATA: u8 = 0x03;
 pub const CHANNEL_END: u8 = 0x04;
+pub const PASS_END: u8 = 0x05;
 pub const STATE: u8 = 0x10;
 pub const DIGEST: u8 = 0x11;
 pub const PREPARE: u8 = 0x12;
@@ -39,6 +42,7 @@ pub const ABORT: u8 = 0x14;
 pub const READY: u8 = 0x20;
 pub const FAILED: u8 = 0x21;
 pub const RESUMED: u8 = 0x22;
+pub const PASSED: u8 = 0x23;
 pub const QUERY: u8 = 0x30;
 pub const OUTCOME: u8 = 0x31;
 
@@ -176,6 +180,18 @@ impl<'a> Batch<'a> {
             }
         })
     }
+}
+
+/// A PASS_END or PASSED message.
+pub fn pass_message(kind: u8, pass: u32) -> [u8; 5] {
+    let mut m = [kind; 5];
+    m[1..].copy_from_slice(&pass.to_be_bytes());
+    m
+}
+
+/// The pass of a PASS_END or PASSED message of type `kind`.
+pub fn parse_pass(kind: u8, m: &[u8]) -> Option<u32> {
+    (m.len() == 5 && m[0] == kind).then(|| u32::from_be_bytes(m[1..5].try_into().expect("4")))
 }
 
 pub fn done(pages: u64, batches: u64) -> [u8; 17] {

@@ -9,6 +9,7 @@ pub mod dataplane_bench;
 pub mod experiment;
 pub mod iperf;
 pub mod machine;
+pub mod migration_bench;
 pub mod qemu;
 pub mod qemu_bench;
 pub mod topology;

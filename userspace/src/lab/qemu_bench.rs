@@ -46,7 +46,7 @@ impl Way {
         Way::FerryEncrypted,
     ];
 
-    fn name(self) -> &'static str {
+    pub(crate) fn name(self) -> &'static str {
         match self {
             Way::QemuPlain => "QEMU, plain TCP",
             Way::QemuTls => "QEMU TLS (AES-256-GCM)",
@@ -79,7 +79,7 @@ pub struct Spread {
 }
 
 impl Spread {
-    fn of(mut v: Vec<f64>) -> Self {
+    pub(crate) fn of(mut v: Vec<f64>) -> Self {
         v.sort_by(f64::total_cmp);
         Self {
             min: v[0],
@@ -108,7 +108,7 @@ pub struct Results {
     pub cases: Vec<Case>,
 }
 
-fn cpu_seconds() -> f64 {
+pub(crate) fn cpu_seconds() -> f64 {
     let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
     // SAFETY: getrusage fills the struct it is given.
     unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) };
@@ -118,7 +118,7 @@ fn cpu_seconds() -> f64 {
     tv(u.ru_utime) + tv(u.ru_stime)
 }
 
-fn test_machine(memory_mib: u64, touched_mib: u32) -> Result<QemuMachine> {
+pub(crate) fn test_machine(memory_mib: u64, touched_mib: u32) -> Result<QemuMachine> {
     let dir = Path::new("target/test-guest");
     let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
     if !kernel.is_file() || !initrd.is_file() {
@@ -345,7 +345,13 @@ fn through_ferry(
     ))
 }
 
-fn one(way: Way, multifd: u16, machine: &QemuMachine, dir: &Path, certs: &Path) -> Result<Run> {
+pub(crate) fn one(
+    way: Way,
+    multifd: u16,
+    machine: &QemuMachine,
+    dir: &Path,
+    certs: &Path,
+) -> Result<Run> {
     let src = Arc::new(QemuGuest::launch(
         "bench",
         machine,
@@ -381,7 +387,7 @@ fn one(way: Way, multifd: u16, machine: &QemuMachine, dir: &Path, certs: &Path) 
 }
 
 /// QEMU's x509 directory: ca-cert.pem, server-cert.pem, server-key.pem.
-fn qemu_certs(dir: &Path) -> Result<PathBuf> {
+pub(crate) fn qemu_certs(dir: &Path) -> Result<PathBuf> {
     let d = dir.join("x509");
     crate::certs::issue_qemu_x509(&d, "qemu-bench")?;
     Ok(d)

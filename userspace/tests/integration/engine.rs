@@ -23,7 +23,7 @@ use ferry::{
     },
 };
 
-use crate::relay::{AfterLimit, HELLO_AND_READY, Relay};
+use crate::relay::{AfterLimit, Relay};
 
 /// Delegates to a synthetic guest and copies its memory when the source has
 /// stunned it, or when the destination is about to resume it.
@@ -31,6 +31,10 @@ struct Snapshot {
     inner: Arc<SyntheticGuest>,
     at_pause: bool,
     snap: Mutex<Option<Vec<u8>>>,
+    /// At pause: the guest's other copy, and how many of its pages differ
+    /// from this one's then.
+    peer: Option<Arc<SyntheticGuest>>,
+    peer_lag: Mutex<Option<usize>>,
 }
 
 impl Snapshot {
@@ -39,6 +43,19 @@ impl Snapshot {
             inner,
             at_pause,
             snap: Mutex::new(None),
+            peer: None,
+            peer_lag: Mutex::new(None),
+        })
+    }
+    /// A source that counts, when it is stunned, the pages `peer` (the
+    /// incoming copy) does not hold yet.
+    fn watching(inner: Arc<SyntheticGuest>, peer: Arc<SyntheticGuest>) -> Arc<Self> {
+        Arc::new(Self {
+            inner,
+            at_pause: true,
+            snap: Mutex::new(None),
+            peer: Some(peer),
+            peer_lag: Mutex::new(None),
         })
     }
     fn copy(&self) {
@@ -72,6 +89,18 @@ impl Guest for Snapshot {
         self.inner.pause()?;
         if self.at_pause {
             self.copy();
+        }
+        if let Some(peer) = &self.peer {
+            let (a, b) = (self.inner.memory(), peer.memory());
+            let (mut x, mut y) = (vec![0u8; PAGE_SIZE], vec![0u8; PAGE_SIZE]);
+            let lag = (0..a.pages())
+                .filter(|&p| {
+                    a.read_page(p, &mut x);
+                    b.read_page(p, &mut y);
+                    x != y
+                })
+                .count();
+            *self.peer_lag.lock().unwrap() = Some(lag);
         }
         Ok(())
     }
@@ -369,6 +398,64 @@ fn plaintext_migration_of_a_fresh_guest_sends_zero_pages_as_markers() {
         stats.transferred_bytes
     );
     assert_eq!(stats.transport, Transport::Plaintext);
+}
+
+#[test]
+fn the_stun_starts_once_the_destination_holds_every_precopied_page() {
+    // A slow link (16 MB/s) whose sockets hold a backlog of pass 0 when the
+    // source has handed it all over. The stun must not begin until that
+    // backlog is in the destination's memory: otherwise the downtime pays
+    // for it, growing with the link's buffers and the guest's size. The
+    // guest is prefilled and idle, so nothing it dirties can explain a
+    // difference.
+    let dest = destination();
+    let relay = Relay::new(dest.listener.local_addr());
+    relay.pace(16 << 20);
+    let memory = 8 << 20;
+    let spec = spec(
+        memory,
+        1,
+        Transport::Aes256Gcm,
+        relay.addr(),
+        Limits::default(),
+    );
+    let dst = SyntheticGuest::incoming("g1", memory).unwrap();
+    let src = Snapshot::watching(kv_guest(memory, 0, 0, true), dst.clone());
+    let dst = Snapshot::new(dst, false);
+    dest.registry.prepare(&spec, dst.clone()).unwrap();
+    let opts = SourceOptions {
+        backend: Backend::AwsLc,
+        ..Default::default()
+    };
+    let stats = migrate_out(src.clone(), &spec, &opts, &mut |_| {}).expect("migrates");
+    let lag = src
+        .peer_lag
+        .lock()
+        .unwrap()
+        .expect("the source was stunned");
+    assert_eq!(
+        lag,
+        0,
+        "at the stun the destination still lacked {lag} pre-copied pages (drain {:.1} ms)",
+        stats.drain_seconds * 1e3
+    );
+    assert_eq!(
+        stats.pass_history.last().unwrap().pages,
+        0,
+        "idle: nothing dirtied"
+    );
+    let stun = &stats.stun;
+    let parts =
+        stun.pause_seconds + stun.final_pass_seconds + stun.ready_seconds + stun.commit_seconds;
+    assert!(
+        (parts - stats.downtime_seconds).abs() < 1e-6,
+        "the stun's steps {stun:?} add up to the downtime {}",
+        stats.downtime_seconds
+    );
+    assert!(matches!(
+        wait_event(&dest),
+        DestinationEvent::Resumed { .. }
+    ));
 }
 
 #[test]
@@ -697,7 +784,7 @@ fn link_cut_between_ready_and_go_resumes_the_guest_on_the_source() {
         Limits::default(),
     );
     // READY reaches the source; GO can never reach the destination.
-    relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::Cut);
+    relay.after_ready(0, AfterLimit::Cut);
     let run = migrate(kv_guest(memory, 5_000, 5_000, true), &dest, &spec, |_| {});
     let failed = run.result.expect_err("GO never arrived");
     // The source asked; the destination had discarded its copy.
@@ -739,7 +826,7 @@ fn resumed_lost_after_go_is_settled_by_asking_the_destination() {
         },
     );
     // GO gets through and the destination resumes, but RESUMED vanishes.
-    relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
+    relay.after_ready(0, AfterLimit::BlackHole);
     let (src, dst) = prepared_pair(&dest, &spec);
     let opts = SourceOptions::default();
     let stats = migrate_out(src.clone(), &spec, &opts, &mut |_| {})
@@ -830,7 +917,7 @@ fn an_outcome_query_answers_resumed_only_once_the_destination_owns_the_guest() {
             ..Limits::default()
         },
     );
-    relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
+    relay.after_ready(0, AfterLimit::BlackHole);
     let (src, dst) = prepared_pair(&dest, &spec);
     let opts = SourceOptions::default();
     let stats = migrate_out(src.clone(), &spec, &opts, &mut |_| {})
@@ -863,7 +950,7 @@ fn whoever_hears_the_destination_discarded_finds_it_gone_there() {
             ..Limits::default()
         },
     );
-    relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::Cut);
+    relay.after_ready(0, AfterLimit::Cut);
     let (src, dst) = prepared_pair(&dest, &spec);
     let opts = SourceOptions::default();
     let failed = migrate_out(src.clone(), &spec, &opts, &mut |_| {}).expect_err("GO never arrived");

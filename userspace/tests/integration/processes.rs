@@ -18,7 +18,7 @@ use ferry::{
     protocol::Limits,
 };
 
-use crate::relay::{AfterLimit, HELLO_AND_READY, Relay};
+use crate::relay::{AfterLimit, Relay};
 
 const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
@@ -437,7 +437,7 @@ fn a_source_killed_after_go_is_recorded_as_the_completed_migration_it_was() {
     // b's migration port is reached through a relay that swallows RESUMED,
     // so the source (alive) would wait for it: the window to kill it in.
     let relay = Relay::new(mb);
-    relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
+    relay.after_ready(0, AfterLimit::BlackHole);
     let guests = "[{ name: g1, memory: 64MiB, vcpus: 1, encryption: required, \
                   workload: { kind: key-value, gets_per_second: 1000, sets_per_second: 1000 } }]";
     let mut a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
@@ -628,7 +628,7 @@ fn a_switch_over_cut_by_a_destination_kill_is_resolved_from_what_the_destination
 
         // READY reaches a, then the link goes silent (GO never arrives)
         // and b dies.
-        relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::Freeze);
+        relay.after_ready(0, AfterLimit::Freeze);
         let moving = migrate("g1");
         let until = Instant::now() + Duration::from_secs(60);
         while !relay.limit_reached() {
@@ -688,7 +688,7 @@ fn a_switch_over_cut_by_a_destination_kill_is_resolved_from_what_the_destination
         // GO reaches b, which resumes g2 and dies before a hears RESUMED.
         // b's journal says resumed: the copy paused on a is stale, and
         // resolve says so instead of resuming it.
-        relay.after_reverse_bytes(0, HELLO_AND_READY, AfterLimit::BlackHole);
+        relay.after_ready(0, AfterLimit::BlackHole);
         let moving = migrate("g2");
         wait_log(&dir.join("b2.log"), "guest resumed here", 60).await;
         kill(&mut b);

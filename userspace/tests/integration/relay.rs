@@ -10,11 +10,11 @@ use std::{
     },
 };
 
-/// What the destination says on stream 0 up to and including READY on an
-/// encrypted migration: its 32-byte server hello, then READY (one byte) as a
-/// record (16-byte header, 16-byte tag). A limit here lets READY through and
-/// stops what follows (RESUMED or FAILED).
-pub const HELLO_AND_READY: u64 = 32 + 16 + 1 + 16;
+/// The destination's server hello on an encrypted migration's stream.
+const SERVER_HELLO: u64 = 32;
+/// The length field of an encrypted READY record: one byte and the tag.
+/// Nothing else the destination says is that short.
+const READY_RECORD_LENGTH: u32 = 1 + 16;
 
 #[derive(Default)]
 struct Ctl {
@@ -24,11 +24,13 @@ struct Ctl {
     /// (migration stream, byte offset in the source-to-destination direction)
     flip: Mutex<Option<(u16, u64)>>,
     flipped: AtomicBool,
-    /// (stream index, bytes, action): after that many destination-to-source
-    /// bytes on the connection carrying that migration stream.
-    reverse_limit: Mutex<Option<(u16, u64, AfterLimit)>>,
+    /// (stream index, action): after the destination's READY on the
+    /// connection carrying that migration stream, this happens.
+    reverse_limit: Mutex<Option<(u16, AfterLimit)>>,
     /// A connection reached the reverse limit.
     reached: AtomicBool,
+    /// Source-to-destination bytes per second per connection (0: unpaced).
+    pace: std::sync::atomic::AtomicU64,
 }
 
 /// What happens to a connection's destination-to-source direction at its limit.
@@ -111,15 +113,24 @@ impl Relay {
         *self.ctl.flip.lock().unwrap() = Some((stream, offset));
     }
 
-    /// Once the destination has sent `bytes` on migration stream `stream`,
-    /// `action` happens to that connection.
-    pub fn after_reverse_bytes(&self, stream: u16, bytes: u64, action: AfterLimit) {
-        *self.ctl.reverse_limit.lock().unwrap() = Some((stream, bytes, action));
+    /// Once the destination has sent READY on migration stream `stream`,
+    /// `action` happens to that connection: what came before READY (PASSED
+    /// confirmations) and READY itself get through, what follows (RESUMED
+    /// or FAILED) meets the action. READY is found by the record headers'
+    /// lengths, which travel in the clear.
+    pub fn after_ready(&self, stream: u16, action: AfterLimit) {
+        *self.ctl.reverse_limit.lock().unwrap() = Some((stream, action));
     }
 
-    /// Whether a connection has reached the limit of [`Relay::after_reverse_bytes`].
+    /// Whether a connection has reached the limit of [`Relay::after_ready`].
     pub fn limit_reached(&self) -> bool {
         self.ctl.reached.load(Ordering::SeqCst)
+    }
+
+    /// Carries at most `bytes_per_second` from source to destination on
+    /// each connection: a slow link, whose sockets hold a backlog.
+    pub fn pace(&self, bytes_per_second: u64) {
+        self.ctl.pace.store(bytes_per_second, Ordering::SeqCst);
     }
 
     pub fn flipped(&self) -> bool {
@@ -139,11 +150,31 @@ fn pump(mut from: TcpStream, mut to: TcpStream, ctl: Arc<Ctl>, state: Arc<Conn>,
     let mut buf = vec![0u8; 64 * 1024];
     let mut offset = 0u64;
     let mut head = Vec::new();
+    let start = std::time::Instant::now();
+    // Destination to source: where the next record header starts, its
+    // bytes so far, and where READY ends once seen.
+    let (mut record_at, mut header, mut ready_end) = (SERVER_HELLO, Vec::new(), None::<u64>);
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
             Ok(n) => n,
         };
+        if reverse && ready_end.is_none() {
+            for (i, &b) in buf[..n].iter().enumerate() {
+                if offset + (i as u64) < record_at {
+                    continue;
+                }
+                header.push(b);
+                if header.len() == 16 {
+                    let len = u32::from_be_bytes(header[4..8].try_into().unwrap());
+                    if len == READY_RECORD_LENGTH && ready_end.is_none() {
+                        ready_end = Some(record_at + 16 + u64::from(len));
+                    }
+                    record_at += 16 + u64::from(len);
+                    header.clear();
+                }
+            }
+        }
         if !reverse && head.len() < 12 {
             head.extend_from_slice(&buf[..n.min(12 - head.len())]);
             if head.len() == 12 && &head[..8] == b"FERRYMIG" {
@@ -155,8 +186,9 @@ fn pump(mut from: TcpStream, mut to: TcpStream, ctl: Arc<Ctl>, state: Arc<Conn>,
             continue;
         }
         if reverse
-            && let Some((stream, limit, action)) = *ctl.reverse_limit.lock().unwrap()
+            && let Some((stream, action)) = *ctl.reverse_limit.lock().unwrap()
             && *state.stream.lock().unwrap() == Some(stream)
+            && let Some(limit) = ready_end
             && offset + n as u64 >= limit
         {
             if offset >= limit {
@@ -190,6 +222,13 @@ fn pump(mut from: TcpStream, mut to: TcpStream, ctl: Arc<Ctl>, state: Arc<Conn>,
             buf[(at - offset) as usize] ^= 0x01;
         }
         offset += n as u64;
+        let pace = ctl.pace.load(Ordering::Relaxed);
+        if !reverse && pace > 0 {
+            let due = std::time::Duration::from_secs_f64(offset as f64 / pace as f64);
+            if let Some(wait) = due.checked_sub(start.elapsed()) {
+                std::thread::sleep(wait);
+            }
+        }
         if to.write_all(&buf[..n]).is_err() {
             // `to` is gone, but what it sent before it went may still be on
             // its way back through the other pump: a TCP peer still gets

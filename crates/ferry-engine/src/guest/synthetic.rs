@@ -278,6 +278,16 @@ impl Pacer {
     }
 }
 
+/// Sleeps up to `d`, or less if a pause or stop comes: a vCPU leaves what
+/// it is doing at once when the guest is stunned, as a real one is kicked
+/// out of the guest, instead of adding its nap to the downtime.
+fn nap(ctrl: &Control, d: Duration) {
+    let parked = ctrl.parked.lock().expect("parked");
+    if !ctrl.pause.load(Ordering::Acquire) && !ctrl.stop.load(Ordering::Relaxed) {
+        let _ = ctrl.cv.wait_timeout(parked, d).expect("parked");
+    }
+}
+
 fn vcpu_loop(
     index: usize,
     vcpus: usize,
@@ -317,7 +327,7 @@ fn vcpu_loop(
         let p = u32::from(ctrl.throttle.load(Ordering::Relaxed));
         if p > 0 && now - period >= THROTTLE_PERIOD * (100 - p) / 100 {
             // Stunned for p% of the period: not guest time either.
-            std::thread::sleep(THROTTLE_PERIOD * p / 100);
+            nap(ctrl, THROTTLE_PERIOD * p / 100);
             last = Instant::now();
             period = last;
             continue;
@@ -326,12 +336,12 @@ fn vcpu_loop(
             period = now;
         }
         if rate == 0.0 {
-            std::thread::sleep(Duration::from_millis(5));
+            nap(ctrl, Duration::from_millis(5));
             continue;
         }
         let due = pacer.advance(ran);
         if due == 0 {
-            std::thread::sleep(pacer.until_next());
+            nap(ctrl, pacer.until_next());
             continue;
         }
         let due = due.min(512);
@@ -402,6 +412,8 @@ impl Guest for SyntheticGuest {
         self.ctrl.pause.store(true, Ordering::Release);
         let n = self.runtime.lock().expect("runtime").vcpus.len();
         let mut parked = self.ctrl.parked.lock().expect("parked");
+        // Wakes napping vCPUs (they nap under this lock: none misses it).
+        self.ctrl.cv.notify_all();
         let deadline = Instant::now() + Duration::from_secs(5);
         // vCPUs check for a pause at least every millisecond or throttle period.
         while parked.iter().filter(|s| s.is_some()).count() < n {
