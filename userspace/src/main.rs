@@ -100,9 +100,11 @@ enum Command {
         /// Switch over once the predicted stun fits this, e.g. 300ms.
         #[arg(long, value_parser = parse_duration)]
         downtime_limit: Option<Duration>,
-        /// Compare memory digests at stun and resume.
-        #[arg(long)]
-        verify_memory: bool,
+        /// How the destination's memory is checked against the source's:
+        /// off, pages (the default: page digests kept as pages move,
+        /// compared at stun) or full (all of memory hashed in the stun).
+        #[arg(long, value_parser = |s: &str| ferry::protocol::MemoryCheck::parse(s))]
+        verify_memory: Option<ferry::protocol::MemoryCheck>,
         /// How long each side waits for the other's word at the switch-over
         /// (bounds the stun when one is lost), e.g. 10s. Default 30s.
         #[arg(long, value_parser = parse_duration)]
@@ -450,10 +452,11 @@ fn run(cli: Cli) -> Result<()> {
             conn,
         } => {
             let (client, coord) = conn.open()?;
-            let given = downtime_limit.is_some() || verify_memory || switchover_timeout.is_some();
+            let given =
+                downtime_limit.is_some() || verify_memory.is_some() || switchover_timeout.is_some();
             let limits = given.then(|| Limits {
                 downtime_limit: downtime_limit.unwrap_or(Limits::default().downtime_limit),
-                verify_memory,
+                verify_memory: verify_memory.unwrap_or_default(),
                 switchover_timeout: switchover_timeout
                     .unwrap_or(Limits::default().switchover_timeout),
                 ..Limits::default()

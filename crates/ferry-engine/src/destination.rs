@@ -39,11 +39,12 @@ use crate::{
         relay::{self, RelayError, SharedWriter},
         source::PrivateDir,
     },
-    guest::{Guest, Hosted},
+    guest::{Guest, Hosted, PageDigests},
     journal::{Entry, Journal},
 };
 use ferry_protocol::{
-    Backend, KeySchedule, MigrationId, MigrationSpec, ProtocolMetrics, Side, Transport,
+    Backend, KeySchedule, MemoryCheck, MigrationId, MigrationSpec, ProtocolMetrics, Side,
+    Transport,
     handshake::{Accepted, Expectation, FLAG_OUTCOME_QUERY, StreamRegistry, server_handshake},
     record::{Record, RecordReader, RecordWriter},
     stream_crypto,
@@ -111,7 +112,9 @@ struct Incoming {
     schedule: Option<Arc<KeySchedule>>,
     streams: u16,
     max_record: usize,
-    verify: bool,
+    verify: MemoryCheck,
+    /// What each page received holds (memory check `pages`).
+    digests: Option<PageDigests>,
     claimed: Mutex<HashSet<u16>>,
     events: Mutex<mpsc::Sender<Event>>,
     /// Set once, by the one decision to resume or discard.
@@ -257,6 +260,12 @@ impl IncomingRegistry {
             return Err(format!("migration {} is already known here", spec.id));
         }
         let (tx, rx) = mpsc::channel();
+        let digests = match &guest {
+            Hosted::Pages(g) if spec.limits.verify_memory == MemoryCheck::Pages => {
+                Some(PageDigests::new(g.memory().pages()))
+            }
+            _ => None,
+        };
         let inc = Arc::new(Incoming {
             id: spec.id,
             guest,
@@ -271,6 +280,7 @@ impl IncomingRegistry {
             streams: spec.streams,
             max_record: spec.limits.max_record as usize,
             verify: spec.limits.verify_memory,
+            digests,
             claimed: Mutex::new(HashSet::new()),
             events: Mutex::new(tx),
             decided: AtomicBool::new(false),
@@ -647,6 +657,9 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
                                 zero += 1;
                             }
                         }
+                        if let Some(digests) = &inc.digests {
+                            digests.record(p, data.unwrap_or_default(), data.is_none());
+                        }
                         pages += 1;
                     }
                     batches += 1;
@@ -968,22 +981,28 @@ fn controller(
             let Some(ds) = state.complete() else {
                 return abort(&mut writer, "PREPARE before the whole device state".into());
             };
-            if inc.verify {
+            if inc.verify != MemoryCheck::Off {
                 let Some(want) = digest else {
                     return abort(
                         &mut writer,
                         "memory verification was asked for but no digest arrived".into(),
                     );
                 };
-                // SAFETY: every stream has delivered DONE after its last page
-                // and the guest has not started: nothing writes its memory.
-                let got = unsafe { guest.memory().digest_quiescent(2) };
+                let got = match &inc.digests {
+                    // Every stream has delivered DONE after its last page.
+                    Some(d) => d.summary(),
+                    // SAFETY: as above, and the guest has not started:
+                    // nothing writes its memory.
+                    None => unsafe { guest.memory().digest_quiescent(2) },
+                };
                 stats.memory_identical = Some(got == want);
                 if got != want {
-                    return abort(
-                        &mut writer,
-                        "guest memory differs from the source's at stun (digest mismatch)".into(),
-                    );
+                    let what = if inc.digests.is_some() {
+                        "the pages received differ from the pages sent (page digest mismatch)"
+                    } else {
+                        "guest memory differs from the source's at stun (digest mismatch)"
+                    };
+                    return abort(&mut writer, what.into());
                 }
             }
             if let Err(e) = guest.restore_state(ds) {

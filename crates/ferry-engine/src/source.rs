@@ -33,9 +33,9 @@ use super::{
     stats::{MigrationResult, MigrationStats, PassStats, Phase, Progress},
     wire,
 };
-use crate::guest::{DirtyBitmap, Guest, PAGE_SIZE};
+use crate::guest::{DirtyBitmap, Guest, PAGE_SIZE, PageDigests};
 use ferry_protocol::{
-    Backend, KeySchedule, MigrationSpec, ProtocolError, ProtocolMetrics, Side,
+    Backend, KeySchedule, MemoryCheck, MigrationSpec, ProtocolError, ProtocolMetrics, Side,
     handshake::{FLAG_OUTCOME_QUERY, client_handshake},
     record::{Crypto, Record, RecordReader, RecordWriter},
     stream_crypto,
@@ -98,6 +98,8 @@ struct Live {
     /// Passes the destination has written to memory on every stream
     /// (PASSED), counted from 1.
     passed: AtomicU32,
+    /// What each page held when it was last sent (memory check `pages`).
+    digests: Option<PageDigests>,
 }
 
 struct SenderEnd {
@@ -166,7 +168,14 @@ fn sender_loop(
                                 continue;
                             }
                             let p = pending.next().expect("peeked");
-                            if b.push(p as u32, |buf| mem.read_page(p, buf)) {
+                            let fill = |buf: &mut [u8]| {
+                                let zero = mem.read_page(p, buf);
+                                if let Some(d) = &live.digests {
+                                    d.record(p, buf, zero);
+                                }
+                                zero
+                            };
+                            if b.push(p as u32, fill) {
                                 zero += 1;
                             }
                             sent += 1;
@@ -535,7 +544,11 @@ pub fn migrate_out(
         Ok(c) => c,
         Err(e) => return Err(run.fail(e)),
     };
-    let live = Arc::new(Live::default());
+    let live = Arc::new(Live {
+        digests: (spec.limits.verify_memory == MemoryCheck::Pages)
+            .then(|| PageDigests::new(guest.memory().pages())),
+        ..Live::default()
+    });
     let (rep_tx, rep_rx) = mpsc::channel();
     let (in_tx, in_rx) = mpsc::channel();
     let mut senders = Vec::new();
@@ -917,10 +930,15 @@ pub fn migrate_out(
     for chunk in wire::state_chunks(&state, max_record) {
         let _ = senders[0].tx.send(Cmd::Message(chunk));
     }
-    if spec.limits.verify_memory {
+    let digest = match spec.limits.verify_memory {
+        MemoryCheck::Off => None,
+        // The senders have recorded every page of the final pass.
+        MemoryCheck::Pages => live.digests.as_ref().map(PageDigests::summary),
         // SAFETY: the guest is paused and the final pass is sent: nothing
         // writes its memory until it resumes here or is released.
-        let d = unsafe { guest.memory().digest_quiescent(2) };
+        MemoryCheck::Full => Some(unsafe { guest.memory().digest_quiescent(2) }),
+    };
+    if let Some(d) = digest {
         let _ = senders[0].tx.send(Cmd::Message(
             [&[wire::DIGEST][..], &d.to_be_bytes()].concat(),
         ));
@@ -1030,10 +1048,29 @@ pub fn migrate_out(
     run.stats.remaining_bytes = 0;
     run.stats.result = MigrationResult::Completed;
     run.stats.total_seconds = start.elapsed().as_secs_f64();
-    if spec.limits.verify_memory {
-        // The destination refuses to become READY on a digest mismatch.
-        run.stats.memory_identical = Some(true);
-    }
+    // The destination refuses to become READY on a digest mismatch.
+    run.stats.memory_identical = match (spec.limits.verify_memory, &live.digests) {
+        (MemoryCheck::Off, _) => None,
+        // What was sent arrived. Whether the dirty log missed a write shows
+        // only against this (released, so frozen) memory: checked here,
+        // after the stun.
+        (MemoryCheck::Pages, Some(d)) => {
+            let differ = guest.memory().pages_not_matching(d);
+            if !differ.is_empty() {
+                let why = format!(
+                    "{} page(s) of the source's memory (the first: {}) differ from what was sent: the dirty log missed writes, and the guest on {} may be corrupt",
+                    differ.len(),
+                    differ[0],
+                    spec.destination.host
+                );
+                tracing::error!(migration = %spec.id, pages = differ.len(), "migration: {why}");
+                run.stats.note = Some(why);
+            }
+            Some(differ.is_empty())
+        }
+        (MemoryCheck::Pages, None) => None,
+        (MemoryCheck::Full, _) => Some(true),
+    };
     tracing::info!(migration = %spec.id, total_s = run.stats.total_seconds, downtime_ms = run.stats.downtime_seconds * 1e3,
                 setup_s = run.stats.setup_seconds, bytes = run.stats.transferred_bytes, zero_pages = run.stats.zero_pages,
         passes = run.stats.passes, seal_cpu_s = run.stats.seal_cpu_seconds, "migration: completed");

@@ -23,7 +23,7 @@ pub use aead::Backend;
 pub use error::ProtocolError;
 pub use keys::{Direction, KeySchedule, MigrationKey};
 pub use metrics::ProtocolMetrics;
-pub use spec::{EncryptionMode, Limits, MigrationId, MigrationSpec, Transport};
+pub use spec::{EncryptionMode, Limits, MemoryCheck, MigrationId, MigrationSpec, Transport};
 
 use record::Crypto;
 

@@ -95,10 +95,7 @@ fn default_streams() -> u16 {
 }
 
 fn default_limits() -> Limits {
-    Limits {
-        verify_memory: true,
-        ..Limits::default()
-    }
+    Limits::default()
 }
 
 fn default_watch() -> Duration {

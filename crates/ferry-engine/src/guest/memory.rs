@@ -110,6 +110,42 @@ impl DirtyBitmap {
     }
 }
 
+/// One 64-bit digest (xxh3) per page, kept as pages are sent or received,
+/// so that checking a migration's memory at the stun costs 8 bytes per
+/// page instead of reading all of it.
+pub struct PageDigests(Vec<AtomicU64>);
+
+impl PageDigests {
+    pub fn new(pages: usize) -> Self {
+        Self((0..pages).map(|_| AtomicU64::new(0)).collect())
+    }
+
+    fn of(data: &[u8], zero: bool) -> u64 {
+        static ZERO: std::sync::LazyLock<u64> =
+            std::sync::LazyLock::new(|| xxhash_rust::xxh3::xxh3_64(&[0u8; PAGE_SIZE]));
+        if zero {
+            *ZERO
+        } else {
+            xxhash_rust::xxh3::xxh3_64(&data[..PAGE_SIZE])
+        }
+    }
+
+    /// Page `page` now holds `data` (all zeros when `zero`: `data` is then
+    /// not read).
+    pub fn record(&self, page: usize, data: &[u8], zero: bool) {
+        self.0[page].store(Self::of(data, zero), Ordering::Relaxed);
+    }
+
+    /// A digest of every page's digest, in page order.
+    pub fn summary(&self) -> u128 {
+        let mut h = xxhash_rust::xxh3::Xxh3::new();
+        for d in &self.0 {
+            h.update(&d.load(Ordering::Relaxed).to_le_bytes());
+        }
+        h.digest128()
+    }
+}
+
 /// Which mechanism tracks writes.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -482,6 +518,18 @@ impl GuestMemory {
         self.soft_on.store(false, Ordering::SeqCst);
         // Dropping the userfaultfd unregisters the range and lifts the protection.
         *self.log.lock().expect("dirty log lock") = Log::Off;
+    }
+
+    /// The pages whose contents are not what `digests` recorded, in order.
+    /// Reads through atomic loads; meaningful while nothing writes.
+    pub fn pages_not_matching(&self, digests: &PageDigests) -> Vec<usize> {
+        let mut buf = [0u8; PAGE_SIZE];
+        (0..self.pages())
+            .filter(|&p| {
+                let zero = self.read_page(p, &mut buf);
+                PageDigests::of(&buf, zero) != digests.0[p].load(Ordering::Relaxed)
+            })
+            .collect()
     }
 
     /// A digest of every page: xxh3-128 of each 16 MiB chunk, then of the

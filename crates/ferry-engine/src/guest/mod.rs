@@ -12,7 +12,7 @@ use std::{fmt, sync::Arc};
 
 use serde::{Deserialize, Serialize};
 
-pub use memory::{DirtyBitmap, DirtyLogKind, GuestMemory, PAGE_SIZE};
+pub use memory::{DirtyBitmap, DirtyLogKind, GuestMemory, PAGE_SIZE, PageDigests};
 pub use synthetic::{SyntheticConfig, SyntheticGuest};
 pub use workload::WorkloadSpec;
 
