@@ -13,7 +13,8 @@
 //!   0x04 CHANNEL_END the sender's side of the channel closed
 //! source -> destination, stream 0
 //!   0x10 STATE   u32 offset, u32 total, bytes: a chunk of the device state
-//!   0x11 DIGEST  16 bytes: xxh3-128 digest of guest memory at stun
+//!   0x11 DIGEST  16 bytes: xxh3-128 of the page digests as sent (check
+//!                 `pages`), or of all guest memory at stun (`full`)
 //!   0x12 PREPARE everything is sent: verify and load, do not resume
 //!   0x13 GO      the source will never run the guest again: resume it
 //!   0x14 ABORT   utf-8 reason: discard the guest

@@ -138,9 +138,15 @@ impl PageDigests {
 
     /// A digest of every page's digest, in page order.
     pub fn summary(&self) -> u128 {
+        // In blocks: one hasher update per 8-byte digest cost some 5 ms
+        // of stun per million pages.
         let mut h = xxhash_rust::xxh3::Xxh3::new();
-        for d in &self.0 {
-            h.update(&d.load(Ordering::Relaxed).to_le_bytes());
+        let mut block = [0u8; 8 * 1024];
+        for chunk in self.0.chunks(block.len() / 8) {
+            for (b, d) in block.chunks_exact_mut(8).zip(chunk) {
+                b.copy_from_slice(&d.load(Ordering::Relaxed).to_le_bytes());
+            }
+            h.update(&block[..chunk.len() * 8]);
         }
         h.digest128()
     }
