@@ -278,11 +278,39 @@ fn wait(fd: &impl AsFd, read: bool, timeout_ns: u64) {
     unsafe { libc::ppoll(&mut pfd, 1, &ts, std::ptr::null()) };
 }
 
+/// Real-time priority for the line's thread, below the kernel's interrupt
+/// threads (50): on a busy router a normal thread wakes milliseconds late,
+/// and every frame it holds would carry that on top of its delay, where
+/// netem, running in softirq, would not.
+const REALTIME_PRIORITY: libc::c_int = 20;
+
+fn realtime(tap: &str) {
+    let param = libc::sched_param {
+        sched_priority: REALTIME_PRIORITY,
+    };
+    // SAFETY: a valid sched_param, for this thread only (0).
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_FIFO, &param) } == 0 {
+        tracing::debug!(
+            tap,
+            priority = REALTIME_PRIORITY,
+            "delay line runs SCHED_FIFO"
+        );
+    } else {
+        tracing::warn!(
+            tap,
+            error = %io::Error::last_os_error(),
+            "the delay line runs at normal priority (SCHED_FIFO needs CAP_SYS_NICE): \
+             when the machine is busy its frames may leave late by the scheduler's latency"
+        );
+    }
+}
+
 fn run(tap: &Tap, sock: &PacketSocket, mut model: Model, shared: &Shared) {
     // Wake-ups on time: the default 50 µs of timer slack is the error we
     // would otherwise add to every frame's delay.
     // SAFETY: plain prctl on this thread.
     unsafe { libc::prctl(libc::PR_SET_TIMERSLACK, 1u64, 0u64, 0u64, 0u64) };
+    realtime(tap.name());
     let c = &shared.counters;
     let mut q = Queue::default();
     let mut pool: Vec<Vec<u8>> = Vec::new();
