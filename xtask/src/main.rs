@@ -55,7 +55,7 @@ fn timed(name: &str, f: impl FnOnce() -> Result) -> Result {
 }
 
 /// Host-side packages: the eBPF crate builds only for the BPF target (through
-/// userspace/build.rs), so it is left out of host builds, tests and lints.
+/// crates/ferry-dataplane/build.rs), so it is left out of host builds, tests and lints.
 const HOST: [&str; 3] = ["--workspace", "--exclude", "ferry-ebpf"];
 
 fn test(args: &[String]) -> Result {

@@ -12,7 +12,7 @@ pub use packet_socket::PacketSocket;
 
 /// The result of a non-blocking read(2)/recv(2): the length read, `None`
 /// when nothing was waiting, or the error.
-pub(crate) fn nonblocking_len(n: isize) -> std::io::Result<Option<usize>> {
+pub fn nonblocking_len(n: isize) -> std::io::Result<Option<usize>> {
     if n < 0 {
         let e = std::io::Error::last_os_error();
         if e.kind() == std::io::ErrorKind::WouldBlock {

@@ -30,10 +30,20 @@ pub use counters::{VlanCount, summarize};
 use crate::netns::Netns;
 
 /// The eBPF object built from `ebpf/ferry-ebpf` by build.rs.
+#[cfg(feature = "ebpf")]
 pub static OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/ferry-ebpf"));
+/// Built without the `ebpf` feature (the control plane's own tests, which
+/// need no nightly toolchain): loading says so.
+#[cfg(not(feature = "ebpf"))]
+pub static OBJECT: &[u8] = &[];
 
 #[derive(Debug, thiserror::Error)]
 pub enum DataplaneError {
+    #[error(
+        "this build has no eBPF programs (ferry-dataplane built without its `ebpf` feature): \
+         build the `ferry` binary, which enables it (needs `cargo xtask setup`)"
+    )]
+    NotBuilt,
     #[error("loading ferry's eBPF object: {0}")]
     Load(#[source] Box<aya::EbpfError>),
     #[error("eBPF program {name}: {source}")]
@@ -130,6 +140,9 @@ impl Dataplane {
         };
         for (name, path) in &paths {
             loader.map_pin_path(name, path.as_path());
+        }
+        if OBJECT.is_empty() {
+            return Err(DataplaneError::NotBuilt);
         }
         let ebpf = loader
             .load(OBJECT)
