@@ -1,4 +1,5 @@
-//! Which configuration file is which kind, told by its file name: what
+//! Which configuration file is which kind, told by its content (its
+//! top-level keys against each kind's fields, which serde gives): what
 //! `ferry config check` and the config tests use. It knows every role's
 //! config type, so it sits above them all; the config module itself (loading,
 //! errors, units) knows none of them.
@@ -14,8 +15,8 @@ use crate::{
     router::RouterConfig,
 };
 
-/// The kinds of config file ferry reads, told apart by file name prefix.
-/// Used by `ferry config check` and the config tests.
+/// The kinds of config file ferry reads. Used by `ferry config check` and
+/// the config tests.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Kind {
     Demo,
@@ -47,7 +48,7 @@ impl Kind {
         }
     }
 
-    /// The kind of `path`, from its file name.
+    /// The kind of `path`, from its file name alone.
     pub fn of_path(path: &Path) -> Result<Kind, ConfigError> {
         let origin = path.display().to_string();
         let name = path
@@ -74,6 +75,115 @@ impl Kind {
                     message: format!("file names must match one of {}", names.join(", ")),
                 }
             })
+    }
+
+    /// The top-level keys a file of this kind may have, from its type.
+    pub fn fields(self) -> &'static [&'static str] {
+        match self {
+            Kind::Demo => fields::<DemoConfig>(),
+            Kind::Coordinator => fields::<CoordinatorConfig>(),
+            Kind::Host => fields::<HostConfig>(),
+            Kind::LabCounters => fields::<CountersConfig>(),
+            Kind::Experiment => fields::<ExperimentConfig>(),
+            Kind::Router => fields::<RouterConfig>(),
+        }
+    }
+
+    /// The kind of the file at `path`, from what it holds: the kinds that
+    /// know every one of its top-level keys, the one sharing most of them
+    /// first; a tie (or a file with no keys) goes to the kind its name
+    /// starts with. A file no kind knows whole is taken as the kind that
+    /// knows most of its keys, so that loading it names the strange one.
+    pub fn of_file(path: &Path) -> Result<Kind, ConfigError> {
+        let origin = path.display().to_string();
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
+            origin: origin.clone(),
+            source,
+        })?;
+        let by_name = Self::of_path(path).ok();
+        let keys = match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+            Ok(serde_yaml::Value::Mapping(m)) => m
+                .keys()
+                .map(|k| {
+                    k.as_str()
+                        .map(str::to_string)
+                        .unwrap_or_else(|| format!("{k:?}"))
+                })
+                .collect(),
+            Ok(serde_yaml::Value::Null) => Vec::new(),
+            // Loading as the kind its name says reports where it breaks.
+            _ if by_name.is_some() => return Ok(by_name.expect("checked")),
+            Ok(_) => {
+                return Err(ConfigError::UnknownKind {
+                    origin,
+                    message: "it is not a mapping of keys, as every ferry configuration is".into(),
+                });
+            }
+            Err(e) => {
+                return Err(ConfigError::UnknownKind {
+                    origin,
+                    message: format!("it is not YAML ({e})"),
+                });
+            }
+        };
+        let known = |k: Kind| {
+            keys.iter()
+                .filter(|key| k.fields().contains(&key.as_str()))
+                .count()
+        };
+        let whole: Vec<Kind> = Self::ALL
+            .iter()
+            .copied()
+            .filter(|k| known(*k) == keys.len())
+            .collect();
+        let best = |among: &[Kind]| -> Vec<Kind> {
+            let top = among.iter().map(|k| known(*k)).max().unwrap_or(0);
+            among.iter().copied().filter(|k| known(*k) == top).collect()
+        };
+        let candidates = if whole.is_empty() {
+            best(Self::ALL)
+        } else {
+            best(&whole)
+        };
+        if (keys.is_empty() || candidates.len() > 1)
+            && let Some(k) = by_name.filter(|k| candidates.contains(k))
+        {
+            return Ok(k);
+        }
+        match candidates.as_slice() {
+            [k] if known(*k) > 0 => Ok(*k),
+            _ if keys.is_empty() => Err(ConfigError::UnknownKind {
+                origin,
+                message: "the file is empty: name it after its kind (one of \
+                          demo, coordinator, host, counters, experiment, router)*.yaml"
+                    .into(),
+            }),
+            _ if candidates.iter().all(|k| known(*k) == 0) => Err(ConfigError::UnknownKind {
+                origin,
+                message: format!(
+                    "its keys ({}) are those of no ferry configuration (demo, coordinator, \
+                     host, counters, experiment, router)",
+                    keys.join(", ")
+                ),
+            }),
+            _ => Err(ConfigError::UnknownKind {
+                origin,
+                message: format!(
+                    "its keys ({}) fit a {} file alike: name it after its kind ({}*.yaml)",
+                    keys.join(", "),
+                    candidates
+                        .iter()
+                        .map(|k| k.prefix())
+                        .collect::<Vec<_>>()
+                        .join(" or a "),
+                    candidates
+                        .iter()
+                        .map(|k| k.prefix())
+                        .collect::<Vec<_>>()
+                        .join("*.yaml or ")
+                ),
+            }),
+        }
     }
 
     /// Loads and validates `path` as this kind, discarding the result.
@@ -114,9 +224,77 @@ pub fn check_files(kind: Kind, path: &Path) -> Result<(), String> {
     })
 }
 
-/// Validates `path` as whatever kind its name says it is.
+/// Validates `path` as whatever kind its content says it is.
 pub fn check(path: &Path) -> Result<Kind, ConfigError> {
-    let kind = Kind::of_path(path)?;
+    let kind = Kind::of_file(path)?;
     kind.check(path)?;
     Ok(kind)
+}
+
+/// The fields of a struct that derives `Deserialize`, which serde hands
+/// the deserializer: this one asks for them and stops.
+fn fields<'de, T: serde::Deserialize<'de>>() -> &'static [&'static str] {
+    match T::deserialize(Introspect) {
+        Err(Stop(Some(f))) => f,
+        _ => &[],
+    }
+}
+
+#[derive(Debug)]
+struct Stop(Option<&'static [&'static str]>);
+
+impl std::fmt::Display for Stop {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("introspection only")
+    }
+}
+
+impl std::error::Error for Stop {}
+
+impl serde::de::Error for Stop {
+    fn custom<T: std::fmt::Display>(_: T) -> Self {
+        Stop(None)
+    }
+}
+
+struct Introspect;
+
+impl<'de> serde::Deserializer<'de> for Introspect {
+    type Error = Stop;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, _: V) -> Result<V::Value, Stop> {
+        Err(Stop(None))
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _: &'static str,
+        fields: &'static [&'static str],
+        _: V,
+    ) -> Result<V::Value, Stop> {
+        Err(Stop(Some(fields)))
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf option unit unit_struct newtype_struct seq tuple
+        tuple_struct map enum identifier ignored_any
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Kind;
+
+    #[test]
+    fn every_kind_knows_its_fields() {
+        for k in Kind::ALL {
+            assert!(
+                !k.fields().is_empty(),
+                "{k:?}: serde gave no fields (its config type no longer derives a plain struct?)"
+            );
+        }
+        assert!(Kind::Host.fields().contains(&"migration"));
+        assert!(Kind::Router.fields().contains(&"interfaces"));
+    }
 }

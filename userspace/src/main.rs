@@ -95,7 +95,9 @@ enum Command {
         from: Option<String>,
         #[arg(long, value_parser = mode_parser())]
         mode: Option<EncryptionMode>,
-        #[arg(long)]
+        /// Parallel migration streams, 1-64; 0 (or unset): the coordinator's
+        /// default, which in turn may be automatic (one per core, at most 8).
+        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=64))]
         streams: Option<u16>,
         /// Switch over once the predicted stun fits this, e.g. 300ms.
         #[arg(long, value_parser = parse_duration)]

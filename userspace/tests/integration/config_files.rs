@@ -53,7 +53,7 @@ fn every_kind_has_an_example() {
         assert!(
             files
                 .iter()
-                .any(|f| config_check::Kind::of_path(f).ok() == Some(*kind)),
+                .any(|f| config_check::Kind::of_file(f).ok() == Some(*kind)),
             "no example of {kind:?} in config/"
         );
     }
@@ -224,8 +224,64 @@ fn unreadable_and_unknown_files_are_clear() {
         err.starts_with("/nonexistent/demo.yaml: cannot read"),
         "{err}"
     );
-    let err = config_check::check(Path::new("/tmp/whatever.yaml"))
-        .unwrap_err()
-        .to_string();
-    assert!(err.contains("file names must match"), "{err}");
+    let dir = std::env::temp_dir().join(format!("ferry-kind-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let f = dir.join("whatever.yaml");
+    std::fs::write(&f, "colour: blue\nsize: 3\n").unwrap();
+    let err = config_check::check(&f).unwrap_err().to_string();
+    assert!(
+        err.contains("cannot tell what kind of config this is: its keys (colour, size) are those of no ferry configuration"),
+        "{err}"
+    );
+    std::fs::write(&f, "").unwrap();
+    let err = config_check::check(&f).unwrap_err().to_string();
+    assert!(
+        err.contains("the file is empty: name it after its kind"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}
+
+/// `ferry config check` goes by what a file holds, not by its name: every
+/// example under another name is still recognised, a router file named
+/// like a host is still a router, and a host file with one misspelt key is
+/// checked as a host, so the error names that key and its line.
+#[test]
+fn a_file_is_known_by_its_content_whatever_its_name() {
+    let dir = std::env::temp_dir().join(format!("ferry-content-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let mut files = Vec::new();
+    yaml_files(&config_dir(), &mut files);
+    for (i, f) in files.iter().enumerate() {
+        let by_name = config_check::Kind::of_path(f).unwrap();
+        let renamed = dir.join(format!("site-{i}.yaml"));
+        std::fs::copy(f, &renamed).unwrap();
+        // Relative paths inside (certificates) stay resolvable.
+        let kind = config_check::Kind::of_file(&renamed)
+            .unwrap_or_else(|e| panic!("{} renamed: {e}", f.display()));
+        assert_eq!(
+            kind,
+            by_name,
+            "{} renamed to {}",
+            f.display(),
+            renamed.display()
+        );
+    }
+    let router = dir.join("host-router.yaml");
+    std::fs::copy(config_dir().join("router.yaml"), &router).unwrap();
+    assert_eq!(
+        config_check::Kind::of_file(&router).unwrap(),
+        config_check::Kind::Router
+    );
+    let text = std::fs::read_to_string(config_dir().join("host-b.yaml"))
+        .unwrap()
+        .replace("memory_capacity:", "memory_capacty:");
+    let host = dir.join("edge-7.yaml");
+    std::fs::write(&host, text).unwrap();
+    let err = config_check::check(&host).unwrap_err().to_string();
+    assert!(
+        err.contains("edge-7.yaml:") && err.contains("memory_capacty"),
+        "expected the host file's misspelt key named with its place, got: {err}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
 }

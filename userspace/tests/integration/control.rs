@@ -116,6 +116,43 @@ async fn status(c: &Cluster, coord: &str) -> Vec<ferry::control::wire::Migration
     }
 }
 
+/// `--streams 0` asks for the coordinator's default, as `defaults.streams:
+/// 0` does in its YAML; before, it reached the spec and was refused.
+#[test]
+fn zero_streams_from_a_client_means_the_coordinators_default() {
+    rt().block_on(async {
+        let mut spec = two_hosts(true, 256 << 20, EncryptionMode::Opportunistic);
+        spec.defaults.streams = 3;
+        let c = Cluster::start(spec, None).await.unwrap();
+        let opts = MigrateOptions {
+            streams: Some(0),
+            ..Default::default()
+        };
+        let stats = request_migration(
+            &c.client,
+            &c.coordinator("c1"),
+            "g1",
+            None,
+            "host-b",
+            opts,
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            stats.result,
+            MigrationResult::Completed,
+            "{:?}",
+            stats.error
+        );
+        assert_eq!(
+            stats.streams, 3,
+            "expected the coordinator's default of 3 streams"
+        );
+        drop(c);
+    });
+}
+
 #[test]
 fn coordinator_moves_a_guest_encrypted_and_reports_it() {
     rt().block_on(async {

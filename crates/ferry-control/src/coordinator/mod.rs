@@ -306,7 +306,11 @@ impl Coordinator {
             transport,
             key: transport.encrypted().then(|| (self.key_source)()),
             nonce: u64::from_be_bytes(nonce),
-            streams: opts.streams.unwrap_or_else(|| self.cfg.defaults.streams()),
+            // 0 asks for the default, as `defaults.streams: 0` does in YAML.
+            streams: opts
+                .streams
+                .filter(|n| *n > 0)
+                .unwrap_or_else(|| self.cfg.defaults.streams()),
             limits: opts
                 .limits
                 .unwrap_or_else(|| self.cfg.defaults.limits.clone()),
