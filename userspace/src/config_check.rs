@@ -77,6 +77,12 @@ impl Kind {
             })
     }
 
+    /// Every kind's name, as files are named after them.
+    fn names() -> String {
+        let names: Vec<_> = Self::ALL.iter().map(|k| k.prefix()).collect();
+        names.join(", ")
+    }
+
     /// The top-level keys a file of this kind may have, from its type.
     pub fn fields(self) -> &'static [&'static str] {
         match self {
@@ -154,16 +160,17 @@ impl Kind {
             [k] if known(*k) > 0 => Ok(*k),
             _ if keys.is_empty() => Err(ConfigError::UnknownKind {
                 origin,
-                message: "the file is empty: name it after its kind (one of \
-                          demo, coordinator, host, counters, experiment, router)*.yaml"
-                    .into(),
+                message: format!(
+                    "the file is empty: name it after its kind (one of {})*.yaml",
+                    Self::names()
+                ),
             }),
             _ if candidates.iter().all(|k| known(*k) == 0) => Err(ConfigError::UnknownKind {
                 origin,
                 message: format!(
-                    "its keys ({}) are those of no ferry configuration (demo, coordinator, \
-                     host, counters, experiment, router)",
-                    keys.join(", ")
+                    "its keys ({}) are those of no ferry configuration ({})",
+                    keys.join(", "),
+                    Self::names()
                 ),
             }),
             _ => Err(ConfigError::UnknownKind {
