@@ -111,15 +111,36 @@ enum Command {
         /// (bounds the stun when one is lost), e.g. 10s. Default 30s.
         #[arg(long, value_parser = parse_duration)]
         switchover_timeout: Option<Duration>,
+        /// Cap the migration's rate across all streams, e.g. 1Gbit or
+        /// 200MiB/s, as `virsh migrate --bandwidth`. Unset: as fast as the
+        /// path goes.
+        #[arg(long, value_parser = |s: &str| ferry::config::Rate::parse(s))]
+        max_bandwidth: Option<ferry::config::Rate>,
+        /// On Ctrl-C, cancel the migration without asking (the guest stays
+        /// on its source). Without it, Ctrl-C asks on a terminal, and
+        /// elsewhere leaves the migration running.
+        #[arg(long)]
+        cancel_on_interrupt: bool,
         /// Print the final statistics as JSON on stdout.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
         conn: Conn,
     },
+    /// Stop a migration before its switch-over; the guest stays on its
+    /// source, running. Waits until the migration has ended.
+    Cancel {
+        /// The migration's id, or enough of its first digits to name one
+        /// (see `ferry status`).
+        id: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Show migrations the coordinator knows.
     Status {
+        /// One migration in detail: its id, or enough of its first digits.
         id: Option<String>,
+        /// Print JSON on stdout.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -373,6 +394,182 @@ async fn run_router(cfg: ferry::router::RouterConfig, path: PathBuf) -> Result<(
     Ok(())
 }
 
+/// The first 12 digits of a migration id: enough to name it to `ferry
+/// status` and `ferry cancel`.
+fn short(id: &ferry::protocol::MigrationId) -> String {
+    id.to_string()[..12].to_string()
+}
+
+async fn status(
+    client: &Client,
+    coord: &CoordinatorRef,
+    id: Option<ferry::protocol::MigrationId>,
+) -> Result<Vec<ferry::control::wire::MigrationRecord>> {
+    let r = client
+        .call(
+            &coord.name,
+            coord.addr,
+            &ferry::control::Request::Status { id },
+            Duration::from_secs(30),
+        )
+        .await
+        .context("cannot get the coordinator's migrations")?;
+    match r {
+        ferry::control::Response::Status { migrations } => Ok(migrations),
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+/// How long `ferry cancel` waits for the migration to end: a cancel is
+/// honoured between the engine's steps, and a switch-over already begun
+/// runs to its end, which its timeout bounds.
+const CANCEL_WAIT: Duration = Duration::from_secs(120);
+
+/// `ferry cancel`: names the migration from an abbreviated id, asks the
+/// coordinator to cancel it, and waits until it has ended.
+async fn cancel(client: &Client, coord: &CoordinatorRef, prefix: &str) -> Result<()> {
+    use ferry::control::wire::MigrationState;
+    let all = status(client, coord, None).await?;
+    let rec = ferry::client::find_by_prefix(&all, prefix).map_err(anyhow::Error::msg)?;
+    let id = rec.id;
+    let r = client
+        .call(
+            &coord.name,
+            coord.addr,
+            &ferry::control::Request::Cancel { id },
+            Duration::from_secs(30),
+        )
+        .await
+        .context("cannot cancel")?;
+    if let ferry::control::Response::Resolved { message } = r {
+        eprintln!("{message}");
+    }
+    let until = std::time::Instant::now() + CANCEL_WAIT;
+    loop {
+        let r = status(client, coord, Some(id)).await?;
+        let Some(r) = r.into_iter().next() else {
+            bail!("the coordinator no longer lists migration {id}")
+        };
+        match r.state {
+            MigrationState::Preparing | MigrationState::Running => {}
+            MigrationState::Cancelled => {
+                println!(
+                    "migration {} cancelled: {} stays on {}, running",
+                    short(&id),
+                    r.guest,
+                    r.source
+                );
+                return Ok(());
+            }
+            MigrationState::Completed => bail!(
+                "too late: migration {} completed before the cancel took effect (its switch-over had begun); {} runs on {}",
+                short(&id),
+                r.guest,
+                r.destination
+            ),
+            MigrationState::Failed | MigrationState::Interrupted => bail!(
+                "migration {} ended before the cancel took effect: {}",
+                short(&id),
+                r.error
+                    .unwrap_or_else(|| format!("{:?}", r.state).to_lowercase())
+            ),
+        }
+        if std::time::Instant::now() > until {
+            bail!(
+                "migration {} still runs {} s after the cancel: see `ferry status {}`",
+                short(&id),
+                CANCEL_WAIT.as_secs(),
+                short(&id)
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// How `ferry migrate` ended.
+enum Watched {
+    /// The migration ended; `interrupted`: after Ctrl-C asked to cancel it.
+    Ended {
+        stats: Box<ferry::engine::MigrationStats>,
+        interrupted: bool,
+    },
+    /// Ctrl-C, and the user chose to leave it running.
+    Detached { id: ferry::protocol::MigrationId },
+}
+
+/// `ferry migrate` with live progress. Ctrl-C cancels (with
+/// `--cancel-on-interrupt`, or when the user says so at the prompt), or
+/// leaves the migration running.
+async fn migrate_watching_ctrl_c(
+    client: &Client,
+    coord: &CoordinatorRef,
+    guest: &str,
+    from: Option<String>,
+    to: &str,
+    options: MigrateOptions,
+    cancel_on_interrupt: bool,
+) -> Result<Watched> {
+    use std::{cell::RefCell, io::IsTerminal, rc::Rc};
+    let view = Rc::new(RefCell::new(ferry::client::ProgressView::new(false)));
+    let accepted: Rc<RefCell<Option<ferry::protocol::MigrationId>>> = Rc::default();
+    let (v, a) = (view.clone(), accepted.clone());
+    let run = request_migration(client, coord, guest, from, to, options, move |r| {
+        if let ferry::control::Response::Accepted { id, .. } = r {
+            *a.borrow_mut() = Some(*id);
+        }
+        v.borrow_mut().update(r);
+    });
+    let mut run = std::pin::pin!(run);
+    let mut interrupted = false;
+    let stats = loop {
+        tokio::select! {
+            r = &mut run => break r,
+            _ = tokio::signal::ctrl_c(), if !interrupted => {
+                let Some(id) = *accepted.borrow() else {
+                    // Not accepted yet: nothing runs that could be left behind.
+                    view.borrow_mut().finish();
+                    eprintln!("ferry: interrupted before the coordinator accepted the migration");
+                    std::process::exit(130);
+                };
+                let cancel = if cancel_on_interrupt {
+                    true
+                } else if std::io::stdin().is_terminal() {
+                    view.borrow_mut().suspend(|| eprint!(
+                        "\nCancel migration {}? The guest stays on its source. [y/N] ", short(&id)));
+                    let answer = tokio::task::spawn_blocking(|| {
+                        let mut line = String::new();
+                        std::io::stdin().read_line(&mut line).map(|_| line)
+                    });
+                    tokio::select! {
+                        a = answer => matches!(a, Ok(Ok(l)) if l.trim().eq_ignore_ascii_case("y") || l.trim().eq_ignore_ascii_case("yes")),
+                        // A second Ctrl-C at the prompt: leave it running.
+                        _ = tokio::signal::ctrl_c() => false,
+                    }
+                } else {
+                    false
+                };
+                if !cancel {
+                    view.borrow_mut().finish();
+                    return Ok(Watched::Detached { id });
+                }
+                interrupted = true;
+                let r = client
+                    .call(&coord.name, coord.addr, &ferry::control::Request::Cancel { id }, Duration::from_secs(30))
+                    .await
+                    .context("cannot cancel")?;
+                if let ferry::control::Response::Resolved { message } = r {
+                    view.borrow_mut().suspend(|| eprintln!("{message}"));
+                }
+            }
+        }
+    };
+    view.borrow_mut().finish();
+    Ok(Watched::Ended {
+        stats: stats?,
+        interrupted,
+    })
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime> {
     Ok(tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -450,17 +647,22 @@ fn run(cli: Cli) -> Result<()> {
             downtime_limit,
             verify_memory,
             switchover_timeout,
+            max_bandwidth,
+            cancel_on_interrupt,
             json,
             conn,
         } => {
             let (client, coord) = conn.open()?;
-            let given =
-                downtime_limit.is_some() || verify_memory.is_some() || switchover_timeout.is_some();
+            let given = downtime_limit.is_some()
+                || verify_memory.is_some()
+                || switchover_timeout.is_some()
+                || max_bandwidth.is_some();
             let limits = given.then(|| Limits {
                 downtime_limit: downtime_limit.unwrap_or(Limits::default().downtime_limit),
                 verify_memory: verify_memory.unwrap_or_default(),
                 switchover_timeout: switchover_timeout
                     .unwrap_or(Limits::default().switchover_timeout),
+                bandwidth: max_bandwidth.map(|r| r.bytes_per_second()),
                 ..Limits::default()
             });
             let options = MigrateOptions {
@@ -468,22 +670,40 @@ fn run(cli: Cli) -> Result<()> {
                 streams,
                 limits,
             };
-            let mut view = ferry::client::ProgressView::new(false);
-            let r = runtime()?.block_on(request_migration(
+            let rt = runtime()?;
+            let ended = rt.block_on(migrate_watching_ctrl_c(
                 &client,
                 &coord,
                 &guest,
                 from,
                 &to,
                 options,
-                |r| view.update(r),
-            ));
-            view.finish();
-            let stats = r?;
+                cancel_on_interrupt,
+            ))?;
+            let (stats, interrupted) = match ended {
+                Watched::Ended { stats, interrupted } => (stats, interrupted),
+                Watched::Detached { id } => {
+                    eprintln!(
+                        "ferry: migration {id} goes on: `ferry status {}` follows it, `ferry cancel {}` cancels it",
+                        short(&id),
+                        short(&id)
+                    );
+                    std::process::exit(130);
+                }
+            };
             if json {
                 println!("{}", serde_json::to_string_pretty(&stats)?);
             } else {
                 print!("{}", ferry::client::summary(&stats));
+            }
+            if interrupted && stats.result != ferry::engine::MigrationResult::Completed {
+                eprintln!(
+                    "ferry: migration {} cancelled: {} stays on {}",
+                    short(&stats.id),
+                    stats.guest,
+                    stats.source
+                );
+                std::process::exit(130);
             }
             if stats.error.is_some() {
                 bail!(
@@ -493,21 +713,25 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+        Command::Cancel { id, conn } => {
+            let (client, coord) = conn.open()?;
+            runtime()?.block_on(cancel(&client, &coord, &id))
+        }
         Command::Status { id, json, conn } => {
             let (client, coord) = conn.open()?;
-            let id = id
-                .map(|s| s.parse())
-                .transpose()
-                .map_err(|e: String| anyhow::anyhow!(e))?;
-            let r = runtime()?.block_on(client.call(
-                &coord.name,
-                coord.addr,
-                &ferry::control::Request::Status { id },
-                Duration::from_secs(30),
-            ))?;
-            let ferry::control::Response::Status { migrations } = r else {
-                bail!("unexpected answer: {r:?}")
-            };
+            let mut migrations = runtime()?.block_on(status(&client, &coord, None))?;
+            if let Some(prefix) = id {
+                let one = ferry::client::find_by_prefix(&migrations, &prefix)
+                    .map_err(anyhow::Error::msg)?
+                    .clone();
+                if json {
+                    println!("{}", serde_json::to_string_pretty(&one)?);
+                } else {
+                    print!("{}", ferry::client::job_info(&one));
+                }
+                return Ok(());
+            }
+            migrations.sort_by_key(|r| r.started_unix_ms);
             if json {
                 println!("{}", serde_json::to_string_pretty(&migrations)?);
             } else {

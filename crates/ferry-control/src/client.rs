@@ -118,6 +118,14 @@ impl ProgressView {
         }
     }
 
+    /// Runs `f` (a prompt, a message) with the bar hidden.
+    pub fn suspend(&self, f: impl FnOnce()) {
+        match &self.bar {
+            Some(b) => b.suspend(f),
+            None => f(),
+        }
+    }
+
     pub fn finish(&mut self) {
         if let Some(b) = self.bar.take() {
             b.finish_and_clear();
@@ -241,6 +249,17 @@ pub fn status_table(recs: &[MigrationRecord]) -> String {
                     format!("{:.1} ms", s.downtime_seconds * 1e3),
                 )
             })
+            .or_else(|| {
+                // Under way: how long so far, and where it is.
+                r.progress.as_ref().map(|p| {
+                    let at = match p.phase {
+                        Phase::PreCopy => format!("pass {}", p.pass),
+                        Phase::Switchover => "stun".into(),
+                        other => format!("{other:?}").to_lowercase(),
+                    };
+                    (format!("{:.1}...", p.elapsed_seconds), at)
+                })
+            })
             .unwrap_or_else(|| ("-".into(), "-".into()));
         let _ = writeln!(
             t,
@@ -256,4 +275,120 @@ pub fn status_table(recs: &[MigrationRecord]) -> String {
         );
     }
     t
+}
+
+/// `ferry status ID`: one migration in detail, as `virsh domjobinfo` shows
+/// a job (running) or `--completed` (ended).
+pub fn job_info(r: &MigrationRecord) -> String {
+    let mut t = String::new();
+    let state = serde_json::to_value(r.state)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    let _ = writeln!(t, "  {:<24} {state}", "state");
+    if let Some(s) = &r.stats {
+        t.push_str(&summary(s));
+        return t;
+    }
+    let mut row = |k: &str, v: String| {
+        let _ = writeln!(t, "  {k:<24} {v}");
+    };
+    row("migration", r.id.to_string());
+    row("guest", r.guest.clone());
+    row("route", format!("{} -> {}", r.source, r.destination));
+    row("transport", r.transport.to_string());
+    if let Some(p) = &r.progress {
+        row("phase", ProgressView::describe(p));
+        row("elapsed", format!("{:.1} s", p.elapsed_seconds));
+        row(
+            "transferred",
+            format!("{} of {}", bytes(p.transferred_bytes), bytes(p.total_bytes)),
+        );
+        row("remaining", bytes(p.remaining_bytes));
+        row("transfer rate", rate(p.transfer_rate));
+        row("dirty rate", rate(p.dirty_rate));
+        row("throttle", format!("{}%", p.throttle_percent));
+    }
+    if let Some(e) = &r.error {
+        row("error", e.clone());
+    }
+    t
+}
+
+/// The one migration whose id starts with `prefix` (ids may be abbreviated,
+/// as git's are), or why there is none.
+pub fn find_by_prefix<'a>(
+    recs: &'a [MigrationRecord],
+    prefix: &str,
+) -> Result<&'a MigrationRecord, String> {
+    let p = prefix.trim().to_ascii_lowercase();
+    if p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
+        return Err(format!(
+            "{prefix:?} is not a migration id: expected hex digits, as `ferry status` lists them"
+        ));
+    }
+    let hits: Vec<&MigrationRecord> = recs
+        .iter()
+        .filter(|r| r.id.to_string().starts_with(&p))
+        .collect();
+    match hits.as_slice() {
+        [one] => Ok(one),
+        [] => Err(format!(
+            "no migration id starts with {p} (`ferry status` lists them)"
+        )),
+        many => Err(format!(
+            "{p} names {} migrations ({}): give more digits",
+            many.len(),
+            many.iter()
+                .map(|r| format!("{} of {}", &r.id.to_string()[..12], r.guest))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::control::wire::MigrationState;
+
+    fn rec(id: &str, guest: &str) -> MigrationRecord {
+        MigrationRecord {
+            id: id.parse().unwrap(),
+            guest: guest.into(),
+            source: "a".into(),
+            destination: "b".into(),
+            mode: Default::default(),
+            transport: crate::protocol::Transport::Plaintext,
+            state: MigrationState::Running,
+            started_unix_ms: 0,
+            progress: None,
+            stats: None,
+            error: None,
+        }
+    }
+
+    #[test]
+    fn an_abbreviated_id_names_one_migration_or_says_why_not() {
+        let recs = [
+            rec("0123456789abcdef0123456789abcdef", "g1"),
+            rec("0123ffff89abcdef0123456789abcdef", "g2"),
+            rec("fedcba9876543210fedcba9876543210", "g3"),
+        ];
+        assert_eq!(find_by_prefix(&recs, "fed").unwrap().guest, "g3");
+        assert_eq!(find_by_prefix(&recs, "01234").unwrap().guest, "g1");
+        assert_eq!(find_by_prefix(&recs, "0123F").unwrap().guest, "g2");
+        let full = "0123456789abcdef0123456789abcdef";
+        assert_eq!(find_by_prefix(&recs, full).unwrap().guest, "g1");
+        let e = find_by_prefix(&recs, "0123").unwrap_err();
+        assert!(
+            e.contains("names 2 migrations") && e.contains("of g1") && e.contains("of g2"),
+            "{e}"
+        );
+        let e = find_by_prefix(&recs, "abc").unwrap_err();
+        assert!(e.contains("no migration id starts with abc"), "{e}");
+        let e = find_by_prefix(&recs, "g1").unwrap_err();
+        assert!(e.contains("not a migration id"), "{e}");
+        assert!(find_by_prefix(&recs, "").is_err());
+    }
 }

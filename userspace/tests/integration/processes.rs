@@ -1726,3 +1726,166 @@ fn no_migration_key_lingers_in_either_hosts_memory_after_its_migrations() {
     drop((a, b));
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Runs `ferry ARGS --coordinator c1@ADDR --tls-dir DIR --as admin` to its
+/// end: (exit code, stdout, stderr).
+fn ferry_cli(dir: &Path, coord: SocketAddr, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(FERRY)
+        .args(args)
+        .args(["--coordinator", &format!("c1@{coord}"), "--as", "admin"])
+        .arg("--tls-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+/// Starts `ferry migrate g1 --to b` (slowed to 8 MiB/s, so it is still in
+/// its first pass seconds later) and sends it SIGINT once it shows
+/// progress: its exit code and stderr.
+fn ferry_migrate_interrupted(dir: &Path, coord: SocketAddr, extra: &[&str]) -> (i32, String) {
+    use std::io::Read;
+    let errf = dir.join(format!("migrate-{}.err", extra.len()));
+    let mut child = Command::new(FERRY)
+        .args(["migrate", "g1", "--to", "b", "--max-bandwidth", "8MiB/s"])
+        .args(extra)
+        .args(["--coordinator", &format!("c1@{coord}"), "--as", "admin"])
+        .arg("--tls-dir")
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(&errf).unwrap())
+        .spawn()
+        .unwrap();
+    let until = Instant::now() + Duration::from_secs(60);
+    // Not a terminal: a progress line a second, once pass 0 moves bytes.
+    while !std::fs::read_to_string(&errf)
+        .unwrap_or_default()
+        .contains("pass 0")
+    {
+        assert!(
+            Instant::now() < until && child.try_wait().unwrap().is_none(),
+            "ferry migrate showed no progress: {}",
+            std::fs::read_to_string(&errf).unwrap_or_default()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+    let until = Instant::now() + Duration::from_secs(90);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            Instant::now() < until,
+            "ferry migrate still runs 90 s after Ctrl-C"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    std::fs::File::open(&errf)
+        .unwrap()
+        .read_to_string(&mut err)
+        .unwrap();
+    (status.code().unwrap_or(-1), err)
+}
+
+#[test]
+fn ctrl_c_and_ferry_cancel_stop_a_migration_and_the_guest_stays_on_its_source() {
+    let dir = site_dir("cancel");
+    let (ca, ma, cb, mb, cl) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let guests = "[{ name: g1, memory: 256MiB, vcpus: 1, \
+                  workload: { kind: key-value, gets_per_second: 2000, sets_per_second: 2000 } }]";
+    let _a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
+    let _b = spawn_host(&write_host(&dir, "b", cb, mb, "[]"), &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    let _c1 = spawn_coordinator(&dir, cl, ca, cb, "c1.log");
+    let admin = Admin {
+        client: ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap(),
+        coord: ferry::coordinator::CoordinatorRef {
+            name: "c1".into(),
+            addr: cl,
+        },
+    };
+    let rt = runtime();
+    let g1_stays_on_a = |when: &str| {
+        rt.block_on(async {
+            let hosts = admin.hosts().await;
+            let on_a = guest_on(&hosts, "a", "g1")
+                .unwrap_or_else(|| panic!("{when}: g1 is not on a: {hosts:?}"));
+            assert_eq!(on_a.state, ferry::guest::RunState::Running, "{when}");
+            assert!(
+                guest_on(&hosts, "b", "g1").is_none(),
+                "{when}: g1 is on b too"
+            );
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            let later = guest_on(&admin.hosts().await, "a", "g1").unwrap();
+            assert!(later.ops > on_a.ops, "{when}: g1 does not work on a");
+        })
+    };
+    let records = || rt.block_on(admin.records());
+
+    // 1. Ctrl-C without --cancel-on-interrupt, not on a terminal: ferry
+    //    migrate leaves, saying how to follow or cancel; the move goes on.
+    let (code, err) = ferry_migrate_interrupted(&dir, cl, &[]);
+    assert_eq!(code, 130, "{err}");
+    assert!(
+        err.contains("goes on") && err.contains("ferry cancel"),
+        "{err}"
+    );
+    let recs = records();
+    assert_eq!(recs.len(), 1, "{recs:?}");
+    assert_eq!(recs[0].state, MigrationState::Running, "{:?}", recs[0]);
+    // `ferry status PREFIX` shows the running job in detail, not `-`.
+    let id = recs[0].id.to_string();
+    let (code, out, err) = ferry_cli(&dir, cl, &["status", &id[..6]]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("running") && out.contains("pass 0") && out.contains("transferred"),
+        "{out}"
+    );
+    // 2. `ferry cancel` by an abbreviated id stops it.
+    let (code, out, err) = ferry_cli(&dir, cl, &["cancel", &id[..6]]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("cancelled: g1 stays on a"), "{out}{err}");
+    let recs = records();
+    assert_eq!(recs[0].state, MigrationState::Cancelled, "{:?}", recs[0]);
+    g1_stays_on_a("after ferry cancel");
+    // Cancelling it again says it has ended.
+    let (code, _, err) = ferry_cli(&dir, cl, &["cancel", &id[..8]]);
+    assert_eq!(code, 1);
+    assert!(err.contains("has ended (cancelled)"), "{err}");
+
+    // 3. Ctrl-C with --cancel-on-interrupt cancels it there and then.
+    let (code, err) = ferry_migrate_interrupted(&dir, cl, &["--cancel-on-interrupt"]);
+    assert_eq!(code, 130, "{err}");
+    assert!(err.contains("cancelled: g1 stays on a"), "{err}");
+    let recs = records();
+    assert_eq!(recs.len(), 2);
+    assert!(
+        recs.iter().all(|r| r.state == MigrationState::Cancelled),
+        "{recs:?}"
+    );
+    g1_stays_on_a("after Ctrl-C");
+
+    // 4. Nothing is left behind: g1 still moves to b.
+    let (code, out, err) = ferry_cli(&dir, cl, &["migrate", "g1", "--to", "b"]);
+    assert_eq!(code, 0, "{out}{err}");
+    let hosts = rt.block_on(admin.hosts());
+    assert!(guest_on(&hosts, "b", "g1").is_some() && guest_on(&hosts, "a", "g1").is_none());
+    drop(rt);
+    let _ = std::fs::remove_dir_all(&dir);
+}

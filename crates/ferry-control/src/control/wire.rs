@@ -133,6 +133,12 @@ pub enum Request {
         #[serde(default)]
         force: bool,
     },
+    /// Stops a migration before its switch-over; the guest stays on its
+    /// source, running (`ferry cancel`). Answered once the source has the
+    /// word; the migration's own connection then ends it as cancelled.
+    Cancel {
+        id: MigrationId,
+    },
     // coordinator -> host
     Capabilities,
     PrepareIncoming {
@@ -149,6 +155,12 @@ pub enum Request {
     SettleGuest {
         guest: String,
         action: SettleAction,
+    },
+    /// Cancels this host's outgoing migration `id` if it has not reached
+    /// its switch-over (one asked for before it starts is cancelled at its
+    /// start).
+    CancelOutgoing {
+        id: MigrationId,
     },
     // coordinator -> coordinator
     PeerCapabilities {
@@ -172,6 +184,8 @@ impl Request {
             Request::Status { .. } => "status",
             Request::Hosts => "hosts",
             Request::Resolve { .. } => "resolve",
+            Request::Cancel { .. } => "cancel",
+            Request::CancelOutgoing { .. } => "cancel-outgoing",
             Request::SettleGuest { .. } => "settle-guest",
             Request::Capabilities => "capabilities",
             Request::PrepareIncoming { .. } => "prepare-incoming",
@@ -253,6 +267,9 @@ pub enum MigrationState {
     Running,
     Completed,
     Failed,
+    /// Stopped by `ferry cancel` before its switch-over: the guest stayed
+    /// on its source.
+    Cancelled,
     /// The coordinator restarted while it was under way, and could not yet
     /// tell from the hosts where the guest ended.
     Interrupted,
@@ -305,7 +322,7 @@ pub enum Response {
         #[serde(default)]
         duplicates: Vec<Duplicate>,
     },
-    /// What `resolve` did.
+    /// What `resolve` or `cancel` did.
     Resolved {
         message: String,
     },

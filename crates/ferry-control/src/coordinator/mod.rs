@@ -56,6 +56,8 @@ pub struct Coordinator {
     duplicates: prometheus::IntGauge,
     /// The duplicates already reported, so each is logged once.
     reported: std::sync::Mutex<Vec<Duplicate>>,
+    /// Migrations `ferry cancel` asked to stop, until they end.
+    cancels: std::sync::Mutex<std::collections::HashSet<MigrationId>>,
     /// Everything this coordinator's /metrics serves.
     pub metrics: prometheus::Registry,
 }
@@ -129,6 +131,7 @@ impl Coordinator {
             migration_metrics,
             duplicates,
             reported: std::sync::Mutex::new(Vec::new()),
+            cancels: std::sync::Mutex::new(Default::default()),
             metrics,
         }))
     }
@@ -383,6 +386,20 @@ impl Coordinator {
             return Response::error(msg);
         }
 
+        if self.cancel_requested(&id) {
+            drop(spec);
+            let _ = self
+                .abort_destination(&id, &dst_host, peer.as_deref())
+                .await;
+            let msg = "cancelled: by request, before the source started".to_string();
+            self.update(&id, |r| {
+                r.state = MigrationState::Cancelled;
+                r.error = Some(msg.clone());
+            });
+            self.cancels.lock().expect("cancels").remove(&id);
+            return Response::error(msg);
+        }
+
         // Then the source. After this request is written the coordinator has
         // no further use for the key: the spec is dropped (and wiped) here.
         let src_entry = self.host_entry(&src_name).expect("checked by host_caps");
@@ -458,9 +475,12 @@ impl Coordinator {
             }
         };
         let ok = stats.result == MigrationResult::Completed;
+        let cancelled = self.cancels.lock().expect("cancels").remove(&id);
         self.update(&id, |r| {
             r.state = if ok {
                 MigrationState::Completed
+            } else if cancelled {
+                MigrationState::Cancelled
             } else {
                 MigrationState::Failed
             };
@@ -497,6 +517,47 @@ impl Coordinator {
         self.migration_metrics
             .ended(MetricsRole::Coordinator, stats.mode, ok);
         Response::Finished(stats)
+    }
+
+    fn cancel_requested(&self, id: &MigrationId) -> bool {
+        self.cancels.lock().expect("cancels").contains(id)
+    }
+
+    /// `ferry cancel`: tells the source to stop migration `id` before its
+    /// switch-over. The source's answer to the migration itself says
+    /// whether it was in time.
+    async fn cancel(&self, id: MigrationId) -> Result<String, String> {
+        let Some(r) = self.history.get(&id) else {
+            return Err(format!("{} knows no migration {id}", self.cfg.name));
+        };
+        if !matches!(r.state, MigrationState::Preparing | MigrationState::Running) {
+            return Err(format!(
+                "migration {id} of {} has ended ({}): nothing to cancel",
+                r.guest,
+                serde_json::to_value(r.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_string))
+                    .unwrap_or_default()
+            ));
+        }
+        self.cancels.lock().expect("cancels").insert(id);
+        // Told even while preparing: the source may be about to start it,
+        // and keeps the word for when it does.
+        let entry = self.host_entry(&r.source)?;
+        self.client
+            .call(
+                &r.source,
+                entry.control,
+                &Request::CancelOutgoing { id },
+                CALL_TIMEOUT,
+            )
+            .await
+            .map_err(|e| format!("cannot reach the source {}: {e}", r.source))?;
+        tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %r.guest, "cancel requested");
+        Ok(format!(
+            "cancelling migration {id}: {} stays on {} unless its switch-over has begun",
+            r.guest, r.source
+        ))
     }
 
     /// Cancels the destination's side and returns what it decided (None:
@@ -538,6 +599,7 @@ impl Coordinator {
     /// source died), the migration completed, and is recorded so.
     async fn lost(&self, id: &MigrationId, dst: &str, peer: Option<&str>, msg: String) -> Response {
         tracing::warn!(coordinator = %self.cfg.name, migration = %id, "{msg}");
+        self.cancels.lock().expect("cancels").remove(id);
         let record = self.history.get(id);
         let mode = record.as_ref().map(|r| r.mode).unwrap_or_default();
         let outcome = self.abort_destination(id, dst, peer).await;
@@ -1025,6 +1087,7 @@ impl Coordinator {
                 | Request::Status { .. }
                 | Request::Hosts
                 | Request::Resolve { .. }
+                | Request::Cancel { .. }
         ) {
             return Err(format!("a coordinator does not answer {}", req.op()));
         }
@@ -1074,6 +1137,13 @@ impl Coordinator {
                 let duplicates = self.note_duplicates(&hosts);
                 Response::Hosts { hosts, duplicates }
             }
+            Request::Cancel { id } => match self.cancel(id).await {
+                Ok(message) => Response::Resolved { message },
+                Err(e) => {
+                    tracing::warn!(coordinator = %self.cfg.name, migration = %id, "cannot cancel: {e}");
+                    Response::error(e)
+                }
+            },
             Request::Resolve { guest, keep, force } => {
                 match self.resolve(&guest, keep.as_deref(), force).await {
                     Ok(message) => {

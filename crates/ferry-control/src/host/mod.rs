@@ -179,12 +179,27 @@ struct Inventory {
 }
 
 /// A running host.
+/// One outgoing migration's cancel flag, and whether that migration runs
+/// here yet (a cancel may arrive just before its start).
+#[derive(Default)]
+struct CancelFlag {
+    flag: Arc<std::sync::atomic::AtomicBool>,
+    running: bool,
+}
+
+/// Cancels asked for migrations that never started here are forgotten past
+/// this many (a coordinator that asks for nothing real cannot grow the map).
+const EARLY_CANCELS: usize = 64;
+
 pub struct Host {
     cfg: HostConfig,
     inventory: Mutex<Inventory>,
     registry: Arc<IncomingRegistry>,
     listener: MigrationListener,
     journal: Option<Arc<FileJournal>>,
+    /// Cancel flags of outgoing migrations, by id: set by the
+    /// coordinator's `CancelOutgoing`, read by the engine between steps.
+    cancels: Mutex<BTreeMap<MigrationId, CancelFlag>>,
     pub protocol_metrics: ProtocolMetrics,
     pub migration_metrics: MigrationMetrics,
     /// Everything this host's /metrics serves.
@@ -348,6 +363,7 @@ impl Host {
             registry,
             listener,
             journal,
+            cancels: Mutex::new(BTreeMap::new()),
             protocol_metrics: metrics,
             migration_metrics,
             metrics: reg,
@@ -598,7 +614,15 @@ impl Host {
         if let Some(net) = &self.network {
             net.add_peer(spec.destination.migration);
         }
+        let cancel = {
+            let mut c = self.cancels.lock().expect("cancels");
+            let e = c.entry(spec.id).or_default();
+            e.running = true;
+            e.flag.clone()
+        };
+        let id = spec.id;
         let opts = SourceOptions {
+            cancel: Some(cancel),
             backend: self.cfg.backend,
             metrics: Some(self.protocol_metrics.clone()),
             software_dirty_log: self.cfg.software_dirty_log,
@@ -650,6 +674,7 @@ impl Host {
         while let Ok(p) = rx.try_recv() {
             let _ = resp.send(&Response::Progress(p)).await;
         }
+        self.cancels.lock().expect("cancels").remove(&id);
         let mut inv = self.inventory.lock().expect("inventory");
         match result {
             Ok(Ok(stats)) => {
@@ -721,6 +746,10 @@ impl Host {
                     Response::error(e)
                 }
             },
+            Request::CancelOutgoing { id } => {
+                self.cancel_outgoing(id);
+                Response::Ok
+            }
             Request::AbortIncoming { id } => {
                 self.registry.abort(&id, "cancelled by the coordinator");
                 Response::Outcome {
@@ -730,6 +759,19 @@ impl Host {
             other => Response::error(format!("a host does not answer {}", other.op())),
         };
         let _ = resp.send(&answer).await;
+    }
+
+    /// Raises migration `id`'s cancel flag; the engine honours it only
+    /// before the switch-over, so a late cancel changes nothing.
+    fn cancel_outgoing(&self, id: MigrationId) {
+        let mut c = self.cancels.lock().expect("cancels");
+        if !c.contains_key(&id) && c.len() >= EARLY_CANCELS {
+            c.retain(|_, e| e.running);
+        }
+        let e = c.entry(id).or_default();
+        tracing::info!(host = %self.cfg.name, migration = %id,
+            running = e.running, "cancel requested");
+        e.flag.store(true, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Resumes a guest left paused here, or drops this host's copy of one
