@@ -1600,6 +1600,104 @@ fn a_qemu_destination_host_killed_mid_pass_leaves_the_guest_on_the_source_and_no
             assert!(Instant::now() < until, "vm1 never reported a check on a");
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
+        // First a cancelled move (issue 14: cancel = migrate_cancel): vm1
+        // stays on a, checking itself, and its twin on b ends.
+        let slow = MigrateOptions {
+            streams: Some(2),
+            limits: Some(Limits {
+                bandwidth: Some(4 << 20),
+                ..Limits::default()
+            }),
+            ..Default::default()
+        };
+        let canceller = async {
+            let until = Instant::now() + Duration::from_secs(60);
+            let rec = loop {
+                let Response::Status { migrations } = client
+                    .call(
+                        "c1",
+                        addr,
+                        &Request::Status { id: None },
+                        Duration::from_secs(20),
+                    )
+                    .await
+                    .unwrap()
+                else {
+                    panic!("no status")
+                };
+                if let Some(r) = migrations.into_iter().find(|r| {
+                    r.progress
+                        .as_ref()
+                        .is_some_and(|p| p.transferred_bytes > 2 << 20)
+                }) {
+                    break r;
+                }
+                assert!(Instant::now() < until, "the slow move never got going");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            };
+            let twin = qemu_pid(&dir, "b", "vm1").expect("a twin runs on b mid-pass");
+            client
+                .call(
+                    "c1",
+                    addr,
+                    &Request::Cancel { id: rec.id },
+                    Duration::from_secs(20),
+                )
+                .await
+                .unwrap();
+            (rec.id, twin)
+        };
+        let (cancelled, (id, twin)) = tokio::join!(
+            request_migration(&client, &cref, "vm1", None, "b", slow, |_| {}),
+            canceller
+        );
+        let cancelled = cancelled.unwrap();
+        assert_eq!(cancelled.result, MigrationResult::Failed);
+        assert!(
+            cancelled
+                .error
+                .as_deref()
+                .is_some_and(|e| e.contains("cancelled")),
+            "{:?}",
+            cancelled.error
+        );
+        let Response::Status { migrations } = client
+            .call(
+                "c1",
+                addr,
+                &Request::Status { id: Some(id) },
+                Duration::from_secs(20),
+            )
+            .await
+            .unwrap()
+        else {
+            panic!("no status")
+        };
+        assert_eq!(migrations[0].state, MigrationState::Cancelled);
+        let until = Instant::now() + Duration::from_secs(15);
+        while crate::qemu::alive(twin) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !crate::qemu::alive(twin),
+            "the cancelled twin (pid {twin}) still runs on b"
+        );
+        let g = guest_on(&hosts().await, "a", "vm1").expect("vm1 stays on a after the cancel");
+        assert_eq!(g.state, ferry::guest::RunState::Running);
+        assert!(
+            guest_on(&hosts().await, "b", "vm1").is_none(),
+            "vm1 listed on b"
+        );
+        let until = Instant::now() + Duration::from_secs(30);
+        while guest_on(&hosts().await, "a", "vm1").unwrap().ops < g.ops + 2 {
+            assert!(
+                Instant::now() < until,
+                "vm1 stopped checking itself on a after the cancel"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        assert_eq!(guest_on(&hosts().await, "a", "vm1").unwrap().get_errors, 0);
+
         // Slow enough that pre-copy still runs when b dies.
         let opts = MigrateOptions {
             streams: Some(2),
