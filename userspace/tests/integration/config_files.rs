@@ -285,3 +285,93 @@ fn a_file_is_known_by_its_content_whatever_its_name() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+/// Issue 16: the daemons' default /metrics ports, the example files and the
+/// Prometheus scrape configuration say the same thing, so Prometheus
+/// configured from dashboards/prometheus.yml scrapes every example daemon.
+#[test]
+fn metrics_ports_agree_between_code_examples_and_prometheus() {
+    use config_check::Kind;
+    use std::{collections::BTreeSet, net::SocketAddr};
+    let defaults = [
+        ("coordinator", ferry::coordinator::DEFAULT_METRICS),
+        ("host", ferry::host::DEFAULT_METRICS),
+        ("router", ferry::router::DEFAULT_METRICS),
+    ];
+    let mut files = Vec::new();
+    yaml_files(&config_dir(), &mut files);
+    // What each example daemon listens on, by role.
+    let mut listens: Vec<(&str, SocketAddr, String)> = Vec::new();
+    for f in &files {
+        let at = f.display().to_string();
+        let (role, listen) = match Kind::of_file(f).unwrap() {
+            Kind::Coordinator => (
+                "coordinator",
+                ferry::coordinator::Coordinator::load_config(f)
+                    .unwrap()
+                    .metrics
+                    .map(|m| m.listen),
+            ),
+            Kind::Host => (
+                "host",
+                config::load::<ferry::host::config::HostConfig>(f)
+                    .unwrap()
+                    .metrics
+                    .map(|m| m.listen),
+            ),
+            Kind::Router => (
+                "router",
+                config::load::<ferry::router::RouterConfig>(f)
+                    .unwrap()
+                    .metrics
+                    .map(|m| m.listen),
+            ),
+            _ => continue,
+        };
+        let default = defaults.iter().find(|(r, _)| *r == role).unwrap().1;
+        let listen = listen.unwrap_or(default);
+        assert_eq!(
+            listen.port(),
+            default.port(),
+            "{at}: a {role}'s /metrics on port {}, but the {role} default (README, prometheus.yml) is {}",
+            listen.port(),
+            default.port()
+        );
+        listens.push((role, listen, at));
+    }
+    assert!(listens.len() >= 3, "examples found: {listens:?}");
+    // Every example daemon is a target of its job, and every target is a
+    // default or an example's address.
+    let prom: serde_yaml::Value = serde_yaml::from_str(
+        &std::fs::read_to_string(config_dir().join("../dashboards/prometheus.yml")).unwrap(),
+    )
+    .unwrap();
+    for (role, default) in defaults {
+        let job = format!("ferry-{role}");
+        let targets: BTreeSet<SocketAddr> = prom["scrape_configs"]
+            .as_sequence()
+            .unwrap()
+            .iter()
+            .filter(|j| j["job_name"].as_str() == Some(&job))
+            .flat_map(|j| j["static_configs"].as_sequence().unwrap().iter())
+            .flat_map(|s| s["targets"].as_sequence().unwrap().iter())
+            .map(|t| t.as_str().unwrap().parse().unwrap())
+            .collect();
+        assert!(
+            targets.contains(&default),
+            "{job}: {targets:?} lacks the default {default}"
+        );
+        for (r, addr, at) in listens.iter().filter(|(r, ..)| *r == role) {
+            assert!(
+                targets.contains(addr),
+                "{at}: the {r}'s /metrics {addr} is not among prometheus.yml's {job} targets {targets:?}"
+            );
+        }
+        for t in &targets {
+            assert!(
+                *t == default || listens.iter().any(|(r, a, _)| *r == role && a == t),
+                "prometheus.yml's {job} target {t} is neither the default nor an example's"
+            );
+        }
+    }
+}
