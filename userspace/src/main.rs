@@ -10,7 +10,9 @@ static ALLOC: secmem_alloc::zeroizing_alloc::ZeroizeAlloc<std::alloc::System> =
     secmem_alloc::zeroizing_alloc::ZeroizeAlloc::new(std::alloc::System);
 
 use anyhow::{Context, Result, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory, Parser, Subcommand};
+
+mod install;
 use ferry::{
     config, config_check,
     control::{Client, Role, TlsFiles, wire::MigrateOptions},
@@ -170,6 +172,24 @@ enum Command {
         force: bool,
         #[command(flatten)]
         conn: Conn,
+    },
+    /// Install this binary (debug info split off), systemd units for the
+    /// coordinator, host and router, example configurations, man pages and
+    /// shell completions. `cargo xtask install` builds and runs it.
+    Install {
+        /// Everything goes under this directory: `/` for this system, or a
+        /// package's staging tree.
+        #[arg(long, default_value = "/")]
+        root: PathBuf,
+        /// bin, share and lib go under it. The units go to
+        /// /usr/lib/systemd/system for `/usr` (a package), to
+        /// /etc/systemd/system for `/usr/local`, and under the prefix's
+        /// lib/systemd/system for any other.
+        #[arg(long, default_value = "/usr/local")]
+        prefix: PathBuf,
+        /// Where the ferry/ configuration directory goes.
+        #[arg(long, default_value = "/etc")]
+        sysconfdir: PathBuf,
     },
     /// Work with configuration files.
     Config {
@@ -813,6 +833,45 @@ fn run(cli: Cli) -> Result<()> {
                 }
                 other => bail!("unexpected answer: {other:?}"),
             }
+        }
+        Command::Install {
+            root,
+            prefix,
+            sysconfdir,
+        } => {
+            for (flag, p) in [("--prefix", &prefix), ("--sysconfdir", &sysconfdir)] {
+                if !p.is_absolute() {
+                    bail!(
+                        "{flag} {}: must be an absolute path on the target system",
+                        p.display()
+                    );
+                }
+            }
+            let exe = std::env::current_exe().context("cannot find this binary to install it")?;
+            let layout = install::Layout {
+                root,
+                prefix,
+                sysconfdir,
+            };
+            let before = std::fs::metadata(&exe).map(|m| m.len()).unwrap_or(0);
+            for f in install::install(Cli::command(), &exe, &layout)? {
+                println!("{:<60} {}", f.path.display(), f.what);
+            }
+            let bin = layout.root.join(
+                layout
+                    .prefix
+                    .strip_prefix("/")
+                    .unwrap_or(&layout.prefix)
+                    .join("bin/ferry"),
+            );
+            let after = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+            eprintln!(
+                "ferry: installed; the binary is {:.1} MB (this build {:.1} MB). Next: `ferry certs --out {}/ferry/certs ...`, edit the YAML files, then `systemctl daemon-reload && systemctl enable --now ferry-host`",
+                after as f64 / 1e6,
+                before as f64 / 1e6,
+                layout.sysconfdir.display()
+            );
+            Ok(())
         }
         Command::Config {
             command: ConfigCommand::Check { files, syntax_only },

@@ -3,6 +3,7 @@
 //! setup   install what building and testing need (idempotent, fast when done)
 //! test    setup, then the whole test suite
 //! demo    setup, then `ferry demo` (arguments after `--` go to ferry)
+//! install setup, build, then `ferry install` (arguments after `--` go to it)
 //! bench   benchmarks: AEAD backends, protocol throughput, the paper's figures
 //! fuzz    cargo-fuzz on the record parser and the handshake
 //! clippy  clippy -D warnings on userspace and on the eBPF programs
@@ -168,6 +169,13 @@ fn main() -> ExitCode {
                 .args(["run", "--release", "--package", "ferry", "--", "demo"])
                 .args(&rest))
         }),
+        "install" => setup::setup().and_then(|()| {
+            // The release build, then the binary installs itself (and its
+            // units, configs, man pages, completions): `ferry install --help`.
+            run(cargo()
+                .args(["run", "--release", "--package", "ferry", "--", "install"])
+                .args(&rest))
+        }),
         "clippy" => clippy(),
         "bench" => setup::setup().and_then(|()| timed("bench", bench::bench)),
         "fuzz" => setup::setup().and_then(|()| timed("fuzz", || fuzz(&rest))),
@@ -180,6 +188,7 @@ fn main() -> ExitCode {
             eprintln!(
                 "usage: cargo xtask <task>\n\n  setup   install toolchain pieces and packages (idempotent)\n  \
                  test    setup + the whole test suite\n  demo    setup + `ferry demo`\n  \
+                 install setup + build + `ferry install` (to /usr/local; -- --root DIR for a tree)\n  \
                                   bench   setup + benchmarks (tables, JSON, SVG in target/bench)\n  \
                  fuzz    [SECONDS] cargo-fuzz on the record parser and the handshake\n  \
                  clippy  clippy -D warnings, userspace and eBPF\n  ci      fmt --check + clippy + test"

@@ -4,6 +4,7 @@ mod config_files;
 mod control;
 mod dashboards;
 mod engine;
+mod install;
 mod logcapture;
 mod processes;
 mod protocol;
