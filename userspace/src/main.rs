@@ -369,9 +369,16 @@ fn main() {
     let default = if daemon { "warn,ferry=info" } else { "warn" };
     let filter =
         tracing_subscriber::EnvFilter::try_from_env("FERRY_LOG").unwrap_or_else(|_| default.into());
+    // Colour only for a person at a terminal: a log file, a pipe or the
+    // journal gets plain text (and NO_COLOR is honoured).
+    let colour = {
+        use std::io::IsTerminal;
+        std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
+    };
     tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
+        .with_ansi(colour)
         .init();
     if let Err(e) = run(cli) {
         eprintln!("ferry: error: {e:#}");
@@ -386,6 +393,10 @@ async fn run_router(cfg: ferry::router::RouterConfig, path: PathBuf) -> Result<(
         .with_context(|| format!("starting the router of {}", path.display()))?;
     let _server = ferry::metrics::http::serve_daemon(
         &router.config().name,
+        ferry::metrics::http::Build {
+            role: "router",
+            version: ferry::VERSION,
+        },
         metrics_cfg.as_ref(),
         ferry::router::DEFAULT_METRICS,
         router.metrics.registry.clone(),

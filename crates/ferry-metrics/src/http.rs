@@ -178,17 +178,54 @@ async fn respond(
 /// Serves `registry` where `cfg` says, else on `default`, for daemon `who`.
 pub async fn serve_daemon(
     who: &str,
+    build: Build<'_>,
     cfg: Option<&MetricsListen>,
     default: SocketAddr,
     registry: Registry,
 ) -> anyhow::Result<MetricsServer> {
     use anyhow::Context;
+    register_daemon_metrics(&registry, build);
     let listen = cfg.map(|m| m.listen).unwrap_or(default);
     let server = MetricsServer::start(listen, registry)
         .await
         .with_context(|| format!("serving /metrics on {listen}"))?;
     tracing::info!(daemon = %who, metrics = %server.addr, "serving /metrics");
     Ok(server)
+}
+
+/// What `ferry_build_info` says of a daemon.
+#[derive(Clone, Copy, Debug)]
+pub struct Build<'a> {
+    /// coordinator, host or router.
+    pub role: &'static str,
+    /// The version with its git revision, as `ferry --version` prints it.
+    pub version: &'a str,
+}
+
+/// `ferry_build_info{role, version} 1` and the process's own CPU, memory,
+/// file descriptors and threads (`process_*`, as every Prometheus client
+/// exports them), on every daemon. Registered once per registry: a second
+/// registration is a no-op.
+pub fn register_daemon_metrics(registry: &Registry, build: Build<'_>) {
+    let info = prometheus::IntGaugeVec::new(
+        prometheus::Opts::new(
+            "ferry_build_info",
+            "Always 1: the daemon's role and version (with its git revision).",
+        ),
+        &["role", "version"],
+    )
+    .expect("valid metric");
+    info.with_label_values(&[build.role, build.version]).set(1);
+    let process = prometheus::process_collector::ProcessCollector::for_self();
+    for c in [
+        Box::new(info) as Box<dyn prometheus::core::Collector>,
+        Box::new(process),
+    ] {
+        match registry.register(c) {
+            Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
+            Err(e) => tracing::warn!("cannot export the daemon's own metrics: {e}"),
+        }
+    }
 }
 
 /// GET `path` from `addr` (tests and `ferry` tooling): status and body.

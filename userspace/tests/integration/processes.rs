@@ -1984,6 +1984,47 @@ fn ctrl_c_and_ferry_cancel_stop_a_migration_and_the_guest_stays_on_its_source() 
     assert_eq!(code, 0, "{out}{err}");
     let hosts = rt.block_on(admin.hosts());
     assert!(guest_on(&hosts, "b", "g1").is_some() && guest_on(&hosts, "a", "g1").is_none());
+
+    // Issue 16: every daemon says what it is and what it costs on /metrics,
+    // and its log, written to a file, carries no colour codes.
+    let c1_yaml = std::fs::read_to_string(dir.join("c1.yaml")).unwrap();
+    let at = c1_yaml.find("listen: \"").unwrap() + "listen: \"".len();
+    let c1_metrics: SocketAddr = c1_yaml[at..at + c1_yaml[at..].find('"').unwrap()]
+        .parse()
+        .unwrap();
+    for (role, addr) in [
+        ("host", metrics_addr(&dir, "a")),
+        ("coordinator", c1_metrics),
+    ] {
+        let text = http_get(addr, "/metrics");
+        let info = format!(
+            "ferry_build_info{{role=\"{role}\",version=\"{}\"}} 1",
+            ferry::VERSION
+        );
+        assert!(
+            text.contains(&info),
+            "{role}'s /metrics lacks {info}:\n{text}"
+        );
+        for m in [
+            "process_cpu_seconds_total",
+            "process_resident_memory_bytes",
+            "process_open_fds",
+        ] {
+            assert!(
+                text.contains(&format!("\n{m} ")),
+                "{role}'s /metrics lacks {m}"
+            );
+        }
+    }
+    for log in ["a.log", "b.log", "c1.log"] {
+        let text = std::fs::read_to_string(dir.join(log)).unwrap();
+        assert!(text.contains("INFO"), "{log} is empty: {text:?}");
+        assert!(
+            !text.contains('\x1b'),
+            "{log} has colour codes: {:?}",
+            &text[..text.len().min(300)]
+        );
+    }
     drop(rt);
     let _ = std::fs::remove_dir_all(&dir);
 }

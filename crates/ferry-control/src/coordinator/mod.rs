@@ -1216,6 +1216,10 @@ impl Coordinator {
         let tls = control::tls::server_config(&self.cfg.tls).context("coordinator TLS")?;
         let _metrics = crate::metrics::http::serve_daemon(
             &self.cfg.name,
+            crate::metrics::http::Build {
+                role: "coordinator",
+                version: crate::VERSION,
+            },
             self.cfg.metrics.as_ref(),
             DEFAULT_METRICS,
             self.metrics.clone(),

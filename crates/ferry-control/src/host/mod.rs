@@ -853,6 +853,10 @@ impl Host {
         let tls = control::tls::server_config(&self.cfg.tls).context("control API TLS")?;
         let _metrics = crate::metrics::http::serve_daemon(
             &self.cfg.name,
+            crate::metrics::http::Build {
+                role: "host",
+                version: crate::VERSION,
+            },
             self.cfg.metrics.as_ref(),
             DEFAULT_METRICS,
             self.metrics.clone(),
