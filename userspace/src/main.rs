@@ -56,11 +56,13 @@ enum Command {
     },
     /// Run the coordinator (vCenter's role): hands out migration specs.
     Coordinator {
+        /// Its YAML (see config/coordinator.yaml).
         #[arg(long)]
         config: PathBuf,
     },
     /// Run a host (ESXi's role): runs guests, migrates them.
     Host {
+        /// Its YAML (see config/host-a.yaml).
         #[arg(long)]
         config: PathBuf,
     },
@@ -68,6 +70,7 @@ enum Command {
     /// announcement watch, /metrics. SIGHUP re-reads the configuration and
     /// applies it live.
     Router {
+        /// Its YAML (see config/router.yaml); SIGHUP re-reads it.
         #[arg(long)]
         config: PathBuf,
         /// Remove what a pinned router left (pins, HTB trees) and exit.
@@ -79,15 +82,21 @@ enum Command {
         /// Directory to write to (an existing CA there is reused).
         #[arg(long)]
         out: PathBuf,
+        /// A coordinator's certificate (server and client), by its name;
+        /// repeat for several.
         #[arg(long = "coordinator", value_name = "NAME")]
         coordinators: Vec<String>,
+        /// A host's certificate, by its name; repeat for several.
         #[arg(long = "host", value_name = "NAME")]
         hosts: Vec<String>,
+        /// A client's certificate (for `ferry migrate`, `status`, ...),
+        /// by its name; repeat for several.
         #[arg(long = "client", value_name = "NAME")]
         clients: Vec<String>,
     },
     /// Ask the coordinator to move a guest, with live progress.
     Migrate {
+        /// The guest to move, by name (see `ferry hosts`).
         guest: String,
         /// Destination host: NAME, or NAME@COORDINATOR for another coordinator's host.
         #[arg(long)]
@@ -95,6 +104,8 @@ enum Command {
         /// Source host (default: wherever the guest runs).
         #[arg(long)]
         from: Option<String>,
+        /// Encryption: required, opportunistic (encrypt where both hosts
+        /// can) or disabled. Default: the guest's own setting.
         #[arg(long, value_parser = mode_parser())]
         mode: Option<EncryptionMode>,
         /// Parallel migration streams, 1-64; 0 (or unset): the coordinator's
@@ -150,6 +161,7 @@ enum Command {
     },
     /// Show the coordinator's hosts and their guests.
     Hosts {
+        /// Print JSON on stdout.
         #[arg(long)]
         json: bool,
         #[command(flatten)]
@@ -160,6 +172,7 @@ enum Command {
     /// Resumes the paused copy only when the destination, asked, never ran
     /// the guest; drops a copy only when the guest runs elsewhere.
     Resolve {
+        /// The guest in doubt, by name.
         guest: String,
         /// When several hosts run the guest: the host whose copy stays (the
         /// others are discarded).
@@ -244,8 +257,9 @@ impl Conn {
 
 #[derive(Subcommand)]
 enum ConfigCommand {
-    /// Validate configuration files; the kind is taken from the file name.
+    /// Validate configuration files and the TLS files they name.
     Check {
+        /// The files; each one's kind is told by its top-level keys.
         #[arg(required = true)]
         files: Vec<PathBuf>,
         /// Check only the files themselves, not the TLS files they name.
@@ -258,6 +272,7 @@ enum ConfigCommand {
 enum LabCommand {
     /// eBPF VLAN counters on a veth pair between two throwaway namespaces.
     Counters {
+        /// Its YAML (see config/lab/); built-in defaults otherwise.
         #[arg(long)]
         config: Option<PathBuf>,
     },
@@ -334,11 +349,13 @@ enum LabCommand {
     /// Print what this machine is (CPU, features, the AEAD backend that
     /// `fastest` picks), as benchmarks print it with their figures.
     Machine {
+        /// Print JSON on stdout.
         #[arg(long)]
         json: bool,
     },
     /// Run an experiment (config/lab/experiment-*.yaml): table, JSON, SVG.
     Run {
+        /// The experiment's YAML.
         file: PathBuf,
         /// Where the JSON and SVG go.
         #[arg(long, default_value = "target/lab")]
@@ -1065,5 +1082,39 @@ fn run(cli: Cli) -> Result<()> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every option and argument of every subcommand says what it is in
+    /// `--help` (and so in the man pages).
+    #[test]
+    fn every_option_in_every_help_has_a_description() {
+        fn walk(cmd: &clap::Command, path: String, missing: &mut Vec<String>) {
+            for a in cmd.get_arguments() {
+                let builtin = matches!(a.get_id().as_str(), "help" | "version");
+                if !builtin && a.get_help().is_none() && a.get_long_help().is_none() {
+                    missing.push(format!("{path} {}", a.get_id()));
+                }
+            }
+            for s in cmd.get_subcommands() {
+                if s.get_about().is_none() && s.get_name() != "help" {
+                    missing.push(format!("{path} {} (the subcommand)", s.get_name()));
+                }
+                walk(s, format!("{path} {}", s.get_name()), missing);
+            }
+        }
+        let mut cmd = Cli::command();
+        cmd.build();
+        let mut missing = Vec::new();
+        walk(&cmd, "ferry".into(), &mut missing);
+        assert!(
+            missing.is_empty(),
+            "no help text for:\n{}",
+            missing.join("\n")
+        );
     }
 }
