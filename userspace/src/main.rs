@@ -76,6 +76,11 @@ enum Command {
         /// Remove what a pinned router left (pins, HTB trees) and exit.
         #[arg(long)]
         remove: bool,
+        /// Print the programs, pins, qdiscs and classes it would create
+        /// (handles as `tc class show` prints them) and exit, touching
+        /// nothing.
+        #[arg(long, conflicts_with = "remove")]
+        dry_run: bool,
     },
     /// Make a certificate authority and certificates for a lab.
     Certs {
@@ -657,8 +662,20 @@ fn run(cli: Cli) -> Result<()> {
             let h = Host::start(cfg)?;
             rt.block_on(h.serve())
         }
-        Command::Router { config, remove } => {
+        Command::Router {
+            config,
+            remove,
+            dry_run,
+        } => {
             let cfg: ferry::router::RouterConfig = config::load(&config)?;
+            if dry_run {
+                print!(
+                    "{}",
+                    ferry::router::Router::plan(&cfg)
+                        .with_context(|| format!("{}", config.display()))?
+                );
+                return Ok(());
+            }
             if remove {
                 ferry::router::Router::remove(&cfg, None)?;
                 println!("removed what router {} left", cfg.name);

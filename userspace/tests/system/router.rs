@@ -287,6 +287,39 @@ fn shapes_a_tcp_flow_to_its_class_rate_and_changes_it_live() {
         r.netlink().unwrap().root_qdisc("rb").unwrap().as_deref(),
         Some("htb")
     );
+    // `ferry router --dry-run` names the classes as iproute2 shows them:
+    // each planned class is in `tc class show`, by handle, with its rate.
+    let plan = Router::plan(&shaped_config("r2", "50Mbit", None)).unwrap();
+    let out = r
+        .command("tc")
+        .args(["class", "show", "dev", "rb"])
+        .output()
+        .unwrap();
+    let shown = String::from_utf8_lossy(&out.stdout);
+    let planned: Vec<(&str, &str)> = plan
+        .lines()
+        .filter_map(|l| l.trim().strip_prefix("class htb "))
+        .map(|l| {
+            let mut w = l.split_whitespace();
+            let handle = w.next().unwrap();
+            let rate = w.skip_while(|x| *x != "rate").nth(1).unwrap();
+            (handle, rate)
+        })
+        .collect();
+    assert_eq!(
+        planned.len(),
+        4,
+        "the root class and three classes:\n{plan}"
+    );
+    for (handle, rate) in &planned {
+        assert!(
+            shown
+                .lines()
+                .any(|l| l.starts_with(&format!("class htb {handle} "))
+                    && l.contains(&format!(" rate {rate} "))),
+            "planned class {handle} at {rate} is not in `tc class show`:\n{shown}\nplan:\n{plan}"
+        );
+    }
     let _servers = iperf_servers(&b, &[5201, 5202]);
 
     // Both at once: the bulk class is held to 50 Mbit/s, the other runs free.

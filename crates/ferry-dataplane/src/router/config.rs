@@ -69,7 +69,8 @@ pub struct Shape {
 #[serde(deny_unknown_fields)]
 pub struct ClassConfig {
     pub name: String,
-    /// 1..=63; the HTB class on shaped interfaces is 1:(256 + id).
+    /// 1..=63; the HTB class on shaped interfaces is 1:(256 + id), which
+    /// `tc class show` prints in hexadecimal (id 10 is `1:10a`).
     pub id: u16,
     #[serde(default)]
     pub matches: Vec<Match>,

@@ -127,6 +127,18 @@ fn wan_specs(cfg: &RouterConfig, ifaces: &BTreeMap<u32, String>) -> Vec<LineSpec
 }
 
 /// The fair share a class gets when its rate is not configured.
+/// A rate as the plan shows it: exact where the configuration's unit
+/// divides it, else whole Mbit/s as `tc` rounds it (a fair share of 10Gbit
+/// in three is 3333Mbit).
+fn plan_rate(bytes_per_s: u64) -> String {
+    let bits = bytes_per_s * 8;
+    if bits >= 1_000_000 && !bits.is_multiple_of(1_000) {
+        format!("{:.0}Mbit", bits as f64 / 1e6)
+    } else {
+        ferry_core::config::Rate(bytes_per_s).to_string()
+    }
+}
+
 fn class_rates(cfg: &RouterConfig, link: u64, id: u16) -> HtbClass {
     let c = cfg.class(id).expect("class exists");
     let share = link / cfg.classes.len().max(1) as u64;
@@ -446,6 +458,106 @@ impl Router {
 
     /// Removes what a pinned router left: its pins (which detaches the
     /// programs) and its HTB trees.
+    /// What [`Router::start`] would create for `cfg`, touching nothing
+    /// (`ferry router --dry-run`): programs and where they attach, pins,
+    /// and each shaped interface's HTB tree with its handles as `tc class
+    /// show` prints them (hexadecimal minors: class id 10 is `1:10a`).
+    pub fn plan(cfg: &RouterConfig) -> Result<String> {
+        use std::fmt::Write as _;
+        cfg.validate()?;
+        let (rules, default) = cfg.compile()?;
+        let mut t = String::new();
+        let _ = writeln!(
+            t,
+            "router {}: {} classification rules, {} classes",
+            cfg.name,
+            rules.len(),
+            cfg.classes.len()
+        );
+        let tc = |minor: u16| format!("{HTB_MAJOR}:{minor:x}");
+        let pin = |ifc: &str, dir: &str| {
+            cfg.pin_dir
+                .as_ref()
+                .map(|d| {
+                    format!(
+                        ", pinned at {}",
+                        d.join(format!("link-{ifc}-{dir}")).display()
+                    )
+                })
+                .unwrap_or_default()
+        };
+        for ifc in &cfg.interfaces {
+            let _ = writeln!(t, "interface {}:", ifc.name);
+            if ifc.classify {
+                let _ = writeln!(
+                    t,
+                    "  tcx ingress: classify_ingress{}",
+                    pin(&ifc.name, "classify-in")
+                );
+                let _ = writeln!(
+                    t,
+                    "  tcx egress:  classify_egress{}",
+                    pin(&ifc.name, "classify-out")
+                );
+            }
+            if ifc.watch {
+                let _ = writeln!(
+                    t,
+                    "  tcx ingress: watch_ingress{} (announcements, MAC moves)",
+                    pin(&ifc.name, "watch-in")
+                );
+            }
+            if let Some(shape) = ifc.shape {
+                let link = shape.rate.bytes_per_second();
+                let _ = writeln!(
+                    t,
+                    "  qdisc htb {HTB_MAJOR}: root default {} (an existing htb root stays; only its classes change)",
+                    tc(htb_minor(default))
+                );
+                let _ = writeln!(
+                    t,
+                    "  class htb {} parent {HTB_MAJOR}: rate {} ceil {}",
+                    tc(HTB_ROOT_MINOR),
+                    shape.rate,
+                    shape.rate
+                );
+                for c in &cfg.classes {
+                    let r = class_rates(cfg, link, c.id);
+                    let _ = writeln!(
+                        t,
+                        "  class htb {} parent {} rate {} ceil {} prio {}   # class {} (id {})",
+                        tc(htb_minor(c.id)),
+                        tc(HTB_ROOT_MINOR),
+                        plan_rate(r.rate),
+                        plan_rate(r.ceil),
+                        r.prio,
+                        c.name,
+                        c.id
+                    );
+                }
+            }
+            if ifc.wan {
+                for c in cfg.classes.iter().filter(|c| c.wan.is_some()) {
+                    let _ = writeln!(t, "  delay line for class {} leaving here", c.name);
+                }
+            }
+        }
+        match &cfg.pin_dir {
+            Some(d) => {
+                let _ = writeln!(
+                    t,
+                    "pins in {} (bpffs; mounted if missing): maps {}",
+                    d.display(),
+                    crate::dataplane::PINNED_MAPS.join(", ")
+                );
+            }
+            None => {
+                let _ = writeln!(t, "no pins: all of it goes when the router stops");
+            }
+        }
+        Ok(t)
+    }
+
     pub fn remove(cfg: &RouterConfig, netns: Option<Arc<Netns>>) -> Result<()> {
         if let Some(dir) = &cfg.pin_dir
             && dir.exists()
