@@ -364,6 +364,44 @@ fn shapes_a_tcp_flow_to_its_class_rate_and_changes_it_live() {
     );
 }
 
+#[test]
+fn refuses_the_interface_the_default_route_leaves_through_unless_allowed() {
+    if !privileged("refuses_the_interface_the_default_route_leaves_through_unless_allowed") {
+        return;
+    }
+    let _x = exclusive();
+
+    let mut t = Topology::new("ft");
+    let (_a, r, _b) = routed(&mut t);
+    t.route("r", "default", "10.6.2.1".parse().unwrap())
+        .unwrap();
+    let err = Router::start(shaped_config("r4", "50Mbit", None), Some(r.clone()))
+        .err()
+        .expect("a router on the default route's interface must be refused");
+    let msg = err.to_string();
+    assert!(
+        msg.contains("interfaces[1] (rb)")
+            && msg.contains("default route leaves through it")
+            && msg.contains("allow_default_route: true"),
+        "{msg}"
+    );
+    // Refused before anything was touched.
+    assert_ne!(
+        r.netlink().unwrap().root_qdisc("rb").unwrap().as_deref(),
+        Some("htb"),
+        "a refused router must leave the interface as it was"
+    );
+
+    let mut cfg = shaped_config("r4", "50Mbit", None);
+    cfg.interfaces[1].allow_default_route = true;
+    let router = Router::start(cfg, Some(r.clone())).unwrap();
+    assert_eq!(
+        r.netlink().unwrap().root_qdisc("rb").unwrap().as_deref(),
+        Some("htb")
+    );
+    router.stop().unwrap();
+}
+
 /// Removes a pinned router's leftovers however the test ends.
 struct Unpin(RouterConfig, Option<Arc<Netns>>);
 impl Drop for Unpin {

@@ -52,6 +52,11 @@ pub struct RouterInterface {
     /// delay line.
     #[serde(default)]
     pub wan: bool,
+    /// Take this interface even though the machine's default route leaves
+    /// through it. Without it the router refuses: a wrong class or rate
+    /// there cuts the machine off (see `ferry router --dry-run` first).
+    #[serde(default)]
+    pub allow_default_route: bool,
 }
 
 fn yes() -> bool {

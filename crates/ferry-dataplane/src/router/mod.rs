@@ -164,6 +164,7 @@ impl Router {
     /// and attaches to every interface of `cfg`, in `netns` (None: here).
     pub fn start(cfg: RouterConfig, netns: Option<Arc<Netns>>) -> Result<Self> {
         cfg.validate()?;
+        Self::refuse_default_route(&cfg, &netns)?;
         let mut dp = Dataplane::load_pinned(netns.clone(), cfg.pin_dir.as_deref())?;
         let shaped = cfg.interfaces.iter().any(|i| i.shape.is_some());
         Self::program(&mut dp, &cfg, shaped)?;
@@ -456,8 +457,30 @@ impl Router {
         Ok(())
     }
 
-    /// Removes what a pinned router left: its pins (which detaches the
-    /// programs) and its HTB trees.
+    /// An interface the default route leaves through is taken only when the
+    /// configuration says so (`allow_default_route`).
+    fn refuse_default_route(cfg: &RouterConfig, netns: &Option<Arc<Netns>>) -> Result<()> {
+        let mut nl = Self::netlink(netns)?;
+        let defaults = nl.default_route_links()?;
+        for (k, ifc) in cfg.interfaces.iter().enumerate() {
+            if ifc.allow_default_route {
+                continue;
+            }
+            // A missing interface is reported where it is attached.
+            if let Ok(i) = nl.link_index(&ifc.name)
+                && defaults.contains(&i)
+            {
+                return Err(RouterError::Config(format!(
+                    "interfaces[{k}] ({}): this machine's default route leaves through it, \
+                     and a wrong class or rate there cuts the machine off; check the plan with \
+                     `ferry router --dry-run`, then set `allow_default_route: true` on it",
+                    ifc.name
+                )));
+            }
+        }
+        Ok(())
+    }
+
     /// What [`Router::start`] would create for `cfg`, touching nothing
     /// (`ferry router --dry-run`): programs and where they attach, pins,
     /// and each shaped interface's HTB tree with its handles as `tc class
@@ -558,6 +581,8 @@ impl Router {
         Ok(t)
     }
 
+    /// Removes what a pinned router left: its pins (which detaches the
+    /// programs) and its HTB trees.
     pub fn remove(cfg: &RouterConfig, netns: Option<Arc<Netns>>) -> Result<()> {
         if let Some(dir) = &cfg.pin_dir
             && dir.exists()

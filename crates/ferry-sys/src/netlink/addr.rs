@@ -76,6 +76,49 @@ impl Netlink {
         Ok(out)
     }
 
+    /// The interfaces (by index) that IPv4 or IPv6 default routes of the
+    /// main table leave through, multipath next hops included.
+    pub fn default_route_links(&mut self) -> Result<Vec<u32>> {
+        let mut out = Vec::new();
+        for fam in [AddressFamily::Inet, AddressFamily::Inet6] {
+            let mut q = RouteMessage::default();
+            q.header.address_family = fam;
+            let replies =
+                self.request("list routes", RouteNetlinkMessage::GetRoute(q), NLM_F_DUMP)?;
+            for r in replies {
+                let RouteNetlinkMessage::NewRoute(m) = r else {
+                    continue;
+                };
+                let table = m
+                    .attributes
+                    .iter()
+                    .find_map(|a| match a {
+                        RouteAttribute::Table(t) => Some(*t),
+                        _ => None,
+                    })
+                    .unwrap_or(u32::from(m.header.table));
+                if m.header.destination_prefix_length != 0
+                    || table != u32::from(RouteHeader::RT_TABLE_MAIN)
+                    || m.header.kind != RouteType::Unicast
+                {
+                    continue;
+                }
+                for a in &m.attributes {
+                    match a {
+                        RouteAttribute::Oif(i) => out.push(*i),
+                        RouteAttribute::MultiPath(hops) => {
+                            out.extend(hops.iter().map(|h| h.interface_index))
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        out.sort_unstable();
+        out.dedup();
+        Ok(out)
+    }
+
     /// Adds a route to `dst/prefix` (prefix 0: default route) via `gateway`, or
     /// directly out of `dev` when there is no gateway.
     pub fn add_route(
