@@ -46,7 +46,17 @@ fn is_progress(line: &str) -> bool {
     let word = text.trim_start().split(' ').next().unwrap_or("");
     matches!(
         word,
-        "Compiling" | "Finished" | "Checking" | "Fresh" | "Blocking" | "Updating" | "Locking"
+        "Compiling"
+            | "Finished"
+            | "Checking"
+            | "Fresh"
+            | "Blocking"
+            | "Updating"
+            | "Locking"
+            | "Adding"
+            // A fresh machine's first -Zbuild-std fetches std's own deps.
+            | "Downloading"
+            | "Downloaded"
     )
 }
 

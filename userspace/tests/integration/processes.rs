@@ -31,11 +31,23 @@ impl Drop for Daemon {
     }
 }
 
+/// A loopback port nothing listens on, never one this process handed out
+/// before: the kernel may give a just-closed ephemeral port out again, and
+/// CI once saw host a's migration port handed to host b too.
 fn free_port() -> SocketAddr {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    for _ in 0..1000 {
+        let addr = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap();
+        if !given.contains(&addr.port()) {
+            given.push(addr.port());
+            return addr;
+        }
+    }
+    panic!("no loopback port not handed out before in 1000 tries");
 }
 
 fn wait_listening(addr: SocketAddr) {
