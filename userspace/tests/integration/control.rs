@@ -359,11 +359,11 @@ fn an_unreachable_coordinator_is_a_clear_error() {
         )
         .await
         .unwrap();
-        // A port nobody listens on.
-        let dead = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap();
+        // A port nobody listens on: bound but never listening, and held for
+        // the whole test so a concurrent test cannot be given it.
+        let hold = tokio::net::TcpSocket::new_v4().unwrap();
+        hold.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let dead = hold.local_addr().unwrap();
         let coord = CoordinatorRef {
             name: "c1".into(),
             addr: dead,
@@ -389,6 +389,7 @@ fn an_unreachable_coordinator_is_a_clear_error() {
             c.host("host-a").guest("g1").unwrap().run_state(),
             RunState::Running
         );
+        drop(hold);
     });
 }
 
