@@ -154,6 +154,24 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Change a running migration's bandwidth cap or downtime limit, as
+    /// `virsh migrate-setspeed` / `migrate-setmaxdowntime`. It takes effect
+    /// at once: the next records sent, the next pass's convergence test.
+    MigrateSet {
+        /// The migration's id, or enough of its first digits to name one
+        /// (see `ferry status`).
+        id: String,
+        /// The new cap across all streams, e.g. 1Gbit or 200MiB/s;
+        /// `unlimited` lifts it.
+        #[arg(long, value_parser = parse_bandwidth)]
+        max_bandwidth: Option<u64>,
+        /// The new downtime limit, e.g. 500ms: it switches over once the
+        /// predicted stun fits this.
+        #[arg(long, value_parser = parse_duration)]
+        downtime_limit: Option<Duration>,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Show migrations the coordinator knows.
     Status {
         /// One migration in detail: its id, or enough of its first digits.
@@ -473,6 +491,50 @@ async fn status(
     }
 }
 
+/// `--max-bandwidth` of `ferry migrate-set`: a rate, or `unlimited` (0).
+fn parse_bandwidth(s: &str) -> Result<u64, String> {
+    if s.trim().eq_ignore_ascii_case("unlimited") {
+        return Ok(0);
+    }
+    let r = ferry::config::Rate::parse(s)?.bytes_per_second();
+    if r == 0 {
+        return Err(format!(
+            "{s:?} is no rate: give more than 0, or `unlimited`"
+        ));
+    }
+    Ok(r)
+}
+
+/// `ferry migrate-set`: names the migration from an abbreviated id and
+/// asks the coordinator to change its limits.
+async fn migrate_set(
+    client: &Client,
+    coord: &CoordinatorRef,
+    prefix: &str,
+    change: ferry::protocol::LimitChange,
+) -> Result<()> {
+    let all = status(client, coord, None).await?;
+    let id = ferry::client::find_by_prefix(&all, prefix)
+        .map_err(anyhow::Error::msg)?
+        .id;
+    let r = client
+        .call(
+            &coord.name,
+            coord.addr,
+            &ferry::control::Request::SetLimits { id, change },
+            Duration::from_secs(30),
+        )
+        .await
+        .context("cannot change the migration's limits")?;
+    match r {
+        ferry::control::Response::Resolved { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
 /// How long `ferry cancel` waits for the migration to end: a cancel is
 /// honoured between the engine's steps, and a switch-over already begun
 /// runs to its end, which its timeout bounds.
@@ -777,6 +839,23 @@ fn run(cli: Cli) -> Result<()> {
                 );
             }
             Ok(())
+        }
+        Command::MigrateSet {
+            id,
+            max_bandwidth,
+            downtime_limit,
+            conn,
+        } => {
+            let change = ferry::protocol::LimitChange {
+                bandwidth: max_bandwidth,
+                downtime_limit_us: downtime_limit
+                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+            };
+            if change.is_empty() {
+                bail!("nothing to change: give --max-bandwidth or --downtime-limit (or both)");
+            }
+            let (client, coord) = conn.open()?;
+            runtime()?.block_on(migrate_set(&client, &coord, &id, change))
         }
         Command::Cancel { id, conn } => {
             let (client, coord) = conn.open()?;

@@ -11,6 +11,7 @@ pub mod channels;
 pub mod destination;
 pub mod guest;
 pub mod journal;
+pub mod limits;
 pub mod source;
 pub mod stats;
 pub mod wire;
@@ -19,6 +20,7 @@ use std::time::Duration;
 
 pub use destination::{DestinationEvent, IncomingRegistry, MigrationListener, Outcome};
 pub use journal::Journal;
+pub use limits::LiveLimits;
 pub use source::{SourceOptions, migrate_out};
 pub use stats::{
     DestinationStats, MigrationResult, MigrationStats, PassStats, Phase, Progress, StunTimes,

@@ -33,7 +33,10 @@ use super::{
     stats::{MigrationResult, MigrationStats, PassStats, Phase, Progress},
     wire,
 };
-use crate::guest::{DirtyBitmap, Guest, PAGE_SIZE, PageDigests};
+use crate::{
+    guest::{DirtyBitmap, Guest, PAGE_SIZE, PageDigests},
+    limits::{LiveLimits, Pacer},
+};
 use ferry_protocol::{
     Backend, KeySchedule, MemoryCheck, MigrationSpec, ProtocolError, ProtocolMetrics, Side,
     handshake::{FLAG_OUTCOME_QUERY, client_handshake},
@@ -51,6 +54,8 @@ pub struct SourceOptions {
     pub software_dirty_log: bool,
     /// Set to cancel the migration (honoured before the switch-over).
     pub cancel: Option<Arc<AtomicBool>>,
+    /// Limits that may change while it runs (None: the spec's, fixed).
+    pub limits: Option<Arc<LiveLimits>>,
     /// How often progress is reported during a pass.
     pub progress_every: Duration,
     /// Where the release is made durable before GO (a host's journal).
@@ -65,6 +70,7 @@ impl Default for SourceOptions {
             connect_timeout: Duration::from_secs(10),
             software_dirty_log: false,
             cancel: None,
+            limits: None,
             progress_every: Duration::from_millis(250),
             journal: None,
         }
@@ -124,20 +130,16 @@ fn sender_loop(
     rx: mpsc::Receiver<Cmd>,
     reports: mpsc::Sender<Report>,
     live: Arc<Live>,
-    bandwidth: Option<u64>,
+    limits: Arc<LiveLimits>,
 ) -> SenderEnd {
     let mut w = RecordWriter::new(sock, crypto, max_record);
     let per_batch = wire::pages_per_batch(max_record);
     let (mut total_pages, mut total_batches) = (0u64, 0u64);
-    let start = Instant::now();
-    let pace = |w: &RecordWriter<TcpStream>| {
-        if let Some(bw) = bandwidth {
-            let per_stream = (bw / streams as u64).max(1);
-            let due = Duration::from_secs_f64(w.wire_bytes as f64 / per_stream as f64);
-            let now = start.elapsed();
-            if due > now {
-                std::thread::sleep(due - now);
-            }
+    let mut pacer = Pacer::new();
+    let mut pace = |w: &RecordWriter<TcpStream>| {
+        let wait = pacer.delay(w.wire_bytes, limits.bandwidth(), streams);
+        if !wait.is_zero() {
+            std::thread::sleep(wait);
         }
     };
     let fail = |e: std::io::Error| Report::Error {
@@ -461,6 +463,18 @@ fn why_broken(broken: MigrationError, in_rx: &mpsc::Receiver<Inbound>) -> Migrat
     }
 }
 
+/// The limits this run reads as it goes: the caller's, filled from the
+/// spec where no change has set them, or the spec's own.
+pub(crate) fn live_limits(spec: &MigrationSpec, opts: &SourceOptions) -> Arc<LiveLimits> {
+    match &opts.limits {
+        Some(l) => {
+            l.fill(&spec.limits);
+            l.clone()
+        }
+        None => Arc::new(LiveLimits::new(&spec.limits)),
+    }
+}
+
 pub(crate) struct Run<'a> {
     pub(crate) spec: &'a MigrationSpec,
     pub(crate) start: Instant,
@@ -530,6 +544,7 @@ pub fn migrate_out(
         .map(|k| KeySchedule::new(k, spec.nonce, &spec.id));
     let streams = spec.streams as usize;
     let max_record = spec.limits.max_record as usize;
+    let limits = live_limits(spec, opts);
     tracing::info!(migration = %spec.id, guest = %spec.guest, destination = %spec.destination.host,
         transport = %spec.transport, streams, "migration: setup");
     progress(&Progress {
@@ -567,12 +582,7 @@ pub fn migrate_out(
             );
         }
         let (tx, rx) = mpsc::channel();
-        let (g, r, l, bw) = (
-            guest.clone(),
-            rep_tx.clone(),
-            live.clone(),
-            spec.limits.bandwidth,
-        );
+        let (g, r, l, bw) = (guest.clone(), rep_tx.clone(), live.clone(), limits.clone());
         let ws = sock.try_clone().expect("clone stream");
         let handle = std::thread::Builder::new()
             .name(format!("mig-src-{i}"))
@@ -796,7 +806,9 @@ pub fn migrate_out(
             throttle_percent: throttle,
         });
         pass += 1;
-        if expected <= spec.limits.downtime_limit.as_secs_f64() {
+        let limit = limits.downtime_limit(spec.limits.downtime_limit);
+        run.stats.downtime_limit_seconds = limit.as_secs_f64();
+        if expected <= limit.as_secs_f64() {
             break;
         }
         if start.elapsed() > spec.limits.max_time {

@@ -23,7 +23,9 @@ pub use aead::Backend;
 pub use error::ProtocolError;
 pub use keys::{Direction, KeySchedule, MigrationKey};
 pub use metrics::ProtocolMetrics;
-pub use spec::{EncryptionMode, Limits, MemoryCheck, MigrationId, MigrationSpec, Transport};
+pub use spec::{
+    EncryptionMode, LimitChange, Limits, MemoryCheck, MigrationId, MigrationSpec, Transport,
+};
 
 use record::Crypto;
 

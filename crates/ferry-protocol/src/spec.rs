@@ -230,6 +230,55 @@ pub struct Limits {
     pub switchover_timeout: Duration,
 }
 
+/// A change to a running migration's limits (`ferry migrate-set`, as
+/// `virsh migrate-setspeed` / `migrate-setmaxdowntime`). What it leaves
+/// out stays as it was.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitChange {
+    /// The cap across all streams, in bytes per second; 0 lifts it.
+    #[serde(default)]
+    pub bandwidth: Option<u64>,
+    /// The downtime limit, in microseconds.
+    #[serde(default)]
+    pub downtime_limit_us: Option<u64>,
+}
+
+/// "bandwidth 25.0 MB/s, downtime limit 50 ms": what a change sets.
+impl std::fmt::Display for LimitChange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mut parts = Vec::new();
+        match self.bandwidth {
+            Some(0) => parts.push("bandwidth no longer capped".to_string()),
+            Some(b) => parts.push(format!("bandwidth capped at {:.1} MB/s", b as f64 / 1e6)),
+            None => {}
+        }
+        if let Some(us) = self.downtime_limit_us {
+            parts.push(format!("downtime limit {} ms", us as f64 / 1e3));
+        }
+        f.write_str(&parts.join(", "))
+    }
+}
+
+impl LimitChange {
+    pub fn is_empty(&self) -> bool {
+        self.bandwidth.is_none() && self.downtime_limit_us.is_none()
+    }
+
+    /// What no running migration can be given.
+    pub fn check(&self) -> Result<(), String> {
+        if self.is_empty() {
+            return Err("nothing to change: give a bandwidth or a downtime limit".into());
+        }
+        if self.downtime_limit_us == Some(0) {
+            return Err(
+                "a downtime limit must be more than 0: no switch-over fits in no time".into(),
+            );
+        }
+        Ok(())
+    }
+}
+
 /// How a migration checks that the destination's memory is the source's.
 /// Each record is already authenticated (or checksummed); this checks the
 /// whole: that every page's last version arrived, and that the dirty log

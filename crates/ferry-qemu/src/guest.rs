@@ -397,6 +397,15 @@ fn num(v: &Value) -> u64 {
         .unwrap_or(0)
 }
 
+/// QEMU's parameters for a cap (None: none; QEMU's own 128 MiB/s default
+/// would cap every link) and a downtime limit, in its units.
+fn limit_params(bandwidth: Option<u64>, downtime_limit: std::time::Duration) -> serde_json::Value {
+    json!({
+        "max-bandwidth": bandwidth.unwrap_or(1 << 40),
+        "downtime-limit": downtime_limit.as_millis().clamp(1, 2_000_000) as u64,
+    })
+}
+
 impl ChannelGuest for QemuGuest {
     fn name(&self) -> &str {
         &self.name
@@ -442,12 +451,7 @@ impl ChannelGuest for QemuGuest {
                 {"capability": "events", "state": true}]}),
         )
         .map_err(guest_err)?;
-        let mut params = json!({
-            // QEMU's 128 MiB/s default would cap every link; ferry's
-            // streams pace themselves when the spec says so.
-            "max-bandwidth": limits.bandwidth.unwrap_or(1 << 40),
-            "downtime-limit": limits.downtime_limit.as_millis().clamp(1, 2_000_000) as u64,
-        });
+        let mut params = limit_params(limits.bandwidth, limits.downtime_limit);
         if throttle {
             params["cpu-throttle-initial"] = json!(limits.throttle_initial.clamp(1, 99));
             params["cpu-throttle-increment"] = json!(limits.throttle_step.clamp(1, 99));
@@ -510,6 +514,19 @@ impl ChannelGuest for QemuGuest {
         self.execute(
             "migrate-set-parameters",
             json!({"avail-switchover-bandwidth": bytes_per_second.max(1)}),
+        )
+        .map_err(guest_err)?;
+        Ok(())
+    }
+
+    fn set_limits(
+        &self,
+        bandwidth: Option<u64>,
+        downtime_limit: std::time::Duration,
+    ) -> Result<(), GuestError> {
+        self.execute(
+            "migrate-set-parameters",
+            limit_params(bandwidth, downtime_limit),
         )
         .map_err(guest_err)?;
         Ok(())

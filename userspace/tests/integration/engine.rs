@@ -9,8 +9,8 @@ use std::{
 
 use ferry::{
     engine::{
-        DestinationEvent, IncomingRegistry, MigrationError, MigrationListener, MigrationResult,
-        Outcome, Phase, Progress, SourceOptions, migrate_out, source::Failed,
+        DestinationEvent, IncomingRegistry, LiveLimits, MigrationError, MigrationListener,
+        MigrationResult, Outcome, Phase, Progress, SourceOptions, migrate_out, source::Failed,
     },
     guest::{
         Guest, GuestError, GuestInfo, GuestMemory, PAGE_SIZE, RunState, Sample, SyntheticConfig,
@@ -18,8 +18,8 @@ use ferry::{
     },
     metrics::ProtocolMetrics,
     protocol::{
-        Backend, EncryptionMode, Limits, MemoryCheck, MigrationId, MigrationKey, MigrationSpec,
-        Transport, spec::Endpoint,
+        Backend, EncryptionMode, LimitChange, Limits, MemoryCheck, MigrationId, MigrationKey,
+        MigrationSpec, Transport, spec::Endpoint,
     },
 };
 
@@ -228,16 +228,26 @@ fn migrate(
     spec: &MigrationSpec,
     on_progress: impl FnMut(&Progress),
 ) -> Run {
-    let src = Snapshot::new(src, true);
-    let dst = Snapshot::new(SyntheticGuest::incoming("g1", spec.memory).unwrap(), false);
-    dest.registry.prepare(spec, dst.clone()).unwrap();
     let opts = SourceOptions {
         backend: Backend::AwsLc,
         ..Default::default()
     };
+    migrate_with(src, dest, spec, &opts, on_progress)
+}
+
+fn migrate_with(
+    src: Arc<SyntheticGuest>,
+    dest: &Dest,
+    spec: &MigrationSpec,
+    opts: &SourceOptions,
+    on_progress: impl FnMut(&Progress),
+) -> Run {
+    let src = Snapshot::new(src, true);
+    let dst = Snapshot::new(SyntheticGuest::incoming("g1", spec.memory).unwrap(), false);
+    dest.registry.prepare(spec, dst.clone()).unwrap();
     let mut phases = Vec::new();
     let mut cb = on_progress;
-    let result = migrate_out(src.clone(), spec, &opts, &mut |p: &Progress| {
+    let result = migrate_out(src.clone(), spec, opts, &mut |p: &Progress| {
         if phases.last() != Some(&p.phase) {
             phases.push(p.phase);
         }
@@ -618,14 +628,17 @@ fn sdps_throttles_a_guest_that_outruns_the_link_until_it_converges() {
     );
 }
 
-#[test]
-fn gives_up_after_max_time_and_the_guest_keeps_running_on_the_source() {
-    let dest = destination();
-    let memory = 16 << 20;
-    // No throttling allowed and a slow link: this can never converge.
+/// A guest of `memory` that writes 32 MB/s, unthrottled, behind a 4 MiB/s
+/// cap: under the default downtime limit it can never converge.
+fn outrunning(
+    dest: &Dest,
+    memory: u64,
+    streams: u16,
+    max_time: Duration,
+) -> (MigrationSpec, Arc<SyntheticGuest>) {
     let limits = Limits {
         bandwidth: Some(4 << 20),
-        max_time: Duration::from_secs(2),
+        max_time,
         throttle_initial: 0,
         throttle_step: 0,
         throttle_max: 0,
@@ -633,7 +646,7 @@ fn gives_up_after_max_time_and_the_guest_keeps_running_on_the_source() {
     };
     let spec = spec(
         memory,
-        1,
+        streams,
         Transport::Aes256Gcm,
         dest.listener.local_addr(),
         limits,
@@ -647,12 +660,14 @@ fn gives_up_after_max_time_and_the_guest_keeps_running_on_the_source() {
         prefill: true,
         seed: 3,
     };
-    let run = migrate(
-        SyntheticGuest::boot("g1", &cfg).unwrap(),
-        &dest,
-        &spec,
-        |_| {},
-    );
+    (spec, SyntheticGuest::boot("g1", &cfg).unwrap())
+}
+
+#[test]
+fn gives_up_after_max_time_and_the_guest_keeps_running_on_the_source() {
+    let dest = destination();
+    let (spec, guest) = outrunning(&dest, 16 << 20, 1, Duration::from_secs(2));
+    let run = migrate(guest, &dest, &spec, |_| {});
     let failed = run.result.expect_err("cannot converge");
     assert!(
         matches!(failed.error, MigrationError::GaveUp { .. }),
@@ -686,6 +701,83 @@ fn gives_up_after_max_time_and_the_guest_keeps_running_on_the_source() {
         matches!(dest.registry.outcome(&spec.id), Some(Outcome::Aborted(_))),
         "still answerable"
     );
+}
+
+/// [`outrunning`], with `change` applied to the running migration once
+/// its first pass has ended.
+fn changed_while_running(change: LimitChange) -> (Run, MigrationSpec) {
+    let dest = destination();
+    let (spec, guest) = outrunning(&dest, 8 << 20, 2, Duration::from_secs(40));
+    let live = Arc::new(LiveLimits::new(&spec.limits));
+    let opts = SourceOptions {
+        backend: Backend::AwsLc,
+        limits: Some(live.clone()),
+        ..Default::default()
+    };
+    let run = migrate_with(guest, &dest, &spec, &opts, |p| {
+        if p.pass >= 1 && live.changes() == 0 {
+            live.apply(&change);
+        }
+    });
+    assert_eq!(live.changes(), 1, "the change was applied once");
+    if run.result.is_ok() {
+        assert!(matches!(
+            wait_event(&dest),
+            DestinationEvent::Resumed { .. }
+        ));
+    }
+    (run, spec)
+}
+
+#[test]
+fn a_cap_lifted_while_it_runs_lets_a_migration_converge() {
+    let (run, _) = changed_while_running(LimitChange {
+        bandwidth: Some(0),
+        downtime_limit_us: None,
+    });
+    let stats = run.result.unwrap_or_else(|f| {
+        panic!("under its first cap it could not converge; lifted, it must: {f}",)
+    });
+    // A pass's rate leaves out the wait after its last record, so a paced
+    // pass may read somewhat above the cap (4.2 MB/s).
+    let first = stats.pass_history[0].transfer_rate;
+    let after = stats.pass_history[1..]
+        .iter()
+        .map(|p| p.transfer_rate)
+        .fold(0.0, f64::max);
+    assert!(
+        first <= 6.3e6 && after > 16.8e6,
+        "pass 0 paced to the 4 MiB/s cap, a later pass free of it: expected <= 6.3 MB/s, then > 16.8 MB/s; got {:.1}, then at most {:.1} MB/s",
+        first / 1e6,
+        after / 1e6
+    );
+    assert_eq!(pages_differing(&run.src.take(), &run.dst.take()), 0);
+}
+
+#[test]
+fn a_downtime_limit_raised_while_it_runs_lets_a_migration_converge() {
+    let (run, _) = changed_while_running(LimitChange {
+        bandwidth: None,
+        downtime_limit_us: Some(30_000_000),
+    });
+    let stats = run
+        .result
+        .unwrap_or_else(|f| panic!("under 300 ms it could not converge; under 30 s it must: {f}",));
+    assert_eq!(
+        stats.downtime_limit_seconds, 30.0,
+        "the result reports the limit it switched over under"
+    );
+    let over: Vec<f64> = stats
+        .pass_history
+        .iter()
+        .filter(|p| !p.stunned)
+        .map(|p| p.expected_downtime_seconds)
+        .collect();
+    assert!(
+        over[0] > 0.3,
+        "pass 0 predicted more than the first limit: {over:?}"
+    );
+    assert_eq!(pages_differing(&run.src.take(), &run.dst.take()), 0);
 }
 
 #[test]

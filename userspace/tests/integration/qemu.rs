@@ -11,15 +11,15 @@ use std::{
 
 use ferry::{
     engine::{
-        DestinationEvent, IncomingRegistry, MigrationError, MigrationListener, MigrationResult,
-        SourceOptions, channels::ChannelGuest,
+        DestinationEvent, IncomingRegistry, LiveLimits, MigrationError, MigrationListener,
+        MigrationResult, SourceOptions, channels::ChannelGuest,
     },
     guest::RunState,
     machine::QemuMachine,
     metrics::ProtocolMetrics,
     protocol::{
-        Backend, EncryptionMode, Limits, MigrationId, MigrationKey, MigrationSpec, Transport,
-        spec::Endpoint,
+        Backend, EncryptionMode, LimitChange, Limits, MigrationId, MigrationKey, MigrationSpec,
+        Transport, spec::Endpoint,
     },
     qemu::QemuGuest,
 };
@@ -318,13 +318,14 @@ fn a_qemu_twin_that_dies_mid_migration_leaves_the_guest_running_on_the_source() 
 }
 
 /// Runs a migration of a booted test guest through `relay` (set up by
-/// `arrange`); the destination's verdict and the source's error.
+/// `arrange`; `during` may change its limits as it runs); the
+/// destination's verdict and the source's error.
 fn migrate_through_relay(
     name: &str,
     dirty_mib_s: u32,
     limits: impl FnOnce(&mut Limits),
     arrange: impl FnOnce(&crate::relay::Relay),
-    during: impl FnMut(&ferry::engine::Progress, &crate::relay::Relay),
+    during: impl FnMut(&ferry::engine::Progress, &crate::relay::Relay, &LiveLimits),
 ) -> (
     Started,
     Started,
@@ -349,9 +350,13 @@ fn migrate_through_relay(
         .prepare_channels(&spec, twin.0.clone())
         .expect("prepare");
     let mut during = during;
-    let opts = SourceOptions::default();
+    let live = Arc::new(LiveLimits::new(&spec.limits));
+    let opts = SourceOptions {
+        limits: Some(live.clone()),
+        ..SourceOptions::default()
+    };
     let r = ferry::engine::channels::migrate_out(src.0.clone(), &spec, &opts, &mut |p| {
-        during(p, &relay);
+        during(p, &relay, &live);
     });
     let ev = dest.events.recv_timeout(Duration::from_secs(20)).ok();
     drop(relay);
@@ -396,7 +401,7 @@ fn a_tampered_qemu_stream_is_caught_and_the_guest_stays_on_the_source() {
         8,
         |_| {},
         |relay| relay.flip_byte(1, 4 << 20),
-        |_, _| {},
+        |_, _, _| {},
     );
     let failed = r.expect_err("tampering must be detected");
     let msg = failed.error.to_string();
@@ -420,7 +425,7 @@ fn a_cut_qemu_stream_mid_pass_leaves_the_guest_on_the_source() {
         64,
         |l| l.bandwidth = Some(16 << 20),
         |_| {},
-        |p, relay| {
+        |p, relay, _| {
             if !cut && p.transferred_bytes > 4 << 20 {
                 relay.cut();
                 cut = true;
@@ -452,7 +457,16 @@ fn a_qemu_guest_that_cannot_converge_gives_up_after_max_time_on_the_source() {
             l.max_time = Duration::from_secs(6);
         },
         |_| {},
-        |_, _| {},
+        // `ferry migrate-set` while it runs: QEMU is told (still too slow
+        // and too strict to converge).
+        |p, _, live| {
+            if p.phase == ferry::engine::Phase::PreCopy && live.changes() == 0 {
+                live.apply(&LimitChange {
+                    bandwidth: Some(7 << 20),
+                    downtime_limit_us: Some(40_000),
+                });
+            }
+        },
     );
     let failed = r.expect_err("it cannot converge");
     assert!(
@@ -470,6 +484,15 @@ fn a_qemu_guest_that_cannot_converge_gives_up_after_max_time_on_the_source() {
         .execute("query-migrate-parameters", serde_json::json!({}))
         .unwrap();
     let avail = params["avail-switchover-bandwidth"].as_u64().unwrap_or(0) as f64;
+    assert_eq!(
+        (
+            params["max-bandwidth"].as_u64(),
+            params["downtime-limit"].as_u64()
+        ),
+        (Some(7 << 20), Some(40)),
+        "the limits changed while it ran reached QEMU: {params}"
+    );
+    assert_eq!(failed.stats.downtime_limit_seconds, 0.04);
     assert!(
         (0.5 * wire..=2.0 * wire).contains(&avail),
         "expected avail-switchover-bandwidth within 0.5x..2x of the {wire:.0} B/s ferry carried on average, saw {avail} B/s: {params}"

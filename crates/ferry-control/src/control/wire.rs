@@ -15,7 +15,7 @@ use zeroize::Zeroizing;
 use crate::{
     engine::{DestinationStats, MigrationStats, Progress},
     guest::GuestInfo,
-    protocol::{EncryptionMode, Limits, MigrationId, MigrationSpec, Transport},
+    protocol::{EncryptionMode, LimitChange, Limits, MigrationId, MigrationSpec, Transport},
 };
 
 /// The longest line either side accepts.
@@ -139,6 +139,12 @@ pub enum Request {
     Cancel {
         id: MigrationId,
     },
+    /// Changes a running migration's bandwidth cap and downtime limit
+    /// (`ferry migrate-set`). Answered once the source has the word.
+    SetLimits {
+        id: MigrationId,
+        change: LimitChange,
+    },
     // coordinator -> host
     Capabilities,
     PrepareIncoming {
@@ -161,6 +167,12 @@ pub enum Request {
     /// start).
     CancelOutgoing {
         id: MigrationId,
+    },
+    /// Changes this host's outgoing migration `id`'s limits (one changed
+    /// before it starts takes effect at its start).
+    SetOutgoingLimits {
+        id: MigrationId,
+        change: LimitChange,
     },
     // coordinator -> coordinator
     PeerCapabilities {
@@ -186,6 +198,8 @@ impl Request {
             Request::Resolve { .. } => "resolve",
             Request::Cancel { .. } => "cancel",
             Request::CancelOutgoing { .. } => "cancel-outgoing",
+            Request::SetLimits { .. } => "set-limits",
+            Request::SetOutgoingLimits { .. } => "set-outgoing-limits",
             Request::SettleGuest { .. } => "settle-guest",
             Request::Capabilities => "capabilities",
             Request::PrepareIncoming { .. } => "prepare-incoming",

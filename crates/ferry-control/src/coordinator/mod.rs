@@ -31,7 +31,7 @@ use crate::{
     guest::RunState,
     metrics::migration::{MigrationMetrics, Role as MetricsRole},
     protocol::{
-        MigrationId, MigrationKey, MigrationSpec,
+        LimitChange, MigrationId, MigrationKey, MigrationSpec,
         spec::{Endpoint, migration_mode, resolve_transport},
     },
 };
@@ -523,16 +523,14 @@ impl Coordinator {
         self.cancels.lock().expect("cancels").contains(id)
     }
 
-    /// `ferry cancel`: tells the source to stop migration `id` before its
-    /// switch-over. The source's answer to the migration itself says
-    /// whether it was in time.
-    async fn cancel(&self, id: MigrationId) -> Result<String, String> {
+    /// The migration `id` if it has not ended, or why not.
+    fn unended(&self, id: MigrationId, what: &str) -> Result<MigrationRecord, String> {
         let Some(r) = self.history.get(&id) else {
             return Err(format!("{} knows no migration {id}", self.cfg.name));
         };
         if !matches!(r.state, MigrationState::Preparing | MigrationState::Running) {
             return Err(format!(
-                "migration {id} of {} has ended ({}): nothing to cancel",
+                "migration {id} of {} has ended ({}): {what}",
                 r.guest,
                 serde_json::to_value(r.state)
                     .ok()
@@ -540,6 +538,39 @@ impl Coordinator {
                     .unwrap_or_default()
             ));
         }
+        Ok(r)
+    }
+
+    /// `ferry migrate-set`: tells the source to change migration `id`'s
+    /// limits as it runs.
+    async fn set_limits(&self, id: MigrationId, change: LimitChange) -> Result<String, String> {
+        change.check()?;
+        let r = self.unended(id, "nothing to change")?;
+        // Told even while preparing: the source keeps the word for the
+        // migration's start.
+        let entry = self.host_entry(&r.source)?;
+        self.client
+            .call(
+                &r.source,
+                entry.control,
+                &Request::SetOutgoingLimits { id, change },
+                CALL_TIMEOUT,
+            )
+            .await
+            .map_err(|e| match e {
+                ControlError::Remote { .. } => format!("the source {e}"),
+                e => format!("cannot reach the source {}: {e}", r.source),
+            })?;
+        tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %r.guest,
+            bandwidth = ?change.bandwidth, downtime_limit_us = ?change.downtime_limit_us, "limits changed");
+        Ok(format!("migration {id} of {}: {change}", r.guest))
+    }
+
+    /// `ferry cancel`: tells the source to stop migration `id` before its
+    /// switch-over. The source's answer to the migration itself says
+    /// whether it was in time.
+    async fn cancel(&self, id: MigrationId) -> Result<String, String> {
+        let r = self.unended(id, "nothing to cancel")?;
         self.cancels.lock().expect("cancels").insert(id);
         // Told even while preparing: the source may be about to start it,
         // and keeps the word for when it does.
@@ -1088,6 +1119,7 @@ impl Coordinator {
                 | Request::Hosts
                 | Request::Resolve { .. }
                 | Request::Cancel { .. }
+                | Request::SetLimits { .. }
         ) {
             return Err(format!("a coordinator does not answer {}", req.op()));
         }
@@ -1137,6 +1169,13 @@ impl Coordinator {
                 let duplicates = self.note_duplicates(&hosts);
                 Response::Hosts { hosts, duplicates }
             }
+            Request::SetLimits { id, change } => match self.set_limits(id, change).await {
+                Ok(message) => Response::Resolved { message },
+                Err(e) => {
+                    tracing::warn!(coordinator = %self.cfg.name, migration = %id, "cannot change limits: {e}");
+                    Response::error(e)
+                }
+            },
             Request::Cancel { id } => match self.cancel(id).await {
                 Ok(message) => Response::Resolved { message },
                 Err(e) => {

@@ -178,28 +178,31 @@ struct Inventory {
     reserved: BTreeMap<String, Reservation>,
 }
 
-/// A running host.
-/// One outgoing migration's cancel flag, and whether that migration runs
-/// here yet (a cancel may arrive just before its start).
+/// What the coordinator may change about one outgoing migration while it
+/// runs: its cancel flag and its limits, and whether it runs here yet (a
+/// cancel or a change may arrive just before its start, and is kept for it).
 #[derive(Default)]
-struct CancelFlag {
-    flag: Arc<std::sync::atomic::AtomicBool>,
+struct Controls {
+    cancel: Arc<std::sync::atomic::AtomicBool>,
+    limits: Arc<engine::LiveLimits>,
     running: bool,
 }
 
-/// Cancels asked for migrations that never started here are forgotten past
-/// this many (a coordinator that asks for nothing real cannot grow the map).
-const EARLY_CANCELS: usize = 64;
+/// Words for migrations that never started here are forgotten past this
+/// many (a coordinator that asks for nothing real cannot grow the map).
+const EARLY_CONTROLS: usize = 64;
 
+/// A running host.
 pub struct Host {
     cfg: HostConfig,
     inventory: Mutex<Inventory>,
     registry: Arc<IncomingRegistry>,
     listener: MigrationListener,
     journal: Option<Arc<FileJournal>>,
-    /// Cancel flags of outgoing migrations, by id: set by the
-    /// coordinator's `CancelOutgoing`, read by the engine between steps.
-    cancels: Mutex<BTreeMap<MigrationId, CancelFlag>>,
+    /// Outgoing migrations' controls, by id: set by the coordinator's
+    /// `CancelOutgoing` and `SetOutgoingLimits`, read by the engine as it
+    /// goes.
+    controls: Mutex<BTreeMap<MigrationId, Controls>>,
     pub protocol_metrics: ProtocolMetrics,
     pub migration_metrics: MigrationMetrics,
     /// Everything this host's /metrics serves.
@@ -363,7 +366,7 @@ impl Host {
             registry,
             listener,
             journal,
-            cancels: Mutex::new(BTreeMap::new()),
+            controls: Mutex::new(BTreeMap::new()),
             protocol_metrics: metrics,
             migration_metrics,
             metrics: reg,
@@ -614,15 +617,16 @@ impl Host {
         if let Some(net) = &self.network {
             net.add_peer(spec.destination.migration);
         }
-        let cancel = {
-            let mut c = self.cancels.lock().expect("cancels");
+        let (cancel, limits) = {
+            let mut c = self.controls.lock().expect("controls");
             let e = c.entry(spec.id).or_default();
             e.running = true;
-            e.flag.clone()
+            (e.cancel.clone(), e.limits.clone())
         };
         let id = spec.id;
         let opts = SourceOptions {
             cancel: Some(cancel),
+            limits: Some(limits),
             backend: self.cfg.backend,
             metrics: Some(self.protocol_metrics.clone()),
             software_dirty_log: self.cfg.software_dirty_log,
@@ -674,7 +678,7 @@ impl Host {
         while let Ok(p) = rx.try_recv() {
             let _ = resp.send(&Response::Progress(p)).await;
         }
-        self.cancels.lock().expect("cancels").remove(&id);
+        self.controls.lock().expect("controls").remove(&id);
         let mut inv = self.inventory.lock().expect("inventory");
         match result {
             Ok(Ok(stats)) => {
@@ -750,6 +754,13 @@ impl Host {
                 self.cancel_outgoing(id);
                 Response::Ok
             }
+            Request::SetOutgoingLimits { id, change } => match change.check() {
+                Ok(()) => {
+                    self.set_outgoing_limits(id, &change);
+                    Response::Ok
+                }
+                Err(e) => Response::error(e),
+            },
             Request::AbortIncoming { id } => {
                 self.registry.abort(&id, "cancelled by the coordinator");
                 Response::Outcome {
@@ -764,14 +775,30 @@ impl Host {
     /// Raises migration `id`'s cancel flag; the engine honours it only
     /// before the switch-over, so a late cancel changes nothing.
     fn cancel_outgoing(&self, id: MigrationId) {
-        let mut c = self.cancels.lock().expect("cancels");
-        if !c.contains_key(&id) && c.len() >= EARLY_CANCELS {
+        self.with_controls(id, |e| {
+            tracing::info!(host = %self.cfg.name, migration = %id,
+                running = e.running, "cancel requested");
+            e.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+        });
+    }
+
+    /// Changes migration `id`'s limits; the engine reads them as it goes
+    /// (a device model is told at its next poll).
+    fn set_outgoing_limits(&self, id: MigrationId, change: &crate::protocol::LimitChange) {
+        self.with_controls(id, |e| {
+            tracing::info!(host = %self.cfg.name, migration = %id, running = e.running,
+                bandwidth = ?change.bandwidth, downtime_limit_us = ?change.downtime_limit_us,
+                "limits changed");
+            e.limits.apply(change);
+        });
+    }
+
+    fn with_controls(&self, id: MigrationId, f: impl FnOnce(&mut Controls)) {
+        let mut c = self.controls.lock().expect("controls");
+        if !c.contains_key(&id) && c.len() >= EARLY_CONTROLS {
             c.retain(|_, e| e.running);
         }
-        let e = c.entry(id).or_default();
-        tracing::info!(host = %self.cfg.name, migration = %id,
-            running = e.running, "cancel requested");
-        e.flag.store(true, std::sync::atomic::Ordering::Relaxed);
+        f(c.entry(id).or_default());
     }
 
     /// Resumes a guest left paused here, or drops this host's copy of one

@@ -87,6 +87,13 @@ pub trait ChannelGuest: Send + Sync {
     /// for the device model's switch-over decision. It sees only a local
     /// socket, so it cannot know the path's rate itself.
     fn set_switchover_bandwidth(&self, bytes_per_second: u64) -> Result<(), GuestError>;
+    /// Source: a change of the running migration's cap (None: none) and
+    /// downtime limit (`ferry migrate-set`).
+    fn set_limits(
+        &self,
+        bandwidth: Option<u64>,
+        downtime_limit: std::time::Duration,
+    ) -> Result<(), GuestError>;
     /// Source: stops the migration; the guest runs on here.
     fn cancel_migration(&self);
     /// When the guest stopped for the switch-over (the source's stun).

@@ -35,12 +35,12 @@ use super::{
 use crate::{
     MigrationError,
     guest::GuestError,
-    source::{Failed, Run, SourceOptions, connect_streams, query_outcome},
+    source::{Failed, Run, SourceOptions, connect_streams, live_limits, query_outcome},
     stats::{MigrationResult, MigrationStats, Phase, Progress},
     wire,
 };
 use ferry_protocol::{
-    KeySchedule, MigrationSpec, ProtocolError, Side,
+    KeySchedule, Limits, MigrationSpec, ProtocolError, Side,
     record::{RecordReader, RecordWriter},
     stream_crypto,
 };
@@ -237,7 +237,18 @@ pub fn migrate_out(
         run.fail(e)
     };
 
-    if let Err(e) = guest.start_migration(&socket, spec.streams, &spec.limits) {
+    // The device model paces itself: ferry hands it the limits, and any
+    // change to them while it runs.
+    let limits = live_limits(spec, opts);
+    let mut applied = limits.changes();
+    let downtime_limit = || limits.downtime_limit(spec.limits.downtime_limit);
+    let start_limits = Limits {
+        bandwidth: limits.bandwidth(),
+        downtime_limit: downtime_limit(),
+        ..spec.limits.clone()
+    };
+    run.stats.downtime_limit_seconds = start_limits.downtime_limit.as_secs_f64();
+    if let Err(e) = guest.start_migration(&socket, spec.streams, &start_limits) {
         return Err(abort(streams, run, MigrationError::Guest(e)));
     }
 
@@ -258,6 +269,15 @@ pub fn migrate_out(
             break Err(MigrationError::Cancelled(
                 "cancelled before switch-over".into(),
             ));
+        }
+        if limits.changes() != applied {
+            applied = limits.changes();
+            run.stats.downtime_limit_seconds = downtime_limit().as_secs_f64();
+            if let Err(e) = guest.set_limits(limits.bandwidth(), downtime_limit()) {
+                break Err(MigrationError::Guest(e));
+            }
+            tracing::info!(migration = %spec.id, bandwidth = ?limits.bandwidth(),
+                downtime_limit = ?downtime_limit(), "device-model migration: limits changed");
         }
         let p = match guest.progress() {
             Ok(p) => p,
