@@ -15,6 +15,14 @@ use crate::{
     engine::{MigrationStats, Phase, Progress},
 };
 
+/// "12.3 s", or why there is no estimate.
+fn eta(seconds: Option<f64>) -> String {
+    match seconds {
+        Some(s) if s.is_finite() => format!("{s:.1} s"),
+        _ => "none (the guest dirties as fast as the link carries)".into(),
+    }
+}
+
 fn rate(bytes_per_s: f64) -> String {
     if bytes_per_s >= 1e9 {
         format!("{:.2} GB/s", bytes_per_s / 1e9)
@@ -68,13 +76,22 @@ impl ProgressView {
             Phase::Completed => "completed".to_string(),
             Phase::Failed => "failed".to_string(),
         };
-        format!(
+        let mut t = format!(
             "{phase} | dirty {} | xfer {} | throttle {}% | remaining {}",
             rate(p.dirty_rate),
             rate(p.transfer_rate),
             p.throttle_percent,
             bytes(p.remaining_bytes)
-        )
+        );
+        if p.phase == Phase::PreCopy {
+            let _ = write!(
+                t,
+                " | stun ~{:.0} ms | ETA {}",
+                p.expected_downtime_seconds * 1e3,
+                eta(p.eta_seconds)
+            );
+        }
+        t
     }
 
     pub fn update(&mut self, r: &Response) {
@@ -96,9 +113,25 @@ impl ProgressView {
             }
             Response::Progress(p) => match &self.bar {
                 Some(b) => {
-                    b.set_length(p.total_bytes.max(p.transferred_bytes).max(1));
-                    b.set_position(p.transferred_bytes);
-                    b.set_message(Self::describe(p));
+                    // The bar is this pass's (it starts again with each
+                    // pass, never backwards within one); the total so far
+                    // is in the text. A device model does not say how far
+                    // into a pass it is: then it is the guest's memory.
+                    let (pos, len) = if p.pass_total_bytes > 0 {
+                        (p.pass_bytes, p.pass_total_bytes)
+                    } else {
+                        (
+                            p.total_bytes.saturating_sub(p.remaining_bytes),
+                            p.total_bytes,
+                        )
+                    };
+                    b.set_length(len.max(1));
+                    b.set_position(pos.min(len));
+                    b.set_message(format!(
+                        "{} in all | {}",
+                        bytes(p.transferred_bytes),
+                        Self::describe(p)
+                    ));
                 }
                 None => {
                     if self.last_line.elapsed() >= Duration::from_secs(1)
@@ -308,6 +341,17 @@ pub fn job_info(r: &MigrationRecord) -> String {
         row("transfer rate", rate(p.transfer_rate));
         row("dirty rate", rate(p.dirty_rate));
         row("throttle", format!("{}%", p.throttle_percent));
+        if p.pass_total_bytes > 0 {
+            row(
+                "this pass",
+                format!("{} of {}", bytes(p.pass_bytes), bytes(p.pass_total_bytes)),
+            );
+        }
+        row(
+            "expected downtime",
+            format!("{:.1} ms", p.expected_downtime_seconds * 1e3),
+        );
+        row("time remaining", eta(p.eta_seconds));
     }
     if let Some(e) = &r.error {
         row("error", e.clone());

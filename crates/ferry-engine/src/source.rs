@@ -669,6 +669,8 @@ pub fn migrate_out(
 
     // Runs one pass over `bitmap` on every stream, reporting progress.
     let tick = opts.progress_every.min(Duration::from_millis(50));
+    // The last pass's dirty rate and predicted stun, for in-pass progress.
+    let carried = std::cell::Cell::new((0.0f64, 0.0f64));
     let run_pass = |pass: u32,
                     bitmap: &Arc<DirtyBitmap>,
                     senders: &[Sender],
@@ -687,6 +689,7 @@ pub fn migrate_out(
         let mut left = senders.len();
         let total = bitmap.count() as u64 * PAGE_SIZE as u64;
         let base = live.bytes.load(Ordering::Relaxed);
+        let pass_start = Instant::now();
         while left > 0 {
             match rep_rx.recv_timeout(tick) {
                 Ok(Report::PassDone {
@@ -718,15 +721,23 @@ pub fn migrate_out(
                     }
                     last_progress = Instant::now();
                     let sent = live.bytes.load(Ordering::Relaxed) - base;
+                    let rate = sent as f64 / pass_start.elapsed().as_secs_f64().max(1e-3);
+                    let (dirty_rate, expected) = carried.get();
+                    let remaining = total.saturating_sub(sent);
                     progress(&Progress {
                         phase,
                         pass,
                         elapsed_seconds: start.elapsed().as_secs_f64(),
                         transferred_bytes: live.bytes.load(Ordering::Relaxed),
                         total_bytes: mem_bytes,
-                        remaining_bytes: total.saturating_sub(sent),
+                        remaining_bytes: remaining,
                         throttle_percent: throttle,
-                        ..Default::default()
+                        transfer_rate: rate,
+                        dirty_rate,
+                        pass_bytes: sent.min(total),
+                        pass_total_bytes: total,
+                        expected_downtime_seconds: expected,
+                        eta_seconds: crate::stats::eta(remaining, rate, dirty_rate),
                     });
                     if let Some(c) = &opts.cancel
                         && c.load(Ordering::Relaxed)
@@ -794,6 +805,7 @@ pub fn migrate_out(
         tracing::info!(migration = %spec.id, pass, pages = sent, zero, bytes, seconds = secs,
             dirty_rate_mb_s = dirty_rate / 1e6, transfer_rate_mb_s = transfer_rate / 1e6,
             expected_downtime_ms = expected * 1e3, throttle, "migration: pass");
+        carried.set((dirty_rate, expected));
         progress(&Progress {
             phase: Phase::PreCopy,
             pass,
@@ -804,6 +816,10 @@ pub fn migrate_out(
             dirty_rate,
             transfer_rate,
             throttle_percent: throttle,
+            pass_bytes: bytes,
+            pass_total_bytes: bytes,
+            expected_downtime_seconds: expected,
+            eta_seconds: crate::stats::eta(run.stats.remaining_bytes, transfer_rate, dirty_rate),
         });
         pass += 1;
         let limit = limits.downtime_limit(spec.limits.downtime_limit);
@@ -1096,6 +1112,8 @@ pub fn migrate_out(
         dirty_rate: run.stats.dirty_rate,
         transfer_rate: run.stats.transfer_rate,
         throttle_percent: 0,
+        eta_seconds: Some(0.0),
+        ..Default::default()
     });
     Ok(run.stats)
 }

@@ -34,9 +34,33 @@ pub struct Progress {
     pub transferred_bytes: u64,
     pub total_bytes: u64,
     pub remaining_bytes: u64,
+    /// The last rates measured: during a pass, the transfer rate so far in
+    /// it and the dirty rate of the pass before (the dirty log is read only
+    /// between passes).
     pub dirty_rate: f64,
     pub transfer_rate: f64,
     pub throttle_percent: u8,
+    /// This pass: bytes sent so far and bytes it has to send (0: not
+    /// known, as for a device model's migration).
+    #[serde(default)]
+    pub pass_bytes: u64,
+    #[serde(default)]
+    pub pass_total_bytes: u64,
+    /// The stun if it began now, from the last measurement.
+    #[serde(default)]
+    pub expected_downtime_seconds: f64,
+    /// Seconds to the switch-over if the rates hold (None: the guest dirties
+    /// as fast as the link carries, so it converges only if throttled).
+    #[serde(default)]
+    pub eta_seconds: Option<f64>,
+}
+
+/// Seconds until pre-copy converges: `remaining` bytes at `transfer_rate`,
+/// while the guest dirties `dirty_rate` (each pass resends what the one
+/// before it dirtied, a geometric series), or None when it cannot.
+pub fn eta(remaining: u64, transfer_rate: f64, dirty_rate: f64) -> Option<f64> {
+    (transfer_rate > dirty_rate && transfer_rate > 0.0)
+        .then(|| remaining as f64 / (transfer_rate - dirty_rate))
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]

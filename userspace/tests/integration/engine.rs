@@ -704,8 +704,8 @@ fn gives_up_after_max_time_and_the_guest_keeps_running_on_the_source() {
 }
 
 /// [`outrunning`], with `change` applied to the running migration once
-/// its first pass has ended.
-fn changed_while_running(change: LimitChange) -> (Run, MigrationSpec) {
+/// its first pass has ended; every progress report it made.
+fn changed_while_running(change: LimitChange) -> (Run, Vec<Progress>) {
     let dest = destination();
     let (spec, guest) = outrunning(&dest, 8 << 20, 2, Duration::from_secs(40));
     let live = Arc::new(LiveLimits::new(&spec.limits));
@@ -714,7 +714,9 @@ fn changed_while_running(change: LimitChange) -> (Run, MigrationSpec) {
         limits: Some(live.clone()),
         ..Default::default()
     };
+    let mut reports = Vec::new();
     let run = migrate_with(guest, &dest, &spec, &opts, |p| {
+        reports.push(p.clone());
         if p.pass >= 1 && live.changes() == 0 {
             live.apply(&change);
         }
@@ -726,17 +728,48 @@ fn changed_while_running(change: LimitChange) -> (Run, MigrationSpec) {
             DestinationEvent::Resumed { .. }
         ));
     }
-    (run, spec)
+    (run, reports)
 }
 
 #[test]
 fn a_cap_lifted_while_it_runs_lets_a_migration_converge() {
-    let (run, _) = changed_while_running(LimitChange {
+    let (run, reports) = changed_while_running(LimitChange {
         bandwidth: Some(0),
         downtime_limit_us: None,
     });
+    // Issue 16: progress is live within a pass (2 s at the cap here), not
+    // 0 until the pass ends: the pass's own share, its rate so far, an ETA.
+    let in_pass: Vec<&Progress> = reports
+        .iter()
+        .filter(|p| p.phase == Phase::PreCopy && p.pass == 0)
+        .filter(|p| p.pass_total_bytes > 0 && p.pass_bytes < p.pass_total_bytes)
+        .collect();
+    assert!(
+        in_pass.len() >= 2,
+        "expected reports during pass 0, got {in_pass:?}"
+    );
+    for p in &in_pass {
+        assert!(
+            p.transfer_rate > 0.0 && p.transfer_rate < 8.4e6 && p.eta_seconds.is_some(),
+            "during pass 0 at the 4 MiB/s cap: a rate above 0 and under twice the cap, and an ETA; got {p:?}"
+        );
+    }
+    assert!(
+        in_pass
+            .windows(2)
+            .all(|w| w[1].pass_bytes >= w[0].pass_bytes),
+        "the pass's progress never goes back: {in_pass:?}"
+    );
+    let end0 = reports
+        .iter()
+        .find(|p| p.pass == 0 && p.pass_total_bytes > 0 && p.pass_bytes == p.pass_total_bytes)
+        .expect("a report at the end of pass 0");
+    assert!(
+        end0.expected_downtime_seconds > 0.3,
+        "pass 0 predicts the stun its dirt would cost: {end0:?}"
+    );
     let stats = run.result.unwrap_or_else(|f| {
-        panic!("under its first cap it could not converge; lifted, it must: {f}",)
+        panic!("under its first cap it could not converge; lifted, it must: {f}")
     });
     // A pass's rate leaves out the wait after its last record, so a paced
     // pass may read somewhat above the cap (4.2 MB/s).
@@ -762,7 +795,7 @@ fn a_downtime_limit_raised_while_it_runs_lets_a_migration_converge() {
     });
     let stats = run
         .result
-        .unwrap_or_else(|f| panic!("under 300 ms it could not converge; under 30 s it must: {f}",));
+        .unwrap_or_else(|f| panic!("under 300 ms it could not converge; under 30 s it must: {f}"));
     assert_eq!(
         stats.downtime_limit_seconds, 30.0,
         "the result reports the limit it switched over under"

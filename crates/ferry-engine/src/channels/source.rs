@@ -449,6 +449,8 @@ pub fn migrate_out(
         dirty_rate: run.stats.dirty_rate,
         transfer_rate: run.stats.transfer_rate,
         throttle_percent: 0,
+        eta_seconds: Some(0.0),
+        ..Default::default()
     });
     Ok(run.stats)
 }
@@ -589,6 +591,11 @@ fn to_progress(p: &ChannelProgress, phase: Phase, run: &Run, mem: u64) -> Progre
         dirty_rate: p.dirty_rate,
         transfer_rate: p.transfer_rate,
         throttle_percent: p.throttle_percent,
+        // The device model's own figures; it does not say how far into a
+        // pass it is.
+        expected_downtime_seconds: p.expected_downtime_seconds,
+        eta_seconds: crate::stats::eta(p.remaining_bytes, p.transfer_rate, p.dirty_rate),
+        ..Default::default()
     }
 }
 
