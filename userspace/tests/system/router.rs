@@ -364,6 +364,72 @@ fn shapes_a_tcp_flow_to_its_class_rate_and_changes_it_live() {
     );
 }
 
+/// Issue 16: under `ip netns exec` the process gets a mount namespace of
+/// its own with a fresh /sys, so a bpffs ferry mounted at /sys/fs/bpf would
+/// vanish with it, and the pins with it. The router says so and stops.
+#[test]
+fn under_ip_netns_exec_a_pin_dir_in_sys_is_refused_not_lost() {
+    if !privileged("under_ip_netns_exec_a_pin_dir_in_sys_is_refused_not_lost") {
+        return;
+    }
+    let _x = exclusive();
+
+    let mut t = Topology::new("ft");
+    let (_a, r, _b) = routed(&mut t);
+    let pin = PathBuf::from(format!(
+        "/sys/fs/bpf/ferry-test-{}-{}",
+        std::process::id(),
+        t.prefix()
+    ));
+    let yaml = std::env::temp_dir().join(format!("ferry-netns-exec-{}.yaml", t.prefix()));
+    std::fs::write(
+        &yaml,
+        format!(
+            "name: r5\n{}pin_dir: {}\n",
+            SHAPED.replace("RATE", "40Mbit"),
+            pin.display()
+        ),
+    )
+    .unwrap();
+    let mut child = std::process::Command::new("ip")
+        .args([
+            "netns",
+            "exec",
+            r.name(),
+            env!("CARGO_BIN_EXE_ferry"),
+            "router",
+        ])
+        .arg("--config")
+        .arg(&yaml)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let status = wait_for(Duration::from_secs(30), || child.try_wait().unwrap());
+    let _ = std::fs::remove_file(&yaml);
+    let Some(status) = status else {
+        let _ = child.kill();
+        let _ = child.wait();
+        panic!("ferry router ran under ip netns exec, pinning where the pins vanish with it");
+    };
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut child.stderr.take().unwrap(), &mut err).unwrap();
+    assert!(!status.success(), "{err}");
+    for want in [
+        "mount namespace of its own".to_string(),
+        format!("ip netns exec {}", r.name()),
+        "leave pin_dir out".to_string(),
+    ] {
+        assert!(err.contains(&want), "expected {want:?} in: {err}");
+    }
+    assert!(!pin.exists(), "nothing pinned on the host");
+    assert_ne!(
+        r.netlink().unwrap().root_qdisc("rb").unwrap().as_deref(),
+        Some("htb"),
+        "nothing touched in the namespace"
+    );
+}
+
 #[test]
 fn refuses_the_interface_the_default_route_leaves_through_unless_allowed() {
     if !privileged("refuses_the_interface_the_default_route_leaves_through_unless_allowed") {

@@ -319,6 +319,20 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
     }
     let sysfs_bpf = Path::new("/sys/fs/bpf");
     if dir.starts_with(sysfs_bpf) {
+        // A bpffs mounted in a mount namespace no other process shares
+        // (`ip netns exec` makes one, with a fresh /sys) vanishes with this
+        // process, and its pins with it: the point of pinning is lost.
+        if let Some(how) = private_mount_namespace() {
+            return Err(pin_err(
+                dir,
+                format!(
+                    "this process has a mount namespace of its own ({how}), where /sys/fs/bpf is no bpffs; \
+                     one mounted here would vanish with the process, and the pins with it. Mount a bpffs \
+                     in the host's namespace outside /sys (`mount -t bpf bpf /run/ferry/bpf`) and pin under \
+                     it, or leave pin_dir out"
+                ),
+            ));
+        }
         nix::mount::mount(
             Some("bpf"),
             sysfs_bpf,
@@ -333,6 +347,41 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
         dir,
         "not on a bpf filesystem (mount one, or pin under /sys/fs/bpf)",
     ))
+}
+
+/// Whether no other process shares this one's mount namespace, and if so
+/// how it came by it, as far as /sys tells (`ip netns exec` mounts a sysfs
+/// named after the network namespace). None when it is shared, or when
+/// /proc cannot say.
+fn private_mount_namespace() -> Option<String> {
+    use std::os::unix::fs::MetadataExt;
+    let ns = |pid: &str| std::fs::metadata(format!("/proc/{pid}/ns/mnt")).map(|m| m.ino());
+    let mine = ns("self").ok()?;
+    let me = std::process::id().to_string();
+    let shared = std::fs::read_dir("/proc")
+        .ok()?
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|pid| pid.bytes().all(|b| b.is_ascii_digit()) && *pid != me)
+        .any(|pid| ns(&pid).is_ok_and(|n| n == mine));
+    if shared {
+        return None;
+    }
+    let sys_source = std::fs::read_to_string("/proc/self/mountinfo")
+        .ok()?
+        .lines()
+        .rev()
+        // The one on top: the last listed.
+        .find_map(|l| {
+            let (left, right) = l.split_once(" - ")?;
+            let point = left.split(' ').nth(4)?;
+            let mut r = right.split(' ');
+            let (fstype, source) = (r.next()?, r.next()?);
+            (point == "/sys" && fstype == "sysfs").then(|| source.to_string())
+        });
+    Some(match sys_source {
+        Some(s) if s != "sysfs" && s != "none" => format!("as `ip netns exec {s}` gives it"),
+        _ => "as `unshare -m` or `ip netns exec` gives one".into(),
+    })
 }
 
 fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneError {
