@@ -376,11 +376,7 @@ fn under_ip_netns_exec_a_pin_dir_in_sys_is_refused_not_lost() {
 
     let mut t = Topology::new("ft");
     let (_a, r, _b) = routed(&mut t);
-    let pin = PathBuf::from(format!(
-        "/sys/fs/bpf/ferry-test-{}-{}",
-        std::process::id(),
-        t.prefix()
-    ));
+    let pin = test_pin_dir(&t);
     let yaml = std::env::temp_dir().join(format!("ferry-netns-exec-{}.yaml", t.prefix()));
     std::fs::write(
         &yaml,
@@ -468,6 +464,15 @@ fn refuses_the_interface_the_default_route_leaves_through_unless_allowed() {
     router.stop().unwrap();
 }
 
+/// A pin directory of this test run's own under /sys/fs/bpf.
+fn test_pin_dir(t: &Topology) -> PathBuf {
+    PathBuf::from(format!(
+        "/sys/fs/bpf/ferry-test-{}-{}",
+        std::process::id(),
+        t.prefix()
+    ))
+}
+
 /// Removes a pinned router's leftovers however the test ends.
 struct Unpin(RouterConfig, Option<Arc<Netns>>);
 impl Drop for Unpin {
@@ -485,11 +490,7 @@ fn a_restarted_router_keeps_shaping_and_counting() {
 
     let mut t = Topology::new("ft");
     let (a, r, b) = routed(&mut t);
-    let pin = PathBuf::from(format!(
-        "/sys/fs/bpf/ferry-test-{}-{}",
-        std::process::id(),
-        t.prefix()
-    ));
+    let pin = test_pin_dir(&t);
     let cfg = shaped_config("r3", "40Mbit", Some(&pin));
     let _unpin = Unpin(cfg.clone(), Some(r.clone()));
     let _servers = iperf_servers(&b, &[5201]);
