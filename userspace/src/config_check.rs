@@ -101,13 +101,18 @@ impl Kind {
     /// starts with. A file no kind knows whole is taken as the kind that
     /// knows most of its keys, so that loading it names the strange one.
     pub fn of_file(path: &Path) -> Result<Kind, ConfigError> {
-        let origin = path.display().to_string();
         let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Read {
-            origin: origin.clone(),
+            origin: path.display().to_string(),
             source,
         })?;
+        Self::of_text(path, &text)
+    }
+
+    /// The kind of `text`, read from `path`: as [`Kind::of_file`] tells it.
+    pub fn of_text(path: &Path, text: &str) -> Result<Kind, ConfigError> {
+        let origin = path.display().to_string();
         let by_name = Self::of_path(path).ok();
-        let keys = match serde_yaml::from_str::<serde_yaml::Value>(&text) {
+        let keys = match serde_yaml::from_str::<serde_yaml::Value>(text) {
             Ok(serde_yaml::Value::Mapping(m)) => m
                 .keys()
                 .map(|k| {
@@ -190,6 +195,20 @@ impl Kind {
                         .join("*.yaml or ")
                 ),
             }),
+        }
+    }
+
+    /// The JSON Schema of this kind's files, from its config type: what the
+    /// configuration reference is rendered from, and what an editor's YAML
+    /// language server can check a file against.
+    pub fn schema(self) -> schemars::Schema {
+        match self {
+            Kind::Demo => schemars::schema_for!(DemoConfig),
+            Kind::Coordinator => schemars::schema_for!(CoordinatorConfig),
+            Kind::Host => schemars::schema_for!(HostConfig),
+            Kind::LabCounters => schemars::schema_for!(CountersConfig),
+            Kind::Experiment => schemars::schema_for!(ExperimentConfig),
+            Kind::Router => schemars::schema_for!(RouterConfig),
         }
     }
 

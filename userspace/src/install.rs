@@ -208,6 +208,18 @@ pub fn install(cli: clap::Command, exe: &Path, layout: &Layout) -> Result<Vec<In
         write(&p, text.as_bytes(), 0o644)?;
         put(p, "a licence");
     }
+    let p = doc.join("configuration.md");
+    write(&p, ferry::config_reference::markdown().as_bytes(), 0o644)?;
+    put(p, "the configuration reference");
+    // For an editor's YAML language server:
+    // `# yaml-language-server: $schema=/usr/local/share/ferry/schemas/host.json`.
+    let schemas = layout.at(&layout.prefix.join("share/ferry/schemas"));
+    for kind in ferry::config_check::Kind::ALL {
+        let p = schemas.join(format!("{}.json", kind.prefix()));
+        let json = serde_json::to_string_pretty(&kind.schema())?;
+        write(&p, json.as_bytes(), 0o644)?;
+        put(p, "a configuration schema");
+    }
     Ok(done)
 }
 

@@ -18,9 +18,11 @@
 //!   (ferry-control): the control plane and the daemons.
 //! - [`lab`], [`demo`], [`report`] (ferry-lab): topologies, experiments,
 //!   benches, `ferry demo`, figures.
-//! - [`config_check`] (here): which file is which kind.
+//! - [`config_check`], [`config_reference`] (here): which file is which
+//!   kind; the configuration reference rendered from the config types.
 
 pub mod config_check;
+pub mod config_reference;
 
 pub use ferry_control::{VERSION, certs, client, control, coordinator, host};
 pub use ferry_core::{clock, config, machine};

@@ -289,6 +289,26 @@ enum ConfigCommand {
         #[arg(long)]
         syntax_only: bool,
     },
+    /// Print the configuration reference (Markdown): every key of every
+    /// kind of file, its type, default and an example.
+    Reference,
+    /// Print a kind's JSON Schema (for an editor's YAML language server).
+    Schema {
+        /// demo, coordinator, host, counters, experiment or router.
+        #[arg(value_parser = parse_kind)]
+        kind: config_check::Kind,
+    },
+}
+
+fn parse_kind(s: &str) -> Result<config_check::Kind, String> {
+    config_check::Kind::ALL
+        .iter()
+        .copied()
+        .find(|k| k.prefix() == s)
+        .ok_or_else(|| {
+            let names: Vec<_> = config_check::Kind::ALL.iter().map(|k| k.prefix()).collect();
+            format!("unknown kind {s:?}: one of {}", names.join(", "))
+        })
 }
 
 #[derive(Subcommand)]
@@ -1023,6 +1043,18 @@ fn run(cli: Cli) -> Result<()> {
                 "{failed} of {} configuration files are invalid",
                 files.len()
             );
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Reference,
+        } => {
+            print!("{}", ferry::config_reference::markdown());
+            Ok(())
+        }
+        Command::Config {
+            command: ConfigCommand::Schema { kind },
+        } => {
+            println!("{}", serde_json::to_string_pretty(&kind.schema())?);
             Ok(())
         }
         Command::Lab {

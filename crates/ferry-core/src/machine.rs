@@ -9,7 +9,9 @@ use serde::{Deserialize, Serialize};
 use crate::config::Invalid;
 
 /// How QEMU runs the vCPUs.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum Accel {
     /// Emulation: works everywhere, slowly.

@@ -10,9 +10,12 @@ use tokio::{
 };
 
 /// `metrics:` in a daemon's YAML: where its /metrics listens.
-#[derive(Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[derive(
+    Clone, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize, schemars::JsonSchema,
+)]
 #[serde(deny_unknown_fields)]
 pub struct MetricsListen {
+    /// The address /metrics listens on (port 0: any).
     pub listen: SocketAddr,
 }
 

@@ -59,7 +59,18 @@ impl<'de> Deserialize<'de> for MigrationId {
 /// A guest's Encrypted-vMotion-style setting. Ordered by strength
 /// (Disabled < Opportunistic < Required): a guest's setting is a floor.
 #[derive(
-    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    PartialOrd,
+    Ord,
+    Hash,
+    Serialize,
+    Deserialize,
+    schemars::JsonSchema,
 )]
 #[serde(rename_all = "lowercase")]
 pub enum EncryptionMode {
@@ -83,7 +94,7 @@ impl fmt::Display for EncryptionMode {
 }
 
 /// What actually protects a migration's streams, decided by the coordinator.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum Transport {
     Plaintext,
@@ -184,7 +195,7 @@ pub fn resolve_transport(
 }
 
 /// Limits and knobs of one migration.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Limits {
     /// Switch over once the predicted stun time fits this (QEMU's default).
@@ -193,6 +204,7 @@ pub struct Limits {
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub downtime_limit: Duration,
     /// Give up (guest stays on the source) after this long.
     #[serde(
@@ -200,18 +212,22 @@ pub struct Limits {
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub max_time: Duration,
     /// Largest record payload, in bytes.
     #[serde(default = "default_record")]
     pub max_record: u32,
+    #[schemars(example = 125000000)]
     /// Bytes per second across all streams (None: as fast as the path goes).
     #[serde(default)]
     pub bandwidth: Option<u64>,
     /// SDPS: first throttle step, increment per non-converging pass, ceiling (percent).
     #[serde(default = "default_throttle_initial")]
     pub throttle_initial: u8,
+    /// SDPS: throttle added per pass that does not converge (percent).
     #[serde(default = "default_throttle_step")]
     pub throttle_step: u8,
+    /// SDPS: the most a guest's vCPUs are throttled (percent).
     #[serde(default = "default_throttle_max")]
     pub throttle_max: u8,
     /// How the destination's copy of memory is checked against the source's.
@@ -227,6 +243,7 @@ pub struct Limits {
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub switchover_timeout: Duration,
 }
 
@@ -283,7 +300,7 @@ impl LimitChange {
 /// Each record is already authenticated (or checksummed); this checks the
 /// whole: that every page's last version arrived, and that the dirty log
 /// missed no write.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, schemars::JsonSchema)]
 #[serde(rename_all = "kebab-case")]
 pub enum MemoryCheck {
     /// Nothing beyond the records' tags and checksums.

@@ -178,6 +178,19 @@ fn ferry_install_puts_everything_in_its_place_and_systemd_accepts_the_units() {
     for f in ["LICENSE-APACHE", "LICENSE-MIT"] {
         assert!(at(&format!("share/doc/ferry/{f}")).is_file(), "{f}");
     }
+    let reference = std::fs::read_to_string(at("share/doc/ferry/configuration.md")).unwrap();
+    assert!(
+        reference.contains("`network.migration_vlan.vlan`"),
+        "the configuration reference lists nested keys"
+    );
+    let schema: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(at("share/ferry/schemas/host.json")).unwrap(),
+    )
+    .unwrap();
+    assert!(
+        schema["properties"]["memory_capacity"].is_object(),
+        "host.json is the host file's schema: {schema}"
+    );
 
     // Installing again keeps what the operator changed.
     let host = etc.join("ferry/host.yaml");

@@ -57,11 +57,14 @@ impl fmt::Display for Identity {
 }
 
 /// Paths of a daemon's or client's TLS material.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
+    /// The site's CA certificate (PEM): peers must be certified by it.
     pub ca: std::path::PathBuf,
+    /// This party's certificate (PEM), named after it.
     pub cert: std::path::PathBuf,
+    /// Its private key (PEM; keep it 0600).
     pub key: std::path::PathBuf,
 }
 

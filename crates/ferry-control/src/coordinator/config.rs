@@ -11,12 +11,16 @@ use crate::{
     protocol::{EncryptionMode, Limits},
 };
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CoordinatorConfig {
+    /// This coordinator's name: its certificate's name, which hosts and
+    /// clients check.
     pub name: String,
     /// Client and peer API (mutual TLS).
     pub listen: SocketAddr,
+    /// The coordinator's CA, certificate and key (see `ferry certs`);
+    /// relative paths are from the file's directory.
     pub tls: TlsFiles,
     /// The hosts this coordinator manages.
     pub hosts: Vec<HostEntry>,
@@ -26,8 +30,10 @@ pub struct CoordinatorConfig {
     /// Client certificate names allowed to migrate; empty: any client of the CA.
     #[serde(default)]
     pub clients: Vec<String>,
+    /// What a migration gets when its request does not say.
     #[serde(default)]
     pub defaults: Defaults,
+    /// Prometheus /metrics (localhost only unless said otherwise).
     #[serde(default)]
     pub metrics: Option<MetricsListen>,
     /// Where the migration history is kept across restarts. A file loaded
@@ -37,10 +43,12 @@ pub struct CoordinatorConfig {
     pub state_dir: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostEntry {
+    /// The host's name, as its certificate says.
     pub name: String,
+    /// The host's control API.
     pub control: SocketAddr,
     /// Whether the host can encrypt (it must also say so itself).
     #[serde(default = "yes")]
@@ -51,14 +59,18 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct PeerEntry {
+    /// The peer coordinator's name, as its certificate says.
+    #[schemars(example = &"coordinator-2")]
     pub name: String,
+    /// Its client and peer API.
+    #[schemars(example = &"192.0.2.20:7400")]
     pub address: SocketAddr,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Defaults {
     /// Used for guests that do not say (hosts report each guest's own).

@@ -12,7 +12,7 @@ use crate::{
     protocol::{Backend, EncryptionMode},
 };
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostConfig {
     /// This host's name: its certificate's name and what the coordinator calls it.
@@ -21,14 +21,18 @@ pub struct HostConfig {
     pub control: SocketAddr,
     /// Where migration streams are accepted (the migration network).
     pub migration: SocketAddr,
+    #[schemars(example = &"192.0.2.10:7601")]
     /// The address sources should connect to, if not `migration` (NAT, 0.0.0.0).
     #[serde(default)]
     pub advertise: Option<SocketAddr>,
+    /// The host's CA, certificate and key (see `ferry certs`); relative
+    /// paths are from the file's directory.
     pub tls: TlsFiles,
     /// Whether this host can encrypt migrations (a host that cannot is like a
     /// pre-6.5 ESXi: Opportunistic migrations to it go in the clear).
     #[serde(default = "yes")]
     pub encryption: bool,
+    /// The AES-256-GCM implementation this host seals and opens with.
     #[serde(default)]
     pub backend: Backend,
     /// Memory available to guests, incoming ones included.
@@ -37,6 +41,8 @@ pub struct HostConfig {
     /// empty: any coordinator certified by the CA.
     #[serde(default)]
     pub coordinators: Vec<String>,
+    /// The guests this host boots at start (a restarted host skips those
+    /// its journal says migrated away).
     #[serde(default)]
     pub guests: Vec<GuestConfig>,
     /// Prometheus /metrics (localhost only unless said otherwise).
@@ -72,13 +78,17 @@ fn yes() -> bool {
 
 /// A guest this host boots at start: synthetic (ferry's own), or a real
 /// QEMU virtual machine.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestConfig {
+    /// The guest's name, unique on the site: what `ferry migrate` moves.
     pub name: String,
+    /// What runs it: ferry's own synthetic guest, or a QEMU virtual machine.
     #[serde(default)]
     pub kind: GuestKind,
+    /// Guest memory: a multiple of 4 KiB.
     pub memory: ByteSize,
+    /// Virtual CPUs, 1..=64.
     #[serde(default = "one")]
     pub vcpus: usize,
     /// Encrypted-vMotion-style per-guest setting.
@@ -98,7 +108,18 @@ pub struct GuestConfig {
     pub nic: Option<crate::guest::Nic>,
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[derive(
+    Clone,
+    Copy,
+    Debug,
+    Default,
+    PartialEq,
+    Eq,
+    Serialize,
+    Deserialize,
+    clap::ValueEnum,
+    schemars::JsonSchema,
+)]
 #[serde(rename_all = "lowercase")]
 pub enum GuestKind {
     #[default]
@@ -107,21 +128,31 @@ pub enum GuestKind {
 }
 
 /// A QEMU guest's device model; memory and vCPUs come from the guest.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QemuSettings {
+    /// QEMU's accelerator: tcg everywhere, kvm where /dev/kvm works.
     #[serde(default)]
     pub accel: crate::machine::Accel,
+    /// QEMU's `-machine` type; the destination starts the same one.
     #[serde(default = "pc")]
     pub machine: String,
+    /// A kernel to boot directly (`-kernel`).
     #[serde(default)]
     pub kernel: Option<PathBuf>,
+    /// Its initramfs (`-initrd`).
     #[serde(default)]
     pub initrd: Option<PathBuf>,
+    /// The kernel command line (`-append`).
     #[serde(default)]
     pub append: Option<String>,
+    /// A disk image both hosts reach at this path (shared storage: memory
+    /// moves, the disk stays).
+    #[schemars(example = &"/srv/images/vm-1.qcow2")]
     #[serde(default)]
     pub disk: Option<PathBuf>,
+    /// More QEMU arguments, passed as they are on both hosts (devices
+    /// must match for a migration to load).
     #[serde(default)]
     pub extra_args: Vec<String>,
 }
@@ -150,7 +181,7 @@ impl GuestConfig {
 }
 
 /// A host's networks.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct HostNetwork {
     /// The interface migration streams leave by (the vMotion network).
@@ -163,16 +194,19 @@ pub struct HostNetwork {
     /// The guests' network: a guest that lands here is announced on it.
     #[serde(default)]
     pub guest_interface: Option<String>,
+    #[schemars(example = &"br0")]
     /// The bridge QEMU guests' tap interfaces join (their NICs' network).
     #[serde(default)]
     pub guest_bridge: Option<String>,
+    /// How the landing host announces a guest (gratuitous ARP / RARP).
     #[serde(default)]
     pub announce: crate::net::announce::Schedule,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct MigrationVlan {
+    /// The VLAN id, 1..=4094.
     pub vlan: u16,
     /// 802.1p priority of the tag.
     #[serde(default = "pcp")]

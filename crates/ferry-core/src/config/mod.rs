@@ -7,6 +7,7 @@
 mod duration;
 mod rate;
 mod ratio;
+mod schema;
 mod size;
 
 use std::{
@@ -19,6 +20,7 @@ use serde::de::DeserializeOwned;
 pub use duration::{deserialize_duration, serialize_duration};
 pub use rate::Rate;
 pub use ratio::Ratio;
+pub use schema::DurationText;
 pub use size::ByteSize;
 
 #[derive(Debug, thiserror::Error)]

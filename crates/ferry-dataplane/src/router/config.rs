@@ -17,14 +17,17 @@ use crate::{
     net::parse_cidr,
 };
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouterConfig {
+    /// The router's name: its metrics' `router` label.
     pub name: String,
+    /// The interfaces it attaches its eBPF programs to.
     pub interfaces: Vec<RouterInterface>,
     /// In order: a frame belongs to the first class one of whose matches it
     /// meets; a class without matches takes everything else.
     pub classes: Vec<ClassConfig>,
+    /// How announcements are grouped into bursts.
     #[serde(default)]
     pub watch: WatchConfig,
     #[serde(default)]
@@ -35,9 +38,10 @@ pub struct RouterConfig {
     pub pin_dir: Option<PathBuf>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct RouterInterface {
+    /// The interface's name (as `ip link` shows it).
     pub name: String,
     /// Classify and count frames in both directions.
     #[serde(default = "yes")]
@@ -63,16 +67,17 @@ fn yes() -> bool {
     true
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Shape {
     /// The link's rate: the HTB root.
     pub rate: Rate,
 }
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClassConfig {
+    /// The class's name: its metrics' `class` label.
     pub name: String,
     /// 1..=63; the HTB class on shaped interfaces is 1:(256 + id), which
     /// `tc class show` prints in hexadecimal (id 10 is `1:10a`).
@@ -85,6 +90,7 @@ pub struct ClassConfig {
     /// Most it may borrow up to (default: the link rate).
     #[serde(default)]
     pub ceil: Option<Rate>,
+    /// HTB priority: lower is served first when classes borrow.
     #[serde(default)]
     pub prio: u32,
     /// An eBPF token-bucket policer: drops above `rate` (any interface).
@@ -96,14 +102,16 @@ pub struct ClassConfig {
     pub wan: Option<crate::wan::WanConfig>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Police {
+    /// The rate it lets through.
     pub rate: Rate,
+    /// The bucket's depth: how much may pass at once above the rate.
     pub burst: ByteSize,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 pub enum Tag {
     #[serde(rename = "untagged")]
     Untagged,
@@ -114,33 +122,42 @@ pub enum Tag {
 }
 
 /// One match: every field given must hold.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Match {
+    /// The frame's outermost tag.
+    #[schemars(example = &"802.1q")]
     #[serde(default)]
     pub tag: Option<Tag>,
+    /// The VLAN id of the outer tag.
     #[serde(default)]
     pub vlan: Option<u16>,
+    /// The VLAN id of the inner tag (802.1ad frames).
+    #[schemars(example = 10)]
     #[serde(default)]
     pub inner_vlan: Option<u16>,
+    /// The IP header's DSCP, 0..=63.
     #[serde(default)]
     pub dscp: Option<u8>,
     /// tcp, udp, icmp, icmpv6, or a protocol number.
     #[serde(default)]
     pub protocol: Option<String>,
+    #[schemars(example = &"10.1.0.0/24")]
     /// "10.0.0.0/8", "fd00::/64", or an address.
     #[serde(default)]
     pub src: Option<String>,
+    /// The destination address or network, as `src`.
     #[serde(default)]
     pub dst: Option<String>,
     /// "5201" or "5000-5100".
     #[serde(default)]
     pub src_port: Option<String>,
+    /// The destination port or range, as `src_port`.
     #[serde(default)]
     pub dst_port: Option<String>,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WatchConfig {
     /// Announcements of one MAC further apart than this start a new burst.
@@ -149,6 +166,7 @@ pub struct WatchConfig {
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub burst_gap: Duration,
 }
 

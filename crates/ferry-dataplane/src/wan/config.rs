@@ -7,7 +7,7 @@ use serde::{Deserialize, Serialize};
 use crate::config::{Invalid, Rate, Ratio, deserialize_duration, serialize_duration};
 
 /// What a delay line does to a class's frames leaving one interface.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct WanConfig {
     /// One-way delay added to every frame.
@@ -15,6 +15,7 @@ pub struct WanConfig {
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub delay: Duration,
     /// Spread of the delay: half-width for `uniform`, standard deviation
     /// for `normal`.
@@ -23,6 +24,7 @@ pub struct WanConfig {
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub jitter: Duration,
     #[serde(default)]
     pub distribution: Distribution,
@@ -39,6 +41,7 @@ pub struct WanConfig {
     /// Most frames held at once; beyond it frames are dropped (queue_full).
     #[serde(default = "default_limit")]
     pub limit: u32,
+    #[schemars(example = 42)]
     /// Seed of the loss and jitter generator, for repeatable runs (default:
     /// random).
     #[serde(default)]
@@ -49,7 +52,9 @@ fn default_limit() -> u32 {
     100_000
 }
 
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema,
+)]
 #[serde(rename_all = "snake_case")]
 pub enum Distribution {
     /// delay ± jitter, every value equally likely.
@@ -60,7 +65,7 @@ pub enum Distribution {
     Normal,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(try_from = "LossYaml", into = "LossYaml")]
 pub enum Loss {
     /// Each frame lost independently with this probability.
@@ -73,19 +78,24 @@ pub enum Loss {
 }
 
 /// `loss: {random: 1%}` or `loss: {burst: {enter: 1%, exit: 25%}}`.
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct LossYaml {
+    /// Each frame lost independently with this probability.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     random: Option<Ratio>,
+    /// Gilbert's two-state model: bursts of loss (mean loss
+    /// enter/(enter+exit), mean burst 1/exit frames).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     burst: Option<BurstYaml>,
 }
 
-#[derive(Clone, Copy, Debug, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 struct BurstYaml {
+    /// Probability of entering the lossy state, per frame.
     enter: Ratio,
+    /// Probability of leaving it, per frame.
     exit: Ratio,
 }
 

@@ -83,10 +83,13 @@ pub struct GuestInfo {
 
 /// A guest's NIC as the network knows it. Travels in the device state, as a
 /// virtio-net device's MAC does in QEMU's.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Nic {
+    /// Its MAC address: what the landing host announces.
     pub mac: ferry_core::MacAddr,
+    /// Its IPv4 address, if known: gratuitous ARPs announce it (RARP
+    /// alone otherwise).
     #[serde(default)]
     pub ipv4: Option<std::net::Ipv4Addr>,
 }

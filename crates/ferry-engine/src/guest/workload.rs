@@ -5,7 +5,7 @@ use serde::{Deserialize, Serialize};
 use super::memory::{GuestMemory, PAGE_SIZE};
 
 /// A workload, as configured.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(tag = "kind", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum WorkloadSpec {
     /// The vCPUs do nothing (the paper's idle VM, Figure 5).
@@ -14,11 +14,17 @@ pub enum WorkloadSpec {
     /// A Redis-like store in guest memory: 64-byte slots; a GET reads and
     /// checks one, a SET rewrites one, dirtying its page (Table 1's mixes).
     KeyValue {
+        /// GETs per second across all vCPUs.
         gets_per_second: u64,
+        /// SETs per second across all vCPUs.
         sets_per_second: u64,
     },
     /// Sequential 4 KiB records written at a set rate (the 40 GbE brief's case).
-    Stream { bytes_per_second: u64 },
+    Stream {
+        /// Bytes written per second across all vCPUs.
+        #[schemars(example = 104857600)]
+        bytes_per_second: u64,
+    },
 }
 
 impl WorkloadSpec {

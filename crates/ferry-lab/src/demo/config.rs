@@ -13,23 +13,28 @@ use crate::{
 
 /// A coordinator and two hosts on loopback; one guest moves from the first
 /// host to the second.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DemoConfig {
     /// synthetic: ferry's own guest (`guest`); qemu: the QEMU test guest (`qemu`).
     #[serde(default)]
     pub guest_kind: GuestKind,
+    /// The synthetic guest that moves (`guest_kind: synthetic`).
     #[serde(default = "default_guest")]
     pub guest: DemoGuest,
+    /// The QEMU guest that moves (`guest_kind: qemu`).
     #[serde(default)]
     pub qemu: DemoQemu,
     /// The guest's setting; both demo hosts can encrypt.
     #[serde(default)]
     pub mode: EncryptionMode,
+    /// Parallel streams of the migration.
     #[serde(default = "default_streams")]
     pub streams: u16,
+    /// The AES-256-GCM implementation.
     #[serde(default)]
     pub backend: Backend,
+    /// The migration's limits.
     #[serde(default = "default_limits")]
     pub limits: Limits,
     /// How long the guest runs before the move, and is watched after it.
@@ -38,27 +43,37 @@ pub struct DemoConfig {
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub watch: Duration,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DemoGuest {
+    /// The guest's name.
     pub name: String,
+    /// Guest memory: a multiple of 4 KiB.
     pub memory: ByteSize,
+    /// Virtual CPUs.
     pub vcpus: usize,
+    /// What its vCPUs do.
     pub workload: WorkloadSpec,
+    /// Fill memory first (a loaded database).
     pub prefill: bool,
 }
 
 /// The QEMU test guest `cargo xtask setup` builds: Debian's cloud kernel and
 /// a busybox initramfs that dirties memory and checks its own.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct DemoQemu {
+    /// The guest's name.
     pub name: String,
+    /// Guest memory.
     pub memory: ByteSize,
+    /// The test guest's kernel (relative paths: from where ferry runs).
     pub kernel: PathBuf,
+    /// The test guest's initramfs.
     pub initrd: PathBuf,
     /// MiB the guest rewrites every second.
     pub dirty_mib_per_second: u32,

@@ -8,7 +8,7 @@ use crate::config::{Invalid, Validate, deserialize_duration, serialize_duration}
 
 /// The data-plane demo: two throwaway namespaces joined by a veth pair, ferry's
 /// counters on both ends, tagged and untagged traffic across.
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct CountersConfig {
     /// How long traffic runs.
@@ -17,6 +17,7 @@ pub struct CountersConfig {
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub duration: Duration,
     /// Frames sent per VLAN per second.
     #[serde(default = "default_rate")]
@@ -33,13 +34,16 @@ pub struct CountersConfig {
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub refresh: Duration,
 }
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct QinQ {
+    /// The 802.1ad service VLAN.
     pub outer: u16,
+    /// The 802.1Q VLAN inside it.
     pub inner: u16,
 }
 

@@ -26,20 +26,29 @@ use crate::{
     report::svg::{COLORS, Chart, LINE_COLORS, Series},
 };
 
-#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ExperimentConfig {
+    /// The experiment's name: its output files' name.
     pub name: String,
+    /// The figure's title.
     pub title: String,
+    /// The guest each scenario boots, unless the scenario says otherwise.
     pub guest: GuestDefaults,
+    /// Parallel streams per migration, 1..=64.
     #[serde(default = "two")]
     pub streams: u16,
+    /// The AES-256-GCM implementation.
     #[serde(default)]
     pub backend: Backend,
+    /// Each migration's limits.
     #[serde(default)]
     pub limits: Limits,
+    /// Each scenario is migrated once per transport (and per repeat).
     #[serde(default = "both")]
     pub transports: Vec<Transport>,
+    /// Runs of each scenario and transport, 1..=10; tables give min,
+    /// median and max.
     #[serde(default = "one")]
     pub repeat: u32,
     /// How long each guest runs before it is migrated.
@@ -48,26 +57,35 @@ pub struct ExperimentConfig {
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub warmup: Duration,
+    /// The bars of the figure, in order.
     pub scenarios: Vec<Scenario>,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct GuestDefaults {
+    /// Guest memory: a multiple of 4 KiB up to 16 GiB.
     pub memory: ByteSize,
+    /// Virtual CPUs, 1..=64.
     pub vcpus: usize,
+    /// Fill memory first (a loaded database; a fully touched idle guest).
     #[serde(default = "yes")]
     pub prefill: bool,
 }
 
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Scenario {
+    /// The scenario's name on the figure and in the table.
     pub label: String,
+    /// What the guest's vCPUs do.
     pub workload: WorkloadSpec,
+    /// This scenario's guest memory, instead of `guest.memory`.
     #[serde(default)]
     pub memory: Option<ByteSize>,
+    /// This scenario's vCPUs, instead of `guest.vcpus`.
     #[serde(default)]
     pub vcpus: Option<usize>,
 }

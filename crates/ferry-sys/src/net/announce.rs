@@ -19,28 +19,35 @@ use crate::config::{deserialize_duration, serialize_duration};
 /// When the rounds go out: the first at once, then `initial` later, each
 /// further gap `step` longer than the one before, at most `max` (QEMU's
 /// announce-initial, -step, -max and -rounds).
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct Schedule {
+    /// Announcements sent in all.
     #[serde(default = "rounds")]
     pub rounds: u32,
+    /// The gap after the first.
     #[serde(
         default = "initial",
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub initial: Duration,
+    /// How much longer each further gap is than the one before.
     #[serde(
         default = "step",
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub step: Duration,
+    /// The longest gap.
     #[serde(
         default = "max",
         deserialize_with = "deserialize_duration",
         serialize_with = "serialize_duration"
     )]
+    #[schemars(with = "ferry_core::config::DurationText")]
     pub max: Duration,
 }
 
