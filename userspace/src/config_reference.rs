@@ -88,33 +88,34 @@ impl Kind {
         }
     }
 
-    /// The example files of this kind.
-    pub fn examples(self) -> Vec<&'static str> {
+    /// The example files of this kind: path and text.
+    fn example_files(self) -> impl Iterator<Item = &'static (&'static str, &'static str)> {
         EXAMPLES
             .iter()
-            .filter(|(path, text)| kind_of_text(path, text) == Some(self))
-            .map(|(path, _)| *path)
-            .collect()
+            .filter(move |(path, text)| kind_of_text(path, text) == Some(self))
+    }
+
+    /// The paths of this kind's example files.
+    pub fn examples(self) -> Vec<&'static str> {
+        self.example_files().map(|(path, _)| *path).collect()
     }
 
     /// Every key of this kind's files, parents before their keys.
     pub fn entries(self) -> Vec<Entry> {
         let schema = self.schema().to_value();
+        let no_defs = serde_json::Map::new();
         let defs = schema
             .get("$defs")
             .and_then(Value::as_object)
-            .cloned()
-            .unwrap_or_default();
+            .unwrap_or(&no_defs);
         let mut seen = BTreeMap::new();
-        for (path, text) in EXAMPLES {
-            if kind_of_text(path, text) == Some(self)
-                && let Ok(v) = serde_yaml::from_str::<Value>(text)
-            {
+        for (_, text) in self.example_files() {
+            if let Ok(v) = serde_yaml::from_str::<Value>(text) {
                 collect_examples(&v, "", &mut seen);
             }
         }
         let mut w = Walk {
-            defs: &defs,
+            defs,
             examples: &seen,
             out: Vec::new(),
         };
@@ -130,28 +131,21 @@ fn kind_of_text(path: &str, text: &str) -> Option<Kind> {
 
 /// The first value each key path takes in an example file.
 fn collect_examples(v: &Value, prefix: &str, out: &mut BTreeMap<String, Value>) {
-    match v {
-        Value::Object(m) => {
-            for (k, v) in m {
-                let key = format!("{prefix}{k}");
-                out.entry(key.clone()).or_insert_with(|| v.clone());
-                match v {
-                    Value::Object(_) => collect_examples(v, &format!("{key}."), out),
-                    Value::Array(items) => {
-                        for item in items {
-                            collect_examples(item, &format!("{key}[]."), out);
-                        }
-                    }
-                    _ => {}
+    let Value::Object(m) = v else {
+        return;
+    };
+    for (k, v) in m {
+        let key = format!("{prefix}{k}");
+        out.entry(key.clone()).or_insert_with(|| v.clone());
+        match v {
+            Value::Object(_) => collect_examples(v, &format!("{key}."), out),
+            Value::Array(items) => {
+                for item in items {
+                    collect_examples(item, &format!("{key}[]."), out);
                 }
             }
+            _ => {}
         }
-        Value::Array(items) => {
-            for item in items {
-                collect_examples(item, prefix, out);
-            }
-        }
-        _ => {}
     }
 }
 
@@ -167,6 +161,15 @@ struct Resolved<'a> {
     /// The definition's name when it came from one.
     def: Option<&'a str>,
     nullable: bool,
+}
+
+impl Resolved<'_> {
+    /// A unit (size, rate, ...): a definition with a title, whose grammar
+    /// the units table gives.
+    fn unit(&self) -> Option<&str> {
+        self.def?;
+        self.schema.get("title")?.as_str()
+    }
 }
 
 impl<'a> Walk<'a> {
@@ -251,8 +254,7 @@ impl<'a> Walk<'a> {
         let own_default = p.get("default").or(inherited);
         let default = match own_default {
             Some(d) => inline(d),
-            None if required => "required".to_string(),
-            None if r.nullable => "none".to_string(),
+            None if r.nullable && !required => "none".to_string(),
             None => "required".to_string(),
         };
         let mut entry = Entry {
@@ -274,94 +276,49 @@ impl<'a> Walk<'a> {
             nested: false,
         };
         let s = r.schema;
-        if let Some(title) = s.get("title").and_then(Value::as_str)
-            && r.def.is_some()
+        if let Some(variants) = s.get("oneOf").and_then(Value::as_array)
+            && let Some(tag) = tag_of(variants)
         {
-            // A unit: its grammar is in the units table.
-            entry.ty = format!("[{title}](#units)");
-            if entry.example.is_empty() {
-                entry.example = s
-                    .get("examples")
-                    .and_then(|e| e.get(0))
-                    .map(inline)
-                    .unwrap_or_default();
-            }
-            self.out.push(entry);
-            return;
-        }
-        if let Some(variants) = s.get("oneOf").and_then(Value::as_array) {
-            let tag = tag_of(variants);
-            match tag {
-                Some(tag) => {
-                    // A tagged enum: the tag, then each variant's keys.
-                    entry.ty = format!("mapping, by `{tag}`");
-                    entry.nested = true;
-                    fallback(&mut entry.description, &text(s.get("description")));
-                    let defaults = own_default.cloned();
-                    self.out.push(entry);
-                    let tag_key = format!("{key}.{tag}");
-                    let mut names = Vec::new();
-                    let mut docs = Vec::new();
-                    for v in variants {
-                        let name = v["properties"][tag.as_str()]["const"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string();
-                        let d = text(v.get("description"));
-                        if !d.is_empty() {
-                            docs.push(format!("`{name}`: {d}"));
-                        }
-                        names.push(format!("`{name}`"));
-                    }
-                    self.out.push(Entry {
-                        key: tag_key.clone(),
-                        ty: names.join(" \\| "),
-                        default: defaults
-                            .as_ref()
-                            .and_then(|d| d.get(tag.as_str()))
-                            .map(inline)
-                            .unwrap_or_else(|| "required".into()),
-                        example: self.examples.get(&tag_key).map(inline).unwrap_or_default(),
-                        description: docs.join(" "),
-                        variant: String::new(),
-                        nested: false,
-                    });
-                    for v in variants {
-                        let name = v["properties"][tag.as_str()]["const"]
-                            .as_str()
-                            .unwrap_or_default();
-                        self.object(v, &format!("{key}."), None, &format!("{tag}: {name}"));
-                    }
-                }
-                None => {
-                    // Plain values, each perhaps with its own doc.
-                    let mut names = Vec::new();
-                    let mut docs = Vec::new();
-                    for v in variants {
-                        for value in enum_values(v) {
-                            names.push(format!("`{value}`"));
-                            let d = text(v.get("description"));
-                            if !d.is_empty() {
-                                docs.push(format!("`{value}`: {d}"));
-                            }
-                        }
-                    }
-                    entry.ty = names.join(" \\| ");
-                    fallback(&mut entry.description, &text(s.get("description")));
-                    append(&mut entry.description, &docs.join(" "));
-                    self.out.push(entry);
-                }
-            }
-            return;
-        }
-        if let Some(values) = s.get("enum").and_then(Value::as_array) {
-            entry.ty = values
-                .iter()
-                .map(|v| format!("`{}`", v.as_str().unwrap_or_default()))
-                .collect::<Vec<_>>()
-                .join(" \\| ");
+            // A tagged enum: the tag, then each variant's keys.
+            entry.ty = format!("mapping, by `{tag}`");
+            entry.nested = true;
             fallback(&mut entry.description, &text(s.get("description")));
             self.out.push(entry);
+            let tag_key = format!("{key}.{tag}");
+            let names: Vec<&str> = variants
+                .iter()
+                .map(|v| {
+                    v["properties"][tag.as_str()]["const"]
+                        .as_str()
+                        .unwrap_or_default()
+                })
+                .collect();
+            let docs: Vec<String> = variants
+                .iter()
+                .zip(&names)
+                .map(|(v, name)| (name, text(v.get("description"))))
+                .filter(|(_, d)| !d.is_empty())
+                .map(|(name, d)| format!("`{name}`: {d}"))
+                .collect();
+            self.out.push(Entry {
+                key: tag_key.clone(),
+                ty: names
+                    .iter()
+                    .map(|n| format!("`{n}`"))
+                    .collect::<Vec<_>>()
+                    .join(" \\| "),
+                default: own_default
+                    .and_then(|d| d.get(tag.as_str()))
+                    .map(inline)
+                    .unwrap_or_else(|| "required".into()),
+                example: self.examples.get(&tag_key).map(inline).unwrap_or_default(),
+                description: docs.join(" "),
+                variant: String::new(),
+                nested: false,
+            });
+            for (v, name) in variants.iter().zip(names) {
+                self.object(v, &format!("{key}."), None, &format!("{tag}: {name}"));
+            }
             return;
         }
         if s.get("properties").is_some() {
@@ -388,21 +345,43 @@ impl<'a> Walk<'a> {
                 self.out.push(entry);
                 self.object(items.schema, &format!("{key}[]."), None, "");
             } else {
-                let inner = self.scalar(&items);
-                entry.ty = format!("list of {inner}");
+                entry.ty = format!("list of {}", self.scalar(&items));
                 self.out.push(entry);
             }
             return;
         }
+        // A value: a unit, one of an enum's, or a plain scalar.
         entry.ty = self.scalar(&r);
+        if r.unit().is_some() {
+            // Its description is its grammar, in the units table.
+            if entry.example.is_empty() {
+                entry.example = s
+                    .get("examples")
+                    .and_then(|e| e.get(0))
+                    .map(inline)
+                    .unwrap_or_default();
+            }
+        } else {
+            fallback(&mut entry.description, &text(s.get("description")));
+        }
+        if let Some(variants) = s.get("oneOf").and_then(Value::as_array) {
+            let mut docs = Vec::new();
+            for v in variants {
+                let d = text(v.get("description"));
+                if !d.is_empty() {
+                    for value in enum_values(v) {
+                        docs.push(format!("`{value}`: {d}"));
+                    }
+                }
+            }
+            append(&mut entry.description, &docs.join(" "));
+        }
         self.out.push(entry);
     }
 
     fn scalar(&self, r: &Resolved) -> String {
         let s = r.schema;
-        if let Some(title) = s.get("title").and_then(Value::as_str)
-            && r.def.is_some()
-        {
+        if let Some(title) = r.unit() {
             return format!("[{title}](#units)");
         }
         if let Some(values) = s.get("enum").and_then(Value::as_array) {
@@ -536,30 +515,29 @@ fn inline(v: &Value) -> String {
     }
 }
 
-/// The units every kind shares, from their schemas.
+/// The units every kind shares, from their schemas: title, grammar,
+/// examples.
 fn units() -> Vec<(String, String, String)> {
+    use ferry_core::config::{ByteSize, DurationText, Rate, Ratio};
+    use schemars::JsonSchema;
     let mut generator = schemars::SchemaGenerator::default();
-    let schemas = [
-        generator.subschema_for::<ferry_core::config::ByteSize>(),
-        generator.subschema_for::<ferry_core::config::Rate>(),
-        generator.subschema_for::<ferry_core::config::Ratio>(),
-        generator.subschema_for::<ferry_core::config::DurationText>(),
-        generator.subschema_for::<ferry_core::MacAddr>(),
-    ];
-    let defs = generator.take_definitions(true);
-    schemas
-        .iter()
-        .filter_map(|s| {
-            let name = s.get("$ref")?.as_str()?.trim_start_matches("#/$defs/");
-            let d = defs.get(name)?;
-            let examples = d
-                .get("examples")
-                .and_then(Value::as_array)
-                .map(|e| e.iter().map(inline).collect::<Vec<_>>().join(", "))
-                .unwrap_or_default();
-            Some((text(d.get("title")), text(d.get("description")), examples))
-        })
-        .collect()
+    [
+        ByteSize::json_schema(&mut generator),
+        Rate::json_schema(&mut generator),
+        Ratio::json_schema(&mut generator),
+        DurationText::json_schema(&mut generator),
+        ferry_core::MacAddr::json_schema(&mut generator),
+    ]
+    .iter()
+    .map(|d| {
+        let examples = d
+            .get("examples")
+            .and_then(Value::as_array)
+            .map(|e| e.iter().map(inline).collect::<Vec<_>>().join(", "))
+            .unwrap_or_default();
+        (text(d.get("title")), text(d.get("description")), examples)
+    })
+    .collect()
 }
 
 /// The whole reference, as docs/configuration.md holds it.
