@@ -57,6 +57,7 @@ pub struct MigrationMetrics {
     transfer_rate: Gauge,
     throttle: Gauge,
     remaining: IntGauge,
+    downtime_limit: Gauge,
     refusals: IntCounter,
 }
 
@@ -147,6 +148,12 @@ impl MigrationMetrics {
                 "ferry_migration_remaining_bytes",
                 "While a migration runs: guest memory still to send",
             )?,
+            // Kept after the migration ends, so a dashboard can draw the
+            // limit next to the downtimes it bounds.
+            downtime_limit: Gauge::new(
+                "ferry_migration_downtime_limit_seconds",
+                "The downtime limit of the migration this host sends now, or sent last (0: none yet)",
+            )?,
             refusals: IntCounter::new(
                 "ferry_coordinator_refusals_total",
                 "Migration requests the coordinator refused before any memory moved",
@@ -188,7 +195,8 @@ impl MigrationMetrics {
         reg.register(Box::new(self.dirty_rate.clone()))?;
         reg.register(Box::new(self.transfer_rate.clone()))?;
         reg.register(Box::new(self.throttle.clone()))?;
-        reg.register(Box::new(self.remaining.clone()))
+        reg.register(Box::new(self.remaining.clone()))?;
+        reg.register(Box::new(self.downtime_limit.clone()))
     }
 
     /// A coordinator's families.
@@ -209,6 +217,12 @@ impl MigrationMetrics {
         self.migrations
             .with_label_values(&[role.label(), result_label(ok), &mode.to_string()])
             .inc();
+    }
+
+    /// A migration this host sends begins, aiming its switch-over under
+    /// `limit`.
+    pub fn sending(&self, limit: std::time::Duration) {
+        self.downtime_limit.set(limit.as_secs_f64());
     }
 
     pub fn refused(&self) {
@@ -234,6 +248,10 @@ impl MigrationMetrics {
             self.passes.observe(f64::from(s.passes));
         }
         self.setup.observe(s.setup_seconds);
+        // The limit as it stood at the end (an operator may change it).
+        if s.downtime_limit_seconds > 0.0 {
+            self.downtime_limit.set(s.downtime_limit_seconds);
+        }
         let r = [Role::Source.label()];
         self.bytes.with_label_values(&r).inc_by(s.transferred_bytes);
         self.pages

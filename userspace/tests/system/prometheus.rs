@@ -3,8 +3,10 @@
 //! scrapes all four, a guest migrates from a to b through the router's
 //! shaped, delayed migration class, the guest's MAC moves ports and is
 //! announced; then every expression of every panel of every dashboard in
-//! dashboards/ is queried and must return data, and every metric the
-//! dashboards name must be one Prometheus scraped from ferry.
+//! dashboards/ is queried and must return data (and none once the job
+//! variable names no job), every metric the dashboards name must be one
+//! Prometheus scraped from ferry, the job and instance variables must list
+//! the daemons, and each annotation must mark the migration.
 
 use std::{
     collections::BTreeSet,
@@ -115,11 +117,54 @@ fn query(r: &Netns, expr: &str) -> serde_json::Value {
     prom_get(r, &format!("/api/v1/query?query={}", percent_encode(expr)))
 }
 
-/// Grafana's built-in interval variables, as a dashboard would send them.
-fn grafana_vars(expr: &str) -> String {
+/// Grafana's built-in interval variables, as a dashboard would send them,
+/// with `$job` and `$instance` on All (their `allValue` regexes).
+fn grafana_vars(dash: &serde_json::Value, expr: &str) -> String {
+    let all = |name: &str| variable(dash, name)["allValue"].as_str().unwrap_or(".*");
+    with_vars(expr, all("job"), all("instance"))
+}
+
+/// The dashboard's variable `name` (null if it has none).
+fn variable<'a>(dash: &'a serde_json::Value, name: &str) -> &'a serde_json::Value {
+    dash["templating"]["list"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .find(|v| v["name"] == name)
+        .unwrap_or(&serde_json::Value::Null)
+}
+
+fn with_vars(expr: &str, job: &str, instance: &str) -> String {
     expr.replace("$__rate_interval", "30s")
         .replace("$__range", "10m")
         .replace("$__interval", "5s")
+        .replace("$job", job)
+        .replace("$instance", instance)
+}
+
+/// What a `label_values(SELECTOR, LABEL)` variable lists, asked of
+/// Prometheus as Grafana asks it (the series API's label values).
+fn label_values(r: &Netns, query: &str, job: &str) -> BTreeSet<String> {
+    let inner = query
+        .strip_prefix("label_values(")
+        .and_then(|q| q.strip_suffix(')'))
+        .unwrap_or_else(|| panic!("not a label_values query: {query}"));
+    let (selector, label) = inner.rsplit_once(',').unwrap();
+    let selector = selector.replace("$job", job);
+    let v = prom_get(
+        r,
+        &format!(
+            "/api/v1/label/{}/values?match[]={}",
+            label.trim(),
+            percent_encode(&selector)
+        ),
+    );
+    v["data"]
+        .as_array()
+        .unwrap_or_else(|| panic!("{query}: {v}"))
+        .iter()
+        .filter_map(|x| x.as_str().map(String::from))
+        .collect()
 }
 
 fn dashboards() -> Vec<(PathBuf, serde_json::Value)> {
@@ -336,7 +381,18 @@ fn prometheus_scrapes_every_daemon_and_every_dashboard_panel_has_data() {
                         p["title"]
                     );
                 }
-                let v = query(&r, &grafana_vars(expr));
+                let v = query(&r, &grafana_vars(&dash, expr));
+                // No job of that name: the filter leaves nothing.
+                let none = query(&r, &with_vars(expr, "no-such-job", ".+"));
+                assert!(
+                    none["status"] == "success"
+                        && none["data"]["result"]
+                            .as_array()
+                            .is_some_and(|a| a.is_empty()),
+                    "{} / {:?}: {expr} with $job = no-such-job still has data: {none}",
+                    path.display(),
+                    p["title"]
+                );
                 let finite = v["data"]["result"]
                     .as_array()
                     .into_iter()
@@ -355,6 +411,52 @@ fn prometheus_scrapes_every_daemon_and_every_dashboard_panel_has_data() {
             }
         }
     }
+    // The variables list the daemons Prometheus scrapes; each annotation,
+    // evaluated over the last minutes as Grafana does, marks the migration.
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    for (path, dash) in dashboards() {
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        let var = |n: &str| {
+            variable(&dash, n)["query"]["query"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{name}: no ${n} variable"))
+        };
+        let jobs = label_values(&r, var("job"), "");
+        assert_eq!(
+            jobs,
+            ["ferry-coordinator", "ferry-host", "ferry-router"]
+                .map(String::from)
+                .into(),
+            "{name}: $job"
+        );
+        let hosts = label_values(&r, var("instance"), "ferry-host");
+        assert_eq!(
+            hosts,
+            ["10.6.1.1:9472", "10.6.2.1:9472"].map(String::from).into(),
+            "{name}: $instance for job ferry-host"
+        );
+        for a in dash["annotations"]["list"].as_array().unwrap() {
+            let expr = grafana_vars(&dash, a["expr"].as_str().unwrap());
+            let v = prom_get(
+                &r,
+                &format!(
+                    "/api/v1/query_range?query={}&start={}&end={now}&step=1",
+                    percent_encode(&expr),
+                    now - 120
+                ),
+            );
+            let series = v["data"]["result"].as_array().cloned().unwrap_or_default();
+            assert!(
+                !series.is_empty(),
+                "{name}: annotation {} marks nothing: {expr} -> {v}",
+                a["name"]
+            );
+        }
+    }
+
     assert!(
         empty.is_empty(),
         "{} of {checked} panel expressions returned no data:\n{}\n{}",
@@ -434,5 +536,16 @@ fn prometheus_scrapes_every_daemon_and_every_dashboard_panel_has_data() {
     assert!(one("sum(ferry_wan_bytes_total)") > 32.0 * 1048576.0);
     assert_eq!(one("sum(ferry_mac_moves_total)"), 1.0);
     assert!(one("sum(ferry_migration_crypto_cpu_seconds_total)") > 0.0);
+    // host-a sent the migration under the default limit; host-b sent none.
+    assert_eq!(
+        one(r#"ferry_migration_downtime_limit_seconds{instance="10.6.1.1:9472"}"#),
+        ferry::protocol::Limits::default()
+            .downtime_limit
+            .as_secs_f64()
+    );
+    assert_eq!(
+        one(r#"ferry_migration_downtime_limit_seconds{instance="10.6.2.1:9472"}"#),
+        0.0
+    );
     let _keep: Arc<Netns> = a;
 }

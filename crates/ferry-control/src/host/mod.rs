@@ -641,6 +641,7 @@ impl Host {
         let mode = spec.mode;
         let mm = self.migration_metrics.clone();
         mm.started(MetricsRole::Source);
+        mm.sending(spec.limits.downtime_limit);
         let job = tokio::task::spawn_blocking(move || {
             let mut report = |p: &engine::Progress| {
                 mm.progress(p);
