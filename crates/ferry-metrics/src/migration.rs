@@ -44,6 +44,7 @@ fn result_label(ok: bool) -> &'static str {
 #[derive(Clone)]
 pub struct MigrationMetrics {
     migrations: IntCounterVec,
+    started: IntCounterVec,
     running: IntGaugeVec,
     duration: Histogram,
     setup: Histogram,
@@ -74,6 +75,15 @@ impl MigrationMetrics {
                     "Migrations ended, by role (source, destination, coordinator), result and encryption mode",
                 ),
                 &["role", "result", "mode"],
+            )?,
+            // A dashboard marks each start from it (the running gauge may
+            // rise and fall between two scrapes).
+            started: IntCounterVec::new(
+                Opts::new(
+                    "ferry_migrations_started_total",
+                    "Migrations begun, by role",
+                ),
+                &["role"],
             )?,
             running: IntGaugeVec::new(
                 Opts::new("ferry_migrations_running", "Migrations under way, by role"),
@@ -161,6 +171,7 @@ impl MigrationMetrics {
         };
         for r in roles {
             m.running.with_label_values(&[r.label()]);
+            m.started.with_label_values(&[r.label()]);
             for ok in [true, false] {
                 for mode in MODES {
                     m.migrations.with_label_values(&[
@@ -183,6 +194,7 @@ impl MigrationMetrics {
     /// A host's families.
     pub fn register_host(&self, reg: &Registry) -> prometheus::Result<()> {
         reg.register(Box::new(self.migrations.clone()))?;
+        reg.register(Box::new(self.started.clone()))?;
         reg.register(Box::new(self.running.clone()))?;
         reg.register(Box::new(self.duration.clone()))?;
         reg.register(Box::new(self.setup.clone()))?;
@@ -202,11 +214,13 @@ impl MigrationMetrics {
     /// A coordinator's families.
     pub fn register_coordinator(&self, reg: &Registry) -> prometheus::Result<()> {
         reg.register(Box::new(self.migrations.clone()))?;
+        reg.register(Box::new(self.started.clone()))?;
         reg.register(Box::new(self.running.clone()))?;
         reg.register(Box::new(self.refusals.clone()))
     }
 
     pub fn started(&self, role: Role) {
+        self.started.with_label_values(&[role.label()]).inc();
         self.running.with_label_values(&[role.label()]).inc();
     }
 

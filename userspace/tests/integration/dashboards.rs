@@ -325,6 +325,12 @@ fn dashboards_serve_a_fleet_in_the_right_units() {
         }
         if name == "ferry-migrations.json" {
             assert!(downtime_limit, "{name}: the downtime limit is not drawn");
+            let marks: Vec<&str> = anns.iter().filter_map(|a| a["name"].as_str()).collect();
+            assert_eq!(
+                marks,
+                ["Migration starts", "Switch-overs", "Migration ends"],
+                "{name}: a migration's start, switch-over and end are not all marked"
+            );
         }
     }
 }
