@@ -4,6 +4,7 @@
 //! config type, so it sits above them all; the config module itself (loading,
 //! errors, units) knows none of them.
 
+use ferry_core::error::report;
 use std::path::Path;
 
 use crate::{
@@ -130,12 +131,8 @@ impl Kind {
                     message: "it is not a mapping of keys, as every ferry configuration is".into(),
                 });
             }
-            Err(e) => {
-                return Err(ConfigError::UnknownKind {
-                    origin,
-                    message: format!("it is not YAML ({e})"),
-                });
-            }
+            // Not YAML: where and why, as a loader would say it.
+            Err(e) => return Err(crate::config::yaml_error(text, &origin, &e)),
         };
         let known = |k: Kind| {
             keys.iter()
@@ -232,12 +229,12 @@ pub fn check_files(kind: Kind, path: &Path) -> Result<(), String> {
     let tls = match kind {
         Kind::Coordinator => {
             crate::coordinator::Coordinator::load_config(path)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| report(&e).to_string())?
                 .tls
         }
         Kind::Host => {
             crate::host::Host::load_config(path)
-                .map_err(|e| e.to_string())?
+                .map_err(|e| report(&e).to_string())?
                 .tls
         }
         _ => return Ok(()),
@@ -246,7 +243,7 @@ pub fn check_files(kind: Kind, path: &Path) -> Result<(), String> {
         format!(
             "{}: tls: {e} (create the files with `ferry certs`, or fix the paths: relative ones are from the file's directory)",
             path.display()
-        )
+        , e = report(&e))
     })
 }
 

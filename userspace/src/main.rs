@@ -1,5 +1,6 @@
 //! The `ferry` command: one subcommand per role.
 
+use ferry_core::error::report;
 use std::{net::SocketAddr, path::PathBuf, time::Duration};
 
 /// Every freed heap block is wiped first: key material that passed through
@@ -239,6 +240,21 @@ enum Command {
     },
 }
 
+impl Command {
+    /// Whether it is a client of a coordinator (it has `--coordinator`).
+    fn talks_to_a_coordinator(&self) -> bool {
+        matches!(
+            self,
+            Command::Migrate { .. }
+                | Command::Cancel { .. }
+                | Command::MigrateSet { .. }
+                | Command::Status { .. }
+                | Command::Hosts { .. }
+                | Command::Resolve { .. }
+        )
+    }
+}
+
 #[derive(Args)]
 struct Conn {
     /// The coordinator, as NAME@ADDRESS.
@@ -267,7 +283,8 @@ impl Conn {
         let addr: SocketAddr = addr
             .parse()
             .with_context(|| format!("--coordinator {:?}: bad address", self.coordinator))?;
-        let client = Client::new(&TlsFiles::in_dir(&self.tls_dir, &self.client))?;
+        let client = Client::new(&TlsFiles::in_dir(&self.tls_dir, &self.client))
+            .with_context(|| format!("client {}'s TLS files", self.client))?;
         Ok((
             client,
             CoordinatorRef {
@@ -416,7 +433,7 @@ fn mode_parser() -> impl clap::builder::TypedValueParser<Value = EncryptionMode>
 
 fn parse_duration(s: &str) -> Result<Duration, String> {
     let v = serde_yaml::Value::String(s.to_string());
-    config::deserialize_duration(v).map_err(|e| e.to_string())
+    config::deserialize_duration(v).map_err(|e| report(&e).to_string())
 }
 
 fn main() {
@@ -440,10 +457,65 @@ fn main() {
         .with_writer(std::io::stderr)
         .with_ansi(colour)
         .init();
+    let client = cli.command.talks_to_a_coordinator();
     if let Err(e) = run(cli) {
         eprintln!("ferry: error: {e:#}");
+        if let Some(hint) = remedy(&e, client) {
+            eprintln!("ferry: hint: {hint}");
+        }
         std::process::exit(1);
     }
+}
+
+/// A daemon's TLS files, loaded and checked.
+fn server_tls(
+    files: &TlsFiles,
+    config: &std::path::Path,
+) -> Result<std::sync::Arc<rustls::ServerConfig>> {
+    ferry::control::tls::server_config(files).with_context(|| format!("{}: tls", config.display()))
+}
+
+/// What to do about an error, where ferry knows the usual fix: the error
+/// itself says what failed and why; this says how to go on.
+fn remedy(e: &anyhow::Error, client: bool) -> Option<String> {
+    use ferry::control::{ControlError, tls::TlsError};
+    for cause in e.chain() {
+        match cause.downcast_ref::<ControlError>() {
+            Some(ControlError::Connect { addr, .. }) if client => {
+                return Some(format!(
+                    "is `ferry coordinator` running at {addr}? --coordinator NAME@ADDRESS \
+                     (or FERRY_COORDINATOR) names the one to ask"
+                ));
+            }
+            Some(ControlError::Tls { .. }) => {
+                return Some(
+                    "both sides need certificates from the same CA: `ferry certs` makes them"
+                        .into(),
+                );
+            }
+            _ => {}
+        }
+        // A ControlError wraps a TlsError transparently: it is not a cause
+        // of its own in the chain.
+        let tls = cause
+            .downcast_ref::<TlsError>()
+            .or(match cause.downcast_ref() {
+                Some(ControlError::TlsSetup(t)) => Some(t),
+                _ => None,
+            });
+        if let Some(TlsError::File { .. }) = tls {
+            return Some(if client {
+                "`ferry certs --out DIR --client NAME` makes a CA and a client certificate; \
+                 --tls-dir (FERRY_TLS_DIR) says where they are, --as which one to use"
+                    .into()
+            } else {
+                "`ferry certs --out DIR --host NAME` (or --coordinator NAME) makes them; \
+                 relative paths under tls: are from the configuration file's directory"
+                    .into()
+            });
+        }
+    }
+    None
 }
 
 async fn run_router(cfg: ferry::router::RouterConfig, path: PathBuf) -> Result<()> {
@@ -735,14 +807,17 @@ fn run(cli: Cli) -> Result<()> {
         }
         Command::Coordinator { config } => {
             let cfg = Coordinator::load_config(&config)?;
+            let tls = server_tls(&cfg.tls, &config)?;
             let c = Coordinator::new(cfg)?;
-            runtime()?.block_on(c.serve())
+            runtime()?.block_on(c.serve(tls))
         }
         Command::Host { config } => {
             let cfg = Host::load_config(&config)?;
+            // Before the guests boot: a missing certificate is found at once.
+            let tls = server_tls(&cfg.tls, &config)?;
             let rt = runtime()?;
             let h = Host::start(cfg)?;
-            rt.block_on(h.serve())
+            rt.block_on(h.serve(tls))
         }
         Command::Router {
             config,
@@ -1023,7 +1098,7 @@ fn run(cli: Cli) -> Result<()> {
             let mut failed = 0;
             for f in &files {
                 let checked = config_check::check(f)
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| report(&e).to_string())
                     .and_then(|kind| {
                         if !syntax_only {
                             config_check::check_files(kind, f)?;

@@ -18,13 +18,13 @@ use crate::control::Role;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CertError {
-    #[error("{path}: {source}")]
+    #[error("{path}")]
     Io {
         path: PathBuf,
         #[source]
         source: std::io::Error,
     },
-    #[error("generating certificates: {0}")]
+    #[error("generating certificates")]
     Rcgen(#[from] rcgen::Error),
     #[error("invalid name {0:?}: use letters, digits, '-' and '.'")]
     BadName(String),

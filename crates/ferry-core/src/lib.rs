@@ -4,6 +4,7 @@
 //!   [`config::Validate`], units (durations, sizes, rates, ratios), names.
 //! - [`clock`]: the monotonic clock userspace shares with the eBPF programs.
 //! - [`MacAddr`], [`parse_cidr`]: link and network addresses.
+//! - [`error`]: errors as text, each cause said once.
 //! - [`listen`]: what a listener does after a failed accept.
 //! - [`fs`]: files written so that a crash leaves them whole.
 //! - [`machine`]: a QEMU guest's device model, as hosts and specs carry it.
@@ -13,6 +14,7 @@
 mod cidr;
 pub mod clock;
 pub mod config;
+pub mod error;
 pub mod fs;
 pub mod listen;
 mod mac;

@@ -7,6 +7,7 @@
 //! listener waits a little after each failure instead, and says so at most
 //! once a second.
 
+use crate::error::report;
 use std::time::{Duration, Instant};
 
 /// How long a listener pauses after a failed accept.
@@ -37,7 +38,7 @@ impl AcceptFailures {
             .is_none_or(|t| t.elapsed() >= Duration::from_secs(1))
         {
             self.warned = Some(Instant::now());
-            tracing::warn!(listener = self.what, error = %error, failed = self.failed,
+            tracing::warn!(listener = self.what, error = %report(error), failed = self.failed,
                 "accept failed; pausing the listener");
         }
         ACCEPT_BACKOFF

@@ -14,6 +14,7 @@
 //! its outcome queries. Whoever hears that the guest resumed here finds it
 //! in this host's inventory.
 
+use ferry_core::error::report;
 use std::{
     collections::{HashMap, HashSet},
     io,
@@ -234,12 +235,16 @@ impl IncomingRegistry {
                 guest.memory_bytes()
             ));
         }
-        let dir = PrivateDir::new("ferry-in")
-            .map_err(|e| format!("a private directory for the incoming socket: {e}"))?;
+        let dir = PrivateDir::new("ferry-in").map_err(|e| {
+            format!(
+                "a private directory for the incoming socket: {e}",
+                e = report(&e)
+            )
+        })?;
         let socket = dir.path().join("channels.sock");
         guest
             .accept_migration(&socket, spec.streams)
-            .map_err(|e| format!("the incoming device model: {e}"))?;
+            .map_err(|e| format!("the incoming device model: {e}", e = report(&e)))?;
         self.register(spec, Hosted::Channels(guest), Some((socket, dir)))
     }
 
@@ -303,7 +308,7 @@ impl IncomingRegistry {
                 controller(inc, rx, sink, journal, deadline, timeout);
                 registry.settle(&id);
             })
-            .map_err(|e| format!("cannot start the migration controller: {e}"))?;
+            .map_err(|e| format!("cannot start the migration controller: {e}", e = report(&e)))?;
         tracing::info!(migration = %spec.id, guest = %spec.guest, source = %spec.source.host,
             transport = %spec.transport, streams = spec.streams, "incoming migration prepared");
         Ok(())
@@ -486,7 +491,7 @@ fn serve_stream(mut sock: TcpStream, registry: &IncomingRegistry, pass: ferry_co
     let acc = match handshake {
         Ok(a) => a,
         Err(e) => {
-            tracing::warn!(peer = ?peer, error = %e, "refused a migration stream");
+            tracing::warn!(peer = ?peer, error = %report(&e), "refused a migration stream");
             let _ = sock.shutdown(Shutdown::Both);
             return;
         }
@@ -620,7 +625,7 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
             ))))),
             Err(e) => {
                 inc.send(Event::StreamFailed {
-                    error: e.to_string(),
+                    error: report(&e).to_string(),
                 });
                 return;
             }
@@ -703,10 +708,10 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
             }
             Err(e) => {
                 if !inc.decided() {
-                    tracing::warn!(migration = %inc.id, stream, error = %e, reason = e.reason(), "migration stream failed");
+                    tracing::warn!(migration = %inc.id, stream, error = %report(&e), reason = e.reason(), "migration stream failed");
                 }
                 inc.send(Event::StreamEnd { stream });
-                return fail(format!("stream {stream}: {e}"));
+                return fail(format!("stream {stream}: {e}", e = report(&e)));
             }
         }
     }
@@ -725,7 +730,7 @@ fn journal_ready(
         guest: name,
         source: &inc.source,
     })
-    .map_err(|e| format!("cannot record READY in the journal: {e}"))?;
+    .map_err(|e| format!("cannot record READY in the journal: {e}", e = report(&e)))?;
     done.store(true, Ordering::Relaxed);
     Ok(())
 }
@@ -782,7 +787,7 @@ fn controller(
                 })
             {
                 // READY without a decision reads as discarded after a restart.
-                tracing::warn!(migration = %inc.id, error = %e, "cannot record the discard in the journal");
+                tracing::warn!(migration = %inc.id, error = %report(&e), "cannot record the discard in the journal");
             }
             sink(DestinationEvent::Aborted {
                 id: inc.id,
@@ -872,7 +877,10 @@ fn controller(
                         confirmed = all;
                         let msg = wire::pass_message(wire::PASSED, all.expect("some"));
                         if let Err(e) = send_on(&writer, &msg) {
-                            return abort(&mut writer, format!("sending PASSED: {e}"));
+                            return abort(
+                                &mut writer,
+                                format!("sending PASSED: {e}", e = report(&e)),
+                            );
                         }
                     }
                 }
@@ -903,7 +911,10 @@ fn controller(
                         }) {
                             return abort(
                                 &mut writer,
-                                format!("cannot record the resume in the journal: {e}"),
+                                format!(
+                                    "cannot record the resume in the journal: {e}",
+                                    e = report(&e)
+                                ),
                             );
                         }
                         if !inc.decide() {
@@ -911,7 +922,7 @@ fn controller(
                         }
                         if let Err(e) = inc.guest.resume() {
                             // Decided already: the source will release its copy.
-                            tracing::error!(migration = %inc.id, error = %e, "resume after GO failed");
+                            tracing::error!(migration = %inc.id, error = %report(&e), "resume after GO failed");
                         }
                         let resumed_at = std::time::SystemTime::now()
                             .duration_since(std::time::UNIX_EPOCH)
@@ -954,7 +965,7 @@ fn controller(
                         return abort(&mut writer, e);
                     }
                     if let Err(e) = send_on(&writer, &[wire::READY]) {
-                        return abort(&mut writer, format!("sending READY: {e}"));
+                        return abort(&mut writer, format!("sending READY: {e}", e = report(&e)));
                     }
                     ready_sent = true;
                     prepared = Some(Instant::now());
@@ -965,7 +976,12 @@ fn controller(
                         format!("the incoming device model failed: {why}"),
                     );
                 }
-                Err(e) => return abort(&mut writer, format!("the incoming device model: {e}")),
+                Err(e) => {
+                    return abort(
+                        &mut writer,
+                        format!("the incoming device model: {e}", e = report(&e)),
+                    );
+                }
                 _ => {}
             }
             continue;
@@ -1006,14 +1022,17 @@ fn controller(
                 }
             }
             if let Err(e) = guest.restore_state(ds) {
-                return abort(&mut writer, format!("loading device state: {e}"));
+                return abort(
+                    &mut writer,
+                    format!("loading device state: {e}", e = report(&e)),
+                );
             }
             stats.verify_seconds = t.elapsed().as_secs_f64();
             if let Err(e) = journal_ready(&journaled, &inc, &name, &ready_journaled) {
                 return abort(&mut writer, e);
             }
             if let Err(e) = send_on(&writer, &[wire::READY]) {
-                return abort(&mut writer, format!("sending READY: {e}"));
+                return abort(&mut writer, format!("sending READY: {e}", e = report(&e)));
             }
             ready_sent = true;
             prepared = Some(Instant::now());

@@ -48,20 +48,20 @@ pub const DEFAULT_SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
 pub enum MigrationError {
     #[error("invalid spec: {0}")]
     Spec(String),
-    #[error("connecting stream {stream} to {addr}: {source}")]
+    #[error("connecting stream {stream} to {addr}")]
     Connect {
         stream: u16,
         addr: std::net::SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("stream {stream}: {source}")]
+    #[error("stream {stream}")]
     Stream {
         stream: u16,
         #[source]
         source: ProtocolError,
     },
-    #[error("guest: {0}")]
+    #[error(transparent)]
     Guest(#[from] GuestError),
     #[error(
         "gave up after {passes} passes and {seconds:.1}s: {remaining} bytes still dirty (max_time reached)"

@@ -17,6 +17,7 @@
 //! destination what it did (an authenticated outcome query) and follows its
 //! answer; if it cannot get one, the guest stays stunned: never on two hosts.
 
+use ferry_core::error::report;
 use std::{
     net::{Shutdown, SocketAddr, TcpStream},
     sync::{
@@ -77,9 +78,9 @@ impl Default for SourceOptions {
     }
 }
 
-/// A failed migration: why, and what had happened until then.
+/// A failed migration: why (its source), and what had happened until then.
 #[derive(Debug, thiserror::Error)]
-#[error("{error}")]
+#[error("migration {} of {} failed", .stats.id, .stats.guest)]
 pub struct Failed {
     #[source]
     pub error: MigrationError,
@@ -385,13 +386,15 @@ pub(crate) fn query_outcome(
                 spec.streams,
                 FLAG_OUTCOME_QUERY,
             )
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| report(&e).to_string())?;
             s.set_read_timeout(Some(opts.connect_timeout)).ok();
             let (tx, rx) = stream_crypto(schedule, opts.backend, index, Side::Source);
-            let mut w = RecordWriter::new(s.try_clone().map_err(|e| e.to_string())?, tx, 64);
-            w.send_bytes(&[wire::QUERY]).map_err(|e| e.to_string())?;
+            let mut w =
+                RecordWriter::new(s.try_clone().map_err(|e| report(&e).to_string())?, tx, 64);
+            w.send_bytes(&[wire::QUERY])
+                .map_err(|e| report(&e).to_string())?;
             let mut r = RecordReader::new(s, rx, 64, opts.metrics.clone());
-            match r.read_record().map_err(|e| e.to_string())? {
+            match r.read_record().map_err(|e| report(&e).to_string())? {
                 Record::Data([wire::OUTCOME, 1]) => Ok(Some(true)),
                 Record::Data([wire::OUTCOME, 2]) => Ok(Some(false)),
                 Record::Data([wire::OUTCOME, _]) => Ok(None),
@@ -435,7 +438,7 @@ pub(crate) fn journal_reclaim(opts: &SourceOptions, spec: &MigrationSpec) {
     }) {
         // It runs here now; a restart would not boot it again, which an
         // operator sees in the log.
-        tracing::error!(migration = %spec.id, guest = %spec.guest, error = %e, "cannot record that the guest came back");
+        tracing::error!(migration = %spec.id, guest = %spec.guest, error = %report(&e), "cannot record that the guest came back");
     }
 }
 
@@ -506,9 +509,9 @@ impl<'a> Run<'a> {
 
     pub(crate) fn fail(mut self, error: MigrationError) -> Failed {
         self.stats.result = MigrationResult::Failed;
-        self.stats.error = Some(error.to_string());
+        self.stats.error = Some(report(&error).to_string());
         self.stats.total_seconds = self.start.elapsed().as_secs_f64();
-        tracing::warn!(migration = %self.spec.id, guest = %self.spec.guest, error = %error,
+        tracing::warn!(migration = %self.spec.id, guest = %self.spec.guest, error = %report(&error),
             guest_kept = error.guest_kept(), "migration failed");
         Failed {
             error,
@@ -1030,7 +1033,7 @@ pub fn migrate_out(
             Ok(Inbound::Msg(m)) if m.first() == Some(&wire::RESUMED) => break Ok(true),
             Ok(Inbound::Msg(m)) if m.first() == Some(&wire::FAILED) => break Ok(false),
             Ok(Inbound::Msg(_)) => continue,
-            Ok(Inbound::Closed(e)) => break Err(e.to_string()),
+            Ok(Inbound::Closed(e)) => break Err(report(&e).to_string()),
             Err(_) => break Err("no answer to GO".to_string()),
         }
     };

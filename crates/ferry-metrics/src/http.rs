@@ -1,5 +1,6 @@
 //! /metrics over HTTP/1.1 for Prometheus: one small tokio server per daemon.
 
+use ferry_core::error::report;
 use std::{net::SocketAddr, time::Duration};
 
 use prometheus::{Encoder, Registry, TextEncoder};
@@ -111,7 +112,7 @@ async fn serve(mut s: TcpStream, registry: Registry) -> std::io::Result<()> {
                 let mut body = Vec::new();
                 let enc = TextEncoder::new();
                 if let Err(e) = enc.encode(&registry.gather(), &mut body) {
-                    let msg = format!("encoding metrics: {e}\n");
+                    let msg = format!("encoding metrics: {e}\n", e = report(&e));
                     respond(
                         &mut s,
                         "500 Internal Server Error",
@@ -226,7 +227,10 @@ pub fn register_daemon_metrics(registry: &Registry, build: Build<'_>) {
     ] {
         match registry.register(c) {
             Ok(()) | Err(prometheus::Error::AlreadyReg) => {}
-            Err(e) => tracing::warn!("cannot export the daemon's own metrics: {e}"),
+            Err(e) => tracing::warn!(
+                "cannot export the daemon's own metrics: {e}",
+                e = report(&e)
+            ),
         }
     }
 }

@@ -1,6 +1,7 @@
 //! A QEMU guest: launched (or adopted) in its own directory, driven over
 //! QMP, moved by QEMU's own migration over channels ferry carries.
 
+use ferry_core::error::report;
 use std::{
     os::unix::process::CommandExt,
     path::{Path, PathBuf},
@@ -65,7 +66,7 @@ fn released_path(dir: &Path) -> PathBuf {
 }
 
 fn guest_err(e: QemuError) -> GuestError {
-    GuestError::Invalid(e.to_string())
+    GuestError::Invalid(report(&e).to_string())
 }
 
 impl QemuGuest {
@@ -554,7 +555,7 @@ impl ChannelGuest for QemuGuest {
                 "announce-self",
                 json!({"initial": initial, "max": max, "rounds": rounds, "step": step}),
             ) {
-                tracing::warn!(guest = %self.name, error = %e, "announcing the guest failed");
+                tracing::warn!(guest = %self.name, error = %report(&e), "announcing the guest failed");
             }
         }
         Ok(())
@@ -571,7 +572,7 @@ impl ChannelGuest for QemuGuest {
                 }
             }
             Err(e) => {
-                tracing::error!(guest = %self.name, dir = %self.dir.display(), error = %e, "cannot record the release")
+                tracing::error!(guest = %self.name, dir = %self.dir.display(), error = %report(&e), "cannot record the release")
             }
         }
         self.end();

@@ -15,6 +15,7 @@ mod qmp;
 pub use guest::{QemuGuest, verdict_of};
 pub use qmp::Qmp;
 
+use ferry_core::error::report;
 use std::path::PathBuf;
 
 /// The QEMU binary ferry runs.
@@ -60,7 +61,8 @@ pub fn available() -> Result<(), String> {
             String::from_utf8_lossy(&o.stderr)
         )),
         Err(e) => Err(format!(
-            "{PROGRAM} not found ({e}); `cargo xtask setup` installs it"
+            "{PROGRAM} not found ({e}); `cargo xtask setup` installs it",
+            e = report(&e)
         )),
     }
 }

@@ -1,5 +1,6 @@
 //! A QMP connection: JSON lines over a unix socket.
 
+use ferry_core::error::report;
 use std::{
     io::{BufRead, BufReader, Write},
     os::unix::net::UnixStream,
@@ -67,7 +68,7 @@ impl Qmp {
         }
         serde_json::from_str(&l).map_err(|e| QemuError::Command {
             command: "reply".into(),
-            message: format!("{e}: {l}"),
+            message: format!("{e}: {l}", e = report(&e)),
         })
     }
 

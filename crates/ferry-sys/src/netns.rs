@@ -36,14 +36,14 @@ pub enum NetnsError {
     Exists(String),
     #[error("network namespace {0:?} does not exist")]
     Missing(String),
-    #[error("namespace {name:?}: {op}: {source}")]
+    #[error("namespace {name:?}: {op}")]
     Sys {
         name: String,
         op: &'static str,
         #[source]
         source: io::Error,
     },
-    #[error("namespace {name:?}: {source}")]
+    #[error("namespace {name:?}")]
     Netlink {
         name: String,
         #[source]

@@ -82,15 +82,17 @@ fn limits_no_migration_can_run_with_are_refused_with_their_field() {
         )
         .unwrap_err()
         .to_string();
+        let at = spot(&coord, from);
         assert!(
-            err.starts_with(&format!("coordinator.yaml: defaults.limits.{field}: ")),
+            err.starts_with(&format!("coordinator.yaml:{at}: defaults.limits.{field}: ")),
             "{to}: {err}"
         );
         let err = config::from_str::<DemoConfig>(&demo.replace(from, to), "demo.yaml")
             .unwrap_err()
             .to_string();
+        let at = spot(&demo, from);
         assert!(
-            err.starts_with(&format!("demo.yaml: limits.{field}: ")),
+            err.starts_with(&format!("demo.yaml:{at}: limits.{field}: ")),
             "{to}: {err}"
         );
     }
@@ -102,8 +104,21 @@ fn limits_no_migration_can_run_with_are_refused_with_their_field() {
     .to_string();
     assert_eq!(
         err,
-        "demo.yaml: limits.max_record: 1024 is outside 64KiB..=16MiB"
+        format!(
+            "demo.yaml:{}: limits.max_record: 1024 is outside 64KiB..=16MiB",
+            spot(&demo, "max_record: 262144")
+        )
     );
+}
+
+/// `line:column` of `needle` in `text`, 1-based, as errors print them.
+fn spot(text: &str, needle: &str) -> String {
+    let (i, line) = text
+        .lines()
+        .enumerate()
+        .find(|(_, l)| l.contains(needle))
+        .unwrap_or_else(|| panic!("{needle:?} is not in the text"));
+    format!("{}:{}", i + 1, line.find(needle).unwrap() + 1)
 }
 
 #[test]
@@ -140,7 +155,10 @@ fn host_config_errors_name_the_field() {
         .to_string();
     assert_eq!(
         err,
-        "host-a.yaml: memory_capacity: 1GiB is less than the 2GiB its guests need"
+        format!(
+            "host-a.yaml:{}: memory_capacity: 1GiB is less than the 2GiB its guests need",
+            spot(&base, "memory_capacity: 4GiB")
+        )
     );
     let bad = base.replace("vcpus: 2", "vcpus: 0");
     let err = config::from_str::<ferry::host::HostConfig>(&bad, "host-a.yaml")
@@ -148,7 +166,10 @@ fn host_config_errors_name_the_field() {
         .to_string();
     assert_eq!(
         err,
-        "host-a.yaml: guests[0].vcpus: 0 is out of range 1..=64"
+        format!(
+            "host-a.yaml:{}: guests[0].vcpus: 0 is out of range 1..=64",
+            spot(&base, "vcpus: 2")
+        )
     );
     let bad = base.replace("kind: idle", "kind: sleepy");
     let err = config::from_str::<ferry::host::HostConfig>(&bad, "host-a.yaml")
@@ -204,7 +225,7 @@ fn semantic_errors_name_the_field() {
     let err = config::from_str::<CountersConfig>("vlans: [100, 4095]\n", "demo.yaml").unwrap_err();
     assert_eq!(
         err.to_string(),
-        "demo.yaml: vlans[1]: VLAN id 4095 is out of range 1..=4094"
+        "demo.yaml:1:14: vlans[1]: VLAN id 4095 is out of range 1..=4094"
     );
     let err = config::from_str::<CountersConfig>("duration: 3 fortnights\n", "demo.yaml")
         .unwrap_err()
@@ -374,4 +395,56 @@ fn metrics_ports_agree_between_code_examples_and_prometheus() {
             );
         }
     }
+}
+
+/// The line an error names is the field's own, also where the parser's
+/// position is elsewhere: a unit is parsed after its text was read, a tagged
+/// value (`workload: {kind: ...}`) is buffered, a semantic check runs on the
+/// parsed value, a duplicate key is found by the kind detection.
+#[test]
+fn errors_point_at_the_line_of_the_field() {
+    let base = std::fs::read_to_string(config_dir().join("host-a.yaml")).unwrap();
+    for (from, to, want) in [
+        (
+            "memory: 512MiB",
+            "memory: 512XiB",
+            "guests[1].memory: invalid size",
+        ),
+        (
+            "gets_per_second: 50000",
+            "gets_per_second: -5",
+            "guests[0].workload.gets_per_second: invalid value: integer `-5`",
+        ),
+        ("vcpus: 2", "vcpus: 0", "guests[0].vcpus: 0 is out of range"),
+        (
+            "kind: idle",
+            "kind: idel",
+            "guests[1].workload.kind: unknown variant `idel`",
+        ),
+    ] {
+        let bad = base.replacen(from, to, 1);
+        let err = config::from_str::<ferry::host::HostConfig>(&bad, "host-a.yaml")
+            .unwrap_err()
+            .to_string();
+        // The key's column, or the value's where the value is the subject.
+        let line = spot(&bad, to).split(':').next().unwrap().to_string();
+        assert!(
+            err.starts_with(&format!("host-a.yaml:{line}:")) && err.contains(want),
+            "{to}: expected line {line} and {want:?}, got: {err}"
+        );
+    }
+    let dir = std::env::temp_dir().join(format!("ferry-lines-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    // Told a host by its name, or by its content.
+    let twice = base.replacen("name: host-a\n", "name: host-a\nname: again\n", 1);
+    for (name, says) in [
+        ("host.yaml", "duplicate field `name`"),
+        ("mine.yaml", "duplicate entry with key \"name\""),
+    ] {
+        let file = dir.join(name);
+        std::fs::write(&file, &twice).unwrap();
+        let err = config_check::check(&file).unwrap_err().to_string();
+        assert_eq!(err, format!("{}:3:1: {says}", file.display()));
+    }
+    std::fs::remove_dir_all(&dir).unwrap();
 }

@@ -548,11 +548,17 @@ fn a_write_the_dirty_log_missed_is_caught_by_either_memory_check() {
             MemoryCheck::Full => {
                 let failed = result.expect_err("full: the stun-time digests differ");
                 assert!(
-                    failed.error.to_string().contains("digest mismatch"),
+                    ferry_core::error::report(&failed.error)
+                        .to_string()
+                        .contains("digest mismatch"),
                     "{}",
-                    failed.error
+                    ferry_core::error::report(&failed.error)
                 );
-                assert!(failed.error.guest_kept(), "{}", failed.error);
+                assert!(
+                    failed.error.guest_kept(),
+                    "{}",
+                    ferry_core::error::report(&failed.error)
+                );
                 assert_eq!(src.run_state(), RunState::Running);
             }
             _ => {
@@ -672,7 +678,7 @@ fn gives_up_after_max_time_and_the_guest_keeps_running_on_the_source() {
     assert!(
         matches!(failed.error, MigrationError::GaveUp { .. }),
         "{}",
-        failed.error
+        ferry_core::error::report(&failed.error)
     );
     assert!(failed.error.guest_kept());
     assert_eq!(
@@ -832,7 +838,7 @@ fn destination_gone_mid_pass_leaves_the_guest_running_on_the_source() {
     assert!(
         matches!(failed.error, MigrationError::Stream { .. }),
         "{}",
-        failed.error
+        ferry_core::error::report(&failed.error)
     );
     assert_eq!(run.src.run_state(), RunState::Running);
     assert!(matches!(
@@ -869,7 +875,11 @@ fn connection_cut_during_switchover_resumes_the_guest_on_the_source() {
         }
     });
     let failed = run.result.expect_err("cut during switch-over");
-    assert!(failed.error.guest_kept(), "{}", failed.error);
+    assert!(
+        failed.error.guest_kept(),
+        "{}",
+        ferry_core::error::report(&failed.error)
+    );
     assert_eq!(
         run.src.run_state(),
         RunState::Running,
@@ -901,7 +911,11 @@ fn a_record_tampered_with_on_the_wire_fails_the_migration_safely() {
         let failed = run
             .result
             .expect_err(&format!("{transport}: tampering must be detected"));
-        assert!(failed.error.guest_kept(), "{}", failed.error);
+        assert!(
+            failed.error.guest_kept(),
+            "{}",
+            ferry_core::error::report(&failed.error)
+        );
         assert_eq!(run.src.run_state(), RunState::Running);
         match wait_event(&dest) {
             DestinationEvent::Aborted { reason: why, .. } => {
@@ -962,11 +976,8 @@ fn destination_refusal_before_any_memory_moves() {
     let src = Snapshot::new(kv_guest(memory, 1_000, 1_000, true), true);
     let r = migrate_out(src.clone(), &spec, &SourceOptions::default(), &mut |_| {});
     let failed = r.expect_err("unknown migration");
-    assert!(
-        failed.error.to_string().contains("unknown migration"),
-        "{}",
-        failed.error
-    );
+    let why = ferry_core::error::report(&failed.error).to_string();
+    assert!(why.contains("unknown migration"), "{why}");
     assert_eq!(failed.stats.transferred_bytes, 0);
     assert_eq!(src.run_state(), RunState::Running);
     assert_eq!(
@@ -996,7 +1007,7 @@ fn link_cut_between_ready_and_go_resumes_the_guest_on_the_source() {
     assert!(
         matches!(&failed.error, MigrationError::Destination(m) if m.contains("discarded the guest after GO")),
         "{}",
-        failed.error
+        ferry_core::error::report(&failed.error)
     );
     assert!(failed.error.guest_kept());
     assert_eq!(
@@ -1159,7 +1170,11 @@ fn whoever_hears_the_destination_discarded_finds_it_gone_there() {
     let (src, dst) = prepared_pair(&dest, &spec);
     let opts = SourceOptions::default();
     let failed = migrate_out(src.clone(), &spec, &opts, &mut |_| {}).expect_err("GO never arrived");
-    assert!(failed.error.guest_kept(), "{}", failed.error);
+    assert!(
+        failed.error.guest_kept(),
+        "{}",
+        ferry_core::error::report(&failed.error)
+    );
     assert_eq!(
         *ledger.discarded.lock().unwrap(),
         vec!["g1".to_string()],

@@ -4,6 +4,7 @@ mod config_files;
 mod control;
 mod dashboards;
 mod engine;
+mod errors;
 mod install;
 mod logcapture;
 mod processes;

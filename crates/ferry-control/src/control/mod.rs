@@ -5,6 +5,7 @@
 pub mod tls;
 pub mod wire;
 
+use ferry_core::error::report;
 use std::{future::Future, net::SocketAddr, pin::Pin, sync::Arc, time::Duration};
 
 use tokio::{
@@ -42,14 +43,14 @@ pub const CLIENT_SILENCE: Duration = Duration::from_secs(120);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
-    #[error("connecting to {name} at {addr}: {source}")]
+    #[error("connecting to {name} at {addr}")]
     Connect {
         name: String,
         addr: SocketAddr,
         #[source]
         source: std::io::Error,
     },
-    #[error("TLS with {name} at {addr}: {source}")]
+    #[error("TLS with {name} at {addr}")]
     Tls {
         name: String,
         addr: SocketAddr,
@@ -58,7 +59,7 @@ pub enum ControlError {
     },
     #[error(transparent)]
     TlsSetup(#[from] tls::TlsError),
-    #[error("{name}: {source}")]
+    #[error("{name}")]
     Wire {
         name: String,
         #[source]
@@ -107,7 +108,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handle
                 let tls = acceptor
                     .accept(tcp)
                     .await
-                    .map_err(|e| format!("TLS: {e}"))?;
+                    .map_err(|e| format!("TLS: {e}", e = report(&e)))?;
                 let cert = tls
                     .get_ref()
                     .1
@@ -115,7 +116,7 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handle
                     .and_then(|c| c.first())
                     .cloned()
                     .ok_or_else(|| "no client certificate".to_string())?;
-                let who = tls::identity(&cert).map_err(|e| e.to_string())?;
+                let who = tls::identity(&cert).map_err(|e| report(&e).to_string())?;
                 let (rd, w) = tokio::io::split(tls);
                 let mut lines = LineReader::new(rd);
                 let mut resp = Responder { w };
@@ -126,10 +127,13 @@ pub async fn serve(listener: TcpListener, tls: Arc<rustls::ServerConfig>, handle
                         // this version does not know.
                         if matches!(e, WireError::Json(_) | WireError::TooLong) {
                             let _ = resp
-                                .send(&Response::error(format!("bad request: {e}")))
+                                .send(&Response::error(format!(
+                                    "bad request: {e}",
+                                    e = report(&e)
+                                )))
                                 .await;
                         }
-                        Err(e.to_string())
+                        Err(report(&e).to_string())
                     }
                 }
             })

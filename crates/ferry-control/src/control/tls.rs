@@ -6,6 +6,7 @@
 //! on: a host accepts specs only from coordinators, a coordinator accepts
 //! migrations from clients and specs from peer coordinators.
 
+use ferry_core::error::report;
 use std::{fmt, path::Path, sync::Arc};
 
 use rustls::{
@@ -99,7 +100,7 @@ impl TlsFiles {
 pub enum TlsError {
     #[error("{path}: {message}")]
     File { path: String, message: String },
-    #[error("TLS setup: {0}")]
+    #[error("TLS setup")]
     Rustls(#[from] rustls::Error),
     #[error("TLS client verifier: {0}")]
     Verifier(String),
@@ -114,12 +115,21 @@ fn file_err(p: &Path, e: impl fmt::Display) -> TlsError {
     }
 }
 
+/// A PEM file that cannot be read says why as the OS does, not as "I/O
+/// error: ..." (the path already says it is about a file).
+fn pem_err(p: &Path, e: rustls::pki_types::pem::Error) -> TlsError {
+    match e {
+        rustls::pki_types::pem::Error::Io(io) => file_err(p, io),
+        e => file_err(p, e),
+    }
+}
+
 fn roots(ca: &Path) -> Result<Arc<RootCertStore>, TlsError> {
     let mut store = RootCertStore::empty();
-    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| file_err(ca, e))?;
+    let certs = CertificateDer::pem_file_iter(ca).map_err(|e| pem_err(ca, e))?;
     for c in certs {
         store
-            .add(c.map_err(|e| file_err(ca, e))?)
+            .add(c.map_err(|e| pem_err(ca, e))?)
             .map_err(|e| file_err(ca, e))?;
     }
     if store.is_empty() {
@@ -132,13 +142,13 @@ fn chain(
     files: &TlsFiles,
 ) -> Result<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>), TlsError> {
     let certs: Result<Vec<_>, _> = CertificateDer::pem_file_iter(&files.cert)
-        .map_err(|e| file_err(&files.cert, e))?
+        .map_err(|e| pem_err(&files.cert, e))?
         .collect();
-    let certs = certs.map_err(|e| file_err(&files.cert, e))?;
+    let certs = certs.map_err(|e| pem_err(&files.cert, e))?;
     if certs.is_empty() {
         return Err(file_err(&files.cert, "no certificate in file"));
     }
-    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| file_err(&files.key, e))?;
+    let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| pem_err(&files.key, e))?;
     Ok((certs, key))
 }
 
@@ -166,15 +176,19 @@ pub fn client_config(files: &TlsFiles) -> Result<Arc<ClientConfig>, TlsError> {
 }
 
 pub fn server_name(name: &str) -> Result<ServerName<'static>, TlsError> {
-    ServerName::try_from(name.to_string())
-        .map_err(|e| TlsError::Identity(format!("{name:?} is not a valid server name: {e}")))
+    ServerName::try_from(name.to_string()).map_err(|e| {
+        TlsError::Identity(format!(
+            "{name:?} is not a valid server name: {e}",
+            e = report(&e)
+        ))
+    })
 }
 
 /// The ferry identity in a (verified) certificate.
 pub fn identity(cert: &CertificateDer<'_>) -> Result<Identity, TlsError> {
     use x509_parser::{extensions::GeneralName, prelude::FromDer};
     let (_, x) = x509_parser::certificate::X509Certificate::from_der(cert.as_ref())
-        .map_err(|e| TlsError::Identity(format!("unparsable certificate: {e}")))?;
+        .map_err(|e| TlsError::Identity(format!("unparsable certificate: {e}", e = report(&e))))?;
     let san = x
         .subject_alternative_name()
         .map_err(|e| TlsError::Identity(e.to_string()))?

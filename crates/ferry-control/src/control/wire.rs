@@ -23,7 +23,7 @@ pub const MAX_LINE: usize = 1 << 20;
 
 #[derive(Debug, thiserror::Error)]
 pub enum WireError {
-    #[error("connection: {0}")]
+    #[error("the connection failed")]
     Io(#[from] std::io::Error),
     #[error("message longer than {MAX_LINE} bytes")]
     TooLong,

@@ -5,6 +5,7 @@
 //! knows what it did. Progress updates stay in memory: they change every
 //! few hundred milliseconds and are worth nothing after a restart.
 
+use ferry_core::error::report;
 use std::{
     path::{Path, PathBuf},
     sync::Mutex,
@@ -154,7 +155,7 @@ impl History {
             serde_json::to_vec_pretty(&*recs).expect("records serialise")
         };
         if let Err(e) = ferry_core::fs::write_atomically(file, &json) {
-            tracing::warn!(file = %file.display(), error = %e, "cannot save the migration history");
+            tracing::warn!(file = %file.display(), error = %report(&e), "cannot save the migration history");
         }
     }
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod history;
 
+use ferry_core::error::report;
 use std::{
     net::SocketAddr,
     path::Path,
@@ -199,7 +200,7 @@ impl Coordinator {
                 Ok(*c)
             }
             Ok(other) => Err(format!("host {name} answered {other:?}")),
-            Err(e) => Err(format!("host {name} is unreachable: {e}")),
+            Err(e) => Err(format!("host {name} is unreachable: {e}", e = report(&e))),
         }
     }
 
@@ -211,7 +212,7 @@ impl Coordinator {
         match self.client.call(peer, p.address, &req, CALL_TIMEOUT).await {
             Ok(Response::Capabilities(c)) => Ok(*c),
             Ok(other) => Err(format!("coordinator {peer} answered {other:?}")),
-            Err(e) => Err(format!("coordinator {peer}: {e}")),
+            Err(e) => Err(format!("coordinator {peer}: {e}", e = report(&e))),
         }
     }
 
@@ -274,7 +275,7 @@ impl Coordinator {
         let mode = match migration_mode(&guest, g.encryption, opts.mode) {
             Ok(m) => m,
             Err(e) => {
-                tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}");
+                tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}", e = report(&e));
                 return self.refuse(e);
             }
         };
@@ -286,7 +287,7 @@ impl Coordinator {
         ) {
             Ok(t) => t,
             Err(e) => {
-                tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}");
+                tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}", e = report(&e));
                 return self.refuse(e);
             }
         };
@@ -378,7 +379,7 @@ impl Coordinator {
                 what: format!("{other:?}"),
             }),
         }) {
-            let msg = format!("the destination refused the migration: {e}");
+            let msg = format!("the destination refused the migration: {e}", e = report(&e));
             self.update(&id, |r| {
                 r.state = MigrationState::Failed;
                 r.error = Some(msg.clone());
@@ -419,7 +420,7 @@ impl Coordinator {
                         &id,
                         &dst_host,
                         peer.as_deref(),
-                        format!("cannot start the source: {e}"),
+                        format!("cannot start the source: {e}", e = report(&e)),
                     )
                     .await;
             }
@@ -468,7 +469,7 @@ impl Coordinator {
                             &id,
                             &dst_host,
                             peer.as_deref(),
-                            format!("lost contact with {src_name}: {e}"),
+                            format!("lost contact with {src_name}: {e}", e = report(&e)),
                         )
                         .await;
                 }
@@ -558,8 +559,8 @@ impl Coordinator {
             )
             .await
             .map_err(|e| match e {
-                ControlError::Remote { .. } => format!("the source {e}"),
-                e => format!("cannot reach the source {}: {e}", r.source),
+                ControlError::Remote { .. } => format!("the source {e}", e = report(&e)),
+                e => format!("cannot reach the source {}: {e}", r.source, e = report(&e)),
             })?;
         tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %r.guest,
             bandwidth = ?change.bandwidth, downtime_limit_us = ?change.downtime_limit_us, "limits changed");
@@ -583,7 +584,7 @@ impl Coordinator {
                 CALL_TIMEOUT,
             )
             .await
-            .map_err(|e| format!("cannot reach the source {}: {e}", r.source))?;
+            .map_err(|e| format!("cannot reach the source {}: {e}", r.source, e = report(&e)))?;
         tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %r.guest, "cancel requested");
         Ok(format!(
             "cancelling migration {id}: {} stays on {} unless its switch-over has begun",
@@ -619,7 +620,7 @@ impl Coordinator {
                 None
             }
             Err(e) => {
-                tracing::warn!(coordinator = %self.cfg.name, migration = %id, "cannot abort on destination {host}: {e}");
+                tracing::warn!(coordinator = %self.cfg.name, migration = %id, "cannot abort on destination {host}: {e}", e = report(&e));
                 None
             }
         }
@@ -861,7 +862,7 @@ impl Coordinator {
             Ok(Response::Ok) => Ok(()),
             Ok(other) => Err(format!("{host} answered {other:?}")),
             Err(e @ ControlError::Remote { .. }) => Err(e.to_string()),
-            Err(e) => Err(format!("cannot reach {host}: {e}")),
+            Err(e) => Err(format!("cannot reach {host}: {e}", e = report(&e))),
         }
     }
 
@@ -1251,8 +1252,9 @@ impl Coordinator {
 
     /// Serves the client and peer API, and /metrics, until the task is
     /// dropped.
-    pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
-        let tls = control::tls::server_config(&self.cfg.tls).context("coordinator TLS")?;
+    /// `tls` comes from [`control::tls::server_config`], loaded by the caller
+    /// before anything starts, so that a missing certificate is found first.
+    pub async fn serve(self: Arc<Self>, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<()> {
         let _metrics = crate::metrics::http::serve_daemon(
             &self.cfg.name,
             crate::metrics::http::Build {

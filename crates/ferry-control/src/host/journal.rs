@@ -13,6 +13,7 @@
 //! host lives. A crash can tear only the line being appended, which was
 //! never acknowledged: it is dropped with a warning.
 
+use ferry_core::error::report;
 use std::{
     collections::{BTreeMap, VecDeque},
     fs::File,
@@ -257,7 +258,7 @@ impl FileJournal {
                 // Only the line being appended when the host died can be
                 // torn, and nobody heard of what it said.
                 Err(e) if i + 1 == lines.len() && !text.ends_with('\n') => {
-                    tracing::warn!(journal = %path.display(), line = i + 1, error = %e,
+                    tracing::warn!(journal = %path.display(), line = i + 1, error = %report(&e),
                         "dropping a torn last line of the host journal");
                 }
                 Err(source) => {

@@ -5,6 +5,7 @@ pub mod config;
 pub mod journal;
 pub mod network;
 
+use ferry_core::error::report;
 use std::{
     collections::BTreeMap,
     path::Path,
@@ -109,7 +110,7 @@ fn adopt_arrivals(
                 tracing::warn!(host = %cfg.name, guest = %name, migration = %id,
                     "resuming a QEMU guest whose GO was recorded before the restart");
                 if let Err(e) = g.resume() {
-                    tracing::error!(host = %cfg.name, guest = %name, error = %e, "resuming it failed");
+                    tracing::error!(host = %cfg.name, guest = %name, error = %report(&e), "resuming it failed");
                 }
             }
             _ => {}
@@ -534,7 +535,7 @@ impl Host {
         drop(inv);
         let prepared = match &spec.machine {
             None => SyntheticGuest::incoming(&spec.guest, spec.memory)
-                .map_err(|e| e.to_string())
+                .map_err(|e| report(&e).to_string())
                 .and_then(|g| self.registry.prepare(spec, g)),
             Some(machine) => self.prepare_twin(spec, machine),
         };
@@ -692,7 +693,7 @@ impl Host {
                     e.busy = false;
                 }
                 let mut stats = failed.stats;
-                stats.error = Some(failed.error.to_string());
+                stats.error = Some(report(&failed.error).to_string());
                 self.migration_metrics.source_finished(&stats);
                 Response::Finished(stats)
             }
@@ -817,7 +818,7 @@ impl Host {
         let journal = |entry| {
             self.journal.as_ref().map_or(Ok(()), |j| {
                 crate::engine::Journal::write(&**j, entry)
-                    .map_err(|e| format!("cannot record it in the journal: {e}"))
+                    .map_err(|e| format!("cannot record it in the journal: {e}", e = report(&e)))
             })
         };
         match action {
@@ -837,7 +838,7 @@ impl Host {
                 }
                 e.guest
                     .resume()
-                    .map_err(|err| format!("resuming {name}: {err}"))?;
+                    .map_err(|err| format!("resuming {name}: {err}", err = report(&err)))?;
                 tracing::warn!(host = %self.cfg.name, guest = %name, "guest resumed here by a coordinator's resolve");
             }
             SettleAction::Discard { runs_on, migration } => {
@@ -877,8 +878,9 @@ impl Host {
     }
 
     /// Serves the control API and /metrics until the task is dropped.
-    pub async fn serve(self: Arc<Self>) -> anyhow::Result<()> {
-        let tls = control::tls::server_config(&self.cfg.tls).context("control API TLS")?;
+    /// `tls` comes from [`control::tls::server_config`], loaded by the caller
+    /// before anything starts, so that a missing certificate is found first.
+    pub async fn serve(self: Arc<Self>, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<()> {
         let _metrics = crate::metrics::http::serve_daemon(
             &self.cfg.name,
             crate::metrics::http::Build {

@@ -1,6 +1,7 @@
 //! A host's networks: migration streams tagged onto the migration VLAN by
 //! ferry's eBPF programs, and guests announced where they land.
 
+use ferry_core::error::report;
 use std::{
     net::SocketAddr,
     sync::{Arc, Mutex},
@@ -65,7 +66,7 @@ impl HostNet {
         if let Some(dp) = &self.tagging
             && let Err(e) = dp.lock().expect("dataplane").add_migration_endpoint(peer)
         {
-            tracing::warn!(peer = %peer, error = %e, "migration streams to this peer go untagged");
+            tracing::warn!(peer = %peer, error = %report(&e), "migration streams to this peer go untagged");
         }
     }
 
@@ -91,7 +92,9 @@ impl HostNet {
             Ok(frames) => {
                 tracing::info!(guest = %guest, mac = %a.mac, frames, rounds = schedule.rounds, "guest announced")
             }
-            Err(e) => tracing::warn!(guest = %guest, error = %e, "announcing the guest failed"),
+            Err(e) => {
+                tracing::warn!(guest = %guest, error = %report(&e), "announcing the guest failed")
+            }
         });
     }
 }

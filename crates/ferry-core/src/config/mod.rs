@@ -5,6 +5,7 @@
 //! the path of the field (`interfaces[1].vlan`).
 
 mod duration;
+mod locate;
 mod rate;
 mod ratio;
 mod schema;
@@ -25,7 +26,7 @@ pub use size::ByteSize;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("{origin}: cannot read: {source}")]
+    #[error("{origin}: cannot read")]
     Read {
         origin: String,
         #[source]
@@ -39,9 +40,11 @@ pub enum ConfigError {
         field: String,
         message: String,
     },
-    #[error("{origin}: {field}: {message}")]
+    #[error("{origin}{}: {field}: {message}", at(*line, *column))]
     Invalid {
         origin: String,
+        line: Option<usize>,
+        column: Option<usize>,
         field: String,
         message: String,
     },
@@ -126,26 +129,53 @@ pub fn from_str<T: DeserializeOwned + Validate>(
         // first over what it made of the text (an unclosed `{` makes the
         // next line part of a value: "unknown variant `idle prefill`").
         if let Err(syntax) = serde_yaml::from_str::<serde::de::IgnoredAny>(text) {
-            return parse_error(origin, String::new(), &syntax);
+            return parse_error(text, origin, String::new(), &syntax);
         }
         let field = e.path().to_string();
-        parse_error(origin, field, &e.into_inner())
+        parse_error(text, origin, field, &e.into_inner())
     })?;
-    value.validate().map_err(|i| ConfigError::Invalid {
-        origin: origin.to_string(),
-        field: i.field,
-        message: i.message,
+    value.validate().map_err(|i| {
+        // Found by its path: the parsed value has no positions left.
+        let spot = locate::locate(text, &i.field, "").map(|f| f.spot);
+        ConfigError::Invalid {
+            origin: origin.to_string(),
+            line: spot.map(|s| s.line),
+            column: spot.map(|s| s.column),
+            field: i.field,
+            message: i.message,
+        }
     })?;
     Ok(value)
 }
 
-fn parse_error(origin: &str, field: String, e: &serde_yaml::Error) -> ConfigError {
-    let loc = e.location();
+/// A YAML error of `text` (named `origin`) that no field path leads to, as
+/// [`ConfigError::Parse`]: `file:line:col: message`.
+pub fn yaml_error(text: &str, origin: &str, e: &serde_yaml::Error) -> ConfigError {
+    parse_error(text, origin, String::new(), e)
+}
+
+fn parse_error(text: &str, origin: &str, mut field: String, e: &serde_yaml::Error) -> ConfigError {
+    let message = strip_path(&strip_location(&e.to_string()), &field);
+    let mut spot = e.location().map(|l| locate::Spot {
+        line: l.line(),
+        column: l.column(),
+    });
+    // Where the path is known, it is the better guide to the spot than the
+    // parser's position (see `locate` for when that is wrong); where a
+    // tagged value cut the path short, the value the message names finishes it.
+    if (!field.is_empty() || locate::duplicated_key(&message).is_some())
+        && let Some(found) = locate::locate(text, &field, &message)
+    {
+        spot = Some(found.spot);
+        if let Some(key) = found.deeper {
+            field = format!("{field}.{key}");
+        }
+    }
     ConfigError::Parse {
         origin: origin.to_string(),
-        line: loc.as_ref().map(|l| l.line()),
-        column: loc.as_ref().map(|l| l.column()),
-        message: strip_path(&strip_location(&e.to_string()), &field),
+        line: spot.map(|s| s.line),
+        column: spot.map(|s| s.column),
+        message,
         field,
     }
 }

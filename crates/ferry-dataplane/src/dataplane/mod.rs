@@ -10,6 +10,7 @@ mod counters;
 pub mod migration;
 pub mod watch;
 
+use ferry_core::error::report;
 use std::{
     collections::BTreeMap,
     path::{Path, PathBuf},
@@ -44,15 +45,15 @@ pub enum DataplaneError {
          build the `ferry` binary, which enables it (needs `cargo xtask setup`)"
     )]
     NotBuilt,
-    #[error("loading ferry's eBPF object: {0}")]
+    #[error("loading ferry's eBPF object")]
     Load(#[source] Box<aya::EbpfError>),
-    #[error("eBPF program {name}: {source}")]
+    #[error("eBPF program {name}")]
     Program {
         name: &'static str,
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("attaching {program} to {ifname} ({direction}): {source}")]
+    #[error("attaching {program} to {ifname} ({direction})")]
     Attach {
         program: &'static str,
         ifname: String,
@@ -60,7 +61,7 @@ pub enum DataplaneError {
         #[source]
         source: Box<ProgramError>,
     },
-    #[error("eBPF map {name}: {source}")]
+    #[error("eBPF map {name}")]
     Map {
         name: &'static str,
         #[source]
@@ -72,7 +73,7 @@ pub enum DataplaneError {
     MissingProgram(&'static str),
     #[error("pinning at {path}: {message}")]
     Pin { path: PathBuf, message: String },
-    #[error("interface {ifname}: {source}")]
+    #[error("interface {ifname}")]
     Interface {
         ifname: String,
         #[source]
@@ -340,7 +341,7 @@ pub fn ensure_bpffs(dir: &Path) -> Result<()> {
             nix::mount::MsFlags::empty(),
             None::<&str>,
         )
-        .map_err(|e| pin_err(sysfs_bpf, format!("mounting bpffs: {e}")))?;
+        .map_err(|e| pin_err(sysfs_bpf, format!("mounting bpffs: {e}", e = report(&e))))?;
         return Ok(());
     }
     Err(pin_err(

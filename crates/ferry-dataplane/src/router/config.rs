@@ -1,6 +1,7 @@
 //! `ferry router` configuration, and its compilation into the rules and
 //! classes the eBPF classifier reads.
 
+use ferry_core::error::report;
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use ferry_common::{
@@ -222,7 +223,7 @@ fn protocol(s: &str) -> Result<u8, String> {
 /// (words, mask words, family) of an address or prefix.
 fn net(s: &str) -> Result<([u32; 4], [u32; 4], u8), String> {
     let (ip, prefix) = if s.contains('/') {
-        parse_cidr(s).map_err(|e| e.to_string())?
+        parse_cidr(s).map_err(|e| report(&e).to_string())?
     } else {
         let ip: IpAddr = s
             .parse()
@@ -470,7 +471,7 @@ mod tests {
         .to_string();
         assert_eq!(
             err,
-            "router.yaml: classes[0].matches[0]: vlan 5000 is out of range 1..=4094"
+            "router.yaml:3:38: classes[0].matches[0]: vlan 5000 is out of range 1..=4094"
         );
         let err = crate::config::from_str::<RouterConfig>(
             "name: r\ninterfaces: [{name: eth0, shape: {rate: 1Gbit}}]\nclasses: [{name: a, id: 1, matches: [{vlan: 5}]}]\n",

@@ -3,6 +3,7 @@
 //! re-convergence counted as the watch reports them. Labels are interface
 //! and class names from the configuration (bounded), never MAC addresses.
 
+use ferry_core::error::report;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -257,8 +258,8 @@ fn read(
     let (counts, macs) = {
         let dp = dp.lock().expect("dataplane lock");
         (
-            dp.class_counters().map_err(|e| e.to_string())?,
-            dp.mac_table().map_err(|e| e.to_string())?.len(),
+            dp.class_counters().map_err(|e| report(&e).to_string())?,
+            dp.mac_table().map_err(|e| report(&e).to_string())?.len(),
         )
     };
     for c in counts {
@@ -293,7 +294,7 @@ fn read(
     if shaped.is_empty() {
         return Ok(());
     }
-    let mut nl = super::Router::netlink(netns).map_err(|e| e.to_string())?;
+    let mut nl = super::Router::netlink(netns).map_err(|e| report(&e).to_string())?;
     for (ifc, shape) in shaped {
         let link = shape.rate.bytes_per_second();
         s.set(
@@ -301,7 +302,9 @@ fn read(
             &[&ifc.name],
             link as f64,
         );
-        let stats = nl.class_stats(&ifc.name).map_err(|e| e.to_string())?;
+        let stats = nl
+            .class_stats(&ifc.name)
+            .map_err(|e| report(&e).to_string())?;
         for c in &cfg.classes {
             let r = super::class_rates(cfg, link, c.id);
             let l = [ifc.name.as_str(), c.name.as_str()];

@@ -49,9 +49,9 @@ pub enum RouterError {
     Netlink(#[from] NetlinkError),
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("metrics: {0}")]
+    #[error("metrics")]
     Metrics(#[from] prometheus::Error),
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     #[error(transparent)]
     Wan(#[from] crate::wan::WanError),

@@ -216,12 +216,12 @@ mod tests {
         for (yaml, want) in [
             (
                 "wan: {delay: 5ms, jitter: 6ms}\n",
-                "r.yaml: wan.jitter: uniform jitter",
+                "r.yaml:1:19: wan.jitter: uniform jitter",
             ),
-            ("wan: {delay: 11s}\n", "r.yaml: wan.delay: at most"),
+            ("wan: {delay: 11s}\n", "r.yaml:1:7: wan.delay: at most"),
             (
                 "wan: {delay: 1ms, loss: {burst: {enter: 1%, exit: 0}}}\n",
-                "r.yaml: wan.loss.burst.exit",
+                "r.yaml:1:45: wan.loss.burst.exit",
             ),
             ("wan: {delay: 1ms, loss: {random: 150%}}\n", "out of range"),
         ] {

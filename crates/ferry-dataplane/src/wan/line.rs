@@ -2,6 +2,7 @@
 //! tap, holds each until its time and sends it out of the interface it was
 //! leaving, marked so that the egress program lets it pass this time.
 
+use ferry_core::error::report;
 use std::{
     io,
     os::fd::{AsFd, AsRawFd},
@@ -320,7 +321,7 @@ fn run(tap: &Tap, sock: &PacketSocket, mut model: Model, shared: &Shared) {
         shared.heartbeat_ns.store(now, Ordering::Relaxed);
         if let Some(cfg) = shared.pending.lock().expect("line settings").take() {
             if let Err(e) = tap.set_offload(gso(&cfg)) {
-                tracing::warn!(error = %e, tap = tap.name(), "changing the tap's offload");
+                tracing::warn!(error = %report(&e), tap = tap.name(), "changing the tap's offload");
             }
             model.reconfigure(&cfg);
         }
@@ -344,7 +345,7 @@ fn run(tap: &Tap, sock: &PacketSocket, mut model: Model, shared: &Shared) {
                 }
                 Err(e) if e.raw_os_error() == Some(libc::ENOBUFS) => c.drop(DropReason::EgressFull),
                 Err(e) => {
-                    tracing::debug!(error = %e, "delay line send failed");
+                    tracing::debug!(error = %report(&e), "delay line send failed");
                     c.drop(DropReason::SendError)
                 }
             }
@@ -373,7 +374,7 @@ fn run(tap: &Tap, sock: &PacketSocket, mut model: Model, shared: &Shared) {
                     Ok(Some(_)) => read += 1,
                     Ok(None) => break,
                     Err(e) => {
-                        tracing::warn!(error = %e, tap = tap.name(), "reading the delay line's tap");
+                        tracing::warn!(error = %report(&e), tap = tap.name(), "reading the delay line's tap");
                         break;
                     }
                 }

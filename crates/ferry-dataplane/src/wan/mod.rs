@@ -39,7 +39,7 @@ use crate::{clock::monotonic_ns, netlink::Netlink, netns::Netns};
 
 #[derive(Debug, thiserror::Error)]
 pub enum WanError {
-    #[error("{what}: {source}")]
+    #[error("{what}")]
     Io {
         what: String,
         #[source]
@@ -49,7 +49,7 @@ pub enum WanError {
     Netlink(#[from] crate::netlink::NetlinkError),
     #[error(transparent)]
     Netns(#[from] crate::netns::NetnsError),
-    #[error("delay line steering map: {0}")]
+    #[error("delay line steering map")]
     Map(#[from] aya::maps::MapError),
 }
 

@@ -5,6 +5,7 @@
 //! on, a TCP flow's 64 KiB super-packets cross the line whole, and a packet
 //! socket with PACKET_VNET_HDR sends them on the same way.
 
+use ferry_core::error::report;
 use std::{
     ffi::CString,
     io,
@@ -47,7 +48,10 @@ impl Tap {
         };
         if raw < 0 {
             let e = io::Error::last_os_error();
-            return Err(io::Error::new(e.kind(), format!("/dev/net/tun: {e}")));
+            return Err(io::Error::new(
+                e.kind(),
+                format!("/dev/net/tun: {e}", e = report(&e)),
+            ));
         }
         // SAFETY: fresh valid descriptor.
         let fd = unsafe { OwnedFd::from_raw_fd(raw) };
@@ -63,7 +67,7 @@ impl Tap {
             let e = io::Error::last_os_error();
             return Err(io::Error::new(
                 e.kind(),
-                format!("creating tap {name}: {e}"),
+                format!("creating tap {name}: {e}", e = report(&e)),
             ));
         }
         Ok(Self {

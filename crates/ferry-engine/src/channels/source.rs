@@ -10,6 +10,7 @@
 //! Any failure before GO cancels the device model's migration and resumes
 //! the guest here; after GO the outcome query decides, as for page guests.
 
+use ferry_core::error::report;
 use std::{
     collections::HashSet,
     io,
@@ -96,7 +97,8 @@ fn relay_error(stream: u16, e: RelayError) -> MigrationError {
     match e {
         RelayError::Stream(source) => MigrationError::Stream { stream, source },
         RelayError::Channel(e) => MigrationError::Guest(GuestError::Invalid(format!(
-            "the device model's channel {stream}: {e}"
+            "the device model's channel {stream}: {e}",
+            e = report(&e)
         ))),
     }
 }
@@ -191,7 +193,8 @@ pub fn migrate_out(
         Ok(d) => d,
         Err(e) => {
             return Err(run.fail(MigrationError::Guest(GuestError::Invalid(format!(
-                "a private directory for the migration socket: {e}"
+                "a private directory for the migration socket: {e}",
+                e = report(&e)
             )))));
         }
     };
@@ -204,7 +207,8 @@ pub fn migrate_out(
         Err(e) => {
             return Err(run.fail(MigrationError::Guest(GuestError::Invalid(format!(
                 "listening on {}: {e}",
-                socket.display()
+                socket.display(),
+                e = report(&e)
             )))));
         }
     };
@@ -391,14 +395,14 @@ pub fn migrate_out(
     // the destination says it discarded it.
     let go = streams.send(&[wire::GO]);
     tracing::info!(migration = %spec.id, "device-model migration: destination ready, sent GO");
-    let resumed = match go.map_err(|e| e.to_string()).and_then(|()| {
+    let resumed = match go.map_err(|e| report(&e).to_string()).and_then(|()| {
         wait_for(
             &ev_rx,
             &mut ended,
             wire::RESUMED,
             spec.limits.switchover_timeout,
         )
-        .map_err(|e| e.to_string())
+        .map_err(|e| report(&e).to_string())
     }) {
         Ok(()) => true,
         Err(why) => {

@@ -13,6 +13,7 @@
 //! that is missing, a software bitmap updated by [`GuestMemory::store`] does
 //! the same job.
 
+use ferry_core::error::report;
 use std::{
     fs::File,
     io,
@@ -485,7 +486,7 @@ impl GuestMemory {
                     return Ok(DirtyLogKind::Kernel);
                 }
                 Err(e) => {
-                    tracing::warn!(error = %e, "kernel dirty log unavailable (userfaultfd write-protect async, Linux 6.7+); using the software log")
+                    tracing::warn!(error = %report(&e), "kernel dirty log unavailable (userfaultfd write-protect async, Linux 6.7+); using the software log")
                 }
             }
         }

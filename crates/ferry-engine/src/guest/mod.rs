@@ -42,7 +42,7 @@ impl fmt::Display for RunState {
 
 #[derive(Debug, thiserror::Error)]
 pub enum GuestError {
-    #[error("guest memory: {0}")]
+    #[error("guest memory")]
     Memory(#[source] std::io::Error),
     #[error("cannot {op} a guest that is {state}")]
     State { op: &'static str, state: RunState },

@@ -20,7 +20,7 @@ use crate::{
 pub enum TopologyError {
     #[error(transparent)]
     Netns(#[from] NetnsError),
-    #[error("node {node}: {source}")]
+    #[error("node {node}")]
     Netlink {
         node: String,
         #[source]

@@ -9,6 +9,7 @@ mod addr;
 mod link;
 pub mod tc;
 
+use ferry_core::error::report;
 use std::io;
 
 use netlink_packet_core::{
@@ -22,9 +23,9 @@ pub use link::{LinkInfo, MacAddr};
 
 #[derive(Debug, thiserror::Error)]
 pub enum NetlinkError {
-    #[error("netlink socket: {0}")]
+    #[error("netlink socket")]
     Io(#[from] io::Error),
-    #[error("{op}: {source}")]
+    #[error("{op}")]
     Kernel {
         op: String,
         #[source]
@@ -104,7 +105,7 @@ impl Netlink {
                     NetlinkMessage::<RouteNetlinkMessage>::deserialize(bytes).map_err(|e| {
                         NetlinkError::Decode {
                             op: op.to_string(),
-                            detail: e.to_string(),
+                            detail: report(&e).to_string(),
                         }
                     })?;
                 let mlen = msg.header.length as usize;
