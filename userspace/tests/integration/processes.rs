@@ -1863,14 +1863,27 @@ fn ferry_migrate_started(
     rate: &str,
     extra: &[&str],
 ) -> (std::process::Child, PathBuf) {
-    let errf = dir.join(format!("migrate-{rate}-{}.err", extra.len()).replace('/', "_"));
+    ferry_migrate_started_with(dir, coord, rate, extra, Stdio::null(), "")
+}
+
+/// [`ferry_migrate_started`] with `stdin` (a terminal, say); `tag` keeps
+/// its stderr file apart from other runs'.
+fn ferry_migrate_started_with(
+    dir: &Path,
+    coord: SocketAddr,
+    rate: &str,
+    extra: &[&str],
+    stdin: Stdio,
+    tag: &str,
+) -> (std::process::Child, PathBuf) {
+    let errf = dir.join(format!("migrate-{rate}-{}{tag}.err", extra.len()).replace('/', "_"));
     let mut child = Command::new(FERRY)
         .args(["migrate", "g1", "--to", "b", "--max-bandwidth", rate])
         .args(extra)
         .args(["--coordinator", &format!("c1@{coord}"), "--as", "admin"])
         .arg("--tls-dir")
         .arg(dir)
-        .stdin(Stdio::null())
+        .stdin(stdin)
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(&errf).unwrap())
         .spawn()
@@ -2023,6 +2036,49 @@ fn ctrl_c_and_ferry_cancel_stop_a_migration_and_the_guest_stays_on_its_source() 
         "{recs:?}"
     );
     g1_stays_on_a("after Ctrl-C");
+
+    // 3b. On a terminal, Ctrl-C asks. "y" cancels; anything else (here
+    //     "n") leaves it running, as the answer's default says.
+    for (answer, tag) in [("y", "tty-yes"), ("n", "tty-no")] {
+        let pty = nix::pty::openpty(None, None).expect("a pseudo-terminal");
+        let (child, errf) =
+            ferry_migrate_started_with(&dir, cl, "8MiB/s", &[], Stdio::from(pty.slave), tag);
+        // SAFETY: kill(2) on the pid of a child this test started and has not reaped.
+        assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) }, 0);
+        let until = Instant::now() + Duration::from_secs(30);
+        while !std::fs::read_to_string(&errf)
+            .unwrap_or_default()
+            .contains("[y/N]")
+        {
+            assert!(
+                Instant::now() < until,
+                "no question after Ctrl-C on a terminal: {}",
+                std::fs::read_to_string(&errf).unwrap_or_default()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let mut master = std::fs::File::from(pty.master);
+        std::io::Write::write_all(&mut master, format!("{answer}\n").as_bytes()).unwrap();
+        let (code, err) = ferry_migrate_ended(child, &errf, Duration::from_secs(90), "the answer");
+        assert_eq!(code, 130, "{err}");
+        assert!(err.contains("Cancel migration"), "{err}");
+        let recs = records();
+        let last = recs.iter().max_by_key(|r| r.started_unix_ms).unwrap();
+        if answer == "y" {
+            assert!(err.contains("cancelled: g1 stays on a"), "{err}");
+            assert_eq!(last.state, MigrationState::Cancelled, "{last:?}");
+        } else {
+            assert!(
+                err.contains("goes on") && err.contains("ferry cancel"),
+                "{err}"
+            );
+            assert_eq!(last.state, MigrationState::Running, "{last:?}");
+            let id = last.id.to_string();
+            let (code, out, err) = ferry_cli(&dir, cl, &["cancel", &id[..8]]);
+            assert_eq!(code, 0, "{out}{err}");
+        }
+        g1_stays_on_a(&format!("after answering {answer:?}"));
+    }
 
     // 4. Nothing is left behind: g1 still moves to b. At 1 MiB/s its 256
     //    MiB would take over four minutes; `ferry migrate-set` lifts the cap
