@@ -777,6 +777,35 @@ fn spawn_coordinator(
     d
 }
 
+/// Asks `coordinator` to move `guest` to b with `opts` and SIGKILLs it
+/// once `after` bytes have moved, and reaps it. Reaped at once: until it
+/// is gone, its listening socket answers a new one's readiness probe, and
+/// the new one cannot bind.
+async fn move_killing_the_coordinator(
+    admin: &Admin,
+    coordinator: &mut Daemon,
+    guest: &str,
+    opts: MigrateOptions,
+    after: u64,
+) {
+    let mut killed = false;
+    let r = request_migration(&admin.client, &admin.coord, guest, None, "b", opts, |r| {
+        if let Response::Progress(p) = r
+            && p.transferred_bytes > after
+            && !killed
+        {
+            coordinator.0.kill().unwrap(); // SIGKILL
+            killed = true;
+        }
+    })
+    .await;
+    assert!(
+        killed && r.is_err(),
+        "the coordinator was killed mid-move: {r:?}"
+    );
+    coordinator.0.wait().unwrap();
+}
+
 #[test]
 fn a_restarted_coordinator_remembers_its_migrations_and_settles_the_interrupted_one() {
     let dir = site_dir("coord-restart");
@@ -824,24 +853,7 @@ fn a_restarted_coordinator_remembers_its_migrations_and_settles_the_interrupted_
             }),
             ..Default::default()
         };
-        let mut killed = false;
-        let r = request_migration(&admin.client, &admin.coord, "g2", None, "b", slow, |r| {
-            if let Response::Progress(p) = r
-                && p.transferred_bytes > 4 << 20
-                && !killed
-            {
-                c1.0.kill().unwrap(); // SIGKILL
-                killed = true;
-            }
-        })
-        .await;
-        assert!(
-            killed && r.is_err(),
-            "the coordinator was killed mid-move: {r:?}"
-        );
-        // Reap it first: until it is gone, its listening socket answers the
-        // new one's readiness probe, and the new one cannot bind.
-        c1.0.wait().unwrap();
+        move_killing_the_coordinator(&admin, &mut c1, "g2", slow, 4 << 20).await;
         c1 = spawn_coordinator(&dir, cl, ca, cb, "c1-restarted.log");
         let recs = admin.records().await;
         let state = |g: &str, recs: &[ferry::control::wire::MigrationRecord]| {
@@ -1383,25 +1395,33 @@ fn guest_on(
         .map(|g| g.info.clone())
 }
 
-#[test]
-fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() {
+/// A host's `guests:` with vm1, the QEMU test guest (256 MiB, checking its
+/// own memory); `None`, said why, where `cargo xtask setup` did not build it.
+fn qemu_vm1_guests() -> Option<String> {
     let machine = match crate::qemu::test_machine(256, 8) {
         Ok(m) => m,
         Err(why) => {
             eprintln!("skipped: {why}");
-            return;
+            return None;
         }
     };
-    let dir = site_dir("qemu-proc");
-    let _reaper = QemuReaper(dir.clone(), vec!["a", "b"]);
-    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
-    let guests = format!(
+    Some(format!(
         "[{{ name: vm1, kind: qemu, memory: 256MiB, vcpus: 1, encryption: required, \
          qemu: {{ kernel: {}, initrd: {}, append: \"{}\", extra_args: [-no-reboot] }} }}]",
         machine.kernel.as_ref().unwrap().display(),
         machine.initrd.as_ref().unwrap().display(),
         machine.append.as_ref().unwrap()
-    );
+    ))
+}
+
+#[test]
+fn a_qemu_guest_survives_its_host_restarting_and_moves_between_host_processes() {
+    let Some(guests) = qemu_vm1_guests() else {
+        return;
+    };
+    let dir = site_dir("qemu-proc");
+    let _reaper = QemuReaper(dir.clone(), vec!["a", "b"]);
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
     let a_cfg = write_host(&dir, "a", ca, ma, &guests);
     let a = spawn_host(&a_cfg, &dir.join("a.log"));
     let b_cfg = write_host(&dir, "b", cb, mb, "[]");
@@ -1567,23 +1587,12 @@ fn ferry_demo_moves_the_qemu_test_guest_which_vouches_for_its_memory() {
 
 #[test]
 fn a_qemu_destination_host_killed_mid_pass_leaves_the_guest_on_the_source_and_no_twin() {
-    let machine = match crate::qemu::test_machine(256, 8) {
-        Ok(m) => m,
-        Err(why) => {
-            eprintln!("skipped: {why}");
-            return;
-        }
+    let Some(guests) = qemu_vm1_guests() else {
+        return;
     };
     let dir = site_dir("qemu-kill");
     let _reaper = QemuReaper(dir.clone(), vec!["a", "b"]);
     let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
-    let guests = format!(
-        "[{{ name: vm1, kind: qemu, memory: 256MiB, vcpus: 1, encryption: required, \
-         qemu: {{ kernel: {}, initrd: {}, append: \"{}\", extra_args: [-no-reboot] }} }}]",
-        machine.kernel.as_ref().unwrap().display(),
-        machine.initrd.as_ref().unwrap().display(),
-        machine.append.as_ref().unwrap()
-    );
     let _a = spawn_host(&write_host(&dir, "a", ca, ma, &guests), &dir.join("a.log"));
     let b_cfg = write_host(&dir, "b", cb, mb, "[]");
     let mut b = Some(spawn_host(&b_cfg, &dir.join("b.log")));
@@ -1771,6 +1780,100 @@ fn a_qemu_destination_host_killed_mid_pass_leaves_the_guest_on_the_source_and_no
         assert!(guest_on(&list, "b", "vm1").is_none(), "vm1 listed on b");
     });
     drop(b);
+}
+
+/// Issue 14: the coordinator gone at GO. It hands out the spec and key and
+/// follows the move, but the switch-over is committed between the hosts:
+/// killed mid-move, it is unreachable when READY and GO pass, and the QEMU
+/// guest still ends on exactly one host, running and checking itself, its
+/// source QEMU gone; restarted, the coordinator settles the record from
+/// where the guest runs.
+#[test]
+fn a_qemu_move_whose_coordinator_is_gone_at_go_ends_on_one_host_and_is_settled() {
+    let Some(guests) = qemu_vm1_guests() else {
+        return;
+    };
+    let dir = site_dir("qemu-coord");
+    let _reaper = QemuReaper(dir.clone(), vec!["a", "b"]);
+    let (ca, ma, cb, mb, cl) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let _a = spawn_host(&write_host(&dir, "a", ca, ma, &guests), &dir.join("a.log"));
+    let _b = spawn_host(&write_host(&dir, "b", cb, mb, "[]"), &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    let mut c1 = spawn_coordinator(&dir, cl, ca, cb, "c1.log");
+    let admin = Admin {
+        client: ferry::control::Client::new(&TlsFiles::in_dir(&dir, "admin")).unwrap(),
+        coord: ferry::coordinator::CoordinatorRef {
+            name: "c1".into(),
+            addr: cl,
+        },
+    };
+    runtime().block_on(async {
+        let until = Instant::now() + Duration::from_secs(60);
+        while guest_on(&admin.hosts().await, "a", "vm1").is_none_or(|g| g.ops == 0) {
+            assert!(Instant::now() < until, "vm1 never reported a check on a");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let source_qemu = qemu_pid(&dir, "a", "vm1").expect("vm1's QEMU runs on a");
+        // Slow (4 MiB/s), so the coordinator dies in pre-copy, long before
+        // READY and GO.
+        let slow = MigrateOptions {
+            streams: Some(2),
+            limits: Some(Limits {
+                bandwidth: Some(4 << 20),
+                ..Limits::default()
+            }),
+            ..Default::default()
+        };
+        move_killing_the_coordinator(&admin, &mut c1, "vm1", slow, 2 << 20).await;
+        // The hosts finish alone; the restarted coordinator learns the end.
+        c1 = spawn_coordinator(&dir, cl, ca, cb, "c1-restarted.log");
+        let until = Instant::now() + Duration::from_secs(180);
+        loop {
+            let recs = admin.records().await;
+            let rec = recs.iter().find(|r| r.guest == "vm1");
+            if rec.is_some_and(|r| r.state == MigrationState::Completed) {
+                break;
+            }
+            assert!(
+                Instant::now() < until,
+                "vm1's migration was never settled: {rec:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+        let hosts = admin.hosts().await;
+        assert!(
+            guest_on(&hosts, "a", "vm1").is_none(),
+            "vm1 is still listed on a: {hosts:?}"
+        );
+        let g = guest_on(&hosts, "b", "vm1").expect("vm1 runs on b");
+        assert_eq!(g.state, ferry::guest::RunState::Running);
+        let until = Instant::now() + Duration::from_secs(30);
+        loop {
+            let now = guest_on(&admin.hosts().await, "b", "vm1").expect("vm1 on b");
+            assert_eq!(now.get_errors, 0, "vm1 failed a memory check on b");
+            if now.ops >= g.ops + 2 {
+                break;
+            }
+            assert!(Instant::now() < until, "vm1 does not check itself on b");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let until = Instant::now() + Duration::from_secs(15);
+        while crate::qemu::alive(source_qemu) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !crate::qemu::alive(source_qemu),
+            "the source QEMU (pid {source_qemu}) still runs on a"
+        );
+    });
+    drop(c1);
 }
 
 #[test]
