@@ -495,6 +495,16 @@ fn remedy(e: &anyhow::Error, client: bool) -> Option<String> {
             }
             _ => {}
         }
+        if cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::AddrInUse)
+        {
+            return Some(
+                "another process listens on that address (`ss -ltnp` shows which): \
+                 stop it, or give this one another address in its configuration"
+                    .into(),
+            );
+        }
         // A ControlError wraps a TlsError transparently: it is not a cause
         // of its own in the chain.
         let tls = cause

@@ -283,6 +283,39 @@ fn the_cli_says_what_failed_where_and_what_to_do_once() {
             "{kind} booted guests first: {e}"
         );
     }
+    // A host whose migration address is taken: which address, and how to
+    // find who holds it. (Its certificates are there: `dir/certs`.)
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let at = taken.local_addr().unwrap();
+    let cfg = dir.join("host-a.yaml");
+    let yaml = std::fs::read_to_string(workspace().join("config/host-a.yaml")).unwrap();
+    let yaml = yaml
+        .lines()
+        .map(|l| match l.split_once(':').map(|(k, _)| k) {
+            Some("migration") => format!("migration: {at}"),
+            Some("state_dir") => format!("state_dir: {}", dir.join("state").display()),
+            _ => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n");
+    std::fs::write(&cfg, yaml).unwrap();
+    let e = ferry_fails(&["host", "--config", cfg.to_str().unwrap()]);
+    once(&e);
+    assert!(
+        e.contains(&format!(
+            "migration listener on {at}: Address already in use"
+        )),
+        "{e}"
+    );
+    assert!(
+        e.contains("hint: another process listens on that address"),
+        "{e}"
+    );
+    assert!(
+        !e.contains("guest booted"),
+        "the host booted guests first: {e}"
+    );
+    drop(taken);
     std::fs::remove_dir_all(&dir).unwrap();
 }
 
