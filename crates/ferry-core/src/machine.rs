@@ -59,12 +59,58 @@ pub struct QemuMachine {
     /// host's guest bridge); its MAC moves with the guest.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub nic: Option<QemuNic>,
+    /// The PCI devices of the running guest (`query-pci`: slot, vendor and
+    /// device ids, class), read from its QEMU; a twin must show the same
+    /// before any memory moves, since QEMU itself finds a device missing
+    /// only when it loads the device state, after the whole pre-copy and
+    /// with the guest stopped. Empty in a configuration.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub devices: Vec<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct QemuNic {
     pub mac: crate::MacAddr,
+}
+
+/// A QEMU that runs already, started by something other than ferry (an
+/// operator, a supervisor), for a host to adopt instead of starting one.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize, schemars::JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct QemuAdopt {
+    /// Its QMP socket, which ferry drives it by from then on: a socket of
+    /// ferry's own (`-qmp unix:PATH,server=on,wait=off`), since QEMU
+    /// serves one client per QMP socket.
+    #[schemars(example = &"/run/vm-1/ferry-qmp.sock")]
+    pub qmp: PathBuf,
+    /// Where its serial console writes, when the guest reports there (the
+    /// test guest's memory checks); without it the guest gives no verdict.
+    #[schemars(example = &"/run/vm-1/serial.log")]
+    #[serde(default)]
+    pub serial_log: Option<PathBuf>,
+}
+
+impl QemuAdopt {
+    pub fn validate(&self, field: &str) -> Result<(), Invalid> {
+        for (k, p) in [
+            ("qmp", Some(&self.qmp)),
+            ("serial_log", self.serial_log.as_ref()),
+        ] {
+            if let Some(p) = p
+                && !p.is_absolute()
+            {
+                return Err(Invalid::new(
+                    format!("{field}.{k}"),
+                    format!(
+                        "{} is not an absolute path (the one given to QEMU)",
+                        p.display()
+                    ),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
 
 fn pc() -> String {

@@ -10,7 +10,7 @@ use std::{
     time::{Duration, Instant, SystemTime},
 };
 
-use ferry_core::machine::QemuMachine;
+use ferry_core::machine::{QemuAdopt, QemuMachine};
 use ferry_engine::{
     channels::{ChannelGuest, ChannelProgress, ChannelStatus},
     guest::{GuestError, GuestInfo, RunState},
@@ -30,11 +30,15 @@ pub struct QemuGuest {
     child: Mutex<Option<Child>>,
     pid: Option<u32>,
     state: Mutex<RunState>,
+    /// Its serial console's log (in `dir`, or where an adopted QEMU writes).
+    serial: PathBuf,
     /// Where this QEMU's serial log started when it came here: its verdict
     /// counts what the guest said since.
     serial_from: u64,
     /// Started to receive a migration: it announces itself on resume.
     twin: bool,
+    /// Started by something other than ferry, with its own network.
+    foreign: bool,
 }
 
 /// How a resumed twin announces the guest (QEMU's own defaults: five
@@ -132,13 +136,15 @@ impl QemuGuest {
         c
     }
 
-    /// Adopts the QEMU already running in `dir` (a restarted host), or
+    /// Adopts the QEMU already running in `dir` (a restarted host, or a
+    /// guest that came back here), else the one `running` names, else
     /// starts one.
     pub fn launch_or_adopt(
         name: &str,
         machine: &QemuMachine,
         dir: &Path,
         tap: Option<&str>,
+        running: Option<&QemuAdopt>,
     ) -> Result<Self, QemuError> {
         if let Ok(q) = Qmp::connect(&qmp_path(dir)) {
             let mut g = Self::from_qmp(name, machine, dir, q, None)?;
@@ -146,7 +152,76 @@ impl QemuGuest {
             tracing::info!(guest = name, dir = %dir.display(), pid = ?g.pid, "adopted a running QEMU");
             return Ok(g);
         }
-        Self::launch(name, machine, dir, false, tap)
+        match running {
+            Some(r) => Self::adopt_running(name, machine, dir, r),
+            None => Self::launch(name, machine, dir, false, tap),
+        }
+    }
+
+    /// Adopts a QEMU that ferry did not start, by its QMP socket: ferry
+    /// drives it from then on, migrates it, and quits it once it runs
+    /// elsewhere. `machine` is how its twin starts on a destination, so
+    /// the running QEMU must have its memory, vCPUs and accelerator (its
+    /// devices are compared with the twin's when it migrates). `dir` keeps
+    /// ferry's record of it (the release).
+    pub fn adopt_running(
+        name: &str,
+        machine: &QemuMachine,
+        dir: &Path,
+        running: &QemuAdopt,
+    ) -> Result<Self, QemuError> {
+        make_dir(dir)?;
+        let mut q = Qmp::connect(&running.qmp)?;
+        let unlike = |what: String| QemuError::Unlike {
+            qmp: running.qmp.clone(),
+            what,
+        };
+        let memory = num(&q.execute("query-memory-size-summary", json!({}))?["base-memory"]);
+        if memory != machine.memory {
+            return Err(unlike(format!(
+                "has {} MiB of memory, the guest's memory says {} MiB",
+                memory >> 20,
+                machine.memory >> 20
+            )));
+        }
+        let vcpus = q
+            .execute("query-cpus-fast", json!({}))?
+            .as_array()
+            .map_or(0, Vec::len);
+        if vcpus != machine.vcpus as usize {
+            return Err(unlike(format!(
+                "has {vcpus} vCPUs, the guest's vcpus says {}",
+                machine.vcpus
+            )));
+        }
+        let kvm = q.execute("query-kvm", json!({}))?["enabled"] == json!(true);
+        let accel = if kvm { "kvm" } else { "tcg" };
+        if accel != machine.accel.name() {
+            return Err(unlike(format!(
+                "runs under {accel}, the guest's qemu.accel says {}",
+                machine.accel.name()
+            )));
+        }
+        let status = q.execute("query-status", json!({}))?["status"]
+            .as_str()
+            .unwrap_or("")
+            .to_string();
+        if !["running", "paused", "prelaunch"].contains(&status.as_str()) {
+            // Waiting for a migration, or left behind by one: not a guest
+            // this host runs.
+            return Err(unlike(format!("is {status}, not running")));
+        }
+        let pid = q.peer_pid();
+        let mut g = Self::from_qmp(name, machine, dir, q, None)?;
+        g.pid = pid;
+        g.foreign = true;
+        if let Some(log) = &running.serial_log {
+            g.serial = log.clone();
+        }
+        g.serial_from = std::fs::metadata(&g.serial).map_or(0, |m| m.len());
+        tracing::info!(guest = name, qmp = %running.qmp.display(), ?pid, machine = %g.machine.machine,
+            devices = g.machine.devices.len(), "adopted a QEMU started elsewhere");
+        Ok(g)
     }
 
     /// Whether the guest of `dir` moved away from this host (and has not
@@ -181,14 +256,7 @@ impl QemuGuest {
             path: dir.to_path_buf(),
             source,
         };
-        {
-            use std::os::unix::fs::DirBuilderExt;
-            std::fs::DirBuilder::new()
-                .recursive(true)
-                .mode(0o700)
-                .create(dir)
-                .map_err(dir_err)?;
-        }
+        make_dir(dir)?;
         let _ = std::fs::remove_file(qmp_path(dir));
         let _ = std::fs::remove_file(pid_path(dir));
         let _ = std::fs::remove_file(released_path(dir));
@@ -237,6 +305,11 @@ impl QemuGuest {
         drop(child.stderr.take());
         let mut g = Self::from_qmp(name, machine, dir, qmp, Some(child))?;
         g.serial_from = serial_from;
+        if incoming && !machine.devices.is_empty() && g.machine.devices != machine.devices {
+            let differences = differences(&machine.devices, &g.machine.devices);
+            g.end();
+            return Err(QemuError::DeviceModel { differences });
+        }
         if incoming {
             *g.state.lock().expect("state") = RunState::Incoming;
             // It announces the guest once ferry commits (GO), not as soon
@@ -266,17 +339,31 @@ impl QemuGuest {
                 .ok()
                 .and_then(|s| s.trim().parse().ok())
         });
+        // What it runs, as a twin must run it: `pc` resolved to this
+        // QEMU's versioned type, and its devices.
+        let (concrete, devices) = device_model(&mut qmp)?;
+        let mut machine = machine.clone();
+        machine.machine = concrete;
+        machine.devices = devices;
         Ok(Self {
             name: name.to_string(),
-            machine: machine.clone(),
+            machine,
             dir: dir.to_path_buf(),
             qmp: Mutex::new(qmp),
             child: Mutex::new(child),
             pid,
             state: Mutex::new(state),
+            serial: serial_path(dir),
             serial_from: 0,
             twin: false,
+            foreign: false,
         })
+    }
+
+    /// Whether its NIC is on ferry's tap (QEMU started by ferry, from
+    /// [`Self::command`]), which the host attaches to its guest bridge.
+    pub fn owns_tap(&self) -> bool {
+        !self.foreign
     }
 
     /// The QEMU process id.
@@ -355,18 +442,104 @@ impl QemuGuest {
             let _ = c.kill();
             let _ = c.wait();
         } else if let Some(pid) = self.pid {
-            // Adopted: not our child; gone when its pid no longer signals.
+            // Adopted: not our child; gone once it has exited, reaped by
+            // its parent or not.
             while Instant::now() < until {
-                // SAFETY: signal 0 only checks that the process exists.
-                if unsafe { libc::kill(pid as i32, 0) } != 0 {
+                if exited(pid) {
                     return;
                 }
                 std::thread::sleep(Duration::from_millis(10));
             }
-            // SAFETY: the pid QEMU wrote for this guest's own directory.
+            // SAFETY: this guest's QEMU, by the pid it wrote in its own directory
+            // or the one the kernel gave for its QMP socket; it has not exited.
             unsafe { libc::kill(pid as i32, libc::SIGKILL) };
         }
     }
+}
+
+/// Whether process `pid` has exited: gone, or a zombie its parent has not
+/// reaped yet (which still answers signals).
+fn exited(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => {
+            let state = stat.rsplit(')').next().unwrap_or("").trim_start();
+            state.starts_with('Z') || state.starts_with('X')
+        }
+        Err(_) => true,
+    }
+}
+
+fn make_dir(dir: &Path) -> Result<(), QemuError> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .map_err(|source| QemuError::Dir {
+            path: dir.to_path_buf(),
+            source,
+        })
+}
+
+/// A running QEMU's machine type (`pc` resolved to the versioned type it
+/// stands for, which a twin must start: another QEMU version may resolve
+/// `pc` differently) and its PCI devices, each as "SLOT VENDOR:DEVICE
+/// CLASS" with the slot a path through bridges (bus numbers are the
+/// firmware's, and a paused twin has run none).
+pub fn device_model(qmp: &mut Qmp) -> Result<(String, Vec<String>), QemuError> {
+    let ty = qmp.execute("qom-get", json!({"path": "/machine", "property": "type"}))?;
+    let ty = ty.as_str().unwrap_or_default();
+    let ty = ty.strip_suffix("-machine").unwrap_or(ty).to_string();
+    let mut devices = Vec::new();
+    for bus in qmp
+        .execute("query-pci", json!({}))?
+        .as_array()
+        .into_iter()
+        .flatten()
+    {
+        pci_devices(
+            &bus["devices"],
+            &format!("{:02x}:", num(&bus["bus"])),
+            &mut devices,
+        );
+    }
+    Ok((ty, devices))
+}
+
+fn pci_devices(list: &Value, prefix: &str, out: &mut Vec<String>) {
+    for d in list.as_array().into_iter().flatten() {
+        let slot = format!("{prefix}{:02x}.{}", num(&d["slot"]), num(&d["function"]));
+        out.push(format!(
+            "{slot} {:04x}:{:04x} {}",
+            num(&d["id"]["vendor"]),
+            num(&d["id"]["device"]),
+            d["class_info"]["desc"].as_str().map_or_else(
+                || format!("class {:04x}", num(&d["class_info"]["class"])),
+                str::to_string
+            )
+        ));
+        pci_devices(&d["pci_bridge"]["devices"], &format!("{slot}/"), out);
+    }
+}
+
+/// What one device list has that the other lacks, for a person to read.
+fn differences(source: &[String], twin: &[String]) -> String {
+    let only = |a: &[String], b: &[String]| -> Vec<String> {
+        a.iter().filter(|d| !b.contains(d)).cloned().collect()
+    };
+    let mut said = Vec::new();
+    for (side, list) in [
+        ("only the source has", only(source, twin)),
+        ("only the twin has", only(twin, source)),
+    ] {
+        if !list.is_empty() {
+            said.push(format!("{side} {}", list.join(", ")));
+        }
+    }
+    if said.is_empty() {
+        said.push("the same devices in another order".into());
+    }
+    said.join("; ")
 }
 
 /// (checks passed, checks failed) in a test guest's serial log from byte
@@ -580,7 +753,7 @@ impl ChannelGuest for QemuGuest {
     }
 
     fn verdict(&self) -> Option<(u64, u64)> {
-        verdict_of(&serial_path(&self.dir), self.serial_from)
+        verdict_of(&self.serial, self.serial_from)
     }
 }
 
@@ -602,6 +775,7 @@ mod tests {
             nic: Some(ferry_core::machine::QemuNic {
                 mac: "52:54:00:00:00:01".parse().unwrap(),
             }),
+            devices: Vec::new(),
         }
     }
 

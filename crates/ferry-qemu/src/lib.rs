@@ -12,7 +12,7 @@
 mod guest;
 mod qmp;
 
-pub use guest::{QemuGuest, verdict_of};
+pub use guest::{QemuGuest, device_model, verdict_of};
 pub use qmp::Qmp;
 
 use ferry_core::error::report;
@@ -35,6 +35,19 @@ pub enum QemuError {
         #[source]
         source: std::io::Error,
     },
+    #[error(
+        "QMP socket {path} did not greet within {secs} s: another client holds it \
+         (QEMU serves one client per QMP socket: give ferry one of its own, \
+         another -qmp unix:PATH,server=on,wait=off)"
+    )]
+    Busy { path: PathBuf, secs: u64 },
+    #[error("the QEMU at {qmp} {what}")]
+    Unlike { qmp: PathBuf, what: String },
+    #[error(
+        "the twin's device model differs from the source's ({differences}): \
+         both hosts must start the guest with the same devices (qemu.extra_args, nic)"
+    )]
+    DeviceModel { differences: String },
     #[error("QMP {command}: {message}")]
     Command { command: String, message: String },
     #[error("QEMU exited early ({status}): {stderr}")]

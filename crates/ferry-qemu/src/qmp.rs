@@ -3,7 +3,7 @@
 use ferry_core::error::report;
 use std::{
     io::{BufRead, BufReader, Write},
-    os::unix::net::UnixStream,
+    os::{fd::AsRawFd, unix::net::UnixStream},
     path::{Path, PathBuf},
     time::{Duration, SystemTime},
 };
@@ -11,6 +11,9 @@ use std::{
 use serde_json::{Value, json};
 
 use crate::QemuError;
+
+/// How long a QMP socket may take to greet.
+const GREETING: Duration = Duration::from_secs(5);
 
 /// One QMP session. Events that arrive between replies are kept: the
 /// switch-over's STOP and RESUME times come from them.
@@ -37,16 +40,33 @@ impl Qmp {
             source,
         };
         let s = UnixStream::connect(path).map_err(io)?;
-        // A command that takes longer than this is a hung QEMU.
-        s.set_read_timeout(Some(Duration::from_secs(30)))
-            .map_err(io)?;
+        // QEMU greets at once, unless another client holds the socket: then
+        // the connection waits in the backlog, silent.
+        s.set_read_timeout(Some(GREETING)).map_err(io)?;
         let mut q = Self {
             path: path.to_path_buf(),
             reader: BufReader::new(s.try_clone().map_err(io)?),
             writer: s,
             events: Vec::new(),
         };
-        let greeting = q.line()?;
+        let greeting = match q.line() {
+            Err(QemuError::Qmp { source, .. })
+                if matches!(
+                    source.kind(),
+                    std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut
+                ) =>
+            {
+                return Err(QemuError::Busy {
+                    path: path.to_path_buf(),
+                    secs: GREETING.as_secs(),
+                });
+            }
+            r => r?,
+        };
+        // A command that takes longer than this is a hung QEMU.
+        q.writer
+            .set_read_timeout(Some(Duration::from_secs(30)))
+            .map_err(io)?;
         if greeting.get("QMP").is_none() {
             return Err(QemuError::Command {
                 command: "greeting".into(),
@@ -100,6 +120,29 @@ impl Qmp {
             }
         }
         Err(QemuError::Timeout(format!("no reply to {command}")))
+    }
+
+    /// The process at the other end of the socket (QEMU's pid), from the
+    /// kernel's record of who connected.
+    pub fn peer_pid(&self) -> Option<u32> {
+        let mut cred = libc::ucred {
+            pid: 0,
+            uid: 0,
+            gid: 0,
+        };
+        let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+        // SAFETY: SO_PEERCRED writes at most `len` bytes into `cred`, a
+        // ucred of exactly that size, on a socket this session owns.
+        let rc = unsafe {
+            libc::getsockopt(
+                self.writer.as_raw_fd(),
+                libc::SOL_SOCKET,
+                libc::SO_PEERCRED,
+                (&raw mut cred).cast(),
+                &mut len,
+            )
+        };
+        (rc == 0 && cred.pid > 0).then_some(cred.pid as u32)
     }
 
     /// When `event` last happened, as far as this session has seen.

@@ -2274,3 +2274,263 @@ fn ctrl_c_and_ferry_cancel_stop_a_migration_and_the_guest_stays_on_its_source() 
     drop(rt);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// A QEMU this test started as an operator would, outside any host: its
+/// parent (a thread here) reaps it, and it is killed by its id if the test
+/// ends with it still running.
+struct OperatorQemu {
+    pid: u32,
+    reaped: Option<std::thread::JoinHandle<()>>,
+}
+
+impl Drop for OperatorQemu {
+    fn drop(&mut self) {
+        if crate::qemu::alive(self.pid) {
+            // SAFETY: the QEMU this test spawned, by its id.
+            unsafe { libc::kill(self.pid as i32, libc::SIGKILL) };
+        }
+        if let Some(t) = self.reaped.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// Waits (bounded) for a daemon that must refuse to start; its log.
+fn refused_at_start(mut d: Daemon, log: &Path) -> String {
+    let until = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = d.0.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < until, "the host still runs after 60 s");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let text = std::fs::read_to_string(log).unwrap();
+    assert!(!status.success(), "the host exited 0: {text}");
+    text
+}
+
+/// Issue 14: a QEMU ferry did not start, adopted by its QMP socket. An
+/// operator starts the test guest with its own QMP socket and serial log
+/// and one device more than host a's file says. While another client holds
+/// its QMP socket, or with the file's memory unlike the QEMU's, host a
+/// refuses to start, saying what and where. Adopted, its move to b is
+/// refused before any memory moves, because b's twin lacks that device
+/// (QEMU itself would find out only at the switch-over). With the device in
+/// the file, a restarted a adopts the same QEMU again and moves it to a
+/// twin ferry starts on b, where it checks itself; the operator's QEMU has
+/// quit, and a restarted a does not take the guest back.
+#[test]
+fn a_qemu_started_elsewhere_is_adopted_by_its_qmp_socket_checked_and_moved() {
+    let machine = match crate::qemu::test_machine(256, 8) {
+        Ok(m) => m,
+        Err(why) => {
+            eprintln!("skipped: {why}");
+            return;
+        }
+    };
+    let dir = site_dir("qemu-adopt");
+    let _reaper = QemuReaper(dir.clone(), vec!["a", "b"]);
+    let own = dir.join("operator");
+    std::fs::create_dir_all(&own).unwrap();
+    let mut cmd = ferry::qemu::QemuGuest::command("vm1", &machine, &own, false, None);
+    cmd.args(["-device", "virtio-rng-pci"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(own.join("stderr")).unwrap());
+    let mut child = cmd.spawn().unwrap();
+    let operator = OperatorQemu {
+        pid: child.id(),
+        reaped: Some(std::thread::spawn(move || {
+            let _ = child.wait();
+        })),
+    };
+    let qmp = own.join("qmp.sock");
+    let until = Instant::now() + Duration::from_secs(30);
+    while ferry::qemu::Qmp::connect(&qmp).is_err() {
+        assert!(
+            Instant::now() < until,
+            "the operator's QEMU never answered QMP"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let guests = |memory: &str, extra: &str| {
+        format!(
+            "[{{ name: vm1, kind: qemu, memory: {memory}, vcpus: 1, encryption: required, \
+             qemu: {{ kernel: {}, initrd: {}, append: \"{}\", extra_args: [-no-reboot{extra}], \
+             adopt: {{ qmp: {}, serial_log: {} }} }} }}]",
+            machine.kernel.as_ref().unwrap().display(),
+            machine.initrd.as_ref().unwrap().display(),
+            machine.append.as_ref().unwrap(),
+            qmp.display(),
+            own.join("serial.log").display()
+        )
+    };
+    let (ca, ma, cb, mb) = (free_port(), free_port(), free_port(), free_port());
+
+    // Another client holds the QMP socket: QEMU would not greet ferry.
+    let held = ferry::qemu::Qmp::connect(&qmp).unwrap();
+    let a_cfg = write_host(&dir, "a", ca, ma, &guests("256MiB", ""));
+    let log = refused_at_start(
+        spawn_host(&a_cfg, &dir.join("a-busy.log")),
+        &dir.join("a-busy.log"),
+    );
+    for want in [
+        "guests[0].qemu.adopt.qmp",
+        "did not greet within 5 s",
+        "one of its own",
+    ] {
+        assert!(log.contains(want), "no {want:?} in: {log}");
+    }
+    drop(held);
+    // The file's memory is not the QEMU's.
+    let a_cfg = write_host(&dir, "a", ca, ma, &guests("512MiB", ""));
+    let log = refused_at_start(
+        spawn_host(&a_cfg, &dir.join("a-mem.log")),
+        &dir.join("a-mem.log"),
+    );
+    assert!(
+        log.contains("has 256 MiB of memory, the guest's memory says 512 MiB"),
+        "{log}"
+    );
+    assert!(
+        crate::qemu::alive(operator.pid),
+        "a refusal ended the operator's QEMU"
+    );
+
+    let a_cfg = write_host(&dir, "a", ca, ma, &guests("256MiB", ""));
+    let mut a = Some(spawn_host(&a_cfg, &dir.join("a.log")));
+    let _b = spawn_host(&write_host(&dir, "b", cb, mb, "[]"), &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    runtime().block_on(async {
+        let admin = Admin::start(&dir, ca, cb).await;
+        let until = Instant::now() + Duration::from_secs(60);
+        while guest_on(&admin.hosts().await, "a", "vm1").is_none_or(|g| g.ops == 0) {
+            assert!(
+                Instant::now() < until,
+                "adopted vm1 never reported a check on a"
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let machine_listed = guest_on(&admin.hosts().await, "a", "vm1")
+            .and_then(|g| g.machine)
+            .expect("vm1's machine");
+        assert!(
+            machine_listed.machine.starts_with("pc-i440fx-"),
+            "`pc` was not resolved to the versioned type a twin must start: {}",
+            machine_listed.machine
+        );
+
+        // b's twin, started from a's file, lacks the random-number device.
+        let refused = request_migration(
+            &admin.client,
+            &admin.coord,
+            "vm1",
+            None,
+            "b",
+            MigrateOptions::default(),
+            |_| {},
+        )
+        .await
+        .expect_err("a move to a twin without the source's devices went ahead");
+        let refused = refused.to_string();
+        for want in ["device model differs", "only the source has", "1af4:"] {
+            assert!(refused.contains(want), "no {want:?} in: {refused}");
+        }
+        let g = guest_on(&admin.hosts().await, "a", "vm1").expect("vm1 stays on a");
+        assert_eq!(g.state, ferry::guest::RunState::Running);
+        assert!(
+            crate::qemu::alive(operator.pid),
+            "the refusal ended the source QEMU"
+        );
+        assert!(
+            !qemu_pid(&dir, "b", "vm1").is_some_and(crate::qemu::alive),
+            "the refused twin still runs on b"
+        );
+
+        // The device in the file: a restarted a adopts the same QEMU again.
+        drop(a.take());
+        let a_cfg = write_host(
+            &dir,
+            "a",
+            ca,
+            ma,
+            &guests("256MiB", ", -device, virtio-rng-pci"),
+        );
+        a = Some(spawn_host(&a_cfg, &dir.join("a2.log")));
+        wait_listening(ca);
+        let until = Instant::now() + Duration::from_secs(30);
+        while guest_on(&admin.hosts().await, "a", "vm1").is_none() {
+            assert!(
+                Instant::now() < until,
+                "the restarted a did not adopt vm1 again"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(crate::qemu::alive(operator.pid));
+        let stats = request_migration(
+            &admin.client,
+            &admin.coord,
+            "vm1",
+            None,
+            "b",
+            MigrateOptions::default(),
+            |_| {},
+        )
+        .await
+        .unwrap();
+        assert_eq!(
+            stats.result,
+            MigrationResult::Completed,
+            "{:?}",
+            stats.error
+        );
+        let hosts = admin.hosts().await;
+        assert!(
+            guest_on(&hosts, "a", "vm1").is_none(),
+            "vm1 still listed on a"
+        );
+        let g = guest_on(&hosts, "b", "vm1").expect("vm1 runs on b");
+        assert_eq!(g.state, ferry::guest::RunState::Running);
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            let now = guest_on(&admin.hosts().await, "b", "vm1").expect("vm1 on b");
+            assert_eq!(now.get_errors, 0, "vm1 failed a memory check on b");
+            if now.ops >= g.ops + 2 {
+                break;
+            }
+            assert!(Instant::now() < until, "vm1 does not check itself on b");
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        let until = Instant::now() + Duration::from_secs(15);
+        while crate::qemu::alive(operator.pid) && Instant::now() < until {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            !crate::qemu::alive(operator.pid),
+            "the operator's QEMU (pid {}) still runs after its guest moved to b",
+            operator.pid
+        );
+
+        // Its QMP socket is gone with it; a restarted a starts, and leaves
+        // vm1 where it runs.
+        drop(a.take());
+        let log = dir.join("a3.log");
+        a = Some(spawn_host(&a_cfg, &log));
+        wait_listening(ca);
+        let until = Instant::now() + Duration::from_secs(20);
+        while !admin.hosts().await.iter().all(|h| h.reachable) {
+            assert!(Instant::now() < until, "the restarted a did not come back");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let hosts = admin.hosts().await;
+        assert!(
+            guest_on(&hosts, "a", "vm1").is_none(),
+            "a took vm1 back: {hosts:?}"
+        );
+        assert!(guest_on(&hosts, "b", "vm1").is_some());
+        wait_log(&log, "migrated away from this host", 5).await;
+    });
+    drop((a, operator));
+}

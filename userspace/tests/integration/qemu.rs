@@ -48,6 +48,7 @@ pub fn test_machine(memory_mib: u64, dirty_mib_s: u32) -> Result<QemuMachine, St
         disk: None,
         extra_args: vec!["-no-reboot".into()],
         nic: None,
+        devices: Vec::new(),
     })
 }
 

@@ -97,6 +97,7 @@ fn a_qemu_guest_rides_the_migration_vlan_and_announces_itself_after_the_commit()
             ),
             disk: None,
             extra_args: vec!["-no-reboot".into()],
+            adopt: None,
         }),
         prefill: false,
         nic: Some(Nic { mac, ipv4: None }),

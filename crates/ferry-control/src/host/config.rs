@@ -155,6 +155,13 @@ pub struct QemuSettings {
     /// must match for a migration to load).
     #[serde(default)]
     pub extra_args: Vec<String>,
+    /// Adopt a QEMU that runs already (started by an operator or a
+    /// supervisor) by its QMP socket, instead of starting one here. The
+    /// keys above still say how its twin starts on a destination: its
+    /// memory, vCPUs and accelerator must be this guest's (checked when the
+    /// host starts), its devices the twin's (checked before memory moves).
+    #[serde(default)]
+    pub adopt: Option<crate::machine::QemuAdopt>,
 }
 
 fn pc() -> String {
@@ -162,6 +169,11 @@ fn pc() -> String {
 }
 
 impl GuestConfig {
+    /// The running QEMU a `kind: qemu` guest adopts, if it names one.
+    pub fn adopt(&self) -> Option<&crate::machine::QemuAdopt> {
+        self.qemu.as_ref()?.adopt.as_ref()
+    }
+
     /// The QEMU machine of a `kind: qemu` guest.
     pub fn machine(&self) -> Option<crate::machine::QemuMachine> {
         let q = self.qemu.as_ref()?;
@@ -176,6 +188,7 @@ impl GuestConfig {
             disk: q.disk.clone(),
             extra_args: q.extra_args.clone(),
             nic: self.nic.map(|n| crate::machine::QemuNic { mac: n.mac }),
+            devices: Vec::new(),
         })
     }
 }
@@ -277,6 +290,9 @@ impl Validate for HostConfig {
                         .machine()
                         .expect("qemu")
                         .validate(&f("qemu"))?;
+                    if let Some(a) = g.adopt() {
+                        a.validate(&f("qemu.adopt"))?;
+                    }
                 }
                 (GuestKind::Synthetic, None) => {}
             }

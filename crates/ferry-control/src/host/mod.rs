@@ -296,10 +296,25 @@ impl Host {
                     continue;
                 }
                 let tap = tap_name(&cfg.name, &g.name);
-                let guest =
-                    crate::qemu::QemuGuest::launch_or_adopt(&g.name, &machine, &dir, Some(&tap))
-                        .with_context(|| format!("starting QEMU guest {}", g.name))?;
-                if machine.nic.is_some() {
+                let guest = crate::qemu::QemuGuest::launch_or_adopt(
+                    &g.name,
+                    &machine,
+                    &dir,
+                    Some(&tap),
+                    g.adopt(),
+                )
+                .with_context(|| match g.adopt() {
+                    Some(_) => {
+                        format!(
+                            "adopting QEMU guest {} (guests[{i}].qemu.adopt.qmp)",
+                            g.name
+                        )
+                    }
+                    None => format!("starting QEMU guest {}", g.name),
+                })?;
+                // An adopted QEMU's NIC is on the network its owner gave it;
+                // a tap of ferry's (a guest that came back) joins the bridge.
+                if machine.nic.is_some() && guest.owns_tap() {
                     attach_tap(&cfg, &tap).with_context(|| format!("guest {}'s NIC", g.name))?;
                 }
                 tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus,

@@ -307,6 +307,7 @@ async fn run_qemu(cfg: &DemoConfig, quiet: bool) -> anyhow::Result<DemoSummary> 
             )),
             disk: None,
             extra_args: vec!["-no-reboot".into()],
+            adopt: None,
         }),
         prefill: false,
         nic: None,

@@ -141,6 +141,7 @@ pub(crate) fn test_machine(memory_mib: u64, touched_mib: u32) -> Result<QemuMach
         disk: None,
         extra_args: vec!["-no-reboot".into()],
         nic: None,
+        devices: Vec::new(),
     })
 }
 
