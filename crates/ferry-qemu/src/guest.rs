@@ -459,7 +459,7 @@ impl QemuGuest {
 
 /// Whether process `pid` has exited: gone, or a zombie its parent has not
 /// reaped yet (which still answers signals).
-fn exited(pid: u32) -> bool {
+pub fn exited(pid: u32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Ok(stat) => {
             let state = stat.rsplit(')').next().unwrap_or("").trim_start();

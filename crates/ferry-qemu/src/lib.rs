@@ -12,7 +12,7 @@
 mod guest;
 mod qmp;
 
-pub use guest::{QemuGuest, device_model, verdict_of};
+pub use guest::{QemuGuest, device_model, exited, verdict_of};
 pub use qmp::Qmp;
 
 use ferry_core::error::report;

@@ -102,14 +102,9 @@ pub fn wait_checks(g: &dyn ChannelGuest, base: u64, more: u64, within: Duration)
     }
 }
 
+/// Running: not gone, and not a zombie (which still answers signal 0).
 pub fn alive(pid: u32) -> bool {
-    // A zombie still answers signal 0; its state in /proc says it is gone.
-    std::fs::read_to_string(format!("/proc/{pid}/stat"))
-        .map(|s| {
-            let state = s.rsplit(')').next().unwrap_or("").trim_start();
-            !state.starts_with('Z') && !state.starts_with('X')
-        })
-        .unwrap_or(false)
+    !ferry::qemu::exited(pid)
 }
 
 struct Dest {
