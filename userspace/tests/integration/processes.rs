@@ -1782,6 +1782,37 @@ fn a_qemu_destination_host_killed_mid_pass_leaves_the_guest_on_the_source_and_no
     drop(b);
 }
 
+/// Asserts that vm1 moved from a to b: listed on b only, running, passing
+/// two more of its own memory checks there within `within`, and that the
+/// QEMU it left (`source_qemu`, named `what`) exits within 15 s.
+async fn vm1_landed_on_b(admin: &Admin, within: Duration, source_qemu: u32, what: &str) {
+    let hosts = admin.hosts().await;
+    assert!(
+        guest_on(&hosts, "a", "vm1").is_none(),
+        "vm1 is still listed on a: {hosts:?}"
+    );
+    let g = guest_on(&hosts, "b", "vm1").expect("vm1 runs on b");
+    assert_eq!(g.state, ferry::guest::RunState::Running);
+    let until = Instant::now() + within;
+    loop {
+        let now = guest_on(&admin.hosts().await, "b", "vm1").expect("vm1 on b");
+        assert_eq!(now.get_errors, 0, "vm1 failed a memory check on b");
+        if now.ops >= g.ops + 2 {
+            break;
+        }
+        assert!(Instant::now() < until, "vm1 does not check itself on b");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let until = Instant::now() + Duration::from_secs(15);
+    while crate::qemu::alive(source_qemu) && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        !crate::qemu::alive(source_qemu),
+        "{what} (pid {source_qemu}) still runs after vm1 moved to b"
+    );
+}
+
 /// Issue 14: the coordinator gone at GO. It hands out the spec and key and
 /// follows the move, but the switch-over is committed between the hosts:
 /// killed mid-move, it is unreachable when READY and GO pass, and the QEMU
@@ -1847,31 +1878,13 @@ fn a_qemu_move_whose_coordinator_is_gone_at_go_ends_on_one_host_and_is_settled()
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
-        let hosts = admin.hosts().await;
-        assert!(
-            guest_on(&hosts, "a", "vm1").is_none(),
-            "vm1 is still listed on a: {hosts:?}"
-        );
-        let g = guest_on(&hosts, "b", "vm1").expect("vm1 runs on b");
-        assert_eq!(g.state, ferry::guest::RunState::Running);
-        let until = Instant::now() + Duration::from_secs(30);
-        loop {
-            let now = guest_on(&admin.hosts().await, "b", "vm1").expect("vm1 on b");
-            assert_eq!(now.get_errors, 0, "vm1 failed a memory check on b");
-            if now.ops >= g.ops + 2 {
-                break;
-            }
-            assert!(Instant::now() < until, "vm1 does not check itself on b");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let until = Instant::now() + Duration::from_secs(15);
-        while crate::qemu::alive(source_qemu) && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(
-            !crate::qemu::alive(source_qemu),
-            "the source QEMU (pid {source_qemu}) still runs on a"
-        );
+        vm1_landed_on_b(
+            &admin,
+            Duration::from_secs(30),
+            source_qemu,
+            "the source QEMU",
+        )
+        .await;
     });
     drop(c1);
 }
@@ -2486,32 +2499,13 @@ fn a_qemu_started_elsewhere_is_adopted_by_its_qmp_socket_checked_and_moved() {
             "{:?}",
             stats.error
         );
-        let hosts = admin.hosts().await;
-        assert!(
-            guest_on(&hosts, "a", "vm1").is_none(),
-            "vm1 still listed on a"
-        );
-        let g = guest_on(&hosts, "b", "vm1").expect("vm1 runs on b");
-        assert_eq!(g.state, ferry::guest::RunState::Running);
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            let now = guest_on(&admin.hosts().await, "b", "vm1").expect("vm1 on b");
-            assert_eq!(now.get_errors, 0, "vm1 failed a memory check on b");
-            if now.ops >= g.ops + 2 {
-                break;
-            }
-            assert!(Instant::now() < until, "vm1 does not check itself on b");
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-        let until = Instant::now() + Duration::from_secs(15);
-        while crate::qemu::alive(operator.pid) && Instant::now() < until {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
-        assert!(
-            !crate::qemu::alive(operator.pid),
-            "the operator's QEMU (pid {}) still runs after its guest moved to b",
-            operator.pid
-        );
+        vm1_landed_on_b(
+            &admin,
+            Duration::from_secs(60),
+            operator.pid,
+            "the operator's QEMU",
+        )
+        .await;
 
         // Its QMP socket is gone with it; a restarted a starts, and leaves
         // vm1 where it runs.
