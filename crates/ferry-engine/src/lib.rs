@@ -8,6 +8,7 @@
 //! arrive in order without any cross-stream synchronisation.
 
 pub mod channels;
+pub mod converge;
 pub mod destination;
 pub mod guest;
 pub mod journal;

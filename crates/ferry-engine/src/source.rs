@@ -5,7 +5,8 @@
 //! start the dirty log
 //! pass 0: every page; pass k: pages dirtied during pass k-1
 //!   after each pass: dirty rate, transfer rate, predicted downtime;
-//!   converged when the predicted downtime fits the limit;
+//!   once it fits the limit, more passes while each halves the dirty set
+//!   (switch over at the knee: converge.rs);
 //!   SDPS: when the guest dirtied more than half of what was sent, throttle
 //!   it harder (initial, +step per pass, up to max)
 //! stun; final pass; DONE on every stream; device state (+ digest); PREPARE
@@ -35,6 +36,7 @@ use super::{
     wire,
 };
 use crate::{
+    converge::{self, Next, PassEnd},
     guest::{DirtyBitmap, Guest, PAGE_SIZE, PageDigests},
     limits::{LiveLimits, Pacer},
 };
@@ -767,7 +769,9 @@ pub fn migrate_out(
         Ok((pages, zero, bytes))
     };
 
-    let mut next = DirtyBitmap::new(pages);
+    let mut next_dirty = DirtyBitmap::new(pages);
+    // The pass that first fitted the downtime limit (while they still fit).
+    let mut first_fit: Option<u32> = None;
     loop {
         let t0 = Instant::now();
         let (sent, zero, bytes) =
@@ -776,13 +780,13 @@ pub fn migrate_out(
                 Err(e) => abort_running!(e),
             };
         let secs = t0.elapsed().as_secs_f64().max(1e-6);
-        if let Err(e) = guest.memory().collect_dirty(&mut next) {
+        if let Err(e) = guest.memory().collect_dirty(&mut next_dirty) {
             abort_running!(MigrationError::Guest(crate::guest::GuestError::Memory(e)));
         }
         if let Some(e) = check_inbound(&in_rx) {
             abort_running!(e);
         }
-        let dirtied = next.count() as u64;
+        let dirtied = next_dirty.count() as u64;
         let transfer_rate = bytes as f64 / secs;
         let dirty_rate = (dirtied * PAGE_SIZE as u64) as f64 / secs;
         // What the stun would cost: the dirty pages at the measured rate.
@@ -824,11 +828,32 @@ pub fn migrate_out(
             expected_downtime_seconds: expected,
             eta_seconds: crate::stats::eta(run.stats.remaining_bytes, transfer_rate, dirty_rate),
         });
-        pass += 1;
         let limit = limits.downtime_limit(spec.limits.downtime_limit);
         run.stats.downtime_limit_seconds = limit.as_secs_f64();
-        if expected <= limit.as_secs_f64() {
-            break;
+        first_fit = (expected <= limit.as_secs_f64()).then(|| first_fit.unwrap_or(pass));
+        let next = converge::next(&PassEnd {
+            sent,
+            dirtied,
+            expected_seconds: expected,
+            limit_seconds: limit.as_secs_f64(),
+            fitted_passes: first_fit.map(|f| pass - f),
+            out_of_time: start.elapsed() > spec.limits.max_time,
+        });
+        pass += 1;
+        if let Some(c) = &opts.cancel
+            && c.load(Ordering::Relaxed)
+        {
+            abort_running!(MigrationError::Cancelled("by request".into()));
+        }
+        match next {
+            Next::SwitchOver => break,
+            Next::Shrink => {
+                tracing::info!(migration = %spec.id, pass, dirtied, expected_downtime_ms = expected * 1e3,
+                    "migration: fits the downtime limit, one more pass to shrink the stun");
+                to_send = Arc::new(std::mem::replace(&mut next_dirty, DirtyBitmap::new(pages)));
+                continue;
+            }
+            Next::Converge => {}
         }
         if start.elapsed() > spec.limits.max_time {
             let e = MigrationError::GaveUp {
@@ -837,11 +862,6 @@ pub fn migrate_out(
                 remaining: run.stats.remaining_bytes,
             };
             abort_running!(e);
-        }
-        if let Some(c) = &opts.cancel
-            && c.load(Ordering::Relaxed)
-        {
-            abort_running!(MigrationError::Cancelled("by request".into()));
         }
         // SDPS: the guest dirtied more than half of what the link carried.
         if (dirtied * PAGE_SIZE as u64) as f64 > 0.5 * bytes as f64 {
@@ -856,7 +876,7 @@ pub fn migrate_out(
             run.stats.throttle_max_percent = run.stats.throttle_max_percent.max(throttle);
             tracing::info!(migration = %spec.id, throttle, "migration: not converging, throttling the guest (SDPS)");
         }
-        to_send = Arc::new(std::mem::replace(&mut next, DirtyBitmap::new(pages)));
+        to_send = Arc::new(std::mem::replace(&mut next_dirty, DirtyBitmap::new(pages)));
     }
     run.stats.throttle_percent = throttle;
 
@@ -902,14 +922,14 @@ pub fn migrate_out(
             abort_running!($err)
         }};
     }
-    if let Err(e) = guest.memory().collect_dirty(&mut next) {
+    if let Err(e) = guest.memory().collect_dirty(&mut next_dirty) {
         abort_stunned!(MigrationError::Guest(crate::guest::GuestError::Memory(e)));
     }
     // The dirty log stays armed through the stun: tearing it down walks
     // every page table entry of the guest (some 30 ms per GiB), which is
     // stun time that grows with memory. It goes after the switch-over, or
     // with the abort that resumes the guest here.
-    let final_set = Arc::new(std::mem::replace(&mut next, DirtyBitmap::new(pages)));
+    let final_set = Arc::new(std::mem::replace(&mut next_dirty, DirtyBitmap::new(pages)));
     run.stats.stun.pause_seconds = stun.elapsed().as_secs_f64();
     progress(&Progress {
         phase: Phase::Switchover,

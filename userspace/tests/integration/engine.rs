@@ -634,6 +634,91 @@ fn sdps_throttles_a_guest_that_outruns_the_link_until_it_converges() {
     );
 }
 
+#[test]
+fn a_busy_guest_that_fits_the_limit_is_shrunk_to_the_knee_before_the_stun() {
+    use ferry::engine::converge::{self, Next, PassEnd};
+    let dest = destination();
+    let memory = 64 << 20;
+    // At 64 MiB/s pass 0 takes about a second, while which 2,000 SETs dirty
+    // about 1,900 pages: a stun of about 0.12 s, inside the 300 ms limit at
+    // once. Each pass after it dirties about an eighth of what it sends.
+    let limits = Limits {
+        bandwidth: Some(64 << 20),
+        ..Limits::default()
+    };
+    let spec = spec(
+        memory,
+        2,
+        Transport::Aes256Gcm,
+        dest.listener.local_addr(),
+        limits,
+    );
+    let cfg = SyntheticConfig {
+        memory,
+        vcpus: 1,
+        workload: WorkloadSpec::KeyValue {
+            gets_per_second: 0,
+            sets_per_second: 2_000,
+        },
+        prefill: true,
+        seed: 5,
+    };
+    let run = migrate(
+        SyntheticGuest::boot("g1", &cfg).unwrap(),
+        &dest,
+        &spec,
+        |_| {},
+    );
+    let stats = run
+        .result
+        .unwrap_or_else(|f| panic!("migration failed: {f}"));
+    let passes: Vec<(u64, u64, f64)> = stats
+        .pass_history
+        .iter()
+        .map(|p| (p.pages, p.dirtied_pages, p.expected_downtime_seconds))
+        .collect();
+    let (stunned, precopy) = stats.pass_history.split_last().expect("passes");
+    assert!(stunned.stunned && precopy.iter().all(|p| !p.stunned));
+    let limit = spec.limits.downtime_limit.as_secs_f64();
+    let first_fit = precopy
+        .iter()
+        .position(|p| p.expected_downtime_seconds <= limit)
+        .unwrap_or_else(|| panic!("no pass fitted the limit: {passes:?}"));
+    // Every pass the rule saw, it decided as the rule says; the last one
+    // switched over, each before it asked for another.
+    for (i, p) in precopy.iter().enumerate() {
+        let end = PassEnd {
+            sent: p.pages,
+            dirtied: p.dirtied_pages,
+            expected_seconds: p.expected_downtime_seconds,
+            limit_seconds: limit,
+            fitted_passes: (i >= first_fit).then(|| (i - first_fit) as u32),
+            out_of_time: false,
+        };
+        let want = if i + 1 == precopy.len() {
+            Next::SwitchOver
+        } else if i >= first_fit {
+            Next::Shrink
+        } else {
+            Next::Converge
+        };
+        assert_eq!(converge::next(&end), want, "pass {i} of {passes:?}");
+    }
+    // What the stun sent is a fraction of the set that first fitted.
+    let fitted = precopy[first_fit].dirtied_pages;
+    assert!(
+        fitted >= 500 && stunned.pages * 4 <= fitted,
+        "the first pass that fitted left {fitted} pages dirty; the stun sent {} \
+         (expected at most a quarter): {passes:?}",
+        stunned.pages
+    );
+    assert_eq!(pages_differing(&run.src.take(), &run.dst.take()), 0);
+    assert_eq!(
+        stats.throttle_max_percent, 0,
+        "a guest that fits is never throttled"
+    );
+}
+
 /// A guest of `memory` that writes 32 MB/s, unthrottled, behind a 4 MiB/s
 /// cap: under the default downtime limit it can never converge.
 fn outrunning(
