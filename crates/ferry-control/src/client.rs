@@ -181,6 +181,11 @@ pub fn summary(s: &MigrationStats) -> String {
     row(
         "result",
         format!("{:?}", s.result).to_lowercase()
+            + if s.downtime_over_limit {
+                ", the downtime over its limit"
+            } else {
+                ""
+            }
             + &s.error
                 .as_ref()
                 .map(|e| format!(": {e}"))
@@ -201,9 +206,14 @@ pub fn summary(s: &MigrationStats) -> String {
     row(
         "downtime",
         format!(
-            "{:.1} ms (limit {:.0} ms)",
+            "{:.1} ms (limit {:.0} ms){}",
             s.downtime_seconds * 1e3,
-            s.downtime_limit_seconds * 1e3
+            s.downtime_limit_seconds * 1e3,
+            if s.downtime_over_limit {
+                ": OVER THE LIMIT"
+            } else {
+                ""
+            }
         ),
     );
     row(

@@ -1082,7 +1082,7 @@ pub fn migrate_out(
             "the destination discarded the guest after GO".into()
         ));
     }
-    run.stats.downtime_seconds = stun.elapsed().as_secs_f64();
+    run.stats.set_downtime(stun.elapsed().as_secs_f64());
     run.stats.stun.commit_seconds = run.stats.downtime_seconds
         - run.stats.stun.pause_seconds
         - run.stats.stun.final_pass_seconds

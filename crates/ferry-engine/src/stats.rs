@@ -103,6 +103,10 @@ pub struct MigrationStats {
     /// From stun on the source to the destination's resume confirmation.
     pub downtime_seconds: f64,
     pub downtime_limit_seconds: f64,
+    /// The guest was stunned longer than `downtime_limit_seconds` (the
+    /// migration completed, but not within what was asked).
+    #[serde(default)]
+    pub downtime_over_limit: bool,
     pub transferred_bytes: u64,
     pub total_bytes: u64,
     pub remaining_bytes: u64,
@@ -129,6 +133,22 @@ pub struct MigrationStats {
     #[serde(default)]
     pub stun: StunTimes,
     pub pass_history: Vec<PassStats>,
+}
+
+impl MigrationStats {
+    /// Records the downtime, and says so where it went over the limit the
+    /// source switched over under: a prediction can be wrong (a path that
+    /// slowed, a host that stalled), and that must never pass silently.
+    pub fn set_downtime(&mut self, seconds: f64) {
+        self.downtime_seconds = seconds;
+        self.downtime_over_limit =
+            self.downtime_limit_seconds > 0.0 && seconds > self.downtime_limit_seconds;
+        if self.downtime_over_limit {
+            tracing::warn!(migration = %self.id, guest = %self.guest,
+                downtime_ms = seconds * 1e3, limit_ms = self.downtime_limit_seconds * 1e3,
+                "migration: the downtime went over its limit");
+        }
+    }
 }
 
 /// The downtime in its steps, on the source's clock; they add up to
@@ -172,6 +192,7 @@ impl MigrationStats {
             setup_seconds: 0.0,
             downtime_seconds: 0.0,
             downtime_limit_seconds: 0.0,
+            downtime_over_limit: false,
             transferred_bytes: 0,
             total_bytes: 0,
             remaining_bytes: 0,

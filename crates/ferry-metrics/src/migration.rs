@@ -59,6 +59,7 @@ pub struct MigrationMetrics {
     throttle: Gauge,
     remaining: IntGauge,
     downtime_limit: Gauge,
+    over_limit: IntCounter,
     refusals: IntCounter,
 }
 
@@ -164,6 +165,10 @@ impl MigrationMetrics {
                 "ferry_migration_downtime_limit_seconds",
                 "The downtime limit of the migration this host sends now, or sent last (0: none yet)",
             )?,
+            over_limit: IntCounter::new(
+                "ferry_migration_downtime_over_limit_total",
+                "Completed migrations whose guest was stunned longer than their downtime limit",
+            )?,
             refusals: IntCounter::new(
                 "ferry_coordinator_refusals_total",
                 "Migration requests the coordinator refused before any memory moved",
@@ -208,7 +213,8 @@ impl MigrationMetrics {
         reg.register(Box::new(self.transfer_rate.clone()))?;
         reg.register(Box::new(self.throttle.clone()))?;
         reg.register(Box::new(self.remaining.clone()))?;
-        reg.register(Box::new(self.downtime_limit.clone()))
+        reg.register(Box::new(self.downtime_limit.clone()))?;
+        reg.register(Box::new(self.over_limit.clone()))
     }
 
     /// A coordinator's families.
@@ -260,6 +266,9 @@ impl MigrationMetrics {
             self.duration.observe(s.total_seconds);
             self.downtime.observe(s.downtime_seconds);
             self.passes.observe(f64::from(s.passes));
+            if s.downtime_over_limit {
+                self.over_limit.inc();
+            }
         }
         self.setup.observe(s.setup_seconds);
         // The limit as it stood at the end (an operator may change it).

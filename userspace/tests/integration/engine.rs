@@ -719,6 +719,84 @@ fn a_busy_guest_that_fits_the_limit_is_shrunk_to_the_knee_before_the_stun() {
     );
 }
 
+#[test]
+fn a_downtime_over_its_limit_is_said_in_the_result_summary_json_and_metrics() {
+    use ferry::metrics::migration::{MigrationMetrics, Role};
+    let dest = destination();
+    let memory = 16 << 20;
+    let idle = |limit: Duration| {
+        let spec = spec(
+            memory,
+            1,
+            Transport::Aes256Gcm,
+            dest.listener.local_addr(),
+            Limits {
+                downtime_limit: limit,
+                ..Limits::default()
+            },
+        );
+        let cfg = SyntheticConfig {
+            memory,
+            vcpus: 1,
+            workload: WorkloadSpec::Idle,
+            prefill: true,
+            seed: 9,
+        };
+        let run = migrate(
+            SyntheticGuest::boot("g1", &cfg).unwrap(),
+            &dest,
+            &spec,
+            |_| {},
+        );
+        assert!(matches!(
+            wait_event(&dest),
+            DestinationEvent::Resumed { .. }
+        ));
+        run.result
+            .unwrap_or_else(|f| panic!("migration failed: {f}"))
+    };
+    let over_limit_total = |m: &MigrationMetrics| {
+        let reg = prometheus::Registry::new();
+        m.register_host(&reg).unwrap();
+        reg.gather()
+            .iter()
+            .find(|f| f.name() == "ferry_migration_downtime_over_limit_total")
+            .map(|f| f.get_metric()[0].get_counter().value())
+            .expect("the family is registered")
+    };
+    let metrics = MigrationMetrics::new(&[Role::Source]).unwrap();
+
+    // An idle guest predicts a stun of nothing, which fits 1 µs; no real
+    // stun is that short.
+    let over = idle(Duration::from_micros(1));
+    assert!(
+        over.downtime_seconds > 1e-6 && over.downtime_over_limit,
+        "downtime {} s against a 1 µs limit, over_limit {}",
+        over.downtime_seconds,
+        over.downtime_over_limit
+    );
+    let json = serde_json::to_value(&over).unwrap();
+    assert_eq!(json["downtime_over_limit"], true, "{json}");
+    let text = ferry::client::summary(&over);
+    assert!(
+        text.contains("completed, the downtime over its limit") && text.contains("OVER THE LIMIT"),
+        "{text}"
+    );
+    metrics.source_finished(&over);
+    assert_eq!(over_limit_total(&metrics), 1.0);
+
+    // Within the default 300 ms: nothing said, nothing counted.
+    let within = idle(Limits::default().downtime_limit);
+    assert!(!within.downtime_over_limit, "{}", within.downtime_seconds);
+    let text = ferry::client::summary(&within);
+    assert!(
+        !text.contains("OVER") && !text.contains("over its limit"),
+        "{text}"
+    );
+    metrics.source_finished(&within);
+    assert_eq!(over_limit_total(&metrics), 1.0);
+}
+
 /// A guest of `memory` that writes 32 MB/s, unthrottled, behind a 4 MiB/s
 /// cap: under the default downtime limit it can never converge.
 fn outrunning(

@@ -430,10 +430,12 @@ pub fn migrate_out(
         ));
     }
     step("RESUMED");
-    run.stats.downtime_seconds = SystemTime::now()
-        .duration_since(stun)
-        .unwrap_or_default()
-        .as_secs_f64();
+    run.stats.set_downtime(
+        SystemTime::now()
+            .duration_since(stun)
+            .unwrap_or_default()
+            .as_secs_f64(),
+    );
     guest.release();
     let (cpu, bytes) = streams.close(true);
     run.stats.seal_cpu_seconds = cpu;
