@@ -202,6 +202,29 @@ impl QemuGuest {
                 machine.accel.name()
             )));
         }
+        if let Some(nic) = &machine.nic {
+            // The MAC is what the network follows after the move (the
+            // announcement, the router's watch): a different one would
+            // announce an address nobody expects.
+            let want = nic.mac.to_string();
+            let macs: Vec<String> = q
+                .execute("query-rx-filter", json!({}))?
+                .as_array()
+                .into_iter()
+                .flatten()
+                .filter_map(|f| f["main-mac"].as_str().map(str::to_ascii_lowercase))
+                .collect();
+            if !macs.contains(&want.to_ascii_lowercase()) {
+                return Err(unlike(format!(
+                    "has no NIC with MAC {want}, the guest's nic.mac (its NICs: {})",
+                    if macs.is_empty() {
+                        "none".to_string()
+                    } else {
+                        macs.join(", ")
+                    }
+                )));
+            }
+        }
         let status = q.execute("query-status", json!({}))?["status"]
             .as_str()
             .unwrap_or("")

@@ -2406,6 +2406,18 @@ fn a_qemu_started_elsewhere_is_adopted_by_its_qmp_socket_checked_and_moved() {
         log.contains("has 256 MiB of memory, the guest's memory says 512 MiB"),
         "{log}"
     );
+    // The file gives vm1 a NIC whose MAC the operator's QEMU does not have.
+    let with_nic =
+        guests("256MiB", "").replace("qemu: {", "nic: { mac: \"52:54:00:00:00:01\" }, qemu: {");
+    let a_cfg = write_host(&dir, "a", ca, ma, &with_nic);
+    let log = refused_at_start(
+        spawn_host(&a_cfg, &dir.join("a-mac.log")),
+        &dir.join("a-mac.log"),
+    );
+    assert!(
+        log.contains("has no NIC with MAC 52:54:00:00:00:01, the guest's nic.mac (its NICs: none)"),
+        "{log}"
+    );
     assert!(
         crate::qemu::alive(operator.pid),
         "a refusal ended the operator's QEMU"
