@@ -580,15 +580,16 @@ fn a_write_the_dirty_log_missed_is_caught_by_either_memory_check() {
     }
 }
 
-#[test]
-fn sdps_throttles_a_guest_that_outruns_the_link_until_it_converges() {
-    let dest = destination();
-    let memory = 32 << 20;
-    // The link carries 16 MB/s; the guest writes 48 MB/s.
-    let limits = Limits {
-        bandwidth: Some(16 << 20),
-        ..Limits::default()
-    };
+/// A prefilled guest of `memory` running `workload` on `vcpus`, moved
+/// encrypted on 2 streams under `limits`.
+fn moved(
+    dest: &Dest,
+    memory: u64,
+    limits: Limits,
+    vcpus: usize,
+    workload: WorkloadSpec,
+    seed: u64,
+) -> (MigrationSpec, Run) {
     let spec = spec(
         memory,
         2,
@@ -598,19 +599,32 @@ fn sdps_throttles_a_guest_that_outruns_the_link_until_it_converges() {
     );
     let cfg = SyntheticConfig {
         memory,
-        vcpus: 2,
-        workload: WorkloadSpec::Stream {
-            bytes_per_second: 48 << 20,
-        },
+        vcpus,
+        workload,
         prefill: true,
-        seed: 3,
+        seed,
     };
     let run = migrate(
         SyntheticGuest::boot("g1", &cfg).unwrap(),
-        &dest,
+        dest,
         &spec,
         |_| {},
     );
+    (spec, run)
+}
+
+#[test]
+fn sdps_throttles_a_guest_that_outruns_the_link_until_it_converges() {
+    let dest = destination();
+    // The link carries 16 MB/s; the guest writes 48 MB/s.
+    let limits = Limits {
+        bandwidth: Some(16 << 20),
+        ..Limits::default()
+    };
+    let stream = WorkloadSpec::Stream {
+        bytes_per_second: 48 << 20,
+    };
+    let (_, run) = moved(&dest, 32 << 20, limits, 2, stream, 3);
     let stats = run
         .result
         .unwrap_or_else(|f| panic!("migration failed: {f}"));
@@ -638,7 +652,6 @@ fn sdps_throttles_a_guest_that_outruns_the_link_until_it_converges() {
 fn a_busy_guest_that_fits_the_limit_is_shrunk_to_the_knee_before_the_stun() {
     use ferry::engine::converge::{self, Next, PassEnd};
     let dest = destination();
-    let memory = 64 << 20;
     // At 64 MiB/s pass 0 takes about a second, while which 2,000 SETs dirty
     // about 1,900 pages: a stun of about 0.12 s, inside the 300 ms limit at
     // once. Each pass after it dirties about an eighth of what it sends.
@@ -646,29 +659,11 @@ fn a_busy_guest_that_fits_the_limit_is_shrunk_to_the_knee_before_the_stun() {
         bandwidth: Some(64 << 20),
         ..Limits::default()
     };
-    let spec = spec(
-        memory,
-        2,
-        Transport::Aes256Gcm,
-        dest.listener.local_addr(),
-        limits,
-    );
-    let cfg = SyntheticConfig {
-        memory,
-        vcpus: 1,
-        workload: WorkloadSpec::KeyValue {
-            gets_per_second: 0,
-            sets_per_second: 2_000,
-        },
-        prefill: true,
-        seed: 5,
+    let sets = WorkloadSpec::KeyValue {
+        gets_per_second: 0,
+        sets_per_second: 2_000,
     };
-    let run = migrate(
-        SyntheticGuest::boot("g1", &cfg).unwrap(),
-        &dest,
-        &spec,
-        |_| {},
-    );
+    let (spec, run) = moved(&dest, 64 << 20, limits, 1, sets, 5);
     let stats = run
         .result
         .unwrap_or_else(|f| panic!("migration failed: {f}"));
@@ -723,31 +718,12 @@ fn a_busy_guest_that_fits_the_limit_is_shrunk_to_the_knee_before_the_stun() {
 fn a_downtime_over_its_limit_is_said_in_the_result_summary_json_and_metrics() {
     use ferry::metrics::migration::{MigrationMetrics, Role};
     let dest = destination();
-    let memory = 16 << 20;
     let idle = |limit: Duration| {
-        let spec = spec(
-            memory,
-            1,
-            Transport::Aes256Gcm,
-            dest.listener.local_addr(),
-            Limits {
-                downtime_limit: limit,
-                ..Limits::default()
-            },
-        );
-        let cfg = SyntheticConfig {
-            memory,
-            vcpus: 1,
-            workload: WorkloadSpec::Idle,
-            prefill: true,
-            seed: 9,
+        let limits = Limits {
+            downtime_limit: limit,
+            ..Limits::default()
         };
-        let run = migrate(
-            SyntheticGuest::boot("g1", &cfg).unwrap(),
-            &dest,
-            &spec,
-            |_| {},
-        );
+        let (_, run) = moved(&dest, 16 << 20, limits, 1, WorkloadSpec::Idle, 9);
         assert!(matches!(
             wait_event(&dest),
             DestinationEvent::Resumed { .. }
