@@ -831,13 +831,14 @@ pub fn migrate_out(
         let limit = limits.downtime_limit(spec.limits.downtime_limit);
         run.stats.downtime_limit_seconds = limit.as_secs_f64();
         first_fit = (expected <= limit.as_secs_f64()).then(|| first_fit.unwrap_or(pass));
+        let out_of_time = start.elapsed() > spec.limits.max_time;
         let next = converge::next(&PassEnd {
             sent,
             dirtied,
             expected_seconds: expected,
             limit_seconds: limit.as_secs_f64(),
             fitted_passes: first_fit.map(|f| pass - f),
-            out_of_time: start.elapsed() > spec.limits.max_time,
+            out_of_time,
         });
         pass += 1;
         if let Some(c) = &opts.cancel
@@ -850,31 +851,29 @@ pub fn migrate_out(
             Next::Shrink => {
                 tracing::info!(migration = %spec.id, pass, dirtied, expected_downtime_ms = expected * 1e3,
                     "migration: fits the downtime limit, one more pass to shrink the stun");
-                to_send = Arc::new(std::mem::replace(&mut next_dirty, DirtyBitmap::new(pages)));
-                continue;
+            }
+            Next::Converge if out_of_time => {
+                let e = MigrationError::GaveUp {
+                    passes: pass,
+                    seconds: start.elapsed().as_secs_f64(),
+                    remaining: run.stats.remaining_bytes,
+                };
+                abort_running!(e);
+            }
+            // SDPS: the guest dirtied more than half of what the link carried.
+            Next::Converge if (dirtied * PAGE_SIZE as u64) as f64 > 0.5 * bytes as f64 => {
+                throttle = if throttle == 0 {
+                    spec.limits.throttle_initial
+                } else {
+                    throttle
+                        .saturating_add(spec.limits.throttle_step)
+                        .min(spec.limits.throttle_max)
+                };
+                guest.set_throttle(throttle);
+                run.stats.throttle_max_percent = run.stats.throttle_max_percent.max(throttle);
+                tracing::info!(migration = %spec.id, throttle, "migration: not converging, throttling the guest (SDPS)");
             }
             Next::Converge => {}
-        }
-        if start.elapsed() > spec.limits.max_time {
-            let e = MigrationError::GaveUp {
-                passes: pass,
-                seconds: start.elapsed().as_secs_f64(),
-                remaining: run.stats.remaining_bytes,
-            };
-            abort_running!(e);
-        }
-        // SDPS: the guest dirtied more than half of what the link carried.
-        if (dirtied * PAGE_SIZE as u64) as f64 > 0.5 * bytes as f64 {
-            throttle = if throttle == 0 {
-                spec.limits.throttle_initial
-            } else {
-                throttle
-                    .saturating_add(spec.limits.throttle_step)
-                    .min(spec.limits.throttle_max)
-            };
-            guest.set_throttle(throttle);
-            run.stats.throttle_max_percent = run.stats.throttle_max_percent.max(throttle);
-            tracing::info!(migration = %spec.id, throttle, "migration: not converging, throttling the guest (SDPS)");
         }
         to_send = Arc::new(std::mem::replace(&mut next_dirty, DirtyBitmap::new(pages)));
     }

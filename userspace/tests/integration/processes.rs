@@ -182,6 +182,24 @@ impl Admin {
             .unwrap_or_else(|e| panic!("{} to c1 at {}: {e}", req.op(), self.coord.addr))
     }
 
+    /// `ferry migrate GUEST --to DEST` with the coordinator's defaults.
+    async fn migrate(
+        &self,
+        guest: &str,
+        to: &str,
+    ) -> Result<Box<ferry::engine::MigrationStats>, ferry::control::ControlError> {
+        request_migration(
+            &self.client,
+            &self.coord,
+            guest,
+            None,
+            to,
+            MigrateOptions::default(),
+            |_| {},
+        )
+        .await
+    }
+
     async fn hosts(&self) -> Vec<ferry::control::wire::HostStatus> {
         match self.call(&Request::Hosts).await {
             Response::Hosts { hosts, .. } => hosts,
@@ -834,17 +852,7 @@ fn a_restarted_coordinator_remembers_its_migrations_and_settles_the_interrupted_
     runtime().block_on(async {
         // g1 moves; then g2 starts a slow move (4 MiB/s: some 8 s) and the
         // coordinator is killed in its middle. Its host carries on alone.
-        let done = request_migration(
-            &admin.client,
-            &admin.coord,
-            "g1",
-            None,
-            "b",
-            Default::default(),
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let done = admin.migrate("g1", "b").await.unwrap();
         assert_eq!(done.result, MigrationResult::Completed, "{:?}", done.error);
         let slow = MigrateOptions {
             limits: Some(Limits {
@@ -954,17 +962,7 @@ fn floods_of_idle_connections_neither_take_a_thread_each_nor_cut_the_coordinator
         // The idle ones gone, migrations get through again.
         let until = Instant::now() + Duration::from_secs(60);
         let stats = loop {
-            let r = request_migration(
-                &admin.client,
-                &admin.coord,
-                "g1",
-                None,
-                "b",
-                Default::default(),
-                |_| {},
-            )
-            .await
-            .unwrap();
+            let r = admin.migrate("g1", "b").await.unwrap();
             if r.result == MigrationResult::Completed || Instant::now() > until {
                 break r;
             }
@@ -2448,17 +2446,10 @@ fn a_qemu_started_elsewhere_is_adopted_by_its_qmp_socket_checked_and_moved() {
         );
 
         // b's twin, started from a's file, lacks the random-number device.
-        let refused = request_migration(
-            &admin.client,
-            &admin.coord,
-            "vm1",
-            None,
-            "b",
-            MigrateOptions::default(),
-            |_| {},
-        )
-        .await
-        .expect_err("a move to a twin without the source's devices went ahead");
+        let refused = admin
+            .migrate("vm1", "b")
+            .await
+            .expect_err("a move to a twin without the source's devices went ahead");
         let refused = refused.to_string();
         for want in ["device model differs", "only the source has", "1af4:"] {
             assert!(refused.contains(want), "no {want:?} in: {refused}");
@@ -2494,17 +2485,7 @@ fn a_qemu_started_elsewhere_is_adopted_by_its_qmp_socket_checked_and_moved() {
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         assert!(crate::qemu::alive(operator.pid));
-        let stats = request_migration(
-            &admin.client,
-            &admin.coord,
-            "vm1",
-            None,
-            "b",
-            MigrateOptions::default(),
-            |_| {},
-        )
-        .await
-        .unwrap();
+        let stats = admin.migrate("vm1", "b").await.unwrap();
         assert_eq!(
             stats.result,
             MigrationResult::Completed,
