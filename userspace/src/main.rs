@@ -210,6 +210,31 @@ enum Command {
         #[command(flatten)]
         conn: Conn,
     },
+    /// Put a host in maintenance: cordon it (no migration goes to it) and
+    /// move every guest off it, each to a host with the memory and, for a
+    /// guest whose encryption is required, that can encrypt, within the
+    /// scheduler's limits. Exits non-zero if a guest is left on it. The
+    /// host stays cordoned until `ferry uncordon`.
+    Drain {
+        /// The host to empty.
+        host: String,
+        /// Cap each migration's rate, e.g. 1Gbit (default: the
+        /// coordinator's scheduler.bandwidth, if any).
+        #[arg(long, value_parser = |s: &str| ferry::config::Rate::parse(s))]
+        max_bandwidth: Option<ferry::config::Rate>,
+        /// Print the outcome as JSON on stdout.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        conn: Conn,
+    },
+    /// Let migrations go to a host cordoned by `ferry drain` again.
+    Uncordon {
+        /// The host.
+        host: String,
+        #[command(flatten)]
+        conn: Conn,
+    },
     /// Install this binary (debug info split off), systemd units for the
     /// coordinator, host and router, example configurations, man pages and
     /// shell completions. `cargo xtask install` builds and runs it.
@@ -251,6 +276,8 @@ impl Command {
                 | Command::Status { .. }
                 | Command::Hosts { .. }
                 | Command::Resolve { .. }
+                | Command::Drain { .. }
+                | Command::Uncordon { .. }
         )
     }
 }
@@ -668,7 +695,7 @@ async fn cancel(client: &Client, coord: &CoordinatorRef, prefix: &str) -> Result
             bail!("the coordinator no longer lists migration {id}")
         };
         match r.state {
-            MigrationState::Preparing | MigrationState::Running => {}
+            MigrationState::Queued | MigrationState::Preparing | MigrationState::Running => {}
             MigrationState::Cancelled => {
                 println!(
                     "migration {} cancelled: {} stays on {}, running",
@@ -703,6 +730,63 @@ async fn cancel(client: &Client, coord: &CoordinatorRef, prefix: &str) -> Result
     }
 }
 
+/// `ferry drain`: the plan, each guest as it is done with, and the end.
+async fn drain(
+    client: &Client,
+    coord: &CoordinatorRef,
+    host: &str,
+    options: MigrateOptions,
+    quiet: bool,
+) -> Result<ferry::control::Response> {
+    use ferry::control::Response;
+    let req = ferry::control::Request::Drain {
+        host: host.to_string(),
+        options,
+    };
+    let mut x = client
+        .open(&coord.name, coord.addr, &req)
+        .await
+        .with_context(|| format!("cannot drain {host}"))?;
+    loop {
+        let r = x
+            .next_within(ferry::control::CLIENT_SILENCE)
+            .await
+            .with_context(|| format!("cannot drain {host}"))?;
+        match r {
+            Response::DrainPlan {
+                moves, unplaced, ..
+            } if !quiet => {
+                eprintln!(
+                    "draining {host}: {} guests to move{}",
+                    moves.len(),
+                    if unplaced.is_empty() {
+                        String::new()
+                    } else {
+                        format!(", {} that no host can take", unplaced.len())
+                    }
+                );
+                for m in &moves {
+                    eprintln!("  {} -> {}", m.guest, m.destination);
+                }
+                for u in &unplaced {
+                    eprintln!("  {} stays: {}", u.guest, u.reason);
+                }
+            }
+            Response::DrainMoved(o) if !quiet => match &o.error {
+                None if o.completed => eprintln!("  moved {} to {}", o.guest, o.destination),
+                e => eprintln!(
+                    "  {} not moved to {}: {}",
+                    o.guest,
+                    o.destination,
+                    e.as_deref().unwrap_or("it failed")
+                ),
+            },
+            r @ Response::Drained { .. } => return Ok(r),
+            _ => {}
+        }
+    }
+}
+
 /// How `ferry migrate` ended.
 enum Watched {
     /// The migration ended; `interrupted`: after Ctrl-C asked to cancel it.
@@ -731,7 +815,9 @@ async fn migrate_watching_ctrl_c(
     let accepted: Rc<RefCell<Option<ferry::protocol::MigrationId>>> = Rc::default();
     let (v, a) = (view.clone(), accepted.clone());
     let run = request_migration(client, coord, guest, from, to, options, move |r| {
-        if let ferry::control::Response::Accepted { id, .. } = r {
+        if let ferry::control::Response::Accepted { id, .. }
+        | ferry::control::Response::Queued { id, .. } = r
+        {
             *a.borrow_mut() = Some(*id);
         }
         v.borrow_mut().update(r);
@@ -1014,12 +1100,17 @@ fn run(cli: Cli) -> Result<()> {
                     match h.capabilities {
                         Some(c) => {
                             println!(
-                                "{}: encryption {}, {} free of {}, migration on {}",
+                                "{}: encryption {}, {} free of {}, migration on {}{}",
                                 h.name,
                                 if c.encryption { "yes" } else { "no" },
                                 config::ByteSize(c.memory_free),
                                 config::ByteSize(c.memory_capacity),
-                                c.migration
+                                c.migration,
+                                if h.cordoned {
+                                    " (cordoned: `ferry uncordon` lets guests come back)"
+                                } else {
+                                    ""
+                                }
                             );
                             for g in c.guests {
                                 println!(
@@ -1039,6 +1130,69 @@ fn run(cli: Cli) -> Result<()> {
                 }
             }
             Ok(())
+        }
+        Command::Drain {
+            host,
+            max_bandwidth,
+            json,
+            conn,
+        } => {
+            let (client, coord) = conn.open()?;
+            let options = MigrateOptions {
+                limits: max_bandwidth.map(|r| Limits {
+                    bandwidth: Some(r.bytes_per_second()),
+                    ..Limits::default()
+                }),
+                ..MigrateOptions::default()
+            };
+            let r = runtime()?.block_on(drain(&client, &coord, &host, options, json))?;
+            let ferry::control::Response::Drained {
+                host,
+                outcomes,
+                unplaced,
+                remaining,
+            } = r
+            else {
+                bail!("unexpected answer: {r:?}")
+            };
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&serde_json::json!({
+                        "host": host, "outcomes": outcomes, "unplaced": unplaced, "remaining": remaining,
+                    }))?
+                );
+            } else {
+                print!("{}", ferry::client::drain_table(&outcomes, &unplaced));
+            }
+            if !remaining.is_empty() {
+                bail!(
+                    "{host} still runs {}: it stays cordoned; see above why, then `ferry drain {host}` again",
+                    remaining.join(", ")
+                );
+            }
+            eprintln!(
+                "ferry: {host} is drained and cordoned: `ferry uncordon {host}` lets guests come back"
+            );
+            Ok(())
+        }
+        Command::Uncordon { host, conn } => {
+            let (client, coord) = conn.open()?;
+            let r = runtime()?
+                .block_on(client.call(
+                    &coord.name,
+                    coord.addr,
+                    &ferry::control::Request::Uncordon { host },
+                    Duration::from_secs(30),
+                ))
+                .context("cannot uncordon")?;
+            match r {
+                ferry::control::Response::Resolved { message } => {
+                    println!("{message}");
+                    Ok(())
+                }
+                other => bail!("unexpected answer: {other:?}"),
+            }
         }
         Command::Resolve {
             guest,

@@ -111,6 +111,18 @@ impl ProgressView {
                     None => eprintln!("{line}"),
                 }
             }
+            Response::Queued {
+                id,
+                position,
+                reason,
+            } => {
+                let line =
+                    format!("migration {id}: queued, {position} in line: waiting for {reason}");
+                match &self.bar {
+                    Some(b) => b.println(line),
+                    None => eprintln!("{line}"),
+                }
+            }
             Response::Progress(p) => match &self.bar {
                 Some(b) => {
                     // The bar is this pass's (it starts again with each
@@ -276,6 +288,38 @@ pub fn summary(s: &MigrationStats) -> String {
     t
 }
 
+/// `ferry drain`'s outcome: one line per guest.
+pub fn drain_table(
+    outcomes: &[crate::control::wire::DrainOutcome],
+    unplaced: &[crate::control::wire::DrainUnplaced],
+) -> String {
+    let mut t = format!(
+        "{:<16} {:<14} {:<32} {:<10} {}\n",
+        "guest", "destination", "migration", "result", "why"
+    );
+    for o in outcomes {
+        let _ = writeln!(
+            t,
+            "{:<16} {:<14} {:<32} {:<10} {}",
+            o.guest,
+            o.destination,
+            o.migration
+                .map(|m| m.to_string())
+                .unwrap_or_else(|| "-".into()),
+            if o.completed { "moved" } else { "not moved" },
+            o.error.as_deref().unwrap_or("")
+        );
+    }
+    for u in unplaced {
+        let _ = writeln!(
+            t,
+            "{:<16} {:<14} {:<32} {:<10} {}",
+            u.guest, "-", "-", "stays", u.reason
+        );
+    }
+    t
+}
+
 /// `ferry status`: one line per migration.
 pub fn status_table(recs: &[MigrationRecord]) -> String {
     let mut t = format!(
@@ -316,6 +360,9 @@ pub fn status_table(recs: &[MigrationRecord]) -> String {
             total,
             down
         );
+        if let Some(w) = &r.waiting {
+            let _ = writeln!(t, "  {w}");
+        }
     }
     t
 }
@@ -329,6 +376,9 @@ pub fn job_info(r: &MigrationRecord) -> String {
         .and_then(|v| v.as_str().map(str::to_string))
         .unwrap_or_default();
     let _ = writeln!(t, "  {:<24} {state}", "state");
+    if let Some(w) = &r.waiting {
+        let _ = writeln!(t, "  {:<24} {w}", "waiting");
+    }
     if let Some(s) = &r.stats {
         t.push_str(&summary(s));
         return t;
@@ -419,6 +469,7 @@ mod tests {
             progress: None,
             stats: None,
             error: None,
+            waiting: None,
         }
     }
 

@@ -495,6 +495,7 @@ impl<'a> Run<'a> {
                 backend: opts.backend.name().into(),
                 streams: spec.streams,
                 downtime_limit_seconds: spec.limits.downtime_limit.as_secs_f64(),
+                bandwidth_limit: spec.limits.bandwidth,
                 total_bytes: mem_bytes,
                 remaining_bytes: mem_bytes,
                 ..MigrationStats::begin(
@@ -830,6 +831,7 @@ pub fn migrate_out(
         });
         let limit = limits.downtime_limit(spec.limits.downtime_limit);
         run.stats.downtime_limit_seconds = limit.as_secs_f64();
+        run.stats.bandwidth_limit = limits.bandwidth();
         first_fit = (expected <= limit.as_secs_f64()).then(|| first_fit.unwrap_or(pass));
         let out_of_time = start.elapsed() > spec.limits.max_time;
         let next = converge::next(&PassEnd {

@@ -103,6 +103,10 @@ pub struct MigrationStats {
     /// From stun on the source to the destination's resume confirmation.
     pub downtime_seconds: f64,
     pub downtime_limit_seconds: f64,
+    /// The bandwidth cap across all streams at the end, in bytes per second
+    /// (none: as fast as the path went).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bandwidth_limit: Option<u64>,
     /// The guest was stunned longer than `downtime_limit_seconds` (the
     /// migration completed, but not within what was asked).
     #[serde(default)]
@@ -192,6 +196,7 @@ impl MigrationStats {
             setup_seconds: 0.0,
             downtime_seconds: 0.0,
             downtime_limit_seconds: 0.0,
+            bandwidth_limit: None,
             downtime_over_limit: false,
             transferred_bytes: 0,
             total_bytes: 0,

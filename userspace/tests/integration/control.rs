@@ -16,7 +16,7 @@ use ferry::{
 
 use crate::logcapture::capture;
 
-fn rt() -> tokio::runtime::Runtime {
+pub(crate) fn rt() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()
@@ -24,7 +24,7 @@ fn rt() -> tokio::runtime::Runtime {
         .unwrap()
 }
 
-fn guest(name: &str, memory: u64, mode: EncryptionMode) -> GuestConfig {
+pub(crate) fn guest(name: &str, memory: u64, mode: EncryptionMode) -> GuestConfig {
     GuestConfig {
         name: name.into(),
         kind: Default::default(),
@@ -41,7 +41,7 @@ fn guest(name: &str, memory: u64, mode: EncryptionMode) -> GuestConfig {
     }
 }
 
-fn host(
+pub(crate) fn host(
     name: &str,
     coord: &str,
     encryption: bool,
@@ -73,6 +73,7 @@ fn two_hosts(b_encrypts: bool, b_capacity: u64, mode: EncryptionMode) -> Cluster
             host("host-b", "c1", b_encrypts, b_capacity, vec![]),
         ],
         defaults: Default::default(),
+        scheduler: Default::default(),
     }
 }
 
@@ -492,6 +493,7 @@ fn cross_coordinator_move_hands_the_spec_over_tls() {
                 host("host-b", "c2", true, 256 << 20, vec![]),
             ],
             defaults: Default::default(),
+            scheduler: Default::default(),
         };
         let c = Cluster::start(spec, None).await.unwrap();
         // c1 does not manage host-b: it must go through c2.
@@ -628,6 +630,7 @@ fn destination_already_running_the_guest_refuses_the_spec() {
                 ),
             ],
             defaults: Default::default(),
+            scheduler: Default::default(),
         };
         let c = Cluster::start(spec, None).await.unwrap();
         let opts = MigrateOptions {

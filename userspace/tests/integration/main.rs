@@ -11,3 +11,4 @@ mod processes;
 mod protocol;
 mod qemu;
 mod relay;
+mod scheduler;

@@ -303,6 +303,7 @@ async fn coordinator_c1_keyed(
         peers: vec![],
         clients: vec![],
         defaults: Default::default(),
+        scheduler: Default::default(),
         metrics: None,
         state_dir: None,
     };
@@ -2520,4 +2521,69 @@ fn a_qemu_started_elsewhere_is_adopted_by_its_qmp_socket_checked_and_moved() {
         wait_log(&log, "migrated away from this host", 5).await;
     });
     drop((a, operator));
+}
+
+/// `ferry drain` and `ferry uncordon` as an operator types them, against
+/// daemons in their own processes: the host is emptied, the table and the
+/// progress say so, the cordon outlives a coordinator restart (a migration
+/// to the host is refused, naming the way out), and `uncordon` lifts it.
+#[test]
+fn ferry_drain_empties_a_host_whose_cordon_survives_a_coordinator_restart() {
+    let dir = site_dir("drain-cli");
+    let (ca, ma, cb, mb, cl) = (
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+        free_port(),
+    );
+    let guests = "[{ name: g1, memory: 16MiB, vcpus: 1, \
+                  workload: { kind: key-value, gets_per_second: 1000, sets_per_second: 1000 } }, \
+                  { name: g2, memory: 16MiB, vcpus: 1, encryption: required, \
+                  workload: { kind: key-value, gets_per_second: 1000, sets_per_second: 1000 } }]";
+    let _a = spawn_host(&write_host(&dir, "a", ca, ma, guests), &dir.join("a.log"));
+    let _b = spawn_host(&write_host(&dir, "b", cb, mb, "[]"), &dir.join("b.log"));
+    wait_listening(ca);
+    wait_listening(cb);
+    let mut c1 = spawn_coordinator(&dir, cl, ca, cb, "c1.log");
+    let (code, out, err) = ferry_cli(&dir, cl, &["drain", "a"]);
+    assert_eq!(code, 0, "ferry drain a failed: {out}{err}");
+    assert!(
+        err.contains("draining a: 2 guests to move")
+            && err.contains("moved g1 to b")
+            && err.contains("moved g2 to b")
+            && err.contains("a is drained and cordoned"),
+        "{err}"
+    );
+    for g in ["g1", "g2"] {
+        assert!(
+            out.lines()
+                .any(|l| l.starts_with(g) && l.contains(" b ") && l.contains("moved")),
+            "the table has {g} moved to b: {out}"
+        );
+    }
+    let (_, hosts, _) = ferry_cli(&dir, cl, &["hosts"]);
+    assert!(
+        hosts.contains("a: ") && hosts.contains("(cordoned"),
+        "{hosts}"
+    );
+
+    kill(&mut c1);
+    c1 = spawn_coordinator(&dir, cl, ca, cb, "c1-restarted.log");
+    let (code, _, err) = ferry_cli(&dir, cl, &["migrate", "g1", "--to", "a"]);
+    assert_ne!(
+        code, 0,
+        "a migration to the cordoned a was let through: {err}"
+    );
+    assert!(
+        err.contains("host a is cordoned") && err.contains("ferry uncordon a"),
+        "after the restart a is still cordoned: {err}"
+    );
+    let (code, out, err) = ferry_cli(&dir, cl, &["uncordon", "a"]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(out.contains("a takes guests again"), "{out}");
+    let (code, out, err) = ferry_cli(&dir, cl, &["migrate", "g1", "--to", "a"]);
+    assert_eq!(code, 0, "g1 may go back to a: {out}{err}");
+    drop(c1);
+    let _ = std::fs::remove_dir_all(&dir);
 }

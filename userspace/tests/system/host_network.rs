@@ -94,6 +94,7 @@ fn migration_streams_ride_the_migration_vlan_and_the_guest_is_announced() {
             host("host-b", vec![], net("gb")),
         ],
         defaults: Default::default(),
+        scheduler: Default::default(),
     };
 
     // The runtime's threads start inside "dc", so every socket is made there.

@@ -109,6 +109,7 @@ fn a_qemu_guest_rides_the_migration_vlan_and_announces_itself_after_the_commit()
             host("host-b", vec![], net("brb")),
         ],
         defaults: Default::default(),
+        scheduler: Default::default(),
     };
     let (stats, tagged_bytes, bursts_before_go) = dc.run(|| {
         let rt = tokio::runtime::Builder::new_multi_thread()

@@ -145,6 +145,17 @@ pub enum Request {
         id: MigrationId,
         change: LimitChange,
     },
+    /// Moves every guest off `host` within the scheduler's limits and
+    /// cordons it: no migration goes to it until [`Request::Uncordon`]
+    /// (`ferry drain`, maintenance mode).
+    Drain {
+        host: String,
+        options: MigrateOptions,
+    },
+    /// Lets migrations go to a cordoned host again (`ferry uncordon`).
+    Uncordon {
+        host: String,
+    },
     // coordinator -> host
     Capabilities,
     PrepareIncoming {
@@ -199,6 +210,8 @@ impl Request {
             Request::Cancel { .. } => "cancel",
             Request::CancelOutgoing { .. } => "cancel-outgoing",
             Request::SetLimits { .. } => "set-limits",
+            Request::Drain { .. } => "drain",
+            Request::Uncordon { .. } => "uncordon",
             Request::SetOutgoingLimits { .. } => "set-outgoing-limits",
             Request::SettleGuest { .. } => "settle-guest",
             Request::Capabilities => "capabilities",
@@ -272,11 +285,17 @@ pub struct MigrationRecord {
     pub progress: Option<Progress>,
     pub stats: Option<Box<MigrationStats>>,
     pub error: Option<String>,
+    /// Queued: its place in line and what it waits for (filled in when
+    /// asked, not stored).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum MigrationState {
+    /// Waiting for the scheduler's limits to let it start.
+    Queued,
     Preparing,
     Running,
     Completed,
@@ -295,6 +314,9 @@ pub struct HostStatus {
     pub reachable: bool,
     pub error: Option<String>,
     pub capabilities: Option<Capabilities>,
+    /// Cordoned (`ferry drain`): no migration goes to it.
+    #[serde(default)]
+    pub cordoned: bool,
 }
 
 /// Everything a connection can answer.
@@ -312,6 +334,14 @@ pub enum Response {
         transport: Transport,
         source: String,
         destination: String,
+    },
+    /// The migration waits for the scheduler: `position` in line (1: next),
+    /// `reason` the limit it waits on. Sent again when either changes;
+    /// [`Response::Accepted`] follows when it starts.
+    Queued {
+        id: MigrationId,
+        position: usize,
+        reason: String,
     },
     Progress(Progress),
     /// Nothing new, but alive: sent on a migration's connection when nothing
@@ -340,6 +370,44 @@ pub enum Response {
     Resolved {
         message: String,
     },
+    /// Where a drain sends each guest of its host, and the guests no host
+    /// can take.
+    DrainPlan {
+        host: String,
+        moves: Vec<DrainMove>,
+        unplaced: Vec<DrainUnplaced>,
+    },
+    /// One guest of a drain is done with (moved, or not).
+    DrainMoved(DrainOutcome),
+    /// The drain's end: every guest's outcome, and what the host still
+    /// runs (empty: drained).
+    Drained {
+        host: String,
+        outcomes: Vec<DrainOutcome>,
+        unplaced: Vec<DrainUnplaced>,
+        remaining: Vec<String>,
+    },
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainMove {
+    pub guest: String,
+    pub destination: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DrainUnplaced {
+    pub guest: String,
+    pub reason: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct DrainOutcome {
+    pub guest: String,
+    pub destination: String,
+    pub migration: Option<MigrationId>,
+    pub completed: bool,
+    pub error: Option<String>,
 }
 
 /// What became of an incoming migration, as its destination reports it.

@@ -33,6 +33,9 @@ pub struct CoordinatorConfig {
     /// What a migration gets when its request does not say.
     #[serde(default)]
     pub defaults: Defaults,
+    /// How many migrations run at once; the rest queue.
+    #[serde(default)]
+    pub scheduler: super::scheduler::SchedulerConfig,
     /// Prometheus /metrics (localhost only unless said otherwise).
     #[serde(default)]
     pub metrics: Option<MetricsListen>,
@@ -132,6 +135,7 @@ impl Validate for CoordinatorConfig {
                 format!("{} is out of range 0..=64", self.defaults.streams),
             ));
         }
+        self.scheduler.check().map_err(|i| i.within("scheduler"))?;
         self.defaults
             .limits
             .check()

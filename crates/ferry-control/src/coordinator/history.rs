@@ -77,6 +77,13 @@ impl History {
             Err(source) => return Err(HistoryError::Read { path: file, source }),
         };
         for r in &mut records {
+            if r.state == MigrationState::Queued {
+                r.state = MigrationState::Failed;
+                r.error = Some(
+                    "the coordinator stopped while this migration was queued: it never started (ask again)"
+                        .into(),
+                );
+            }
             if matches!(r.state, MigrationState::Preparing | MigrationState::Running) {
                 r.state = MigrationState::Interrupted;
                 r.error = Some("the coordinator stopped during this migration".into());

@@ -5,7 +5,9 @@
 //! coordinator only until both ends have it; it is wiped when dropped.
 
 pub mod config;
+pub mod drain;
 pub mod history;
+pub mod scheduler;
 
 use ferry_core::error::report;
 use std::{
@@ -18,14 +20,15 @@ use std::{
 use anyhow::Context;
 pub use config::CoordinatorConfig;
 use history::History;
+use scheduler::{Place, Scheduler, Slot};
 
 use crate::{
     control::{
         self, CALL_TIMEOUT, CLIENT_SILENCE, Client, ControlError, Identity, Request, Responder,
         Response, Role, SOURCE_SILENCE,
         wire::{
-            Capabilities, Duplicate, HostStatus, IncomingOutcome, MigrateOptions, MigrationRecord,
-            MigrationState, SettleAction,
+            Capabilities, DrainMove, DrainOutcome, DrainUnplaced, Duplicate, HostStatus,
+            IncomingOutcome, MigrateOptions, MigrationRecord, MigrationState, SettleAction,
         },
     },
     engine::{MigrationResult, MigrationStats},
@@ -59,6 +62,12 @@ pub struct Coordinator {
     reported: std::sync::Mutex<Vec<Duplicate>>,
     /// Migrations `ferry cancel` asked to stop, until they end.
     cancels: std::sync::Mutex<std::collections::HashSet<MigrationId>>,
+    /// The queue: how many migrations run at once.
+    scheduler: Scheduler,
+    /// Each guest being moved (queued or running), by the migration moving it.
+    moving: std::sync::Mutex<std::collections::HashMap<String, MigrationId>>,
+    /// Hosts in maintenance (`ferry drain`): no migration goes to them.
+    cordons: Cordons,
     /// Everything this coordinator's /metrics serves.
     pub metrics: prometheus::Registry,
 }
@@ -98,6 +107,105 @@ fn copies_of<'a>(
         .collect()
 }
 
+/// A migration as planned: the guest, both ends and how it travels.
+struct Plan {
+    guest: control::wire::HostedGuest,
+    src_name: String,
+    src_caps: Capabilities,
+    dst_host: String,
+    /// The destination's coordinator, when it is not this one.
+    peer: Option<String>,
+    dst_label: String,
+    dst_caps: Capabilities,
+    mode: crate::protocol::EncryptionMode,
+    transport: crate::protocol::Transport,
+}
+
+/// Where a migration's events go: the client that asked, or nowhere (a
+/// drain's migrations report through the drain).
+struct Events<'a>(Option<&'a mut Responder>);
+
+impl Events<'_> {
+    /// A client that went away does not stop the migration.
+    async fn send(&mut self, r: &Response) {
+        if let Some(resp) = self.0.as_mut() {
+            let _ = resp.send(r).await;
+        }
+    }
+}
+
+/// A guest claimed by a migration; released when it ends, however it ends.
+struct GuestClaim<'a> {
+    coordinator: &'a Coordinator,
+    guest: String,
+}
+
+impl Drop for GuestClaim<'_> {
+    fn drop(&mut self) {
+        self.coordinator
+            .moving
+            .lock()
+            .expect("moving")
+            .remove(&self.guest);
+    }
+}
+
+/// The cordoned hosts, kept in `cordoned.json` in the state directory so a
+/// host in maintenance stays so across a restart.
+struct Cordons {
+    file: Option<std::path::PathBuf>,
+    hosts: std::sync::Mutex<std::collections::BTreeSet<String>>,
+}
+
+impl Cordons {
+    fn open(dir: Option<&Path>) -> anyhow::Result<Cordons> {
+        let file = dir.map(|d| d.join("cordoned.json"));
+        let hosts = match &file {
+            Some(f) => match std::fs::read(f) {
+                Ok(b) => serde_json::from_slice(&b).with_context(|| {
+                    format!(
+                        "{} is not a list of host names (move it away to uncordon every host)",
+                        f.display()
+                    )
+                })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", f.display())),
+            },
+            None => Default::default(),
+        };
+        Ok(Cordons {
+            file,
+            hosts: std::sync::Mutex::new(hosts),
+        })
+    }
+
+    fn contains(&self, host: &str) -> bool {
+        self.hosts.lock().expect("cordons").contains(host)
+    }
+
+    /// Adds or removes `host`; whether that changed anything. Written
+    /// before it is answered: a drain's cordon survives a crash.
+    fn set(&self, host: &str, cordoned: bool) -> Result<bool, String> {
+        let mut hosts = self.hosts.lock().expect("cordons");
+        let changed = if cordoned {
+            hosts.insert(host.to_string())
+        } else {
+            hosts.remove(host)
+        };
+        if changed && let Some(f) = &self.file {
+            let json = serde_json::to_vec_pretty(&*hosts).expect("names serialise");
+            ferry_core::fs::write_atomically(f, &json).map_err(|e| {
+                format!(
+                    "cannot save the cordon in {}: {e}",
+                    f.display(),
+                    e = report(&e)
+                )
+            })?;
+        }
+        Ok(changed)
+    }
+}
+
 impl Coordinator {
     pub fn new(cfg: CoordinatorConfig) -> anyhow::Result<Arc<Self>> {
         Self::with_key_source(cfg, Arc::new(MigrationKey::generate))
@@ -124,7 +232,28 @@ impl Coordinator {
         metrics
             .register(Box::new(duplicates.clone()))
             .context("coordinator metrics")?;
+        let queue_gauges = (
+            prometheus::IntGauge::new(
+                "ferry_coordinator_migrations_running",
+                "Migrations the scheduler let start that have not ended",
+            )
+            .context("coordinator metrics")?,
+            prometheus::IntGauge::new(
+                "ferry_coordinator_migrations_queued",
+                "Migrations waiting for the scheduler's limits (scheduler.max_running, max_outgoing_per_host, max_incoming_per_host)",
+            )
+            .context("coordinator metrics")?,
+        );
+        for g in [&queue_gauges.0, &queue_gauges.1] {
+            metrics
+                .register(Box::new(g.clone()))
+                .context("coordinator metrics")?;
+        }
+        let cordons = Cordons::open(cfg.state_dir.as_deref())?;
         Ok(Arc::new(Self {
+            scheduler: Scheduler::new(cfg.scheduler.clone(), Some(queue_gauges)),
+            moving: Default::default(),
+            cordons,
             cfg,
             client,
             history,
@@ -145,6 +274,10 @@ impl Coordinator {
 
     pub fn name(&self) -> &str {
         &self.cfg.name
+    }
+
+    fn is_cordoned(&self, host: &str) -> bool {
+        self.cordons.contains(host)
     }
 
     pub fn load_config(path: &Path) -> Result<CoordinatorConfig, crate::config::ConfigError> {
@@ -231,70 +364,238 @@ impl Coordinator {
         ))
     }
 
+    /// What a migration of `guest` to `destination` would be, as things
+    /// stand: every refusal that needs no memory to move happens here.
+    async fn plan(
+        &self,
+        guest: &str,
+        source: Option<&str>,
+        destination: &str,
+        opts: &MigrateOptions,
+    ) -> Result<Plan, String> {
+        let (src_name, src_caps) = match source {
+            Some(s) => (s.to_string(), self.host_caps(s).await?),
+            None => self.find_guest(guest).await?,
+        };
+        let Some(g) = src_caps.guests.iter().find(|g| g.info.name == guest) else {
+            return Err(format!("host {src_name} has no guest named {guest}"));
+        };
+        let (dst_host, peer) = match destination.split_once('@') {
+            Some((h, c)) if c != self.cfg.name => (h.to_string(), Some(c.to_string())),
+            Some((h, _)) => (h.to_string(), None),
+            None => (destination.to_string(), None),
+        };
+        if peer.is_none() && dst_host == src_name {
+            return Err(format!("guest {guest} already runs on {dst_host}"));
+        }
+        if peer.is_none() && self.is_cordoned(&dst_host) {
+            return Err(format!(
+                "host {dst_host} is cordoned for maintenance (`ferry drain`): it takes no guests until `ferry uncordon {dst_host}`"
+            ));
+        }
+        let dst_caps = match &peer {
+            None => self.host_caps(&dst_host).await?,
+            Some(p) => self.peer_caps(p, &dst_host).await?,
+        };
+        let dst_label = match &peer {
+            Some(p) => format!("{dst_host}@{p}"),
+            None => dst_host.clone(),
+        };
+        let refused = |e: &(dyn std::error::Error + 'static)| {
+            tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}", e = report(e));
+            e.to_string()
+        };
+        let mode = migration_mode(guest, g.encryption, opts.mode).map_err(|e| refused(&e))?;
+        let transport = resolve_transport(
+            guest,
+            mode,
+            (&src_name, src_caps.encryption),
+            (&dst_label, dst_caps.encryption),
+        )
+        .map_err(|e| refused(&e))?;
+        Ok(Plan {
+            guest: g.clone(),
+            src_name,
+            src_caps,
+            dst_host,
+            peer,
+            dst_label,
+            dst_caps,
+            mode,
+            transport,
+        })
+    }
+
+    /// A migration, from the request to its end: planned (refused at once
+    /// if it cannot be), queued until the scheduler's limits let it start
+    /// (planned again then: the world moved on while it waited), then run.
     async fn migrate(
         self: &Arc<Self>,
         guest: String,
         source: Option<String>,
         destination: String,
         opts: MigrateOptions,
-        resp: &mut Responder,
+        events: &mut Events<'_>,
     ) -> Response {
-        let (src_name, src_caps) = match source {
-            Some(s) => match self.host_caps(&s).await {
-                Ok(c) => (s, c),
-                Err(e) => return self.refuse(e),
-            },
-            None => match self.find_guest(&guest).await {
-                Ok(v) => v,
-                Err(e) => return self.refuse(e),
-            },
-        };
-        let Some(g) = src_caps.guests.iter().find(|g| g.info.name == guest) else {
-            return self.refuse(format!("host {src_name} has no guest named {guest}"));
-        };
-        let (dst_host, peer) = match destination.split_once('@') {
-            Some((h, c)) if c != self.cfg.name => (h.to_string(), Some(c.to_string())),
-            Some((h, _)) => (h.to_string(), None),
-            None => (destination.clone(), None),
-        };
-        if peer.is_none() && dst_host == src_name {
-            return self.refuse(format!("guest {guest} already runs on {dst_host}"));
-        }
-        let dst_caps = match &peer {
-            None => self.host_caps(&dst_host).await,
-            Some(p) => self.peer_caps(p, &dst_host).await,
-        };
-        let dst_caps = match dst_caps {
-            Ok(c) => c,
+        let asked = match self.asked(&opts) {
+            Ok(a) => a,
             Err(e) => return self.refuse(e),
         };
-        let dst_label = match &peer {
-            Some(p) => format!("{dst_host}@{p}"),
-            None => dst_host.clone(),
+        let plan = match self
+            .plan(&guest, source.as_deref(), &destination, &opts)
+            .await
+        {
+            Ok(p) => p,
+            Err(e) => return self.refuse(e),
         };
-        let mode = match migration_mode(&guest, g.encryption, opts.mode) {
-            Ok(m) => m,
-            Err(e) => {
-                tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}", e = report(&e));
-                return self.refuse(e);
+        let id = MigrationId::generate();
+        let _busy = match self.take_guest(&guest, id) {
+            Ok(b) => b,
+            Err(e) => return self.refuse(e),
+        };
+        self.record(MigrationRecord {
+            id,
+            guest: guest.clone(),
+            source: plan.src_name.clone(),
+            destination: plan.dst_label.clone(),
+            mode: plan.mode,
+            transport: plan.transport,
+            state: MigrationState::Queued,
+            started_unix_ms: unix_ms(),
+            progress: None,
+            stats: None,
+            error: None,
+            waiting: None,
+        });
+        let ticket = self.scheduler.enter(Slot {
+            id,
+            source: plan.src_name.clone(),
+            destination: plan.dst_label.clone(),
+        });
+        let mut told = None;
+        loop {
+            match ticket.wait(control::HEARTBEAT).await {
+                Place::Running => break,
+                Place::Waiting { position, behind } => {
+                    if self.cancel_requested(&id) {
+                        drop(ticket);
+                        let msg = "cancelled: by request, while queued (nothing moved)".to_string();
+                        self.end_unstarted(&id, MigrationState::Cancelled, &msg);
+                        return Response::error(msg);
+                    }
+                    let now = (position, behind.to_string());
+                    if told.as_ref() == Some(&now) {
+                        events.send(&Response::Heartbeat).await;
+                        continue;
+                    }
+                    tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %guest, position, "migration queued: {behind}");
+                    events
+                        .send(&Response::Queued {
+                            id,
+                            position,
+                            reason: now.1.clone(),
+                        })
+                        .await;
+                    told = Some(now);
+                }
+                Place::Gone => unreachable!("a ticket stays in the queue until dropped"),
+            }
+        }
+        let plan = if told.is_none() {
+            plan
+        } else {
+            match self
+                .plan(&guest, Some(&plan.src_name), &destination, &opts)
+                .await
+            {
+                Ok(p) => p,
+                Err(e) => {
+                    let msg = format!("refused when its turn came: {e}");
+                    self.end_unstarted(&id, MigrationState::Failed, &msg);
+                    self.migration_metrics.refused();
+                    return Response::error(msg);
+                }
             }
         };
-        let transport = match resolve_transport(
-            &guest,
+        let answer = self.run(plan, id, asked, events).await;
+        drop(ticket);
+        answer
+    }
+
+    /// The limits and streams a request asks for, the coordinator's
+    /// defaults (and the scheduler's bandwidth) filling in what it does
+    /// not say; refused here, before it queues, if they cannot work.
+    fn asked(&self, opts: &MigrateOptions) -> Result<(crate::protocol::Limits, u16), String> {
+        let mut limits = opts
+            .limits
+            .clone()
+            .unwrap_or_else(|| self.cfg.defaults.limits.clone());
+        if limits.bandwidth.is_none() {
+            limits.bandwidth = self.cfg.scheduler.bandwidth.map(|r| r.bytes_per_second());
+        }
+        limits
+            .check()
+            .map_err(|i| format!("limits.{}: {}", i.field, i.message))?;
+        // 0 asks for the default, as `defaults.streams: 0` does in YAML.
+        let streams = opts
+            .streams
+            .filter(|n| *n > 0)
+            .unwrap_or_else(|| self.cfg.defaults.streams());
+        if streams > 64 {
+            return Err(format!("{streams} streams: at most 64"));
+        }
+        Ok((limits, streams))
+    }
+
+    /// Claims `guest` for migration `id`: one migration of a guest at a time.
+    fn take_guest(&self, guest: &str, id: MigrationId) -> Result<GuestClaim<'_>, String> {
+        let mut busy = self.moving.lock().expect("moving");
+        if let Some(other) = busy.get(guest) {
+            return Err(format!(
+                "guest {guest} is already being moved by migration {other}: wait for it to end (`ferry status {other}`) or cancel it"
+            ));
+        }
+        busy.insert(guest.to_string(), id);
+        Ok(GuestClaim {
+            coordinator: self,
+            guest: guest.to_string(),
+        })
+    }
+
+    /// Ends a migration that never started (cancelled or refused in the queue).
+    fn end_unstarted(&self, id: &MigrationId, state: MigrationState, msg: &str) {
+        tracing::info!(coordinator = %self.cfg.name, migration = %id, "{msg}");
+        self.cancels.lock().expect("cancels").remove(id);
+        self.update(id, |r| {
+            r.state = state;
+            r.error = Some(msg.to_string());
+        });
+    }
+
+    /// Runs a planned migration that the scheduler let start.
+    async fn run(
+        self: &Arc<Self>,
+        plan: Plan,
+        id: MigrationId,
+        (limits, streams): (crate::protocol::Limits, u16),
+        events: &mut Events<'_>,
+    ) -> Response {
+        let Plan {
+            guest: g,
+            src_name,
+            src_caps,
+            dst_host,
+            peer,
+            dst_label,
+            dst_caps,
             mode,
-            (&src_name, src_caps.encryption),
-            (&dst_label, dst_caps.encryption),
-        ) {
-            Ok(t) => t,
-            Err(e) => {
-                tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}", e = report(&e));
-                return self.refuse(e);
-            }
-        };
+            transport,
+        } = plan;
+        let guest = g.info.name.clone();
         let mut nonce = [0u8; 8];
         getrandom::fill(&mut nonce).expect("the OS random source failed");
         let spec = MigrationSpec {
-            id: MigrationId::generate(),
+            id,
             guest: guest.clone(),
             memory: g.info.memory,
             source: Endpoint {
@@ -310,37 +611,24 @@ impl Coordinator {
             transport,
             key: transport.encrypted().then(|| (self.key_source)()),
             nonce: u64::from_be_bytes(nonce),
-            // 0 asks for the default, as `defaults.streams: 0` does in YAML.
-            streams: opts
-                .streams
-                .filter(|n| *n > 0)
-                .unwrap_or_else(|| self.cfg.defaults.streams()),
-            limits: opts
-                .limits
-                .unwrap_or_else(|| self.cfg.defaults.limits.clone()),
+            streams,
+            limits,
             machine: g.info.machine.clone(),
         };
         if let Err(e) = spec.check() {
+            self.end_unstarted(&id, MigrationState::Failed, &e.to_string());
             return self.refuse(e);
         }
-        let id = spec.id;
         tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %guest, source = %src_name,
             destination = %dst_label, mode = %mode, transport = %transport, streams = spec.streams, "migration: spec created");
         self.migration_metrics.started(MetricsRole::Coordinator);
-        self.record(MigrationRecord {
-            id,
-            guest: guest.clone(),
-            source: src_name.clone(),
-            destination: dst_label.clone(),
-            mode,
-            transport,
-            state: MigrationState::Preparing,
-            started_unix_ms: unix_ms(),
-            progress: None,
-            stats: None,
-            error: None,
+        self.update(&id, |r| {
+            r.state = MigrationState::Preparing;
+            r.mode = mode;
+            r.transport = transport;
+            r.destination = dst_label.clone();
         });
-        let _ = resp
+        events
             .send(&Response::Accepted {
                 id,
                 transport,
@@ -446,11 +734,10 @@ impl Coordinator {
             match next {
                 Ok(Response::Progress(p)) => {
                     self.history.progress(&id, p.clone());
-                    // A client that went away does not stop the migration.
-                    let _ = resp.send(&Response::Progress(p)).await;
+                    events.send(&Response::Progress(p)).await;
                 }
                 Ok(Response::Heartbeat) => {
-                    let _ = resp.send(&Response::Heartbeat).await;
+                    events.send(&Response::Heartbeat).await;
                 }
                 Ok(Response::Finished(s)) => break s,
                 Ok(other) => {
@@ -529,7 +816,10 @@ impl Coordinator {
         let Some(r) = self.history.get(&id) else {
             return Err(format!("{} knows no migration {id}", self.cfg.name));
         };
-        if !matches!(r.state, MigrationState::Preparing | MigrationState::Running) {
+        if !matches!(
+            r.state,
+            MigrationState::Queued | MigrationState::Preparing | MigrationState::Running
+        ) {
             return Err(format!(
                 "migration {id} of {} has ended ({}): {what}",
                 r.guest,
@@ -573,6 +863,15 @@ impl Coordinator {
     async fn cancel(&self, id: MigrationId) -> Result<String, String> {
         let r = self.unended(id, "nothing to cancel")?;
         self.cancels.lock().expect("cancels").insert(id);
+        if r.state == MigrationState::Queued {
+            // Its queue wait sees the word; no host has heard of it yet.
+            self.scheduler.poke();
+            tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %r.guest, "cancel requested while queued");
+            return Ok(format!(
+                "cancelling migration {id}: it was queued and will not start; {} stays on {}",
+                r.guest, r.source
+            ));
+        }
         // Told even while preparing: the source may be about to start it,
         // and keeps the word for when it does.
         let entry = self.host_entry(&r.source)?;
@@ -743,12 +1042,14 @@ impl Coordinator {
                     reachable: true,
                     error: None,
                     capabilities: Some(c),
+                    cordoned: self.is_cordoned(&h.name),
                 },
                 Err(e) => HostStatus {
                     name: h.name.clone(),
                     reachable: false,
                     error: Some(e),
                     capabilities: None,
+                    cordoned: self.is_cordoned(&h.name),
                 },
             });
         }
@@ -1097,6 +1398,147 @@ impl Coordinator {
         });
     }
 
+    /// `ferry drain HOST`: cordons the host, then moves each of its guests
+    /// to a host that can take it, every move through the scheduler (so
+    /// within its limits), and answers with each outcome and what the host
+    /// still runs. The host stays cordoned until `ferry uncordon`.
+    async fn drain(
+        self: &Arc<Self>,
+        host: String,
+        opts: MigrateOptions,
+        resp: &mut Responder,
+    ) -> Response {
+        if let Err(e) = self.host_entry(&host) {
+            return Response::error(e);
+        }
+        if let Err(e) = self.cordons.set(&host, true) {
+            return Response::error(e);
+        }
+        tracing::warn!(coordinator = %self.cfg.name, host = %host, "host cordoned: draining it");
+        let hosts = self.inventory().await;
+        let Some(src) = hosts
+            .iter()
+            .find(|h| h.name == host)
+            .and_then(|h| h.capabilities.clone())
+        else {
+            return Response::error(format!(
+                "cannot drain {host}: it is unreachable (it stays cordoned: bring it back and drain it again, or `ferry uncordon {host}`)"
+            ));
+        };
+        let candidates: Vec<drain::Candidate> = hosts
+            .iter()
+            .filter(|h| h.name != host && !h.cordoned)
+            .filter_map(|h| {
+                h.capabilities.as_ref().map(|c| drain::Candidate {
+                    name: h.name.clone(),
+                    memory_free: c.memory_free,
+                    encryption: c.encryption,
+                })
+            })
+            .collect();
+        let (busy, leaving): (Vec<_>, Vec<_>) = src.guests.iter().partition(|g| g.migrating);
+        let leaving: Vec<drain::Leaving> = leaving
+            .iter()
+            .map(|g| drain::Leaving {
+                name: g.info.name.clone(),
+                memory: g.info.memory,
+                encryption: g.encryption,
+            })
+            .collect();
+        let mut moves = Vec::new();
+        let mut unplaced: Vec<DrainUnplaced> = busy
+            .iter()
+            .map(|g| DrainUnplaced {
+                guest: g.info.name.clone(),
+                reason: "a migration of it is under way".into(),
+            })
+            .collect();
+        for (guest, to) in drain::place(&leaving, src.encryption, &candidates) {
+            match to {
+                Ok(destination) => moves.push(DrainMove { guest, destination }),
+                Err(reason) => unplaced.push(DrainUnplaced { guest, reason }),
+            }
+        }
+        tracing::info!(coordinator = %self.cfg.name, host = %host, moves = moves.len(), unplaced = unplaced.len(), "drain planned");
+        let _ = resp
+            .send(&Response::DrainPlan {
+                host: host.clone(),
+                moves: moves.clone(),
+                unplaced: unplaced.clone(),
+            })
+            .await;
+        let mut running = tokio::task::JoinSet::new();
+        for m in &moves {
+            let (me, m, opts, from) = (self.clone(), m.clone(), opts.clone(), host.clone());
+            running.spawn(async move {
+                let r = me
+                    .migrate(
+                        m.guest.clone(),
+                        Some(from),
+                        m.destination.clone(),
+                        opts,
+                        &mut Events(None),
+                    )
+                    .await;
+                let (migration, completed, error) = match r {
+                    Response::Finished(s) => (
+                        Some(s.id),
+                        s.result == MigrationResult::Completed,
+                        s.error.clone(),
+                    ),
+                    Response::Error { message } => (None, false, Some(message)),
+                    other => (None, false, Some(format!("unexpected: {other:?}"))),
+                };
+                DrainOutcome {
+                    guest: m.guest,
+                    destination: m.destination,
+                    migration,
+                    completed,
+                    error,
+                }
+            });
+        }
+        let mut outcomes = Vec::new();
+        loop {
+            match tokio::time::timeout(control::HEARTBEAT, running.join_next()).await {
+                Err(_) => {
+                    let _ = resp.send(&Response::Heartbeat).await;
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(o))) => {
+                    let _ = resp.send(&Response::DrainMoved(o.clone())).await;
+                    outcomes.push(o);
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::error!(coordinator = %self.cfg.name, host = %host, "a drain's migration task failed: {e}");
+                }
+            }
+        }
+        let remaining = match self.host_caps(&host).await {
+            Ok(c) => c.guests.into_iter().map(|g| g.info.name).collect(),
+            Err(e) => vec![format!("(cannot tell: {e})")],
+        };
+        tracing::info!(coordinator = %self.cfg.name, host = %host, moved = outcomes.iter().filter(|o| o.completed).count(),
+            remaining = remaining.len(), "drain ended");
+        Response::Drained {
+            host,
+            outcomes,
+            unplaced,
+            remaining,
+        }
+    }
+
+    /// `ferry uncordon HOST`: migrations may go to it again.
+    fn uncordon(&self, host: &str) -> Result<String, String> {
+        self.host_entry(host)?;
+        Ok(if self.cordons.set(host, false)? {
+            tracing::info!(coordinator = %self.cfg.name, host = %host, "host uncordoned");
+            format!("{host} takes guests again")
+        } else {
+            format!("{host} was not cordoned")
+        })
+    }
+
     fn allowed(&self, who: &Identity, req: &Request) -> Result<(), String> {
         let peer_op = matches!(
             req,
@@ -1121,6 +1563,8 @@ impl Coordinator {
                 | Request::Resolve { .. }
                 | Request::Cancel { .. }
                 | Request::SetLimits { .. }
+                | Request::Drain { .. }
+                | Request::Uncordon { .. }
         ) {
             return Err(format!("a coordinator does not answer {}", req.op()));
         }
@@ -1149,11 +1593,32 @@ impl Coordinator {
                 destination,
                 options,
             } => {
-                self.migrate(guest, source, destination, options, &mut resp)
-                    .await
+                self.migrate(
+                    guest,
+                    source,
+                    destination,
+                    options,
+                    &mut Events(Some(&mut resp)),
+                )
+                .await
             }
+            Request::Drain { host, options } => self.drain(host, options, &mut resp).await,
+            Request::Uncordon { host } => match self.uncordon(&host) {
+                Ok(message) => Response::Resolved { message },
+                Err(e) => Response::error(e),
+            },
             Request::Status { id } => {
                 let mut migrations = self.records();
+                let waiting = self.scheduler.waiting();
+                for r in migrations
+                    .iter_mut()
+                    .filter(|r| r.state == MigrationState::Queued)
+                {
+                    r.waiting = waiting
+                        .iter()
+                        .find(|(w, ..)| *w == r.id)
+                        .map(|(_, position, why)| format!("{} in line: {why}", ordinal(*position)));
+                }
                 if let Some(id) = id {
                     migrations.retain(|r| r.id == id);
                     if migrations.is_empty() {
@@ -1242,6 +1707,7 @@ impl Coordinator {
                     progress: None,
                     error: result.error.clone(),
                     stats: Some(result),
+                    waiting: None,
                 });
                 Response::Ok
             }
@@ -1291,6 +1757,18 @@ impl Coordinator {
         )
         .await;
     }
+}
+
+/// "1st", "2nd", "3rd", "4th", ... "11th", "21st".
+fn ordinal(n: usize) -> String {
+    let suffix = match (n % 10, n % 100) {
+        (_, 11..=13) => "th",
+        (1, _) => "st",
+        (2, _) => "nd",
+        (3, _) => "rd",
+        _ => "th",
+    };
+    format!("{n}{suffix}")
 }
 
 /// What a client needs to talk to a coordinator.

@@ -426,6 +426,17 @@ impl Host {
             .map(|e| e.guest.clone())
     }
 
+    /// The guests this host is sending away now (set before the source
+    /// starts, cleared before it answers that it finished).
+    pub fn sending(&self) -> Vec<String> {
+        let inv = self.inventory.lock().expect("inventory");
+        inv.guests
+            .iter()
+            .filter(|(_, e)| e.owned() && e.busy)
+            .map(|(n, _)| n.clone())
+            .collect()
+    }
+
     pub fn guest_names(&self) -> Vec<String> {
         self.inventory
             .lock()

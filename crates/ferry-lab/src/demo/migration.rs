@@ -149,6 +149,7 @@ pub async fn run(cfg: &DemoConfig, quiet: bool) -> anyhow::Result<DemoSummary> {
                 host("host-b", vec![]),
             ],
             defaults: Default::default(),
+            scheduler: Default::default(),
         },
         None,
     )
@@ -326,6 +327,7 @@ async fn run_qemu(cfg: &DemoConfig, quiet: bool) -> anyhow::Result<DemoSummary> 
             coordinators: vec!["demo-coordinator".into()],
             hosts: vec![host("host-a", vec![guest]), host("host-b", vec![])],
             defaults: Default::default(),
+            scheduler: Default::default(),
         },
         None,
     )

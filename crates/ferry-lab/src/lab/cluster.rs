@@ -37,6 +37,7 @@ pub struct ClusterSpec {
     pub coordinators: Vec<String>,
     pub hosts: Vec<HostSpec>,
     pub defaults: Defaults,
+    pub scheduler: crate::coordinator::scheduler::SchedulerConfig,
 }
 
 pub struct Cluster {
@@ -132,6 +133,7 @@ impl Cluster {
                 peers: peers.iter().filter(|p| p.name != name).cloned().collect(),
                 clients: vec!["admin".into()],
                 defaults: spec.defaults.clone(),
+                scheduler: spec.scheduler.clone(),
                 metrics: None,
                 state_dir: None,
             };
