@@ -34,6 +34,11 @@ const PACKAGES: &[&str] = &[
     // (binutils) splits the installed binary's debug info.
     "systemd",
     "binutils",
+    // The coordinators' shared store: the tests start their own etcd
+    // members on loopback; etcd-client's crate builds its gRPC code with protoc.
+    "etcd-server",
+    "etcd-client",
+    "protobuf-compiler",
 ];
 
 fn output(cmd: &mut Command) -> Option<String> {

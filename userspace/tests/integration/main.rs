@@ -5,6 +5,7 @@ mod control;
 mod dashboards;
 mod engine;
 mod errors;
+mod fleet;
 mod install;
 mod logcapture;
 mod processes;

@@ -304,6 +304,7 @@ async fn coordinator_c1_keyed(
         clients: vec![],
         defaults: Default::default(),
         scheduler: Default::default(),
+        store: Default::default(),
         metrics: None,
         state_dir: None,
     };
@@ -826,7 +827,7 @@ async fn move_killing_the_coordinator(
 }
 
 #[test]
-fn a_restarted_coordinator_remembers_its_migrations_and_settles_the_interrupted_one() {
+fn a_restarted_coordinator_aborts_the_migration_it_left_before_ready_and_asks_for_it_again() {
     let dir = site_dir("coord-restart");
     let (ca, ma, cb, mb, cl) = (
         free_port(),
@@ -865,36 +866,44 @@ fn a_restarted_coordinator_remembers_its_migrations_and_settles_the_interrupted_
         move_killing_the_coordinator(&admin, &mut c1, "g2", slow, 4 << 20).await;
         c1 = spawn_coordinator(&dir, cl, ca, cb, "c1-restarted.log");
         let recs = admin.records().await;
-        let state = |g: &str, recs: &[ferry::control::wire::MigrationRecord]| {
-            recs.iter().find(|r| r.guest == g).map(|r| r.state)
-        };
-        assert_eq!(
-            recs.len(),
-            2,
-            "both migrations survive the restart: {recs:?}"
-        );
-        assert_eq!(state("g1", &recs), Some(MigrationState::Completed));
-        assert_ne!(
-            state("g2", &recs),
-            Some(MigrationState::Running),
-            "nobody follows it now"
-        );
-        // g2's move ends on its own; the coordinator settles it from where g2 runs.
+        let g1 = recs
+            .iter()
+            .find(|r| r.guest == "g1")
+            .expect("g1's migration survives the restart");
+        assert_eq!(g1.state, MigrationState::Completed);
+        let g2 = recs
+            .iter()
+            .find(|r| r.guest == "g2")
+            .expect("g2's migration survives the restart")
+            .id;
+        // Its journal record says it had not reached READY: the new run
+        // aborts it (the source never stopped g2; the key died with the old
+        // run) and, once g2 shows on a again, asks for the move afresh.
         let until = Instant::now() + Duration::from_secs(90);
-        loop {
+        let retry = loop {
             let recs = admin.records().await;
-            if state("g2", &recs) == Some(MigrationState::Completed) {
-                break;
+            let first = recs.iter().find(|r| r.id == g2).map(|r| r.state);
+            let again = recs
+                .iter()
+                .find(|r| r.guest == "g2" && r.id != g2 && r.state == MigrationState::Completed);
+            if let (Some(MigrationState::Failed), Some(again)) = (first, again) {
+                break again.clone();
             }
             assert!(
                 Instant::now() < until,
-                "g2's migration was never settled: {:?}",
-                recs.iter().find(|r| r.guest == "g2")
+                "g2's interrupted migration was never aborted and retried: {:?}",
+                recs.iter().filter(|r| r.guest == "g2").collect::<Vec<_>>()
             );
             tokio::time::sleep(Duration::from_millis(500)).await;
-        }
+        };
+        assert!(retry.stats.is_some(), "the retry ran as any migration does");
         let hosts = admin.hosts().await;
         assert!(guest_on(&hosts, "b", "g2").is_some() && guest_on(&hosts, "a", "g2").is_none());
+        // The journal is closed, and the owner is where g2 runs.
+        let journal = std::fs::read_to_string(dir.join("c1-state/journal.json")).unwrap();
+        assert_eq!(journal.trim(), "[]", "every record closed: {journal}");
+        let owners = std::fs::read_to_string(dir.join("c1-state/owners.json")).unwrap();
+        assert!(owners.contains("\"g2\": \"b\""), "{owners}");
     });
     drop(c1);
     let _ = std::fs::remove_dir_all(&dir);

@@ -157,6 +157,14 @@ pub enum Request {
         host: String,
     },
     // coordinator -> host
+    /// A coordinator's request with the epoch of its lead of `site`: a
+    /// host refuses an epoch lower than the highest it has seen of the
+    /// site, so a deposed leader cannot act.
+    Fenced {
+        site: String,
+        epoch: u64,
+        request: Box<Request>,
+    },
     Capabilities,
     PrepareIncoming {
         spec: MigrationSpec,
@@ -214,6 +222,7 @@ impl Request {
             Request::Uncordon { .. } => "uncordon",
             Request::SetOutgoingLimits { .. } => "set-outgoing-limits",
             Request::SettleGuest { .. } => "settle-guest",
+            Request::Fenced { .. } => "fenced",
             Request::Capabilities => "capabilities",
             Request::PrepareIncoming { .. } => "prepare-incoming",
             Request::StartOutgoing { .. } => "start-outgoing",

@@ -36,6 +36,11 @@ pub struct CoordinatorConfig {
     /// How many migrations run at once; the rest queue.
     #[serde(default)]
     pub scheduler: super::scheduler::SchedulerConfig,
+    /// Where the leader's epoch, the migration journal and guest ownership
+    /// live: this coordinator's state_dir (embedded, the default), or an
+    /// etcd cluster that several coordinators of the site share.
+    #[serde(default)]
+    pub store: super::store::StoreConfig,
     /// Prometheus /metrics (localhost only unless said otherwise).
     #[serde(default)]
     pub metrics: Option<MetricsListen>,
@@ -136,6 +141,7 @@ impl Validate for CoordinatorConfig {
             ));
         }
         self.scheduler.check().map_err(|i| i.within("scheduler"))?;
+        self.store.check().map_err(|i| i.within("store"))?;
         self.defaults
             .limits
             .check()

@@ -8,6 +8,7 @@ pub mod config;
 pub mod drain;
 pub mod history;
 pub mod scheduler;
+pub mod store;
 
 use ferry_core::error::report;
 use std::{
@@ -68,6 +69,19 @@ pub struct Coordinator {
     moving: std::sync::Mutex<std::collections::HashMap<String, MigrationId>>,
     /// Hosts in maintenance (`ferry drain`): no migration goes to them.
     cordons: Cordons,
+    /// The leader's epoch, the journal and guest ownership (set at once for
+    /// the embedded store, once connected for etcd).
+    store: tokio::sync::OnceCell<store::Store>,
+    /// The epoch of this coordinator's last lead (0: never led). Kept when
+    /// the lead is lost, so what it still sends carries the old epoch and
+    /// hosts that saw a newer one refuse it.
+    epoch: std::sync::atomic::AtomicU64,
+    leading: std::sync::atomic::AtomicBool,
+    /// Itself, for tasks spawned from `&self` (set when it starts serving).
+    me: std::sync::OnceLock<std::sync::Weak<Self>>,
+    /// Migrations the lead's recovery aborted before their READY: asked
+    /// again once their guest is back on its source.
+    retry: std::sync::Mutex<std::collections::HashSet<MigrationId>>,
     /// Everything this coordinator's /metrics serves.
     pub metrics: prometheus::Registry,
 }
@@ -250,7 +264,19 @@ impl Coordinator {
                 .context("coordinator metrics")?;
         }
         let cordons = Cordons::open(cfg.state_dir.as_deref())?;
+        let store = tokio::sync::OnceCell::new();
+        if cfg.store == store::StoreConfig::Embedded {
+            // Opened here so that a damaged file stops the start.
+            let s = store::Store::embedded(cfg.state_dir.as_deref(), &cfg.name)
+                .context("coordinator store")?;
+            let _ = store.set(s);
+        }
         Ok(Arc::new(Self {
+            store,
+            epoch: Default::default(),
+            leading: Default::default(),
+            me: Default::default(),
+            retry: Default::default(),
             scheduler: Scheduler::new(cfg.scheduler.clone(), Some(queue_gauges)),
             moving: Default::default(),
             cordons,
@@ -284,6 +310,7 @@ impl Coordinator {
         let mut cfg: CoordinatorConfig = crate::config::load(path)?;
         let base = path.parent().unwrap_or(Path::new("."));
         cfg.tls = cfg.tls.relative_to(base);
+        cfg.store = std::mem::take(&mut cfg.store).relative_to(base);
         cfg.state_dir = Some(crate::config::state_dir_for(
             path,
             cfg.state_dir.take(),
@@ -325,7 +352,12 @@ impl Coordinator {
         let entry = self.host_entry(name)?;
         match self
             .client
-            .call(name, entry.control, &Request::Capabilities, CALL_TIMEOUT)
+            .call(
+                name,
+                entry.control,
+                &self.fence(Request::Capabilities),
+                CALL_TIMEOUT,
+            )
             .await
         {
             Ok(Response::Capabilities(mut c)) => {
@@ -467,6 +499,11 @@ impl Coordinator {
             error: None,
             waiting: None,
         });
+        if let Err(e) = self.journal(&id, store::Phase::Requested).await {
+            let msg = format!("cannot record the migration in the store: {e}: nothing moved");
+            self.end_unstarted(&id, MigrationState::Failed, &msg).await;
+            return self.refuse(msg);
+        }
         let ticket = self.scheduler.enter(Slot {
             id,
             source: plan.src_name.clone(),
@@ -480,7 +517,8 @@ impl Coordinator {
                     if self.cancel_requested(&id) {
                         drop(ticket);
                         let msg = "cancelled: by request, while queued (nothing moved)".to_string();
-                        self.end_unstarted(&id, MigrationState::Cancelled, &msg);
+                        self.end_unstarted(&id, MigrationState::Cancelled, &msg)
+                            .await;
                         return Response::error(msg);
                     }
                     let now = (position, behind.to_string());
@@ -511,7 +549,7 @@ impl Coordinator {
                 Ok(p) => p,
                 Err(e) => {
                     let msg = format!("refused when its turn came: {e}");
-                    self.end_unstarted(&id, MigrationState::Failed, &msg);
+                    self.end_unstarted(&id, MigrationState::Failed, &msg).await;
                     self.migration_metrics.refused();
                     return Response::error(msg);
                 }
@@ -519,6 +557,7 @@ impl Coordinator {
         };
         let answer = self.run(plan, id, asked, events).await;
         drop(ticket);
+        self.close_journal(&id).await;
         answer
     }
 
@@ -563,13 +602,97 @@ impl Coordinator {
     }
 
     /// Ends a migration that never started (cancelled or refused in the queue).
-    fn end_unstarted(&self, id: &MigrationId, state: MigrationState, msg: &str) {
+    async fn end_unstarted(&self, id: &MigrationId, state: MigrationState, msg: &str) {
         tracing::info!(coordinator = %self.cfg.name, migration = %id, "{msg}");
         self.cancels.lock().expect("cancels").remove(id);
         self.update(id, |r| {
             r.state = state;
             r.error = Some(msg.to_string());
         });
+        self.close_journal(id).await;
+    }
+
+    /// The journal record of migration `id` (from its history record) at `phase`.
+    fn entry(&self, id: &MigrationId, phase: store::Phase) -> Option<store::Entry> {
+        let r = self.history.get(id)?;
+        Some(store::Entry {
+            id: *id,
+            guest: r.guest,
+            source: r.source,
+            destination: r.destination,
+            phase,
+            epoch: self.epoch(),
+            coordinator: self.cfg.name.clone(),
+            updated_unix_ms: unix_ms(),
+            note: None,
+        })
+    }
+
+    /// Records migration `id` at `phase`, fenced on this coordinator's lead.
+    async fn journal(&self, id: &MigrationId, phase: store::Phase) -> Result<(), String> {
+        let (Some(store), Some(entry)) = (self.store.get(), self.entry(id, phase)) else {
+            return Err("this coordinator has no store yet".into());
+        };
+        store
+            .record(&entry)
+            .await
+            .map_err(|e| report(&e).to_string())
+    }
+
+    /// [`Self::journal`] where the migration goes on whatever the store
+    /// says: a failure is logged, and the next leader settles the record.
+    async fn journal_or_warn(&self, id: &MigrationId, phase: store::Phase) {
+        if let Err(e) = self.journal(id, phase).await {
+            tracing::warn!(coordinator = %self.cfg.name, migration = %id, phase = ?phase,
+                "cannot journal the migration's phase (the next leader settles it): {e}");
+        }
+    }
+
+    /// Closes migration `id`'s journal record from its history record's
+    /// end: completed, the guest's owner becomes its destination in the
+    /// same transaction; anything else, aborted.
+    async fn close_journal(&self, id: &MigrationId) {
+        let Some(r) = self.history.get(id) else {
+            return;
+        };
+        let (phase, owner) = match r.state {
+            MigrationState::Completed => (store::Phase::Done, Some(r.destination.clone())),
+            MigrationState::Failed | MigrationState::Cancelled => (store::Phase::Aborted, None),
+            _ => return,
+        };
+        let (Some(store), Some(mut entry)) = (self.store.get(), self.entry(id, phase)) else {
+            return;
+        };
+        entry.note = r.error.clone();
+        if let Err(e) = store
+            .commit(&entry, owner.as_deref().map(|o| (r.guest.as_str(), o)))
+            .await
+        {
+            tracing::warn!(coordinator = %self.cfg.name, migration = %id,
+                "cannot close the migration's journal record (the next leader settles it): {e}", e = report(&e));
+        }
+    }
+
+    /// The epoch of this coordinator's last lead (0: never led).
+    pub fn epoch(&self) -> u64 {
+        self.epoch.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    pub fn leads(&self) -> bool {
+        self.leading.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// `r` as this coordinator sends it to a host: with its site and epoch
+    /// once it has led.
+    fn fence(&self, r: Request) -> Request {
+        match (self.store.get(), self.epoch()) {
+            (Some(s), epoch) if epoch > 0 => Request::Fenced {
+                site: s.site().to_string(),
+                epoch,
+                request: Box::new(r),
+            },
+            _ => r,
+        }
     }
 
     /// Runs a planned migration that the scheduler let start.
@@ -616,7 +739,8 @@ impl Coordinator {
             machine: g.info.machine.clone(),
         };
         if let Err(e) = spec.check() {
-            self.end_unstarted(&id, MigrationState::Failed, &e.to_string());
+            self.end_unstarted(&id, MigrationState::Failed, &e.to_string())
+                .await;
             return self.refuse(e);
         }
         tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %guest, source = %src_name,
@@ -637,6 +761,13 @@ impl Coordinator {
             })
             .await;
 
+        if let Err(e) = self.journal(&id, store::Phase::SpecIssued).await {
+            drop(spec);
+            let msg = format!("cannot record the migration in the store: {e}: nothing moved");
+            self.end_unstarted(&id, MigrationState::Failed, &msg).await;
+            self.migration_metrics.refused();
+            return Response::error(msg);
+        }
         // The destination first: it refuses (memory, duplicate guest, ...)
         // before any memory moves.
         let prepared = match &peer {
@@ -646,7 +777,7 @@ impl Coordinator {
                     .call(
                         &dst_host,
                         entry.control,
-                        &Request::PrepareIncoming { spec: spec.clone() },
+                        &self.fence(Request::PrepareIncoming { spec: spec.clone() }),
                         CALL_TIMEOUT,
                     )
                     .await
@@ -697,7 +828,7 @@ impl Coordinator {
             .open(
                 &src_name,
                 src_entry.control,
-                &Request::StartOutgoing { spec },
+                &self.fence(Request::StartOutgoing { spec }),
             )
             .await;
         let mut exchange = match exchange {
@@ -714,6 +845,8 @@ impl Coordinator {
             }
         };
         self.update(&id, |r| r.state = MigrationState::Running);
+        self.journal_or_warn(&id, store::Phase::Streaming).await;
+        let mut stunned = false;
         let stats = loop {
             let next = match tokio::time::timeout(SOURCE_SILENCE, exchange.next()).await {
                 Ok(n) => n,
@@ -733,13 +866,21 @@ impl Coordinator {
             };
             match next {
                 Ok(Response::Progress(p)) => {
+                    if p.phase == crate::engine::Phase::Switchover && !stunned {
+                        stunned = true;
+                        self.journal_or_warn(&id, store::Phase::Ready).await;
+                        failpoint("coordinator-at-ready");
+                    }
                     self.history.progress(&id, p.clone());
                     events.send(&Response::Progress(p)).await;
                 }
                 Ok(Response::Heartbeat) => {
                     events.send(&Response::Heartbeat).await;
                 }
-                Ok(Response::Finished(s)) => break s,
+                Ok(Response::Finished(s)) => {
+                    failpoint("coordinator-after-go");
+                    break s;
+                }
                 Ok(other) => {
                     return self
                         .lost(
@@ -844,7 +985,7 @@ impl Coordinator {
             .call(
                 &r.source,
                 entry.control,
-                &Request::SetOutgoingLimits { id, change },
+                &self.fence(Request::SetOutgoingLimits { id, change }),
                 CALL_TIMEOUT,
             )
             .await
@@ -879,7 +1020,7 @@ impl Coordinator {
             .call(
                 &r.source,
                 entry.control,
-                &Request::CancelOutgoing { id },
+                &self.fence(Request::CancelOutgoing { id }),
                 CALL_TIMEOUT,
             )
             .await
@@ -908,7 +1049,7 @@ impl Coordinator {
             .call(
                 host,
                 e.control,
-                &Request::AbortIncoming { id: *id },
+                &self.fence(Request::AbortIncoming { id: *id }),
                 CALL_TIMEOUT,
             )
             .await
@@ -1030,6 +1171,181 @@ impl Coordinator {
             rec.state = state;
             rec.error = error;
         });
+        self.close_journal(&r.id).await;
+        let retry = self.retry.lock().expect("retry").remove(&r.id);
+        if retry && state == MigrationState::Failed && self.leads() {
+            tracing::info!(coordinator = %self.cfg.name, migration = %r.id, guest = %r.guest,
+                "asking again for the migration the last leader left unfinished");
+            let (me, r) = (self.clone_arc(), r.clone());
+            tokio::spawn(async move {
+                let answer = me
+                    .migrate(
+                        r.guest.clone(),
+                        Some(r.source.clone()),
+                        r.destination.clone(),
+                        MigrateOptions::default(),
+                        &mut Events(None),
+                    )
+                    .await;
+                if let Response::Error { message } = answer {
+                    tracing::warn!(coordinator = %me.cfg.name, guest = %r.guest, "the retry of migration {} was refused: {message}", r.id);
+                }
+            });
+        }
+    }
+
+    fn clone_arc(&self) -> Arc<Self> {
+        self.me
+            .get()
+            .and_then(std::sync::Weak::upgrade)
+            .expect("a serving coordinator knows itself")
+    }
+
+    /// Leads the site for as long as this process lives: waits its turn,
+    /// takes over what the last leader left (recovery), serves until the
+    /// lead is lost (its lease lapsed: no quorum, or cut off), and
+    /// campaigns again.
+    async fn lead_forever(self: Arc<Self>) {
+        if self.leads() {
+            // Embedded: led since the start, for good.
+            return std::future::pending().await;
+        }
+        let store = loop {
+            if let Some(s) = self.store.get() {
+                break s;
+            }
+            let listen = self.cfg.listen;
+            match store::Store::open(
+                &self.cfg.store,
+                self.cfg.state_dir.as_deref(),
+                &self.cfg.name,
+                listen,
+            )
+            .await
+            {
+                Ok(s) => {
+                    let _ = self.store.set(s);
+                }
+                Err(e) => {
+                    store::warn(
+                        &self.cfg.name,
+                        "cannot open the store, trying again in 2 s",
+                        &e,
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+            }
+        };
+        loop {
+            match store.lead().await {
+                Ok(lead) => {
+                    self.clone().took_lead(lead).await;
+                    let lost = store.lost().await;
+                    self.leading
+                        .store(false, std::sync::atomic::Ordering::SeqCst);
+                    tracing::error!(coordinator = %self.cfg.name, site = %store.site(), epoch = lead.epoch,
+                        "coordinator lost the lead: {e}; campaigning again", e = report(&lost));
+                }
+                Err(e) => {
+                    store::warn(
+                        &self.cfg.name,
+                        "cannot lead the site yet, trying again in 2 s",
+                        &e,
+                    );
+                    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+                }
+            }
+        }
+    }
+
+    /// Starts acting as the site's leader at `lead`'s epoch.
+    async fn took_lead(self: Arc<Self>, lead: store::Lead) {
+        self.epoch
+            .store(lead.epoch, std::sync::atomic::Ordering::SeqCst);
+        self.leading
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(store) = self.store.get() {
+            tracing::info!(coordinator = %self.cfg.name, site = %store.site(), store = store.kind(),
+                epoch = lead.epoch, "coordinator leads the site");
+        }
+        self.recover().await;
+    }
+
+    /// What a new leader does first with the journal's open records: each
+    /// is followed as an interrupted migration until the hosts show where
+    /// its guest runs, and one that had not reached its READY is aborted
+    /// (its source never stopped the guest; the key is gone with the last
+    /// leader) and asked again once the guest is back on its source.
+    async fn recover(self: Arc<Self>) {
+        let Some(store) = self.store.get() else {
+            return;
+        };
+        let open = match store.open_entries().await {
+            Ok(v) => v,
+            Err(e) => {
+                store::warn(&self.cfg.name, "cannot read the journal", &e);
+                Vec::new()
+            }
+        };
+        for e in open {
+            let before_ready = matches!(
+                e.phase,
+                store::Phase::Requested | store::Phase::SpecIssued | store::Phase::Streaming
+            );
+            tracing::warn!(coordinator = %self.cfg.name, migration = %e.id, guest = %e.guest, phase = ?e.phase,
+                leader = %e.coordinator, epoch = e.epoch, "taking over a migration the last leader left open");
+            match self.history.get(&e.id) {
+                Some(r) if r.state == MigrationState::Interrupted => {}
+                Some(_) if e.phase == store::Phase::Requested => {
+                    // Never started: nothing to look for.
+                    self.close_journal(&e.id).await;
+                    continue;
+                }
+                Some(_) => self.update(&e.id, |r| r.state = MigrationState::Interrupted),
+                None => self.record(MigrationRecord {
+                    id: e.id,
+                    guest: e.guest.clone(),
+                    source: e.source.clone(),
+                    destination: e.destination.clone(),
+                    mode: Default::default(),
+                    transport: crate::protocol::Transport::Plaintext,
+                    state: MigrationState::Interrupted,
+                    started_unix_ms: e.updated_unix_ms,
+                    progress: None,
+                    stats: None,
+                    error: Some(format!(
+                        "its leader {} (epoch {}) stopped during it, at {:?}",
+                        e.coordinator, e.epoch, e.phase
+                    )),
+                    waiting: None,
+                }),
+            }
+            if before_ready {
+                self.retry.lock().expect("retry").insert(e.id);
+                if let Ok(h) = self.host_entry(&e.source) {
+                    let req = self.fence(Request::CancelOutgoing { id: e.id });
+                    if let Err(err) = self
+                        .client
+                        .call(&e.source, h.control, &req, CALL_TIMEOUT)
+                        .await
+                    {
+                        tracing::warn!(coordinator = %self.cfg.name, migration = %e.id,
+                            "cannot tell the source {} to abort: {err}", e.source, err = report(&err));
+                    }
+                }
+                if e.phase == store::Phase::SpecIssued {
+                    // The destination may hold memory for it and nothing more.
+                    let _ = self
+                        .abort_destination(
+                            &e.id,
+                            &e.destination,
+                            e.destination.contains('@').then_some("peer"),
+                        )
+                        .await;
+                }
+            }
+        }
+        tokio::spawn(self.clone().settle_interrupted());
     }
 
     /// Every host's status, in configuration order.
@@ -1159,7 +1475,11 @@ impl Coordinator {
             guest: guest.to_string(),
             action,
         };
-        match self.client.call(host, e.control, &req, CALL_TIMEOUT).await {
+        match self
+            .client
+            .call(host, e.control, &self.fence(req), CALL_TIMEOUT)
+            .await
+        {
             Ok(Response::Ok) => Ok(()),
             Ok(other) => Err(format!("{host} answered {other:?}")),
             Err(e @ ControlError::Remote { .. }) => Err(e.to_string()),
@@ -1586,6 +1906,11 @@ impl Coordinator {
             let _ = resp.send(&Response::error(e)).await;
             return;
         }
+        if !self.leads() {
+            let e = self.not_leading().await;
+            let _ = resp.send(&Response::error(e)).await;
+            return;
+        }
         let answer = match req {
             Request::Migrate {
                 guest,
@@ -1673,7 +1998,7 @@ impl Coordinator {
                             .call(
                                 &host,
                                 e.control,
-                                &Request::PrepareIncoming { spec },
+                                &self.fence(Request::PrepareIncoming { spec }),
                                 CALL_TIMEOUT,
                             )
                             .await
@@ -1747,15 +2072,67 @@ impl Coordinator {
     ) {
         tracing::info!(coordinator = %self.cfg.name, listen = ?listener.local_addr().ok(), hosts = self.cfg.hosts.len(),
             history = self.history.all().len(), "coordinator ready");
-        tokio::spawn(self.clone().settle_interrupted());
+        let _ = self.me.set(Arc::downgrade(&self));
+        // The embedded store leads at once: before the API opens, so that
+        // no client of a lone coordinator is ever told to wait.
+        if let Some(store) = self.store.get()
+            && store.kind() == "embedded"
+        {
+            match store.lead().await {
+                Ok(lead) => self.clone().took_lead(lead).await,
+                Err(e) => store::warn(&self.cfg.name, "cannot raise the epoch", &e),
+            }
+        }
         tokio::spawn(self.clone().watch_duplicates());
         let me = self.clone();
-        control::serve(
+        // Followers serve too: they point clients at the leader.
+        let api = control::serve(
             listener,
             tls,
             Arc::new(move |who, req, resp| Box::pin(me.clone().handle(who, req, resp))),
-        )
-        .await;
+        );
+        tokio::join!(api, self.lead_forever());
+    }
+
+    /// A follower's answer: who leads, and how to reach it.
+    async fn not_leading(&self) -> String {
+        let site = self
+            .store
+            .get()
+            .map(|s| s.site().to_string())
+            .unwrap_or_default();
+        match self.store.get().map(|s| s.leader()) {
+            Some(f) => match f.await {
+                Ok(Some(leader)) => format!(
+                    "{} does not lead site {site}: {leader} does (use --coordinator {leader})",
+                    self.cfg.name
+                ),
+                Ok(None) => {
+                    format!("no coordinator leads site {site} now: try again in a few seconds")
+                }
+                Err(e) => format!(
+                    "{} does not lead site {site}, and the store cannot say who does: {e}",
+                    self.cfg.name,
+                    e = report(&e)
+                ),
+            },
+            None => format!(
+                "{} has not reached its store yet: try again in a few seconds",
+                self.cfg.name
+            ),
+        }
+    }
+}
+
+/// A crash on purpose at `name`, when FERRY_FAILPOINT names it: the tests
+/// kill a coordinator at an exact step of a migration this way (as etcd's
+/// gofail does). The variable is read once.
+fn failpoint(name: &str) {
+    static POINT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    let armed = POINT.get_or_init(|| std::env::var("FERRY_FAILPOINT").ok());
+    if armed.as_deref() == Some(name) {
+        tracing::error!("failpoint {name}: aborting the process, as FERRY_FAILPOINT asked");
+        std::process::abort();
     }
 }
 

@@ -209,6 +209,65 @@ pub struct Host {
     /// Everything this host's /metrics serves.
     pub metrics: prometheus::Registry,
     pub network: Option<network::HostNet>,
+    /// The highest epoch seen of each coordinator site's leader.
+    epochs: Epochs,
+}
+
+/// The highest leader epoch seen per site, in `epochs.json` in the state
+/// directory (written before the request that raised it is served), so a
+/// restarted host still refuses a deposed leader.
+struct Epochs {
+    file: Option<std::path::PathBuf>,
+    seen: Mutex<BTreeMap<String, u64>>,
+}
+
+impl Epochs {
+    fn open(dir: Option<&Path>) -> anyhow::Result<Epochs> {
+        let file = dir.map(|d| d.join("epochs.json"));
+        let seen = match &file {
+            Some(f) => match std::fs::read(f) {
+                Ok(b) => serde_json::from_slice(&b).with_context(|| {
+                    format!(
+                        "{} is not valid (move it away: the next leader's requests set it again)",
+                        f.display()
+                    )
+                })?,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
+                Err(e) => return Err(e).with_context(|| format!("cannot read {}", f.display())),
+            },
+            None => BTreeMap::new(),
+        };
+        Ok(Epochs {
+            file,
+            seen: Mutex::new(seen),
+        })
+    }
+
+    /// Lets a request of `site`'s leader at `epoch` through, or says why not.
+    fn admit(&self, site: &str, epoch: u64, host: &str) -> Result<(), String> {
+        let mut seen = self.seen.lock().expect("epochs");
+        let highest = seen.get(site).copied().unwrap_or(0);
+        if epoch < highest {
+            return Err(format!(
+                "{host} refuses a request of site {site} at epoch {epoch}: it has seen epoch {highest}, so the sender was deposed as leader"
+            ));
+        }
+        if epoch > highest {
+            seen.insert(site.to_string(), epoch);
+            if let Some(f) = &self.file {
+                let json = serde_json::to_vec_pretty(&*seen).expect("epochs serialise");
+                ferry_core::fs::write_atomically(f, &json).map_err(|e| {
+                    format!(
+                        "{host} cannot keep epoch {epoch} of site {site} in {}: {e}",
+                        f.display(),
+                        e = report(&e)
+                    )
+                })?;
+            }
+            tracing::info!(host = %host, site = %site, epoch, "a new coordinator leader epoch");
+        }
+        Ok(())
+    }
 }
 
 impl Host {
@@ -247,6 +306,7 @@ impl Host {
             Some(d) => Some(Arc::new(FileJournal::open(d)?)),
             None => None,
         };
+        let epochs = Epochs::open(cfg.state_dir.as_deref())?;
         let mut guests = BTreeMap::new();
         for (i, g) in cfg.guests.iter().enumerate() {
             let machine = g.machine();
@@ -382,6 +442,7 @@ impl Host {
             registry,
             listener,
             journal,
+            epochs,
             controls: Mutex::new(BTreeMap::new()),
             protocol_metrics: metrics,
             migration_metrics,
@@ -755,6 +816,21 @@ impl Host {
             let _ = resp.send(&Response::error(e)).await;
             return;
         }
+        let req = match req {
+            Request::Fenced {
+                site,
+                epoch,
+                request,
+            } if !matches!(*request, Request::Fenced { .. }) => {
+                if let Err(e) = self.epochs.admit(&site, epoch, &self.cfg.name) {
+                    tracing::warn!(host = %self.cfg.name, peer = %who, "refused: {e}");
+                    let _ = resp.send(&Response::error(e)).await;
+                    return;
+                }
+                *request
+            }
+            r => r,
+        };
         let answer = match req {
             Request::Capabilities => Response::Capabilities(Box::new(self.capabilities())),
             Request::PrepareIncoming { spec } => {

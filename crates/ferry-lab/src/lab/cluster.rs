@@ -134,6 +134,7 @@ impl Cluster {
                 clients: vec!["admin".into()],
                 defaults: spec.defaults.clone(),
                 scheduler: spec.scheduler.clone(),
+                store: Default::default(),
                 metrics: None,
                 state_dir: None,
             };
