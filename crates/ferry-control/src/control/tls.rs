@@ -62,10 +62,13 @@ impl fmt::Display for Identity {
 #[serde(deny_unknown_fields)]
 pub struct TlsFiles {
     /// The site's CA certificate (PEM): peers must be certified by it.
+    #[schemars(example = &"certs/ca.pem")]
     pub ca: std::path::PathBuf,
     /// This party's certificate (PEM), named after it.
+    #[schemars(example = &"certs/NAME.pem")]
     pub cert: std::path::PathBuf,
     /// Its private key (PEM; keep it 0600).
+    #[schemars(example = &"certs/NAME-key.pem")]
     pub key: std::path::PathBuf,
 }
 

@@ -450,14 +450,17 @@ impl Etcd {
                 what: "a lease",
                 source,
             })?;
-        // Blocks until every earlier candidate's key is gone.
-        let won = c
-            .campaign(self.election(), self.me.clone(), lease.id())
-            .await
-            .map_err(|source| StoreError::Etcd {
-                what: "the election",
-                source,
-            })?;
+        // Blocks until every earlier candidate's key is gone; the lease is
+        // renewed meanwhile, or the candidate's key would lapse in line.
+        let won = tokio::select! {
+            won = c.campaign(self.election(), self.me.clone(), lease.id()) => {
+                won.map_err(|source| StoreError::Etcd {
+                    what: "the election",
+                    source,
+                })?
+            }
+            () = self.renew(lease.id()) => return Err(StoreError::NotLeading),
+        };
         let key = won.leader().ok_or(StoreError::NotLeading)?;
         let epoch = key.rev();
         *self.lead.lock().expect("lead") = Some((key.key().to_vec(), epoch, lease.id()));
@@ -466,44 +469,47 @@ impl Etcd {
         })
     }
 
-    /// Renews the lease a third of its life at a time; returns when it can
-    /// no longer (then the key is gone, or soon will be, and the lead with it).
+    /// Returns when this coordinator's lead ends (its lease could not be
+    /// renewed for a whole lease's life).
     async fn keep_alive(&self) -> StoreError {
         let Some((_, epoch, lease)) = self.lead.lock().expect("lead").clone() else {
             return StoreError::NotLeading;
         };
-        let deposed = StoreError::Deposed {
+        self.renew(lease).await;
+        *self.lead.lock().expect("lead") = None;
+        StoreError::Deposed {
             epoch: epoch as u64,
-        };
+        }
+    }
+
+    /// Renews `lease` a third of its life at a time; returns when it could
+    /// not for a whole life (then it is gone, or soon will be).
+    async fn renew(&self, lease: i64) {
         let mut c = self.client.clone();
-        let Ok((mut keeper, mut answers)) = c.lease_keep_alive(lease).await else {
-            return deposed;
-        };
-        let started = tokio::time::Instant::now();
-        let mut renewed = started;
+        let mut stream = c.lease_keep_alive(lease).await.ok();
+        let mut renewed = tokio::time::Instant::now();
         loop {
             tokio::time::sleep(self.ttl / 3).await;
-            let ok = async {
-                keeper.keep_alive().await.ok()?;
-                let a = tokio::time::timeout(self.ttl / 3, answers.message())
-                    .await
-                    .ok()?
-                    .ok()??;
-                (a.ttl() > 0).then_some(())
-            }
-            .await;
-            match ok {
-                Some(()) => renewed = tokio::time::Instant::now(),
-                None if renewed.elapsed() >= self.ttl => {
-                    *self.lead.lock().expect("lead") = None;
-                    return deposed;
+            let ok = match stream.as_mut() {
+                Some((keeper, answers)) => async {
+                    keeper.keep_alive().await.ok()?;
+                    let a = tokio::time::timeout(self.ttl / 3, answers.message())
+                        .await
+                        .ok()?
+                        .ok()??;
+                    (a.ttl() > 0).then_some(())
                 }
-                None => {
-                    // Re-open the stream: a member may have gone away.
-                    if let Ok((k, a)) = c.lease_keep_alive(lease).await {
-                        (keeper, answers) = (k, a);
-                    }
-                }
+                .await
+                .is_some(),
+                None => false,
+            };
+            if ok {
+                renewed = tokio::time::Instant::now();
+            } else if renewed.elapsed() >= self.ttl {
+                return;
+            } else {
+                // Re-open the stream: a member may have gone away.
+                stream = c.lease_keep_alive(lease).await.ok();
             }
         }
     }
