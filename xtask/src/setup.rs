@@ -35,10 +35,13 @@ const PACKAGES: &[&str] = &[
     "systemd",
     "binutils",
     // The coordinators' shared store: the tests start their own etcd
-    // members on loopback; etcd-client's crate builds its gRPC code with protoc.
+    // members on loopback; etcd-client's crate builds its gRPC code with protoc,
+    // which needs the well-known types (google/protobuf/*.proto, a
+    // recommendation of protobuf-compiler's that --no-install-recommends skips).
     "etcd-server",
     "etcd-client",
     "protobuf-compiler",
+    "libprotobuf-dev",
 ];
 
 fn output(cmd: &mut Command) -> Option<String> {

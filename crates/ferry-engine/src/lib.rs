@@ -8,6 +8,7 @@
 //! arrive in order without any cross-stream synchronisation.
 
 pub mod channels;
+pub mod commit;
 pub mod converge;
 pub mod destination;
 pub mod guest;
@@ -19,6 +20,7 @@ pub mod wire;
 
 use std::time::Duration;
 
+pub use commit::{Commit, Decision, DecisionSlot};
 pub use destination::{DestinationEvent, IncomingRegistry, MigrationListener, Outcome};
 pub use journal::Journal;
 pub use limits::LiveLimits;
@@ -85,6 +87,10 @@ pub enum MigrationError {
     Journal(#[source] std::io::Error),
     #[error("cancelled: {0}")]
     Cancelled(String),
+    /// The coordinator did not commit the switch-over (the guest resumes
+    /// on the source).
+    #[error("the switch-over was not committed: {0}")]
+    NotCommitted(String),
 }
 
 impl MigrationError {

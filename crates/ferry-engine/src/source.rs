@@ -10,7 +10,8 @@
 //!   SDPS: when the guest dirtied more than half of what was sent, throttle
 //!   it harder (initial, +step per pass, up to max)
 //! stun; final pass; DONE on every stream; device state (+ digest); PREPARE
-//! READY from the destination  -> from here on the source never resumes it
+//! READY from the destination  -> GO: at once alone, under a coordinator
+//!                                once it says so (commit.rs)
 //! GO; RESUMED                 -> release the guest
 //! ```
 //! Any failure before GO resumes the guest here (it never stopped running
@@ -63,6 +64,8 @@ pub struct SourceOptions {
     pub progress_every: Duration,
     /// Where the release is made durable before GO (a host's journal).
     pub journal: Option<Arc<dyn crate::Journal>>,
+    /// Who decides GO at READY (None: the source itself).
+    pub commit: Option<Arc<dyn crate::Commit>>,
 }
 
 impl Default for SourceOptions {
@@ -76,6 +79,7 @@ impl Default for SourceOptions {
             limits: None,
             progress_every: Duration::from_millis(250),
             journal: None,
+            commit: None,
         }
     }
 }
@@ -470,6 +474,24 @@ fn why_broken(broken: MigrationError, in_rx: &mpsc::Receiver<Inbound>) -> Migrat
 
 /// The limits this run reads as it goes: the caller's, filled from the
 /// spec where no change has set them, or the spec's own.
+/// What the destination said or did unasked (`when`): a refusal, a
+/// message out of turn, or its stream's end. None: nothing.
+fn unsolicited(in_rx: &mpsc::Receiver<Inbound>, when: &str) -> Option<MigrationError> {
+    match in_rx.try_recv() {
+        Ok(Inbound::Msg(m)) if m.first() == Some(&wire::FAILED) => Some(
+            MigrationError::Destination(String::from_utf8_lossy(&m[1..]).into_owned()),
+        ),
+        Ok(Inbound::Msg(_)) => Some(MigrationError::Destination(format!(
+            "unexpected message {when}"
+        ))),
+        Ok(Inbound::Closed(e)) => Some(MigrationError::Stream {
+            stream: 0,
+            source: e,
+        }),
+        Err(_) => None,
+    }
+}
+
 pub(crate) fn live_limits(spec: &MigrationSpec, opts: &SourceOptions) -> Arc<LiveLimits> {
     match &opts.limits {
         Some(l) => {
@@ -657,21 +679,7 @@ pub fn migrate_out(
     let mut throttle = 0u8;
 
     // Early refusal by the destination (it never sends anything before READY otherwise).
-    let check_inbound = |in_rx: &mpsc::Receiver<Inbound>| -> Option<MigrationError> {
-        match in_rx.try_recv() {
-            Ok(Inbound::Msg(m)) if m.first() == Some(&wire::FAILED) => Some(
-                MigrationError::Destination(String::from_utf8_lossy(&m[1..]).into_owned()),
-            ),
-            Ok(Inbound::Msg(_)) => Some(MigrationError::Destination(
-                "unexpected message before switch-over".into(),
-            )),
-            Ok(Inbound::Closed(e)) => Some(MigrationError::Stream {
-                stream: 0,
-                source: e,
-            }),
-            Err(_) => None,
-        }
-    };
+    let check_inbound = |in_rx: &mpsc::Receiver<Inbound>| unsolicited(in_rx, "before switch-over");
 
     // Runs one pass over `bitmap` on every stream, reporting progress.
     let tick = opts.progress_every.min(Duration::from_millis(50));
@@ -1040,6 +1048,24 @@ pub fn migrate_out(
     };
     if let Err(e) = ready {
         abort_stunned!(e);
+    }
+    if let Some(c) = &opts.commit {
+        let go =
+            crate::commit::await_go(&**c, &spec.id, 2 * spec.limits.switchover_timeout, || {
+                if let Ok(Report::Error { stream, error }) = rep_rx.try_recv() {
+                    return Err(why_broken(
+                        MigrationError::Stream {
+                            stream,
+                            source: error,
+                        },
+                        &in_rx,
+                    ));
+                }
+                unsolicited(&in_rx, "while waiting for GO").map_or(Ok(()), Err)
+            });
+        if let Err(e) = go {
+            abort_stunned!(e);
+        }
     }
     run.stats.stun.ready_seconds = prepared.elapsed().as_secs_f64();
     if let Err(e) = journal_release(opts, spec) {

@@ -20,9 +20,9 @@ use ferry::{
 
 use crate::relay::{AfterLimit, Relay};
 
-const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
+pub(crate) const FERRY: &str = env!("CARGO_BIN_EXE_ferry");
 
-struct Daemon(Child);
+pub(crate) struct Daemon(pub(crate) Child);
 
 impl Drop for Daemon {
     fn drop(&mut self) {
@@ -34,7 +34,7 @@ impl Drop for Daemon {
 /// A loopback port nothing listens on, never one this process handed out
 /// before: the kernel may give a just-closed ephemeral port out again, and
 /// CI once saw host a's migration port handed to host b too.
-fn free_port() -> SocketAddr {
+pub(crate) fn free_port() -> SocketAddr {
     static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
     let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
     for _ in 0..1000 {
@@ -50,7 +50,7 @@ fn free_port() -> SocketAddr {
     panic!("no loopback port not handed out before in 1000 tries");
 }
 
-fn wait_listening(addr: SocketAddr) {
+pub(crate) fn wait_listening(addr: SocketAddr) {
     // Generous: a host that launches QEMU first, on two cores shared with
     // the whole suite, once took over 30 s here.
     let end = Instant::now() + Duration::from_secs(90);
@@ -60,7 +60,7 @@ fn wait_listening(addr: SocketAddr) {
     }
 }
 
-fn write_host(
+pub(crate) fn write_host(
     dir: &Path,
     name: &str,
     control: SocketAddr,
@@ -117,7 +117,7 @@ fn kill(d: &mut Daemon) {
     d.0.wait().unwrap();
 }
 
-fn spawn_host(cfg: &Path, log: &Path) -> Daemon {
+pub(crate) fn spawn_host(cfg: &Path, log: &Path) -> Daemon {
     let out = std::fs::File::create(log).unwrap();
     Daemon(
         Command::new(FERRY)
@@ -148,7 +148,7 @@ fn site_dir(tag: &str) -> PathBuf {
     dir
 }
 
-fn runtime() -> tokio::runtime::Runtime {
+pub(crate) fn runtime() -> tokio::runtime::Runtime {
     tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
         .enable_all()

@@ -187,6 +187,14 @@ pub enum Request {
     CancelOutgoing {
         id: MigrationId,
     },
+    /// The coordinator's decision on this host's outgoing migration `id`,
+    /// whose destination is (or is about to be) READY: GO once the store
+    /// has recorded it with the guest's new owner, or resume the guest
+    /// here. The first decision stands; the same one again is no change.
+    Decide {
+        id: MigrationId,
+        decision: SwitchDecision,
+    },
     /// Changes this host's outgoing migration `id`'s limits (one changed
     /// before it starts takes effect at its start).
     SetOutgoingLimits {
@@ -217,6 +225,7 @@ impl Request {
             Request::Resolve { .. } => "resolve",
             Request::Cancel { .. } => "cancel",
             Request::CancelOutgoing { .. } => "cancel-outgoing",
+            Request::Decide { .. } => "decide",
             Request::SetLimits { .. } => "set-limits",
             Request::Drain { .. } => "drain",
             Request::Uncordon { .. } => "uncordon",
@@ -232,6 +241,14 @@ impl Request {
             Request::PeerFinished { .. } => "peer-finished",
         }
     }
+}
+
+/// A coordinator's word on a migration at READY.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "decision", rename_all = "kebab-case")]
+pub enum SwitchDecision {
+    Go,
+    Abort { reason: String },
 }
 
 /// What a host does with its copy of a guest when told to settle it.
@@ -356,6 +373,9 @@ pub enum Response {
     /// Nothing new, but alive: sent on a migration's connection when nothing
     /// else was for [`super::HEARTBEAT`].
     Heartbeat,
+    /// On a source's StartOutgoing connection: the destination is READY
+    /// and the source waits for the coordinator's [`Request::Decide`].
+    AwaitingGo,
     Finished(Box<MigrationStats>),
     /// The destination accepted a spec (PeerPrepare's answer: where to connect).
     Prepared {

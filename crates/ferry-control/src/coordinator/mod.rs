@@ -30,6 +30,7 @@ use crate::{
         wire::{
             Capabilities, DrainMove, DrainOutcome, DrainUnplaced, Duplicate, HostStatus,
             IncomingOutcome, MigrateOptions, MigrationRecord, MigrationState, SettleAction,
+            SwitchDecision,
         },
     },
     engine::{MigrationResult, MigrationStats},
@@ -79,8 +80,8 @@ pub struct Coordinator {
     leading: std::sync::atomic::AtomicBool,
     /// Itself, for tasks spawned from `&self` (set when it starts serving).
     me: std::sync::OnceLock<std::sync::Weak<Self>>,
-    /// Migrations the lead's recovery aborted before their READY: asked
-    /// again once their guest is back on its source.
+    /// Migrations the lead's recovery took over: asked for again if their
+    /// guest ends back on its source.
     retry: std::sync::Mutex<std::collections::HashSet<MigrationId>>,
     /// Everything this coordinator's /metrics serves.
     pub metrics: prometheus::Registry,
@@ -655,22 +656,82 @@ impl Coordinator {
         let Some(r) = self.history.get(id) else {
             return;
         };
+        // Whichever way it ended, the owner had been one end or the other.
         let (phase, owner) = match r.state {
-            MigrationState::Completed => (store::Phase::Done, Some(r.destination.clone())),
-            MigrationState::Failed | MigrationState::Cancelled => (store::Phase::Aborted, None),
+            MigrationState::Completed => (store::Phase::Done, &r.destination),
+            MigrationState::Failed | MigrationState::Cancelled => {
+                (store::Phase::Aborted, &r.source)
+            }
             _ => return,
         };
         let (Some(store), Some(mut entry)) = (self.store.get(), self.entry(id, phase)) else {
             return;
         };
         entry.note = r.error.clone();
-        if let Err(e) = store
-            .commit(&entry, owner.as_deref().map(|o| (r.guest.as_str(), o)))
-            .await
-        {
+        let swap = store::OwnerSwap {
+            guest: &r.guest,
+            from: &[&r.source, &r.destination],
+            to: owner,
+        };
+        if let Err(e) = store.commit(&entry, Some(swap)).await {
             tracing::warn!(coordinator = %self.cfg.name, migration = %id,
                 "cannot close the migration's journal record (the next leader settles it): {e}", e = report(&e));
         }
+    }
+
+    /// GO as one transaction: the journal says go and the guest's owner
+    /// becomes its destination (swapped from its source); only then is the
+    /// source told to send GO. Without the store's word (no quorum, a new
+    /// leader) the decision is to resume the guest on its source.
+    async fn commit_go(&self, id: &MigrationId) -> SwitchDecision {
+        let abort = |reason: String| SwitchDecision::Abort { reason };
+        let (Some(store), Some(entry), Some(r)) = (
+            self.store.get(),
+            self.entry(id, store::Phase::Go),
+            self.history.get(id),
+        ) else {
+            return abort(format!("{} has no store or record of it", self.cfg.name));
+        };
+        if !self.leads() {
+            return abort(format!("{} no longer leads the site", self.cfg.name));
+        }
+        let swap = store::OwnerSwap {
+            guest: &r.guest,
+            from: &[&r.source],
+            to: &r.destination,
+        };
+        match store.commit(&entry, Some(swap)).await {
+            Ok(()) => {
+                tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %r.guest,
+                    owner = %r.destination, "migration: GO recorded, the guest's owner is its destination");
+                SwitchDecision::Go
+            }
+            Err(e) => {
+                let reason = format!("the store did not record GO: {e}", e = report(&e));
+                tracing::warn!(coordinator = %self.cfg.name, migration = %id, "{reason}; the guest resumes on its source");
+                abort(reason)
+            }
+        }
+    }
+
+    /// Tells `source` the decision on its outgoing migration `id`.
+    async fn decide(
+        &self,
+        source: &str,
+        id: MigrationId,
+        decision: SwitchDecision,
+    ) -> Result<(), String> {
+        let entry = self.host_entry(source)?;
+        self.client
+            .call(
+                source,
+                entry.control,
+                &self.fence(Request::Decide { id, decision }),
+                CALL_TIMEOUT,
+            )
+            .await
+            .map(drop)
+            .map_err(|e| report(&e).to_string())
     }
 
     /// The epoch of this coordinator's last lead (0: never led).
@@ -877,10 +938,20 @@ impl Coordinator {
                 Ok(Response::Heartbeat) => {
                     events.send(&Response::Heartbeat).await;
                 }
-                Ok(Response::Finished(s)) => {
-                    failpoint("coordinator-after-go");
-                    break s;
+                Ok(Response::AwaitingGo) => {
+                    failpoint("coordinator-awaiting-go");
+                    let decision = self.commit_go(&id).await;
+                    if decision == SwitchDecision::Go {
+                        failpoint("coordinator-after-go");
+                    }
+                    if let Err(e) = self.decide(&src_name, id, decision).await {
+                        // The source gives up with its destination; the
+                        // outcome then comes on this connection as any.
+                        tracing::warn!(coordinator = %self.cfg.name, migration = %id,
+                            "cannot tell the source {src_name} the decision: {e}");
+                    }
                 }
+                Ok(Response::Finished(s)) => break s,
                 Ok(other) => {
                     return self
                         .lost(
@@ -1320,8 +1391,25 @@ impl Coordinator {
                     waiting: None,
                 }),
             }
-            if before_ready {
-                self.retry.lock().expect("retry").insert(e.id);
+            // Whatever happens next, one that ends with its guest on the
+            // source is asked for again.
+            self.retry.lock().expect("retry").insert(e.id);
+            if !before_ready {
+                // Stunned at its source, waiting for a decision: GO if the
+                // store takes it (the key is not needed for that), at GO
+                // the same word again. The source resumes the guest itself
+                // if its destination gave up meanwhile.
+                let decision = match e.phase {
+                    store::Phase::Go => SwitchDecision::Go,
+                    _ => self.commit_go(&e.id).await,
+                };
+                tracing::info!(coordinator = %self.cfg.name, migration = %e.id, decision = ?decision,
+                    "deciding the switch-over the last leader left");
+                if let Err(err) = self.decide(&e.source, e.id, decision).await {
+                    tracing::warn!(coordinator = %self.cfg.name, migration = %e.id,
+                        "the source {} took no decision (it finished on its own, or is down): {err}", e.source);
+                }
+            } else {
                 if let Ok(h) = self.host_entry(&e.source) {
                     let req = self.fence(Request::CancelOutgoing { id: e.id });
                     if let Err(err) = self

@@ -101,6 +101,28 @@ impl StoreConfig {
     }
 }
 
+/// A guest's owner swapped: `to` becomes its owner only while the store
+/// names one of `from` (or none: a guest that never moved).
+#[derive(Clone, Copy, Debug)]
+pub struct OwnerSwap<'a> {
+    pub guest: &'a str,
+    pub from: &'a [&'a str],
+    pub to: &'a str,
+}
+
+impl OwnerSwap<'_> {
+    fn check(&self, now: Option<&str>) -> Result<(), StoreError> {
+        match now {
+            Some(o) if !self.from.contains(&o) => Err(StoreError::OwnerChanged {
+                guest: self.guest.to_string(),
+                owner: o.to_string(),
+                expected: self.from.join(" or "),
+            }),
+            _ => Ok(()),
+        }
+    }
+}
+
 /// Where a migration is, as the journal records it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
@@ -113,6 +135,9 @@ pub enum Phase {
     Streaming,
     /// The source stunned the guest: its switch-over is under way.
     Ready,
+    /// GO decided: the guest's owner is its destination, which is told to
+    /// resume (through the source) only after this is recorded.
+    Go,
     /// Ended with the guest on the destination (the owner says so).
     Done,
     /// Ended with the guest on its source.
@@ -174,6 +199,14 @@ pub enum StoreError {
     Parse {
         path: PathBuf,
         source: serde_json::Error,
+    },
+    #[error(
+        "guest {guest}'s owner in the store is {owner}, not {expected}: another migration or leader changed it"
+    )]
+    OwnerChanged {
+        guest: String,
+        owner: String,
+        expected: String,
     },
     #[error("a journal record in etcd under {key} is not valid")]
     Record {
@@ -372,18 +405,26 @@ impl Store {
         self.commit(entry, None).await
     }
 
-    /// Writes `entry` and, in the same transaction, makes `owner.1` the
-    /// owner of guest `owner.0`: the migration's end and the guest's new
-    /// home are one fact.
+    /// Writes `entry` and, in the same transaction, swaps the guest's
+    /// owner: GO (or the migration's end) and the guest's home are one fact.
     pub async fn commit(
         &self,
         entry: &Entry,
-        owner: Option<(&str, &str)>,
+        owner: Option<OwnerSwap<'_>>,
     ) -> Result<(), StoreError> {
         match &self.inner {
             Inner::Embedded(s) => {
                 if s.epoch.lock().expect("epoch").is_none() {
                     return Err(StoreError::NotLeading);
+                }
+                if let Some(w) = &owner {
+                    w.check(
+                        s.owners
+                            .lock()
+                            .expect("owners")
+                            .get(w.guest)
+                            .map(String::as_str),
+                    )?;
                 }
                 {
                     let mut j = s.journal.lock().expect("journal");
@@ -395,9 +436,9 @@ impl Store {
                     j.retain(|x| !x.phase.closed());
                     write_json(&s.dir, JOURNAL, &*j)?;
                 }
-                if let Some((guest, host)) = owner {
+                if let Some(w) = owner {
                     let mut o = s.owners.lock().expect("owners");
-                    o.insert(guest.to_string(), host.to_string());
+                    o.insert(w.guest.to_string(), w.to.to_string());
                     write_json(&s.dir, OWNERS, &*o)?;
                 }
                 Ok(())
@@ -539,14 +580,40 @@ impl Etcd {
         ))
     }
 
-    async fn txn(&self, ops: Vec<TxnOp>, what: &'static str) -> Result<(), StoreError> {
+    /// Runs `ops` if this coordinator still leads and, when `owner` is
+    /// given, that guest's owner has not changed since it was read (its
+    /// key's mod revision, 0 when it has none).
+    async fn txn(
+        &self,
+        ops: Vec<TxnOp>,
+        owner: Option<(&OwnerSwap<'_>, i64)>,
+        what: &'static str,
+    ) -> Result<(), StoreError> {
         let (fence, epoch) = self.fence()?;
+        let mut when = vec![fence];
+        if let Some((w, rev)) = owner {
+            when.push(Compare::mod_revision(
+                self.key(&format!("owner/{}", w.guest)),
+                CompareOp::Equal,
+                rev,
+            ));
+        }
         let mut c = self.client.clone();
         let r = c
-            .txn(Txn::new().when(vec![fence]).and_then(ops))
+            .txn(Txn::new().when(when).and_then(ops))
             .await
             .map_err(|source| StoreError::Etcd { what, source })?;
         if !r.succeeded() {
+            if let Some((w, rev)) = owner {
+                let (now, now_rev) = self.owner_at(w.guest).await?;
+                if now_rev != rev {
+                    return Err(StoreError::OwnerChanged {
+                        guest: w.guest.to_string(),
+                        owner: now.unwrap_or_else(|| "nobody".into()),
+                        expected: w.from.join(" or "),
+                    });
+                }
+            }
             *self.lead.lock().expect("lead") = None;
             return Err(StoreError::Deposed { epoch });
         }
@@ -555,11 +622,30 @@ impl Etcd {
 
     async fn put_fenced(&self, key: &str, v: &impl Serialize) -> Result<(), StoreError> {
         let json = serde_json::to_vec(v).expect("store records serialise");
-        self.txn(vec![TxnOp::put(self.key(key), json, None)], "a write")
+        self.txn(vec![TxnOp::put(self.key(key), json, None)], None, "a write")
             .await
     }
 
-    async fn commit(&self, entry: &Entry, owner: Option<(&str, &str)>) -> Result<(), StoreError> {
+    /// A guest's owner and its key's mod revision (0: none recorded).
+    async fn owner_at(&self, guest: &str) -> Result<(Option<String>, i64), StoreError> {
+        let mut c = self.client.clone();
+        let r = c
+            .get(self.key(&format!("owner/{guest}")), None)
+            .await
+            .map_err(|source| StoreError::Etcd {
+                what: "a guest's owner",
+                source,
+            })?;
+        Ok(match r.kvs().first() {
+            Some(kv) => (
+                Some(String::from_utf8_lossy(kv.value()).into_owned()),
+                kv.mod_revision(),
+            ),
+            None => (None, 0),
+        })
+    }
+
+    async fn commit(&self, entry: &Entry, owner: Option<OwnerSwap<'_>>) -> Result<(), StoreError> {
         let key = self.key(&format!("journal/{}", entry.id));
         let mut ops = vec![if entry.phase.closed() {
             // Closed: into the history, out of the open journal.
@@ -578,10 +664,20 @@ impl Etcd {
                 None,
             ));
         }
-        if let Some((guest, host)) = owner {
-            ops.push(TxnOp::put(self.key(&format!("owner/{guest}")), host, None));
-        }
-        self.txn(ops, "the journal").await
+        let seen = match &owner {
+            Some(w) => {
+                let (now, rev) = self.owner_at(w.guest).await?;
+                w.check(now.as_deref())?;
+                ops.push(TxnOp::put(
+                    self.key(&format!("owner/{}", w.guest)),
+                    w.to,
+                    None,
+                ));
+                Some((w, rev))
+            }
+            None => None,
+        };
+        self.txn(ops, seen, "the journal").await
     }
 
     async fn open_entries(&self) -> Result<Vec<Entry>, StoreError> {
@@ -606,18 +702,7 @@ impl Etcd {
     }
 
     async fn owner(&self, guest: &str) -> Result<Option<String>, StoreError> {
-        let mut c = self.client.clone();
-        let r = c
-            .get(self.key(&format!("owner/{guest}")), None)
-            .await
-            .map_err(|source| StoreError::Etcd {
-                what: "a guest's owner",
-                source,
-            })?;
-        Ok(r.kvs()
-            .first()
-            .and_then(|kv| kv.value_str().ok())
-            .map(str::to_string))
+        Ok(self.owner_at(guest).await?.0)
     }
 }
 

@@ -186,7 +186,41 @@ struct Inventory {
 struct Controls {
     cancel: Arc<std::sync::atomic::AtomicBool>,
     limits: Arc<engine::LiveLimits>,
+    /// The coordinator's GO or abort, waited for at READY.
+    decision: Arc<engine::DecisionSlot>,
     running: bool,
+}
+
+/// What an outgoing migration tells its StartOutgoing connection.
+enum Outgoing {
+    Progress(engine::Progress),
+    AwaitingGo,
+}
+
+impl Outgoing {
+    fn into_response(self) -> Response {
+        match self {
+            Outgoing::Progress(p) => Response::Progress(p),
+            Outgoing::AwaitingGo => Response::AwaitingGo,
+        }
+    }
+}
+
+/// The coordinator decides GO: READY is announced on the StartOutgoing
+/// connection, and the decision comes as a [`Request::Decide`].
+struct CoordinatorCommit {
+    decision: Arc<engine::DecisionSlot>,
+    tx: tokio::sync::mpsc::UnboundedSender<Outgoing>,
+}
+
+impl engine::Commit for CoordinatorCommit {
+    fn ready(&self) {
+        let _ = self.tx.send(Outgoing::AwaitingGo);
+    }
+
+    fn decision(&self, wait: Duration) -> Option<engine::Decision> {
+        self.decision.wait(wait)
+    }
 }
 
 /// Words for migrations that never started here are forgotten past this
@@ -705,14 +739,19 @@ impl Host {
         if let Some(net) = &self.network {
             net.add_peer(spec.destination.migration);
         }
-        let (cancel, limits) = {
+        let (cancel, limits, decision) = {
             let mut c = self.controls.lock().expect("controls");
             let e = c.entry(spec.id).or_default();
             e.running = true;
-            (e.cancel.clone(), e.limits.clone())
+            (e.cancel.clone(), e.limits.clone(), e.decision.clone())
         };
         let id = spec.id;
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let opts = SourceOptions {
+            commit: Some(Arc::new(CoordinatorCommit {
+                decision,
+                tx: tx.clone(),
+            })),
             cancel: Some(cancel),
             limits: Some(limits),
             backend: self.cfg.backend,
@@ -724,7 +763,6 @@ impl Host {
                 .map(|j| j as Arc<dyn crate::engine::Journal>),
             ..Default::default()
         };
-        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
         let name = spec.guest.clone();
         let mode = spec.mode;
         let mm = self.migration_metrics.clone();
@@ -733,7 +771,7 @@ impl Host {
         let job = tokio::task::spawn_blocking(move || {
             let mut report = |p: &engine::Progress| {
                 mm.progress(p);
-                let _ = tx.send(p.clone());
+                let _ = tx.send(Outgoing::Progress(p.clone()));
             };
             let r = match guest {
                 Hosted::Pages(g) => engine::migrate_out(g, &spec, &opts, &mut report),
@@ -749,8 +787,8 @@ impl Host {
         let mut last_sent = std::time::Instant::now();
         let result = loop {
             tokio::select! {
-                Some(p) = rx.recv() => {
-                    let _ = resp.send(&Response::Progress(p)).await;
+                Some(ev) = rx.recv() => {
+                    let _ = resp.send(&ev.into_response()).await;
                     last_sent = std::time::Instant::now();
                 }
                 _ = beat.tick() => {
@@ -764,8 +802,8 @@ impl Host {
                 r = &mut job => break r,
             }
         };
-        while let Ok(p) = rx.try_recv() {
-            let _ = resp.send(&Response::Progress(p)).await;
+        while let Ok(ev) = rx.try_recv() {
+            let _ = resp.send(&ev.into_response()).await;
         }
         self.controls.lock().expect("controls").remove(&id);
         let mut inv = self.inventory.lock().expect("inventory");
@@ -858,6 +896,13 @@ impl Host {
                 self.cancel_outgoing(id);
                 Response::Ok
             }
+            Request::Decide { id, decision } => match self.decide(id, decision) {
+                Ok(()) => Response::Ok,
+                Err(e) => {
+                    tracing::warn!(host = %self.cfg.name, migration = %id, "refused a decision: {e}");
+                    Response::error(e)
+                }
+            },
             Request::SetOutgoingLimits { id, change } => match change.check() {
                 Ok(()) => {
                     self.set_outgoing_limits(id, &change);
@@ -884,6 +929,30 @@ impl Host {
                 running = e.running, "cancel requested");
             e.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
         });
+    }
+
+    /// Takes the coordinator's decision on outgoing migration `id`, kept
+    /// for its READY if it comes before. An abort also cancels it, so one
+    /// not yet stunned stops at once.
+    fn decide(&self, id: MigrationId, d: control::wire::SwitchDecision) -> Result<(), String> {
+        let c = self.controls.lock().expect("controls");
+        let Some(e) = c.get(&id).filter(|e| e.running) else {
+            return Err(format!(
+                "no outgoing migration {id} runs on {}: it ended, or never started here",
+                self.cfg.name
+            ));
+        };
+        let d = match d {
+            control::wire::SwitchDecision::Go => engine::Decision::Go,
+            control::wire::SwitchDecision::Abort { reason } => {
+                e.cancel.store(true, std::sync::atomic::Ordering::Relaxed);
+                engine::Decision::Abort(reason)
+            }
+        };
+        tracing::info!(host = %self.cfg.name, migration = %id, decision = ?d, "the coordinator decided");
+        e.decision
+            .decide(d)
+            .map_err(|old| format!("migration {id} was already decided: {old:?}"))
     }
 
     /// Changes migration `id`'s limits; the engine reads them as it goes

@@ -388,6 +388,16 @@ pub fn migrate_out(
         return Err(abort(streams, run, e));
     }
     step("READY");
+    if let Some(c) = &opts.commit {
+        let go =
+            crate::commit::await_go(&**c, &spec.id, 2 * spec.limits.switchover_timeout, || {
+                drain(&ev_rx, &mut ended)
+            });
+        if let Err(e) = go {
+            return Err(abort(streams, run, e));
+        }
+        step("GO decided");
+    }
     if let Err(e) = crate::source::journal_release(opts, spec) {
         return Err(abort(streams, run, e));
     }
