@@ -13,6 +13,7 @@ pub mod client;
 pub mod control;
 pub mod coordinator;
 pub mod host;
+mod state;
 
 // The layers below, under the names these modules use.
 use ferry_core::{config, machine};

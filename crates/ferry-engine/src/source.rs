@@ -474,6 +474,24 @@ fn why_broken(broken: MigrationError, in_rx: &mpsc::Receiver<Inbound>) -> Migrat
 
 /// The limits this run reads as it goes: the caller's, filled from the
 /// spec where no change has set them, or the spec's own.
+/// A sender's stream error, if one came, with the destination's reason
+/// for it when that follows in time.
+fn sender_broke(
+    rep_rx: &mpsc::Receiver<Report>,
+    in_rx: &mpsc::Receiver<Inbound>,
+) -> Option<MigrationError> {
+    match rep_rx.try_recv() {
+        Ok(Report::Error { stream, error }) => Some(why_broken(
+            MigrationError::Stream {
+                stream,
+                source: error,
+            },
+            in_rx,
+        )),
+        _ => None,
+    }
+}
+
 /// What the destination said or did unasked (`when`): a refusal, a
 /// message out of turn, or its stream's end. None: nothing.
 fn unsolicited(in_rx: &mpsc::Receiver<Inbound>, when: &str) -> Option<MigrationError> {
@@ -1011,14 +1029,8 @@ pub fn migrate_out(
     // READY, or the switch-over fails and the guest resumes here.
     let deadline = Instant::now() + spec.limits.switchover_timeout;
     let ready = loop {
-        if let Ok(Report::Error { stream, error }) = rep_rx.try_recv() {
-            break Err(why_broken(
-                MigrationError::Stream {
-                    stream,
-                    source: error,
-                },
-                &in_rx,
-            ));
+        if let Some(e) = sender_broke(&rep_rx, &in_rx) {
+            break Err(e);
         }
         match in_rx.recv_timeout(Duration::from_millis(50)) {
             Ok(Inbound::Msg(m)) if m.first() == Some(&wire::READY) => break Ok(()),
@@ -1052,14 +1064,8 @@ pub fn migrate_out(
     if let Some(c) = &opts.commit {
         let go =
             crate::commit::await_go(&**c, &spec.id, 2 * spec.limits.switchover_timeout, || {
-                if let Ok(Report::Error { stream, error }) = rep_rx.try_recv() {
-                    return Err(why_broken(
-                        MigrationError::Stream {
-                            stream,
-                            source: error,
-                        },
-                        &in_rx,
-                    ));
+                if let Some(e) = sender_broke(&rep_rx, &in_rx) {
+                    return Err(e);
                 }
                 unsolicited(&in_rx, "while waiting for GO").map_or(Ok(()), Err)
             });

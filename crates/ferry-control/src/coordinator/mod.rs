@@ -175,19 +175,10 @@ struct Cordons {
 impl Cordons {
     fn open(dir: Option<&Path>) -> anyhow::Result<Cordons> {
         let file = dir.map(|d| d.join("cordoned.json"));
-        let hosts = match &file {
-            Some(f) => match std::fs::read(f) {
-                Ok(b) => serde_json::from_slice(&b).with_context(|| {
-                    format!(
-                        "{} is not a list of host names (move it away to uncordon every host)",
-                        f.display()
-                    )
-                })?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Default::default(),
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", f.display())),
-            },
-            None => Default::default(),
-        };
+        let hosts = crate::state::read_json_or_default(
+            file.as_deref(),
+            "a list of host names is expected; move it away to uncordon every host",
+        )?;
         Ok(Cordons {
             file,
             hosts: std::sync::Mutex::new(hosts),

@@ -258,19 +258,10 @@ struct Epochs {
 impl Epochs {
     fn open(dir: Option<&Path>) -> anyhow::Result<Epochs> {
         let file = dir.map(|d| d.join("epochs.json"));
-        let seen = match &file {
-            Some(f) => match std::fs::read(f) {
-                Ok(b) => serde_json::from_slice(&b).with_context(|| {
-                    format!(
-                        "{} is not valid (move it away: the next leader's requests set it again)",
-                        f.display()
-                    )
-                })?,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
-                Err(e) => return Err(e).with_context(|| format!("cannot read {}", f.display())),
-            },
-            None => BTreeMap::new(),
-        };
+        let seen = crate::state::read_json_or_default(
+            file.as_deref(),
+            "move it away: the next leader's requests set it again",
+        )?;
         Ok(Epochs {
             file,
             seen: Mutex::new(seen),
