@@ -101,51 +101,7 @@ enum Command {
         clients: Vec<String>,
     },
     /// Ask the coordinator to move a guest, with live progress.
-    Migrate {
-        /// The guest to move, by name (see `ferry hosts`).
-        guest: String,
-        /// Destination host: NAME, or NAME@COORDINATOR for another coordinator's host.
-        #[arg(long)]
-        to: String,
-        /// Source host (default: wherever the guest runs).
-        #[arg(long)]
-        from: Option<String>,
-        /// Encryption: required, opportunistic (encrypt where both hosts
-        /// can) or disabled. Default: the guest's own setting.
-        #[arg(long, value_parser = mode_parser())]
-        mode: Option<EncryptionMode>,
-        /// Parallel migration streams, 1-64; 0 (or unset): the coordinator's
-        /// default, which in turn may be automatic (one per core, at most 8).
-        #[arg(long, value_parser = clap::value_parser!(u16).range(0..=64))]
-        streams: Option<u16>,
-        /// Switch over once the predicted stun fits this, e.g. 300ms.
-        #[arg(long, value_parser = parse_duration)]
-        downtime_limit: Option<Duration>,
-        /// How the destination's memory is checked against the source's:
-        /// off, pages (the default: page digests kept as pages move,
-        /// compared at stun) or full (all of memory hashed in the stun).
-        #[arg(long, value_parser = |s: &str| ferry::protocol::MemoryCheck::parse(s))]
-        verify_memory: Option<ferry::protocol::MemoryCheck>,
-        /// How long each side waits for the other's word at the switch-over
-        /// (bounds the stun when one is lost), e.g. 10s. Default 30s.
-        #[arg(long, value_parser = parse_duration)]
-        switchover_timeout: Option<Duration>,
-        /// Cap the migration's rate across all streams, e.g. 1Gbit or
-        /// 200MiB/s, as `virsh migrate --bandwidth`. Unset: as fast as the
-        /// path goes.
-        #[arg(long, value_parser = |s: &str| ferry::config::Rate::parse(s))]
-        max_bandwidth: Option<ferry::config::Rate>,
-        /// On Ctrl-C, cancel the migration without asking (the guest stays
-        /// on its source). Without it, Ctrl-C asks on a terminal, and
-        /// elsewhere leaves the migration running.
-        #[arg(long)]
-        cancel_on_interrupt: bool,
-        /// Print the final statistics as JSON on stdout.
-        #[arg(long)]
-        json: bool,
-        #[command(flatten)]
-        conn: Conn,
-    },
+    Migrate(MigrateArgs),
     /// Stop a migration before its switch-over; the guest stays on its
     /// source, running. Waits until the migration has ended.
     Cancel {
@@ -280,6 +236,53 @@ impl Command {
                 | Command::Uncordon { .. }
         )
     }
+}
+
+#[derive(Args)]
+struct MigrateArgs {
+    /// The guest to move, by name (see `ferry hosts`).
+    guest: String,
+    /// Destination host: NAME, or NAME@COORDINATOR for another coordinator's host.
+    #[arg(long)]
+    to: String,
+    /// Source host (default: wherever the guest runs).
+    #[arg(long)]
+    from: Option<String>,
+    /// Encryption: required, opportunistic (encrypt where both hosts
+    /// can) or disabled. Default: the guest's own setting.
+    #[arg(long, value_parser = mode_parser())]
+    mode: Option<EncryptionMode>,
+    /// Parallel migration streams, 1-64; 0 (or unset): the coordinator's
+    /// default, which in turn may be automatic (one per core, at most 8).
+    #[arg(long, value_parser = clap::value_parser!(u16).range(0..=64))]
+    streams: Option<u16>,
+    /// Switch over once the predicted stun fits this, e.g. 300ms.
+    #[arg(long, value_parser = parse_duration)]
+    downtime_limit: Option<Duration>,
+    /// How the destination's memory is checked against the source's:
+    /// off, pages (the default: page digests kept as pages move,
+    /// compared at stun) or full (all of memory hashed in the stun).
+    #[arg(long, value_parser = |s: &str| ferry::protocol::MemoryCheck::parse(s))]
+    verify_memory: Option<ferry::protocol::MemoryCheck>,
+    /// How long each side waits for the other's word at the switch-over
+    /// (bounds the stun when one is lost), e.g. 10s. Default 30s.
+    #[arg(long, value_parser = parse_duration)]
+    switchover_timeout: Option<Duration>,
+    /// Cap the migration's rate across all streams, e.g. 1Gbit or
+    /// 200MiB/s, as `virsh migrate --bandwidth`. Unset: as fast as the
+    /// path goes.
+    #[arg(long, value_parser = |s: &str| ferry::config::Rate::parse(s))]
+    max_bandwidth: Option<ferry::config::Rate>,
+    /// On Ctrl-C, cancel the migration without asking (the guest stays
+    /// on its source). Without it, Ctrl-C asks on a terminal, and
+    /// elsewhere leaves the migration running.
+    #[arg(long)]
+    cancel_on_interrupt: bool,
+    /// Print the final statistics as JSON on stdout.
+    #[arg(long)]
+    json: bool,
+    #[command(flatten)]
+    conn: Conn,
 }
 
 #[derive(Args)]
@@ -885,571 +888,627 @@ fn run(cli: Cli) -> Result<()> {
             config,
             json,
             guest,
-        } => {
-            let mut cfg = match config {
-                Some(path) => config::load::<DemoConfig>(&path)?,
-                None => DemoConfig::default(),
-            };
-            if let Some(g) = guest {
-                cfg.guest_kind = g;
-            }
-            let summary = runtime()?.block_on(ferry::demo::migration::run(&cfg, json))?;
-            if json {
-                println!("{}", serde_json::to_string_pretty(&summary)?);
-            } else {
-                print!("{}", ferry::demo::migration::render(&summary));
-            }
-            Ok(())
-        }
-        Command::Coordinator { config } => {
-            let cfg = Coordinator::load_config(&config)?;
-            let tls = server_tls(&cfg.tls, &config)?;
-            let c = Coordinator::new(cfg)?;
-            runtime()?.block_on(c.serve(tls))
-        }
-        Command::Host { config } => {
-            let cfg = Host::load_config(&config)?;
-            // Before the guests boot: a missing certificate is found at once.
-            let tls = server_tls(&cfg.tls, &config)?;
-            let rt = runtime()?;
-            let h = Host::start(cfg)?;
-            rt.block_on(h.serve(tls))
-        }
+        } => cmd_demo(config, json, guest),
+        Command::Coordinator { config } => cmd_coordinator(config),
+        Command::Host { config } => cmd_host(config),
         Command::Router {
             config,
             remove,
             dry_run,
-        } => {
-            let cfg: ferry::router::RouterConfig = config::load(&config)?;
-            if dry_run {
-                print!(
-                    "{}",
-                    ferry::router::Router::plan(&cfg)
-                        .with_context(|| format!("{}", config.display()))?
-                );
-                return Ok(());
-            }
-            if remove {
-                ferry::router::Router::remove(&cfg, None)?;
-                println!("removed what router {} left", cfg.name);
-                return Ok(());
-            }
-            runtime()?.block_on(run_router(cfg, config))
-        }
+        } => cmd_router(config, remove, dry_run),
         Command::Certs {
             out,
             coordinators,
             hosts,
             clients,
-        } => {
-            let who: Vec<(Role, String)> = coordinators
-                .into_iter()
-                .map(|n| (Role::Coordinator, n))
-                .chain(hosts.into_iter().map(|n| (Role::Host, n)))
-                .chain(clients.into_iter().map(|n| (Role::Client, n)))
-                .collect();
-            if who.is_empty() {
-                bail!("name at least one --coordinator, --host or --client");
-            }
-            for f in ferry::certs::issue(&out, &who)? {
-                println!("{}", f.display());
-            }
-            Ok(())
-        }
-        Command::Migrate {
-            guest,
-            to,
-            from,
-            mode,
-            streams,
-            downtime_limit,
-            verify_memory,
-            switchover_timeout,
-            max_bandwidth,
-            cancel_on_interrupt,
-            json,
-            conn,
-        } => {
-            let (client, coord) = conn.open()?;
-            let given = downtime_limit.is_some()
-                || verify_memory.is_some()
-                || switchover_timeout.is_some()
-                || max_bandwidth.is_some();
-            let limits = given.then(|| Limits {
-                downtime_limit: downtime_limit.unwrap_or(Limits::default().downtime_limit),
-                verify_memory: verify_memory.unwrap_or_default(),
-                switchover_timeout: switchover_timeout
-                    .unwrap_or(Limits::default().switchover_timeout),
-                bandwidth: max_bandwidth.map(|r| r.bytes_per_second()),
-                ..Limits::default()
-            });
-            let options = MigrateOptions {
-                mode,
-                streams,
-                limits,
-            };
-            let rt = runtime()?;
-            let ended = rt.block_on(migrate_watching_ctrl_c(
-                &client,
-                &coord,
-                &guest,
-                from,
-                &to,
-                options,
-                cancel_on_interrupt,
-            ))?;
-            let (stats, interrupted) = match ended {
-                Watched::Ended { stats, interrupted } => (stats, interrupted),
-                Watched::Detached { id } => {
-                    eprintln!(
-                        "ferry: migration {id} goes on: `ferry status {}` follows it, `ferry cancel {}` cancels it",
-                        short(&id),
-                        short(&id)
-                    );
-                    std::process::exit(130);
-                }
-            };
-            if json {
-                println!("{}", serde_json::to_string_pretty(&stats)?);
-            } else {
-                print!("{}", ferry::client::summary(&stats));
-            }
-            if interrupted && stats.result != ferry::engine::MigrationResult::Completed {
-                eprintln!(
-                    "ferry: migration {} cancelled: {} stays on {}",
-                    short(&stats.id),
-                    stats.guest,
-                    stats.source
-                );
-                std::process::exit(130);
-            }
-            if stats.error.is_some() {
-                bail!(
-                    "migration failed: {}",
-                    stats.error.clone().unwrap_or_default()
-                );
-            }
-            Ok(())
-        }
+        } => cmd_certs(out, coordinators, hosts, clients),
+        Command::Migrate(args) => cmd_migrate(args),
         Command::MigrateSet {
             id,
             max_bandwidth,
             downtime_limit,
             conn,
-        } => {
-            let change = ferry::protocol::LimitChange {
-                bandwidth: max_bandwidth,
-                downtime_limit_us: downtime_limit
-                    .map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
-            };
-            if change.is_empty() {
-                bail!("nothing to change: give --max-bandwidth or --downtime-limit (or both)");
-            }
-            let (client, coord) = conn.open()?;
-            runtime()?.block_on(migrate_set(&client, &coord, &id, change))
-        }
-        Command::Cancel { id, conn } => {
-            let (client, coord) = conn.open()?;
-            runtime()?.block_on(cancel(&client, &coord, &id))
-        }
-        Command::Status { id, json, conn } => {
-            let (client, coord) = conn.open()?;
-            let mut migrations = runtime()?.block_on(status(&client, &coord, None))?;
-            if let Some(prefix) = id {
-                let one = ferry::client::find_by_prefix(&migrations, &prefix)
-                    .map_err(anyhow::Error::msg)?
-                    .clone();
-                if json {
-                    println!("{}", serde_json::to_string_pretty(&one)?);
-                } else {
-                    print!("{}", ferry::client::job_info(&one));
-                }
-                return Ok(());
-            }
-            migrations.sort_by_key(|r| r.started_unix_ms);
-            if json {
-                println!("{}", serde_json::to_string_pretty(&migrations)?);
-            } else {
-                print!("{}", ferry::client::status_table(&migrations));
-            }
-            Ok(())
-        }
-        Command::Hosts { json, conn } => {
-            let (client, coord) = conn.open()?;
-            let r = runtime()?.block_on(client.call(
-                &coord.name,
-                coord.addr,
-                &ferry::control::Request::Hosts,
-                Duration::from_secs(60),
-            ))?;
-            let ferry::control::Response::Hosts { hosts, duplicates } = r else {
-                bail!("unexpected answer: {r:?}")
-            };
-            for d in &duplicates {
-                eprintln!(
-                    "warning: guest {} is listed on {}: keep one with `ferry resolve {} --keep HOST`",
-                    d.guest,
-                    d.hosts.join(" and "),
-                    d.guest
-                );
-            }
-            if json {
-                println!("{}", serde_json::to_string_pretty(&hosts)?);
-            } else {
-                for h in hosts {
-                    match h.capabilities {
-                        Some(c) => {
-                            println!(
-                                "{}: encryption {}, {} free of {}, migration on {}{}",
-                                h.name,
-                                if c.encryption { "yes" } else { "no" },
-                                config::ByteSize(c.memory_free),
-                                config::ByteSize(c.memory_capacity),
-                                c.migration,
-                                if h.cordoned {
-                                    " (cordoned: `ferry uncordon` lets guests come back)"
-                                } else {
-                                    ""
-                                }
-                            );
-                            for g in c.guests {
-                                println!(
-                                    "  {} ({}, {} vCPUs, {}, encryption {})",
-                                    g.info.name,
-                                    config::ByteSize(g.info.memory),
-                                    g.info.vcpus,
-                                    g.info.state,
-                                    g.encryption
-                                );
-                            }
-                        }
-                        None => {
-                            println!("{}: unreachable: {}", h.name, h.error.unwrap_or_default())
-                        }
-                    }
-                }
-            }
-            Ok(())
-        }
+        } => cmd_migrate_set(id, max_bandwidth, downtime_limit, conn),
+        Command::Cancel { id, conn } => cmd_cancel(id, conn),
+        Command::Status { id, json, conn } => cmd_status(id, json, conn),
+        Command::Hosts { json, conn } => cmd_hosts(json, conn),
         Command::Drain {
             host,
             max_bandwidth,
             json,
             conn,
-        } => {
-            let (client, coord) = conn.open()?;
-            let options = MigrateOptions {
-                limits: max_bandwidth.map(|r| Limits {
-                    bandwidth: Some(r.bytes_per_second()),
-                    ..Limits::default()
-                }),
-                ..MigrateOptions::default()
-            };
-            let r = runtime()?.block_on(drain(&client, &coord, &host, options, json))?;
-            let ferry::control::Response::Drained {
-                host,
-                outcomes,
-                unplaced,
-                remaining,
-            } = r
-            else {
-                bail!("unexpected answer: {r:?}")
-            };
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&serde_json::json!({
-                        "host": host, "outcomes": outcomes, "unplaced": unplaced, "remaining": remaining,
-                    }))?
-                );
-            } else {
-                print!("{}", ferry::client::drain_table(&outcomes, &unplaced));
-            }
-            if !remaining.is_empty() {
-                bail!(
-                    "{host} still runs {}: it stays cordoned; see above why, then `ferry drain {host}` again",
-                    remaining.join(", ")
-                );
-            }
-            eprintln!(
-                "ferry: {host} is drained and cordoned: `ferry uncordon {host}` lets guests come back"
-            );
-            Ok(())
-        }
-        Command::Uncordon { host, conn } => {
-            let (client, coord) = conn.open()?;
-            let r = runtime()?
-                .block_on(client.call(
-                    &coord.name,
-                    coord.addr,
-                    &ferry::control::Request::Uncordon { host },
-                    Duration::from_secs(30),
-                ))
-                .context("cannot uncordon")?;
-            match r {
-                ferry::control::Response::Resolved { message } => {
-                    println!("{message}");
-                    Ok(())
-                }
-                other => bail!("unexpected answer: {other:?}"),
-            }
-        }
+        } => cmd_drain(host, max_bandwidth, json, conn),
+        Command::Uncordon { host, conn } => cmd_uncordon(host, conn),
         Command::Resolve {
             guest,
             keep,
             force,
             conn,
-        } => {
-            let (client, coord) = conn.open()?;
-            let r = runtime()?
-                .block_on(client.call(
-                    &coord.name,
-                    coord.addr,
-                    &ferry::control::Request::Resolve { guest, keep, force },
-                    Duration::from_secs(60),
-                ))
-                .context("cannot resolve")?;
-            match r {
-                ferry::control::Response::Resolved { message } => {
-                    println!("{message}");
-                    Ok(())
-                }
-                other => bail!("unexpected answer: {other:?}"),
-            }
-        }
+        } => cmd_resolve(guest, keep, force, conn),
         Command::Install {
             root,
             prefix,
             sysconfdir,
-        } => {
-            for (flag, p) in [("--prefix", &prefix), ("--sysconfdir", &sysconfdir)] {
-                if !p.is_absolute() {
-                    bail!(
-                        "{flag} {}: must be an absolute path on the target system",
-                        p.display()
-                    );
-                }
-            }
-            let exe = std::env::current_exe().context("cannot find this binary to install it")?;
-            let layout = install::Layout {
-                root,
-                prefix,
-                sysconfdir,
-            };
-            let before = std::fs::metadata(&exe).map(|m| m.len()).unwrap_or(0);
-            for f in install::install(Cli::command(), &exe, &layout)? {
-                println!("{:<60} {}", f.path.display(), f.what);
-            }
-            let bin = layout.root.join(
-                layout
-                    .prefix
-                    .strip_prefix("/")
-                    .unwrap_or(&layout.prefix)
-                    .join("bin/ferry"),
-            );
-            let after = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+        } => cmd_install(root, prefix, sysconfdir),
+        Command::Config { command } => match command {
+            ConfigCommand::Check { files, syntax_only } => cmd_config_check(files, syntax_only),
+            ConfigCommand::Reference => cmd_config_reference(),
+            ConfigCommand::Schema { kind } => cmd_config_schema(kind),
+        },
+        Command::Lab { command } => match command {
+            LabCommand::Counters { config } => cmd_lab_counters(config),
+            LabCommand::DemoRepeat {
+                runs,
+                hogs,
+                config: path,
+                out,
+            } => cmd_lab_demo_repeat(runs, hogs, path, out),
+            LabCommand::Machine { json } => cmd_lab_machine(json),
+            LabCommand::BenchDataplane { seconds, out } => cmd_lab_bench_dataplane(seconds, out),
+            LabCommand::BenchQemu {
+                runs,
+                memory_mib,
+                touched_mib,
+                out,
+            } => cmd_lab_bench_qemu(runs, memory_mib, touched_mib, out),
+            LabCommand::BenchMigration {
+                runs,
+                sizes,
+                qemu_up_to,
+                out,
+            } => cmd_lab_bench_migration(runs, sizes, qemu_up_to, out),
+            LabCommand::BenchWan { seconds, out } => cmd_lab_bench_wan(seconds, out),
+            LabCommand::Run { file, out } => cmd_lab_run(file, out),
+        },
+    }
+}
+
+fn cmd_demo(
+    config: Option<PathBuf>,
+    json: bool,
+    guest: Option<ferry::host::config::GuestKind>,
+) -> Result<()> {
+    let mut cfg = match config {
+        Some(path) => config::load::<DemoConfig>(&path)?,
+        None => DemoConfig::default(),
+    };
+    if let Some(g) = guest {
+        cfg.guest_kind = g;
+    }
+    let summary = runtime()?.block_on(ferry::demo::migration::run(&cfg, json))?;
+    if json {
+        println!("{}", serde_json::to_string_pretty(&summary)?);
+    } else {
+        print!("{}", ferry::demo::migration::render(&summary));
+    }
+    Ok(())
+}
+
+fn cmd_coordinator(config: PathBuf) -> Result<()> {
+    let cfg = Coordinator::load_config(&config)?;
+    let tls = server_tls(&cfg.tls, &config)?;
+    let c = Coordinator::new(cfg)?;
+    Ok(runtime()?.block_on(c.serve(tls))?)
+}
+
+fn cmd_host(config: PathBuf) -> Result<()> {
+    let cfg = Host::load_config(&config)?;
+    // Before the guests boot: a missing certificate is found at once.
+    let tls = server_tls(&cfg.tls, &config)?;
+    let rt = runtime()?;
+    let h = Host::start(cfg)?;
+    Ok(rt.block_on(h.serve(tls))?)
+}
+
+fn cmd_router(config: PathBuf, remove: bool, dry_run: bool) -> Result<()> {
+    let cfg: ferry::router::RouterConfig = config::load(&config)?;
+    if dry_run {
+        print!(
+            "{}",
+            ferry::router::Router::plan(&cfg).with_context(|| format!("{}", config.display()))?
+        );
+        return Ok(());
+    }
+    if remove {
+        ferry::router::Router::remove(&cfg, None)?;
+        println!("removed what router {} left", cfg.name);
+        return Ok(());
+    }
+    runtime()?.block_on(run_router(cfg, config))
+}
+
+fn cmd_certs(
+    out: PathBuf,
+    coordinators: Vec<String>,
+    hosts: Vec<String>,
+    clients: Vec<String>,
+) -> Result<()> {
+    let who: Vec<(Role, String)> = coordinators
+        .into_iter()
+        .map(|n| (Role::Coordinator, n))
+        .chain(hosts.into_iter().map(|n| (Role::Host, n)))
+        .chain(clients.into_iter().map(|n| (Role::Client, n)))
+        .collect();
+    if who.is_empty() {
+        bail!("name at least one --coordinator, --host or --client");
+    }
+    for f in ferry::certs::issue(&out, &who)? {
+        println!("{}", f.display());
+    }
+    Ok(())
+}
+
+fn cmd_migrate(args: MigrateArgs) -> Result<()> {
+    let MigrateArgs {
+        guest,
+        to,
+        from,
+        mode,
+        streams,
+        downtime_limit,
+        verify_memory,
+        switchover_timeout,
+        max_bandwidth,
+        cancel_on_interrupt,
+        json,
+        conn,
+    } = args;
+    let (client, coord) = conn.open()?;
+    let given = downtime_limit.is_some()
+        || verify_memory.is_some()
+        || switchover_timeout.is_some()
+        || max_bandwidth.is_some();
+    let limits = given.then(|| Limits {
+        downtime_limit: downtime_limit.unwrap_or(Limits::default().downtime_limit),
+        verify_memory: verify_memory.unwrap_or_default(),
+        switchover_timeout: switchover_timeout.unwrap_or(Limits::default().switchover_timeout),
+        bandwidth: max_bandwidth.map(|r| r.bytes_per_second()),
+        ..Limits::default()
+    });
+    let options = MigrateOptions {
+        mode,
+        streams,
+        limits,
+    };
+    let rt = runtime()?;
+    let ended = rt.block_on(migrate_watching_ctrl_c(
+        &client,
+        &coord,
+        &guest,
+        from,
+        &to,
+        options,
+        cancel_on_interrupt,
+    ))?;
+    let (stats, interrupted) = match ended {
+        Watched::Ended { stats, interrupted } => (stats, interrupted),
+        Watched::Detached { id } => {
             eprintln!(
-                "ferry: installed; the binary is {:.1} MB (this build {:.1} MB). Next: `ferry certs --out {}/ferry/certs ...`, edit the YAML files, then `systemctl daemon-reload && systemctl enable --now ferry-host`",
-                after as f64 / 1e6,
-                before as f64 / 1e6,
-                layout.sysconfdir.display()
+                "ferry: migration {id} goes on: `ferry status {}` follows it, `ferry cancel {}` cancels it",
+                short(&id),
+                short(&id)
             );
-            Ok(())
+            std::process::exit(130);
         }
-        Command::Config {
-            command: ConfigCommand::Check { files, syntax_only },
-        } => {
-            let mut failed = 0;
-            for f in &files {
-                let checked = config_check::check(f)
-                    .map_err(|e| report(&e).to_string())
-                    .and_then(|kind| {
-                        if !syntax_only {
-                            config_check::check_files(kind, f)?;
+    };
+    if json {
+        println!("{}", serde_json::to_string_pretty(&stats)?);
+    } else {
+        print!("{}", ferry::client::summary(&stats));
+    }
+    if interrupted && stats.result != ferry::engine::MigrationResult::Completed {
+        eprintln!(
+            "ferry: migration {} cancelled: {} stays on {}",
+            short(&stats.id),
+            stats.guest,
+            stats.source
+        );
+        std::process::exit(130);
+    }
+    if stats.error.is_some() {
+        bail!(
+            "migration failed: {}",
+            stats.error.clone().unwrap_or_default()
+        );
+    }
+    Ok(())
+}
+
+fn cmd_migrate_set(
+    id: String,
+    max_bandwidth: Option<u64>,
+    downtime_limit: Option<Duration>,
+    conn: Conn,
+) -> Result<()> {
+    let change = ferry::protocol::LimitChange {
+        bandwidth: max_bandwidth,
+        downtime_limit_us: downtime_limit.map(|d| u64::try_from(d.as_micros()).unwrap_or(u64::MAX)),
+    };
+    if change.is_empty() {
+        bail!("nothing to change: give --max-bandwidth or --downtime-limit (or both)");
+    }
+    let (client, coord) = conn.open()?;
+    runtime()?.block_on(migrate_set(&client, &coord, &id, change))
+}
+
+fn cmd_cancel(id: String, conn: Conn) -> Result<()> {
+    let (client, coord) = conn.open()?;
+    runtime()?.block_on(cancel(&client, &coord, &id))
+}
+
+fn cmd_status(id: Option<String>, json: bool, conn: Conn) -> Result<()> {
+    let (client, coord) = conn.open()?;
+    let mut migrations = runtime()?.block_on(status(&client, &coord, None))?;
+    if let Some(prefix) = id {
+        let one = ferry::client::find_by_prefix(&migrations, &prefix)
+            .map_err(anyhow::Error::msg)?
+            .clone();
+        if json {
+            println!("{}", serde_json::to_string_pretty(&one)?);
+        } else {
+            print!("{}", ferry::client::job_info(&one));
+        }
+        return Ok(());
+    }
+    migrations.sort_by_key(|r| r.started_unix_ms);
+    if json {
+        println!("{}", serde_json::to_string_pretty(&migrations)?);
+    } else {
+        print!("{}", ferry::client::status_table(&migrations));
+    }
+    Ok(())
+}
+
+fn cmd_hosts(json: bool, conn: Conn) -> Result<()> {
+    let (client, coord) = conn.open()?;
+    let r = runtime()?.block_on(client.call(
+        &coord.name,
+        coord.addr,
+        &ferry::control::Request::Hosts,
+        Duration::from_secs(60),
+    ))?;
+    let ferry::control::Response::Hosts { hosts, duplicates } = r else {
+        bail!("unexpected answer: {r:?}")
+    };
+    for d in &duplicates {
+        eprintln!(
+            "warning: guest {} is listed on {}: keep one with `ferry resolve {} --keep HOST`",
+            d.guest,
+            d.hosts.join(" and "),
+            d.guest
+        );
+    }
+    if json {
+        println!("{}", serde_json::to_string_pretty(&hosts)?);
+    } else {
+        for h in hosts {
+            match h.capabilities {
+                Some(c) => {
+                    println!(
+                        "{}: encryption {}, {} free of {}, migration on {}{}",
+                        h.name,
+                        if c.encryption { "yes" } else { "no" },
+                        config::ByteSize(c.memory_free),
+                        config::ByteSize(c.memory_capacity),
+                        c.migration,
+                        if h.cordoned {
+                            " (cordoned: `ferry uncordon` lets guests come back)"
+                        } else {
+                            ""
                         }
-                        Ok(kind)
-                    });
-                match checked {
-                    Ok(kind) => println!("{}: ok ({kind:?})", f.display()),
-                    Err(e) => {
-                        eprintln!("{e}");
-                        failed += 1;
+                    );
+                    for g in c.guests {
+                        println!(
+                            "  {} ({}, {} vCPUs, {}, encryption {})",
+                            g.info.name,
+                            config::ByteSize(g.info.memory),
+                            g.info.vcpus,
+                            g.info.state,
+                            g.encryption
+                        );
                     }
                 }
+                None => {
+                    println!("{}: unreachable: {}", h.name, h.error.unwrap_or_default())
+                }
             }
-            anyhow::ensure!(
-                failed == 0,
-                "{failed} of {} configuration files are invalid",
-                files.len()
-            );
-            Ok(())
-        }
-        Command::Config {
-            command: ConfigCommand::Reference,
-        } => {
-            print!("{}", ferry::config_reference::markdown());
-            Ok(())
-        }
-        Command::Config {
-            command: ConfigCommand::Schema { kind },
-        } => {
-            println!("{}", serde_json::to_string_pretty(&kind.schema())?);
-            Ok(())
-        }
-        Command::Lab {
-            command: LabCommand::Counters { config },
-        } => {
-            let cfg = match config {
-                Some(path) => config::load::<CountersConfig>(&path)?,
-                None => CountersConfig::default(),
-            };
-            ferry::lab::counters::run(&cfg).context("data-plane demo")?;
-            Ok(())
-        }
-        Command::Lab {
-            command:
-                LabCommand::DemoRepeat {
-                    runs,
-                    hogs,
-                    config: path,
-                    out,
-                },
-        } => {
-            let cfg = match path {
-                Some(path) => config::load::<DemoConfig>(&path)?,
-                None => DemoConfig::default(),
-            };
-            let hogs = hogs
-                .unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
-            let report = runtime()?.block_on(ferry::demo::repeat::run(&cfg, runs, hogs))?;
-            print!("{}", ferry::demo::repeat::render(&report));
-            std::fs::create_dir_all(&out)?;
-            let path = out.join("demo-repeat.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
-            println!("wrote {}", path.display());
-            if report.failures > 0 {
-                bail!("{} of {runs} demo runs failed", report.failures);
-            }
-            Ok(())
-        }
-        Command::Lab {
-            command: LabCommand::Machine { json },
-        } => {
-            let m = ferry::lab::machine::Machine::probe();
-            if json {
-                println!("{}", serde_json::to_string_pretty(&m)?);
-            } else {
-                println!("{m}");
-            }
-            Ok(())
-        }
-        Command::Lab {
-            command: LabCommand::BenchDataplane { seconds, out },
-        } => {
-            eprintln!("{}", ferry::lab::machine::Machine::probe());
-            let t0 = std::time::Instant::now();
-            let r = ferry::lab::dataplane_bench::run(seconds, &|p| {
-                eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
-            })?;
-            print!("{}", r.table());
-            std::fs::create_dir_all(&out)?;
-            let path = out.join("dataplane.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
-            println!("wrote {}", path.display());
-            Ok(())
-        }
-        Command::Lab {
-            command:
-                LabCommand::BenchQemu {
-                    runs,
-                    memory_mib,
-                    touched_mib,
-                    out,
-                },
-        } => {
-            if runs == 0 || touched_mib as u64 >= memory_mib {
-                anyhow::bail!("--runs must be at least 1 and --touched-mib below --memory-mib");
-            }
-            eprintln!("{}", ferry::lab::machine::Machine::probe());
-            let t0 = std::time::Instant::now();
-            let r = ferry::lab::qemu_bench::run(runs, memory_mib, touched_mib, &|p| {
-                eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
-            })?;
-            print!("{}", r.table());
-            std::fs::create_dir_all(&out)?;
-            let path = out.join("qemu.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
-            let svg = out.join("qemu.svg");
-            std::fs::write(&svg, r.chart())?;
-            println!("wrote {} and {}", path.display(), svg.display());
-            Ok(())
-        }
-        Command::Lab {
-            command:
-                LabCommand::BenchMigration {
-                    runs,
-                    sizes,
-                    qemu_up_to,
-                    out,
-                },
-        } => {
-            if runs == 0 || sizes.is_empty() {
-                anyhow::bail!("--runs must be at least 1 and --sizes name at least one size");
-            }
-            if let Some(bad) = sizes
-                .iter()
-                .find(|s| s.0 < 64 << 20 || !s.0.is_multiple_of(1 << 20))
-            {
-                anyhow::bail!("--sizes: {bad} is not a whole number of MiB of at least 64MiB");
-            }
-            eprintln!("{}", ferry::lab::machine::Machine::probe());
-            let t0 = std::time::Instant::now();
-            let sizes: Vec<u64> = sizes.iter().map(|s| s.0).collect();
-            let r = ferry::lab::migration_bench::run(runs, &sizes, qemu_up_to.0, &|p| {
-                eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
-            })?;
-            print!("{}", r.table());
-            std::fs::create_dir_all(&out)?;
-            let path = out.join("migration.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
-            let svg = out.join("migration.svg");
-            std::fs::write(&svg, r.chart())?;
-            println!("wrote {} and {}", path.display(), svg.display());
-            Ok(())
-        }
-        Command::Lab {
-            command: LabCommand::BenchWan { seconds, out },
-        } => {
-            eprintln!("{}", ferry::lab::machine::Machine::probe());
-            let t0 = std::time::Instant::now();
-            let r = ferry::lab::wan_bench::run(seconds, &|p| {
-                eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
-            })?;
-            print!("{}", r.table());
-            std::fs::create_dir_all(&out)?;
-            let path = out.join("wan.json");
-            std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
-            let svg = out.join("wan-delay-error.svg");
-            std::fs::write(&svg, r.chart())?;
-            println!("wrote {} and {}", path.display(), svg.display());
-            Ok(())
-        }
-        Command::Lab {
-            command: LabCommand::Run { file, out },
-        } => {
-            let cfg: ferry::lab::experiment::ExperimentConfig = config::load(&file)?;
-            eprintln!("{}", ferry::lab::machine::Machine::probe());
-            let t0 = std::time::Instant::now();
-            let results = ferry::lab::experiment::run(&cfg, |p| {
-                eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
-            })?;
-            print!("{}", results.table());
-            for f in results.write(&out)? {
-                println!("wrote {}", f.display());
-            }
-            Ok(())
         }
     }
+    Ok(())
+}
+
+fn cmd_drain(
+    host: String,
+    max_bandwidth: Option<ferry::config::Rate>,
+    json: bool,
+    conn: Conn,
+) -> Result<()> {
+    let (client, coord) = conn.open()?;
+    let options = MigrateOptions {
+        limits: max_bandwidth.map(|r| Limits {
+            bandwidth: Some(r.bytes_per_second()),
+            ..Limits::default()
+        }),
+        ..MigrateOptions::default()
+    };
+    let r = runtime()?.block_on(drain(&client, &coord, &host, options, json))?;
+    let ferry::control::Response::Drained {
+        host,
+        outcomes,
+        unplaced,
+        remaining,
+    } = r
+    else {
+        bail!("unexpected answer: {r:?}")
+    };
+    if json {
+        println!(
+            "{}",
+            serde_json::to_string_pretty(&serde_json::json!({
+                "host": host, "outcomes": outcomes, "unplaced": unplaced, "remaining": remaining,
+            }))?
+        );
+    } else {
+        print!("{}", ferry::client::drain_table(&outcomes, &unplaced));
+    }
+    if !remaining.is_empty() {
+        bail!(
+            "{host} still runs {}: it stays cordoned; see above why, then `ferry drain {host}` again",
+            remaining.join(", ")
+        );
+    }
+    eprintln!(
+        "ferry: {host} is drained and cordoned: `ferry uncordon {host}` lets guests come back"
+    );
+    Ok(())
+}
+
+fn cmd_uncordon(host: String, conn: Conn) -> Result<()> {
+    let (client, coord) = conn.open()?;
+    let r = runtime()?
+        .block_on(client.call(
+            &coord.name,
+            coord.addr,
+            &ferry::control::Request::Uncordon { host },
+            Duration::from_secs(30),
+        ))
+        .context("cannot uncordon")?;
+    match r {
+        ferry::control::Response::Resolved { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+fn cmd_resolve(guest: String, keep: Option<String>, force: bool, conn: Conn) -> Result<()> {
+    let (client, coord) = conn.open()?;
+    let r = runtime()?
+        .block_on(client.call(
+            &coord.name,
+            coord.addr,
+            &ferry::control::Request::Resolve { guest, keep, force },
+            Duration::from_secs(60),
+        ))
+        .context("cannot resolve")?;
+    match r {
+        ferry::control::Response::Resolved { message } => {
+            println!("{message}");
+            Ok(())
+        }
+        other => bail!("unexpected answer: {other:?}"),
+    }
+}
+
+fn cmd_install(root: PathBuf, prefix: PathBuf, sysconfdir: PathBuf) -> Result<()> {
+    for (flag, p) in [("--prefix", &prefix), ("--sysconfdir", &sysconfdir)] {
+        if !p.is_absolute() {
+            bail!(
+                "{flag} {}: must be an absolute path on the target system",
+                p.display()
+            );
+        }
+    }
+    let exe = std::env::current_exe().context("cannot find this binary to install it")?;
+    let layout = install::Layout {
+        root,
+        prefix,
+        sysconfdir,
+    };
+    let before = std::fs::metadata(&exe).map(|m| m.len()).unwrap_or(0);
+    for f in install::install(Cli::command(), &exe, &layout)? {
+        println!("{:<60} {}", f.path.display(), f.what);
+    }
+    let bin = layout.root.join(
+        layout
+            .prefix
+            .strip_prefix("/")
+            .unwrap_or(&layout.prefix)
+            .join("bin/ferry"),
+    );
+    let after = std::fs::metadata(&bin).map(|m| m.len()).unwrap_or(0);
+    eprintln!(
+        "ferry: installed; the binary is {:.1} MB (this build {:.1} MB). Next: `ferry certs --out {}/ferry/certs ...`, edit the YAML files, then `systemctl daemon-reload && systemctl enable --now ferry-host`",
+        after as f64 / 1e6,
+        before as f64 / 1e6,
+        layout.sysconfdir.display()
+    );
+    Ok(())
+}
+
+fn cmd_config_check(files: Vec<PathBuf>, syntax_only: bool) -> Result<()> {
+    let mut failed = 0;
+    for f in &files {
+        let checked = config_check::check(f)
+            .map_err(|e| report(&e).to_string())
+            .and_then(|kind| {
+                if !syntax_only {
+                    config_check::check_files(kind, f)?;
+                }
+                Ok(kind)
+            });
+        match checked {
+            Ok(kind) => println!("{}: ok ({kind:?})", f.display()),
+            Err(e) => {
+                eprintln!("{e}");
+                failed += 1;
+            }
+        }
+    }
+    anyhow::ensure!(
+        failed == 0,
+        "{failed} of {} configuration files are invalid",
+        files.len()
+    );
+    Ok(())
+}
+
+fn cmd_config_reference() -> Result<()> {
+    print!("{}", ferry::config_reference::markdown());
+    Ok(())
+}
+
+fn cmd_config_schema(kind: config_check::Kind) -> Result<()> {
+    println!("{}", serde_json::to_string_pretty(&kind.schema())?);
+    Ok(())
+}
+
+fn cmd_lab_counters(config: Option<PathBuf>) -> Result<()> {
+    let cfg = match config {
+        Some(path) => config::load::<CountersConfig>(&path)?,
+        None => CountersConfig::default(),
+    };
+    ferry::lab::counters::run(&cfg).context("data-plane demo")?;
+    Ok(())
+}
+
+fn cmd_lab_demo_repeat(
+    runs: u32,
+    hogs: Option<usize>,
+    path: Option<PathBuf>,
+    out: PathBuf,
+) -> Result<()> {
+    let cfg = match path {
+        Some(path) => config::load::<DemoConfig>(&path)?,
+        None => DemoConfig::default(),
+    };
+    let hogs =
+        hogs.unwrap_or_else(|| 2 * std::thread::available_parallelism().map_or(1, |n| n.get()));
+    let report = runtime()?.block_on(ferry::demo::repeat::run(&cfg, runs, hogs))?;
+    print!("{}", ferry::demo::repeat::render(&report));
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("demo-repeat.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("wrote {}", path.display());
+    if report.failures > 0 {
+        bail!("{} of {runs} demo runs failed", report.failures);
+    }
+    Ok(())
+}
+
+fn cmd_lab_machine(json: bool) -> Result<()> {
+    let m = ferry::lab::machine::Machine::probe();
+    if json {
+        println!("{}", serde_json::to_string_pretty(&m)?);
+    } else {
+        println!("{m}");
+    }
+    Ok(())
+}
+
+fn cmd_lab_bench_dataplane(seconds: u32, out: PathBuf) -> Result<()> {
+    eprintln!("{}", ferry::lab::machine::Machine::probe());
+    let t0 = std::time::Instant::now();
+    let r = ferry::lab::dataplane_bench::run(seconds, &|p| {
+        eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
+    })?;
+    print!("{}", r.table());
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("dataplane.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+    println!("wrote {}", path.display());
+    Ok(())
+}
+
+fn cmd_lab_bench_qemu(runs: usize, memory_mib: u64, touched_mib: u32, out: PathBuf) -> Result<()> {
+    if runs == 0 || touched_mib as u64 >= memory_mib {
+        anyhow::bail!("--runs must be at least 1 and --touched-mib below --memory-mib");
+    }
+    eprintln!("{}", ferry::lab::machine::Machine::probe());
+    let t0 = std::time::Instant::now();
+    let r = ferry::lab::qemu_bench::run(runs, memory_mib, touched_mib, &|p| {
+        eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
+    })?;
+    print!("{}", r.table());
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("qemu.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+    let svg = out.join("qemu.svg");
+    std::fs::write(&svg, r.chart())?;
+    println!("wrote {} and {}", path.display(), svg.display());
+    Ok(())
+}
+
+fn cmd_lab_bench_migration(
+    runs: usize,
+    sizes: Vec<ferry::config::ByteSize>,
+    qemu_up_to: ferry::config::ByteSize,
+    out: PathBuf,
+) -> Result<()> {
+    if runs == 0 || sizes.is_empty() {
+        anyhow::bail!("--runs must be at least 1 and --sizes name at least one size");
+    }
+    if let Some(bad) = sizes
+        .iter()
+        .find(|s| s.0 < 64 << 20 || !s.0.is_multiple_of(1 << 20))
+    {
+        anyhow::bail!("--sizes: {bad} is not a whole number of MiB of at least 64MiB");
+    }
+    eprintln!("{}", ferry::lab::machine::Machine::probe());
+    let t0 = std::time::Instant::now();
+    let sizes: Vec<u64> = sizes.iter().map(|s| s.0).collect();
+    let r = ferry::lab::migration_bench::run(runs, &sizes, qemu_up_to.0, &|p| {
+        eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
+    })?;
+    print!("{}", r.table());
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("migration.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+    let svg = out.join("migration.svg");
+    std::fs::write(&svg, r.chart())?;
+    println!("wrote {} and {}", path.display(), svg.display());
+    Ok(())
+}
+
+fn cmd_lab_bench_wan(seconds: u32, out: PathBuf) -> Result<()> {
+    eprintln!("{}", ferry::lab::machine::Machine::probe());
+    let t0 = std::time::Instant::now();
+    let r = ferry::lab::wan_bench::run(seconds, &|p| {
+        eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
+    })?;
+    print!("{}", r.table());
+    std::fs::create_dir_all(&out)?;
+    let path = out.join("wan.json");
+    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
+    let svg = out.join("wan-delay-error.svg");
+    std::fs::write(&svg, r.chart())?;
+    println!("wrote {} and {}", path.display(), svg.display());
+    Ok(())
+}
+
+fn cmd_lab_run(file: PathBuf, out: PathBuf) -> Result<()> {
+    let cfg: ferry::lab::experiment::ExperimentConfig = config::load(&file)?;
+    eprintln!("{}", ferry::lab::machine::Machine::probe());
+    let t0 = std::time::Instant::now();
+    let results = ferry::lab::experiment::run(&cfg, |p| {
+        eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
+    })?;
+    print!("{}", results.table());
+    for f in results.write(&out)? {
+        println!("wrote {}", f.display());
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -15,6 +15,8 @@ pub mod coordinator;
 pub mod host;
 mod state;
 
+pub use state::{ServeError, StateError};
+
 // The layers below, under the names these modules use.
 use ferry_core::{config, machine};
 use ferry_dataplane::dataplane;

@@ -32,7 +32,7 @@ use std::{
 use super::{
     QUERY_STREAM_BASE,
     stats::DestinationStats,
-    wire::{self, Batch, StateAssembler},
+    wire::{Answer, Message, StateAssembler},
 };
 use crate::{
     channels::{
@@ -46,7 +46,7 @@ use crate::{
 use ferry_protocol::{
     Backend, KeySchedule, MemoryCheck, MigrationId, MigrationSpec, ProtocolMetrics, Side,
     Transport,
-    handshake::{Accepted, Expectation, FLAG_OUTCOME_QUERY, StreamRegistry, server_handshake},
+    handshake::{Accepted, Expectation, StreamPurpose, StreamRegistry, server_handshake},
     record::{Record, RecordReader, RecordWriter},
     stream_crypto,
 };
@@ -305,7 +305,7 @@ impl IncomingRegistry {
             .name(format!("mig-dst-{}", &spec.id.to_string()[..8]))
             .spawn(move || {
                 let id = inc.id;
-                controller(inc, rx, sink, journal, deadline, timeout);
+                Controller::new(inc, sink, journal, deadline, timeout).run(rx);
                 registry.settle(&id);
             })
             .map_err(|e| format!("cannot start the migration controller: {e}", e = report(&e)))?;
@@ -354,7 +354,10 @@ impl IncomingRegistry {
     pub fn abort(&self, id: &MigrationId, reason: &str) {
         if let Some(m) = self.migrations.lock().expect("registry").get(id) {
             m.send(Event::Control(
-                [&[wire::ABORT][..], reason.as_bytes()].concat(),
+                Message::Abort {
+                    reason: reason.into(),
+                }
+                .encode(),
             ));
         }
     }
@@ -381,8 +384,8 @@ impl StreamRegistry for IncomingRegistry {
         })
     }
 
-    fn claim(&self, id: &MigrationId, stream: u16, flags: u16) -> bool {
-        let query = flags & FLAG_OUTCOME_QUERY != 0;
+    fn claim(&self, id: &MigrationId, stream: u16, purpose: StreamPurpose) -> bool {
+        let query = purpose == StreamPurpose::OutcomeQuery;
         // Queries use their own index range; data streams only while pending.
         if query != (stream >= QUERY_STREAM_BASE) {
             return false;
@@ -497,7 +500,7 @@ fn serve_stream(mut sock: TcpStream, registry: &IncomingRegistry, pass: ferry_co
         }
     };
     sock.set_nodelay(true).ok();
-    if acc.flags & FLAG_OUTCOME_QUERY != 0 {
+    if acc.purpose == StreamPurpose::OutcomeQuery {
         answer_query(sock, &acc, registry);
         return;
     }
@@ -595,16 +598,18 @@ fn answer_query(sock: TcpStream, acc: &Accepted, registry: &IncomingRegistry) {
     let (tx, rx) = stream_crypto(schedule, registry.backend, acc.stream, Side::Destination);
     let Ok(wsock) = sock.try_clone() else { return };
     let mut r = RecordReader::new(sock, rx, 64, registry.metrics.clone());
-    if !matches!(r.read_record(), Ok(Record::Data([wire::QUERY]))) {
+    let asked =
+        matches!(r.read_record(), Ok(Record::Data(d)) if Message::decode(d) == Ok(Message::Query));
+    if !asked {
         return;
     }
-    let code = match registry.outcome(&acc.id) {
-        None | Some(Outcome::Pending) => 0,
-        Some(Outcome::Resumed) => 1,
-        Some(Outcome::Aborted(_)) => 2,
+    let answer = match registry.outcome(&acc.id) {
+        None | Some(Outcome::Pending) => Answer::Unknown,
+        Some(Outcome::Resumed) => Answer::Resumed,
+        Some(Outcome::Aborted(_)) => Answer::Aborted,
     };
     let mut w = RecordWriter::new(wsock, tx, 64);
-    let _ = w.send_bytes(&[wire::OUTCOME, code]);
+    let _ = w.send_bytes(&Message::Outcome(answer).encode());
     let _ = w.finish();
 }
 
@@ -642,12 +647,11 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
     let fail = |error: String| inc.send(Event::StreamFailed { error });
     loop {
         match r.read_record() {
-            Ok(Record::Data(m)) => match m.first() {
-                Some(&wire::PAGES) => {
-                    let batch = match Batch::parse(m, pages_total) {
-                        Ok(b) => b,
-                        Err(e) => return fail(format!("stream {stream}: {e}")),
-                    };
+            Ok(Record::Data(m)) => match Message::decode(m) {
+                Ok(Message::Pages(batch)) => {
+                    if let Err(e) = batch.check(pages_total) {
+                        return fail(format!("stream {stream}: {e}"));
+                    }
                     for (p, data) in batch.pages() {
                         let p = p as usize;
                         if super::stream_of(p, inc.streams as usize) != stream as usize {
@@ -669,26 +673,26 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
                     }
                     batches += 1;
                 }
-                Some(&wire::PASS_END) => match wire::parse_pass(wire::PASS_END, m) {
-                    Some(pass) if last_pass.is_none_or(|l| pass > l) => {
-                        last_pass = Some(pass);
-                        inc.send(Event::PassEnd { stream, pass });
-                    }
-                    Some(pass) => {
-                        return fail(format!(
-                            "stream {stream}: PASS_END {pass} after PASS_END {}",
-                            last_pass.unwrap_or_default()
-                        ));
-                    }
-                    None => return fail(format!("stream {stream}: malformed PASS_END")),
-                },
-                Some(&wire::DONE) => {
-                    let ok = match wire::parse_done(m) {
-                        Some((p, b)) if p == pages && b == batches => Ok(()),
-                        Some((p, b)) => Err(format!(
+                Ok(Message::PassEnd { pass }) if last_pass.is_none_or(|l| pass > l) => {
+                    last_pass = Some(pass);
+                    inc.send(Event::PassEnd { stream, pass });
+                }
+                Ok(Message::PassEnd { pass }) => {
+                    return fail(format!(
+                        "stream {stream}: PASS_END {pass} after PASS_END {}",
+                        last_pass.unwrap_or_default()
+                    ));
+                }
+                Ok(Message::Done {
+                    pages: p,
+                    batches: b,
+                }) => {
+                    let ok = if p == pages && b == batches {
+                        Ok(())
+                    } else {
+                        Err(format!(
                             "stream {stream}: the source sent {p} pages in {b} batches, {pages} pages in {batches} batches arrived"
-                        )),
-                        None => Err(format!("stream {stream}: malformed DONE")),
+                        ))
                     };
                     inc.send(Event::StreamDone {
                         stream,
@@ -699,8 +703,14 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
                         open_cpu: r.open_cpu,
                     });
                 }
-                Some(_) if stream == 0 => inc.send(Event::Control(m.to_vec())),
-                _ => return fail(format!("stream {stream}: unexpected message")),
+                Ok(_) if stream == 0 => inc.send(Event::Control(m.to_vec())),
+                Ok(other) => {
+                    return fail(format!(
+                        "stream {stream}: unexpected message {}",
+                        other.name()
+                    ));
+                }
+                Err(e) => return fail(format!("stream {stream}: {e}")),
             },
             Ok(Record::End) => {
                 inc.send(Event::StreamEnd { stream });
@@ -717,325 +727,412 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
     }
 }
 
-/// Makes READY durable before it is sent: a restarted destination then
-/// answers "discarded" for a migration it had loaded but not resumed.
-fn journal_ready(
-    journaled: &dyn Fn(Entry<'_>) -> io::Result<()>,
-    inc: &Incoming,
-    name: &str,
-    done: &AtomicBool,
-) -> Result<(), String> {
-    journaled(Entry::Ready {
-        id: inc.id,
-        guest: name,
-        source: &inc.source,
-    })
-    .map_err(|e| format!("cannot record READY in the journal: {e}", e = report(&e)))?;
-    done.store(true, Ordering::Relaxed);
-    Ok(())
+/// Why an incoming migration is discarded: FAILED's reason, told to the
+/// source, the host and the log.
+struct Discard(String);
+
+impl<T: Into<String>> From<T> for Discard {
+    fn from(why: T) -> Self {
+        Discard(why.into())
+    }
 }
 
-/// Sends `msg` on stream 0 (whose writer the caller checked is there).
-fn send_on(writer: &Option<SharedWriter>, msg: &[u8]) -> io::Result<()> {
-    writer
-        .as_ref()
-        .expect("stream 0 is writable")
-        .lock()
-        .expect("writer")
-        .send_bytes(msg)
+/// Where an incoming migration stands.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Stage {
+    /// Pages, device state or channel bytes still arriving.
+    Receiving,
+    /// PREPARE arrived at `since`: everything is sent. Verify and load once
+    /// every stream is DONE (pages) or the device model has it all.
+    Prepared { since: Instant },
+    /// READY sent at `since`: GO must come within the switch-over timeout.
+    Ready { since: Instant },
 }
 
-fn controller(
+/// The controller of one incoming migration: it owns everything the
+/// receivers report, and takes the guest from [`Stage::Receiving`] to
+/// READY, then resumes it on GO or discards it.
+struct Controller {
     inc: Arc<Incoming>,
-    rx: mpsc::Receiver<Event>,
     sink: EventSink,
     journal: Option<Arc<dyn Journal>>,
+    /// The whole migration's end, and the switch-over's bound after READY.
     deadline: Instant,
     timeout: Duration,
-) {
-    let journaled = |e: Entry<'_>| journal.as_ref().map_or(Ok(()), |j| j.write(e));
-    let mut writer: Option<SharedWriter> = None;
-    let channels = match &inc.guest {
-        Hosted::Channels(g) => Some(g.clone()),
-        Hosted::Pages(_) => None,
-    };
-    let mut done: HashSet<u16> = HashSet::new();
-    let mut state = StateAssembler::default();
-    let mut digest: Option<u128> = None;
-    let mut prepared: Option<Instant> = None;
-    let mut ready_sent = false;
-    let mut stats = DestinationStats::default();
-    let mut ended: HashSet<u16> = HashSet::new();
-    // The last pass each stream has delivered, and the last one confirmed
-    // to the source (every stream has it).
-    let mut stream_passes: Vec<Option<u32>> = vec![None; inc.streams as usize];
-    let mut confirmed: Option<u32> = None;
-    let name = inc.guest.name().to_string();
+    name: String,
+    stage: Stage,
+    /// Stream 0's sending side, once its receiver has it.
+    writer: Option<SharedWriter>,
+    channels: Option<Arc<dyn ChannelGuest>>,
+    /// Streams whose DONE matched what arrived.
+    done: HashSet<u16>,
+    /// Streams whose receiver has returned.
+    ended: HashSet<u16>,
+    state: StateAssembler,
+    digest: Option<u128>,
+    stats: DestinationStats,
+    /// The last pass each stream has delivered, and the last one confirmed
+    /// to the source (every stream has it).
+    stream_passes: Vec<Option<u32>>,
+    confirmed: Option<u32>,
+    /// READY is in the journal: a discard from here on is recorded too.
+    ready_journaled: bool,
+}
 
-    // Discard, tell the host, then say so: a source that hears FAILED (or
-    // asks) finds the destination already free of the guest.
-    let ready_journaled = AtomicBool::new(false);
-    let abort = |writer: &mut Option<SharedWriter>, reason: String| {
-        if inc.decide() {
-            tracing::warn!(migration = %inc.id, guest = %name, reason = %reason, "incoming migration aborted, guest discarded");
-            inc.guest.release();
-            if ready_journaled.load(Ordering::Relaxed)
-                && let Err(e) = journaled(Entry::Discarded {
-                    id: inc.id,
-                    guest: &name,
-                    reason: &reason,
-                })
-            {
-                // READY without a decision reads as discarded after a restart.
-                tracing::warn!(migration = %inc.id, error = %report(&e), "cannot record the discard in the journal");
-            }
-            sink(DestinationEvent::Aborted {
-                id: inc.id,
-                guest: name.clone(),
-                reason: reason.clone(),
-            });
-            inc.publish(Outcome::Aborted(reason.clone()));
-            if let Some(w) = writer.as_mut() {
-                let mut w = w.lock().expect("writer");
-                let _ = w.send_bytes(&[&[wire::FAILED][..], reason.as_bytes()].concat());
-                let _ = w.get_ref().shutdown(Shutdown::Both);
-            }
-        }
-    };
-
-    loop {
-        let now = Instant::now();
-        // Before READY the source may be slow; after it, GO must come in time.
-        let limit = match prepared {
-            Some(t) if ready_sent => deadline.min(t + timeout),
-            _ => deadline,
+impl Controller {
+    fn new(
+        inc: Arc<Incoming>,
+        sink: EventSink,
+        journal: Option<Arc<dyn Journal>>,
+        deadline: Instant,
+        timeout: Duration,
+    ) -> Self {
+        let channels = match &inc.guest {
+            Hosted::Channels(g) => Some(g.clone()),
+            Hosted::Pages(_) => None,
         };
-        if now >= limit {
-            let why = if ready_sent {
-                "no GO from the source in time"
-            } else {
-                "the migration did not finish in time"
+        Controller {
+            name: inc.guest.name().to_string(),
+            stream_passes: vec![None; inc.streams as usize],
+            inc,
+            sink,
+            journal,
+            deadline,
+            timeout,
+            stage: Stage::Receiving,
+            writer: None,
+            channels,
+            done: HashSet::new(),
+            ended: HashSet::new(),
+            state: StateAssembler::default(),
+            digest: None,
+            stats: DestinationStats::default(),
+            confirmed: None,
+            ready_journaled: false,
+        }
+    }
+
+    fn journaled(&self, e: Entry<'_>) -> io::Result<()> {
+        self.journal.as_ref().map_or(Ok(()), |j| j.write(e))
+    }
+
+    /// Runs until the migration is decided and every stream's receiver
+    /// has reported.
+    fn run(mut self, rx: mpsc::Receiver<Event>) {
+        loop {
+            let now = Instant::now();
+            let limit = match self.stage {
+                // After READY, GO must come in time; before, the source may be slow.
+                Stage::Ready { since } => self.deadline.min(since + self.timeout),
+                _ => self.deadline,
             };
-            return abort(&mut writer, why.into());
-        }
-        // A device model is watched as it loads: a failure ends it early,
-        // and its completion (with PREPARE) makes READY.
-        let wait = match (&channels, prepared) {
-            // Everything is sent: READY as soon as the twin has loaded it
-            // (each interval here is stun time).
-            (Some(_), Some(_)) => (limit - now).min(Duration::from_millis(2)),
-            (Some(_), None) => (limit - now).min(Duration::from_millis(50)),
-            (None, _) => limit - now,
-        };
-        let ev = match rx.recv_timeout(wait) {
-            Ok(e) => Some(e),
-            Err(mpsc::RecvTimeoutError::Timeout) if channels.is_some() => None,
-            Err(mpsc::RecvTimeoutError::Timeout) => continue,
-            Err(mpsc::RecvTimeoutError::Disconnected) => {
-                return abort(&mut writer, "registry dropped".into());
+            if now >= limit {
+                let why = match self.stage {
+                    Stage::Ready { .. } => "no GO from the source in time",
+                    _ => "the migration did not finish in time",
+                };
+                return self.abort(why.into());
             }
-        };
-        if inc.decided() {
-            // Decided: only collect the receivers' statistics.
-            if let Some(Event::StreamEnd { stream, .. }) = ev {
-                ended.insert(stream);
-            }
-            if ended.len() >= inc.streams as usize {
-                return;
-            }
-            continue;
-        }
-        if let Some(ev) = ev {
-            match ev {
-                Event::Writer(w) => writer = Some(w),
-                Event::StreamDone {
-                    stream,
-                    ok,
-                    bytes,
-                    pages,
-                    zero,
-                    open_cpu,
-                } => match ok {
-                    Ok(()) => {
-                        done.insert(stream);
-                        stats.received_bytes += bytes;
-                        stats.pages += pages;
-                        stats.zero_pages += zero;
-                        stats.open_cpu_seconds += open_cpu.as_secs_f64();
-                    }
-                    Err(e) => return abort(&mut writer, e),
-                },
-                Event::StreamEnd { stream } => {
-                    ended.insert(stream);
+            // A device model is watched as it loads: a failure ends it
+            // early, and its completion (with PREPARE) makes READY.
+            let wait = match (&self.channels, self.stage) {
+                // Everything is sent: READY as soon as the twin has loaded
+                // it (each interval here is stun time).
+                (Some(_), Stage::Prepared { .. } | Stage::Ready { .. }) => {
+                    (limit - now).min(Duration::from_millis(2))
                 }
-                Event::PassEnd { stream, pass } => {
-                    if let Some(s) = stream_passes.get_mut(stream as usize) {
-                        *s = Some(pass);
-                    }
-                    let all = stream_passes.iter().copied().min().flatten();
-                    if all > confirmed && writer.is_some() {
-                        confirmed = all;
-                        let msg = wire::pass_message(wire::PASSED, all.expect("some"));
-                        if let Err(e) = send_on(&writer, &msg) {
-                            return abort(
-                                &mut writer,
-                                format!("sending PASSED: {e}", e = report(&e)),
-                            );
-                        }
-                    }
+                (Some(_), Stage::Receiving) => (limit - now).min(Duration::from_millis(50)),
+                (None, _) => limit - now,
+            };
+            let ev = match rx.recv_timeout(wait) {
+                Ok(e) => Some(e),
+                Err(mpsc::RecvTimeoutError::Timeout) if self.channels.is_some() => None,
+                Err(mpsc::RecvTimeoutError::Timeout) => continue,
+                Err(mpsc::RecvTimeoutError::Disconnected) => {
+                    return self.abort("registry dropped".into());
                 }
-                Event::StreamFailed { error, .. } => return abort(&mut writer, error),
-                Event::Control(m) => match m.first() {
-                    Some(&wire::STATE) => {
-                        if let Err(e) = state.push(&m) {
-                            return abort(&mut writer, format!("device state: {e}"));
-                        }
-                    }
-                    Some(&wire::DIGEST) if m.len() == 17 => {
-                        digest = Some(u128::from_be_bytes(m[1..17].try_into().expect("16 bytes")));
-                    }
-                    Some(&wire::PREPARE) => prepared = Some(Instant::now()),
-                    Some(&wire::ABORT) => {
-                        return abort(
-                            &mut writer,
-                            format!("the source aborted: {}", String::from_utf8_lossy(&m[1..])),
-                        );
-                    }
-                    Some(&wire::GO) if ready_sent => {
-                        // Durable before the guest runs: a restart from here
-                        // on knows it resumed here.
-                        if let Err(e) = journaled(Entry::Resumed {
-                            id: inc.id,
-                            guest: &name,
-                            source: &inc.source,
-                        }) {
-                            return abort(
-                                &mut writer,
-                                format!(
-                                    "cannot record the resume in the journal: {e}",
-                                    e = report(&e)
-                                ),
-                            );
-                        }
-                        if !inc.decide() {
-                            return;
-                        }
-                        if let Err(e) = inc.guest.resume() {
-                            // Decided already: the source will release its copy.
-                            tracing::error!(migration = %inc.id, error = %report(&e), "resume after GO failed");
-                        }
-                        let resumed_at = std::time::SystemTime::now()
-                            .duration_since(std::time::UNIX_EPOCH)
-                            .map(|d| d.as_nanos() as u64)
-                            .unwrap_or(0);
-                        tracing::info!(migration = %inc.id, guest = %name, received_bytes = stats.received_bytes,
-                        pages = stats.pages, zero_pages = stats.zero_pages, open_cpu_s = stats.open_cpu_seconds,
-                        verify_s = stats.verify_seconds, "incoming migration: guest resumed here");
-                        // The host owns the guest before anyone hears it resumed.
-                        sink(DestinationEvent::Resumed {
-                            id: inc.id,
-                            guest: inc.guest.clone(),
-                            stats: stats.clone(),
-                        });
-                        inc.publish(Outcome::Resumed);
-                        if let Some(w) = writer.as_mut() {
-                            let mut w = w.lock().expect("writer");
-                            let mut msg = vec![wire::RESUMED];
-                            msg.extend_from_slice(&resumed_at.to_be_bytes());
-                            let _ = w.send_bytes(&msg);
-                            let _ = w.finish();
-                        }
-                        continue;
-                    }
-                    _ => return abort(&mut writer, "unexpected control message".into()),
-                },
-            }
-        }
-        if let Some(g) = &channels {
-            // Ready: PREPARE seen (everything sent) and the twin loaded it all.
-            let ready_now = matches!((prepared, ready_sent), (Some(_), false)) && writer.is_some();
-            if ready_sent {
+            };
+            if self.inc.decided() {
+                // Decided: only collect the receivers' statistics.
+                if let Some(Event::StreamEnd { stream, .. }) = ev {
+                    self.ended.insert(stream);
+                }
+                if self.ended.len() >= self.inc.streams as usize {
+                    return;
+                }
                 continue;
             }
-            match g.progress().map(|p| p.status) {
-                Ok(Some(ChannelStatus::Completed)) if ready_now => {
-                    stats.verify_seconds = prepared.expect("ready").elapsed().as_secs_f64();
-                    stats.received_bytes = inc.channel_bytes.load(Ordering::Relaxed);
-                    if let Err(e) = journal_ready(&journaled, &inc, &name, &ready_journaled) {
-                        return abort(&mut writer, e);
-                    }
-                    if let Err(e) = send_on(&writer, &[wire::READY]) {
-                        return abort(&mut writer, format!("sending READY: {e}", e = report(&e)));
-                    }
-                    ready_sent = true;
-                    prepared = Some(Instant::now());
-                }
-                Ok(Some(ChannelStatus::Failed(why))) => {
-                    return abort(
-                        &mut writer,
-                        format!("the incoming device model failed: {why}"),
-                    );
-                }
-                Err(e) => {
-                    return abort(
-                        &mut writer,
-                        format!("the incoming device model: {e}", e = report(&e)),
-                    );
-                }
-                _ => {}
+            let step = ev
+                .map_or(Ok(true), |ev| self.on_event(ev))
+                .and_then(|go_on| match (go_on, self.stage) {
+                    (false, _) => Ok(false),
+                    (true, Stage::Prepared { since }) => self.try_ready(since).map(|()| true),
+                    // A device model that fails while loading ends it early.
+                    (true, Stage::Receiving) => match self.channels.clone() {
+                        Some(g) => self.channels_loaded(&*g).map(|_| true),
+                        None => Ok(true),
+                    },
+                    (true, Stage::Ready { .. }) => Ok(true),
+                });
+            match step {
+                Ok(true) => {}
+                Ok(false) => return,
+                Err(Discard(why)) => return self.abort(why),
             }
-            continue;
         }
-        // Ready to verify: PREPARE seen, every stream DONE, stream 0 writable.
-        if let (Some(t), false) = (prepared, ready_sent)
-            && done.len() == inc.streams as usize
-            && writer.is_some()
+    }
+
+    /// False: the decision was taken elsewhere, stop.
+    fn on_event(&mut self, ev: Event) -> Result<bool, Discard> {
+        match ev {
+            Event::Writer(w) => self.writer = Some(w),
+            Event::StreamDone {
+                stream,
+                ok,
+                bytes,
+                pages,
+                zero,
+                open_cpu,
+            } => {
+                ok?;
+                self.done.insert(stream);
+                self.stats.received_bytes += bytes;
+                self.stats.pages += pages;
+                self.stats.zero_pages += zero;
+                self.stats.open_cpu_seconds += open_cpu.as_secs_f64();
+            }
+            Event::StreamEnd { stream } => {
+                self.ended.insert(stream);
+            }
+            Event::PassEnd { stream, pass } => self.pass_end(stream, pass)?,
+            Event::StreamFailed { error } => return Err(error.into()),
+            Event::Control(m) => match Message::decode(&m) {
+                Ok(m) => return self.on_control(m),
+                Err(e) => return Err(format!("unreadable control message: {e}").into()),
+            },
+        }
+        Ok(true)
+    }
+
+    /// Confirms a pass to the source once every stream has delivered it.
+    fn pass_end(&mut self, stream: u16, pass: u32) -> Result<(), Discard> {
+        if let Some(s) = self.stream_passes.get_mut(stream as usize) {
+            *s = Some(pass);
+        }
+        let all = self.stream_passes.iter().copied().min().flatten();
+        if let Some(pass) = all
+            && all > self.confirmed
+            && self.writer.is_some()
         {
-            let Some(guest) = inc.guest.pages() else {
-                continue;
-            };
-            let Some(ds) = state.complete() else {
-                return abort(&mut writer, "PREPARE before the whole device state".into());
-            };
-            if inc.verify != MemoryCheck::Off {
-                let Some(want) = digest else {
-                    return abort(
-                        &mut writer,
-                        "memory verification was asked for but no digest arrived".into(),
-                    );
-                };
-                let got = match &inc.digests {
-                    // Every stream has delivered DONE after its last page.
-                    Some(d) => d.summary(),
-                    // SAFETY: as above, and the guest has not started:
-                    // nothing writes its memory.
-                    None => unsafe { guest.memory().digest_quiescent(2) },
-                };
-                stats.memory_identical = Some(got == want);
-                if got != want {
-                    let what = if inc.digests.is_some() {
-                        "the pages received differ from the pages sent (page digest mismatch)"
-                    } else {
-                        "guest memory differs from the source's at stun (digest mismatch)"
-                    };
-                    return abort(&mut writer, what.into());
+            self.confirmed = all;
+            self.send(&Message::Passed { pass })
+                .map_err(|e| format!("sending PASSED: {e}", e = report(&e)))?;
+        }
+        Ok(())
+    }
+
+    fn on_control(&mut self, m: Message<'_>) -> Result<bool, Discard> {
+        match (m, self.stage) {
+            (
+                Message::State {
+                    offset,
+                    total,
+                    chunk,
+                },
+                _,
+            ) => self
+                .state
+                .push(offset, total, chunk)
+                .map_err(|e| format!("device state: {e}"))?,
+            (Message::Digest(d), _) => self.digest = Some(d),
+            (Message::Prepare, Stage::Receiving) => {
+                self.stage = Stage::Prepared {
+                    since: Instant::now(),
                 }
             }
-            if let Err(e) = guest.restore_state(ds) {
-                return abort(
-                    &mut writer,
-                    format!("loading device state: {e}", e = report(&e)),
-                );
+            (Message::Abort { reason }, _) => {
+                return Err(format!("the source aborted: {reason}").into());
             }
-            stats.verify_seconds = t.elapsed().as_secs_f64();
-            if let Err(e) = journal_ready(&journaled, &inc, &name, &ready_journaled) {
-                return abort(&mut writer, e);
+            (Message::Go, Stage::Ready { .. }) => return self.resume(),
+            _ => return Err("unexpected control message".into()),
+        }
+        Ok(true)
+    }
+
+    /// GO: durable, decided, resumed, handed to the host, then RESUMED.
+    fn resume(&mut self) -> Result<bool, Discard> {
+        let inc = self.inc.clone();
+        // Durable before the guest runs: a restart from here on knows it
+        // resumed here.
+        self.journaled(Entry::Resumed {
+            id: inc.id,
+            guest: &self.name,
+            source: &inc.source,
+        })
+        .map_err(|e| {
+            format!(
+                "cannot record the resume in the journal: {e}",
+                e = report(&e)
+            )
+        })?;
+        if !inc.decide() {
+            return Ok(false);
+        }
+        if let Err(e) = inc.guest.resume() {
+            // Decided already: the source will release its copy.
+            tracing::error!(migration = %inc.id, error = %report(&e), "resume after GO failed");
+        }
+        let unix_ns = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_nanos() as u64)
+            .unwrap_or(0);
+        let stats = &self.stats;
+        tracing::info!(migration = %inc.id, guest = %self.name, received_bytes = stats.received_bytes,
+            pages = stats.pages, zero_pages = stats.zero_pages, open_cpu_s = stats.open_cpu_seconds,
+            verify_s = stats.verify_seconds, "incoming migration: guest resumed here");
+        // The host owns the guest before anyone hears it resumed.
+        (self.sink)(DestinationEvent::Resumed {
+            id: inc.id,
+            guest: inc.guest.clone(),
+            stats: self.stats.clone(),
+        });
+        inc.publish(Outcome::Resumed);
+        if let Some(w) = &self.writer {
+            let mut w = w.lock().expect("writer");
+            let _ = w.send_bytes(&Message::Resumed { unix_ns }.encode());
+            let _ = w.finish();
+        }
+        Ok(true)
+    }
+
+    /// Prepared: READY once everything is verified and loaded.
+    fn try_ready(&mut self, prepared: Instant) -> Result<(), Discard> {
+        if self.writer.is_none() {
+            return Ok(());
+        }
+        let loaded = match self.channels.clone() {
+            Some(g) => self.channels_loaded(&*g)?,
+            None => self.pages_loaded()?,
+        };
+        if !loaded {
+            return Ok(());
+        }
+        self.stats.verify_seconds = prepared.elapsed().as_secs_f64();
+        if self.channels.is_some() {
+            self.stats.received_bytes = self.inc.channel_bytes.load(Ordering::Relaxed);
+        }
+        // Durable before it is sent: a restarted destination then answers
+        // "discarded" for a migration it had loaded but not resumed.
+        self.journaled(Entry::Ready {
+            id: self.inc.id,
+            guest: &self.name,
+            source: &self.inc.source,
+        })
+        .map_err(|e| format!("cannot record READY in the journal: {e}", e = report(&e)))?;
+        self.ready_journaled = true;
+        self.send(&Message::Ready)
+            .map_err(|e| format!("sending READY: {e}", e = report(&e)))?;
+        self.stage = Stage::Ready {
+            since: Instant::now(),
+        };
+        Ok(())
+    }
+
+    /// Whether the device model has loaded everything; a failure discards.
+    fn channels_loaded(&self, g: &dyn ChannelGuest) -> Result<bool, Discard> {
+        match g.progress().map(|p| p.status) {
+            Ok(Some(ChannelStatus::Completed)) => Ok(true),
+            Ok(Some(ChannelStatus::Failed(why))) => {
+                Err(format!("the incoming device model failed: {why}").into())
             }
-            if let Err(e) = send_on(&writer, &[wire::READY]) {
-                return abort(&mut writer, format!("sending READY: {e}", e = report(&e)));
+            Err(e) => Err(format!("the incoming device model: {e}", e = report(&e)).into()),
+            _ => Ok(false),
+        }
+    }
+
+    /// Every stream DONE: checks the memory digest and loads the device
+    /// state. False while streams are still to finish.
+    fn pages_loaded(&mut self) -> Result<bool, Discard> {
+        if self.done.len() != self.inc.streams as usize {
+            return Ok(false);
+        }
+        let Some(guest) = self.inc.guest.pages() else {
+            return Ok(false);
+        };
+        let Some(ds) = self.state.complete() else {
+            return Err("PREPARE before the whole device state".into());
+        };
+        if self.inc.verify != MemoryCheck::Off {
+            let Some(want) = self.digest else {
+                return Err("memory verification was asked for but no digest arrived".into());
+            };
+            let got = match &self.inc.digests {
+                // Every stream has delivered DONE after its last page.
+                Some(d) => d.summary(),
+                // SAFETY: every stream is DONE and the guest has not
+                // started: nothing writes its memory.
+                None => unsafe { guest.memory().digest_quiescent(2) },
+            };
+            self.stats.memory_identical = Some(got == want);
+            if got != want {
+                let what = if self.inc.digests.is_some() {
+                    "the pages received differ from the pages sent (page digest mismatch)"
+                } else {
+                    "guest memory differs from the source's at stun (digest mismatch)"
+                };
+                return Err(what.into());
             }
-            ready_sent = true;
-            prepared = Some(Instant::now());
+        }
+        guest
+            .restore_state(ds)
+            .map_err(|e| format!("loading device state: {e}", e = report(&e)))?;
+        Ok(true)
+    }
+
+    /// Sends `m` on stream 0 (whose writer the caller checked is there).
+    fn send(&self, m: &Message<'_>) -> io::Result<()> {
+        self.writer
+            .as_ref()
+            .expect("stream 0 is writable")
+            .lock()
+            .expect("writer")
+            .send_bytes(&m.encode())
+    }
+
+    /// Discard, tell the host, then say so: a source that hears FAILED (or
+    /// asks) finds the destination already free of the guest.
+    fn abort(self, reason: String) {
+        let inc = &self.inc;
+        if !inc.decide() {
+            return;
+        }
+        tracing::warn!(migration = %inc.id, guest = %self.name, reason = %reason, "incoming migration aborted, guest discarded");
+        inc.guest.release();
+        if self.ready_journaled
+            && let Err(e) = self.journaled(Entry::Discarded {
+                id: inc.id,
+                guest: &self.name,
+                reason: &reason,
+            })
+        {
+            // READY without a decision reads as discarded after a restart.
+            tracing::warn!(migration = %inc.id, error = %report(&e), "cannot record the discard in the journal");
+        }
+        (self.sink)(DestinationEvent::Aborted {
+            id: inc.id,
+            guest: self.name.clone(),
+            reason: reason.clone(),
+        });
+        inc.publish(Outcome::Aborted(reason.clone()));
+        if let Some(w) = &self.writer {
+            let mut w = w.lock().expect("writer");
+            let _ = w.send_bytes(
+                &Message::Failed {
+                    reason: reason.into(),
+                }
+                .encode(),
+            );
+            let _ = w.get_ref().shutdown(Shutdown::Both);
         }
     }
 }

@@ -1,5 +1,10 @@
 //! Engine messages, carried inside protocol records (so encrypted and
-//! authenticated with them). First byte: the message type.
+//! authenticated with them). First byte: the message type. [`Message`] is
+//! their codec: [`Message::decode`] and [`Message::encode`] are the only code
+//! that knows the layout below, except that the senders build PAGES
+//! ([`BatchBuilder`]) and DATA ([`DATA_HEADER`]) in place, so page and
+//! channel bytes are copied once. The layout is part of
+//! [`ferry_protocol::PROTOCOL_VERSION`]: a change to it raises that.
 //!
 //! ```text
 //! source -> destination, every stream
@@ -28,26 +33,28 @@
 //!   0x31 OUTCOME u8 0 = unknown, 1 = resumed, 2 = aborted
 //! ```
 
+use std::borrow::Cow;
+
 use crate::guest::PAGE_SIZE;
 
-pub const PAGES: u8 = 0x01;
-pub const DONE: u8 = 0x02;
-pub const DATA: u8 = 0x03;
-pub const CHANNEL_END: u8 = 0x04;
-pub const PASS_END: u8 = 0x05;
-pub const STATE: u8 = 0x10;
-pub const DIGEST: u8 = 0x11;
-pub const PREPARE: u8 = 0x12;
-pub const GO: u8 = 0x13;
-pub const ABORT: u8 = 0x14;
-pub const READY: u8 = 0x20;
-pub const FAILED: u8 = 0x21;
-pub const RESUMED: u8 = 0x22;
-pub const PASSED: u8 = 0x23;
-pub const QUERY: u8 = 0x30;
-pub const OUTCOME: u8 = 0x31;
+const PAGES: u8 = 0x01;
+const DONE: u8 = 0x02;
+const DATA: u8 = 0x03;
+const CHANNEL_END: u8 = 0x04;
+const PASS_END: u8 = 0x05;
+const STATE: u8 = 0x10;
+const DIGEST: u8 = 0x11;
+const PREPARE: u8 = 0x12;
+const GO: u8 = 0x13;
+const ABORT: u8 = 0x14;
+const READY: u8 = 0x20;
+const FAILED: u8 = 0x21;
+const RESUMED: u8 = 0x22;
+const PASSED: u8 = 0x23;
+const QUERY: u8 = 0x30;
+const OUTCOME: u8 = 0x31;
 
-pub const ZERO_FLAG: u32 = 1 << 31;
+const ZERO_FLAG: u32 = 1 << 31;
 /// Bytes of a PAGES message before its entries.
 pub const PAGES_HEADER: usize = 7;
 
@@ -116,7 +123,9 @@ impl<'a> BatchBuilder<'a> {
     }
 }
 
-/// A parsed PAGES message.
+/// A PAGES message, structurally checked ([`Batch::check`] checks its
+/// page indexes against the guest).
+#[derive(Debug, PartialEq, Eq)]
 pub struct Batch<'a> {
     pub pass: u32,
     entries: &'a [u8],
@@ -127,36 +136,41 @@ pub struct Batch<'a> {
 pub type PageRef<'a> = (u32, Option<&'a [u8]>);
 
 impl<'a> Batch<'a> {
-    /// Parses a PAGES message, checking every length and index against `pages`.
-    pub fn parse(msg: &'a [u8], pages: usize) -> Result<Self, &'static str> {
-        if msg.len() < PAGES_HEADER || msg[0] != PAGES {
-            return Err("not a page batch");
+    /// `msg` without its type byte.
+    fn decode(body: &'a [u8]) -> Result<Self, WireError> {
+        let header = PAGES_HEADER - 1;
+        if body.len() < header {
+            return Err(WireError::Pages("page batch shorter than its header"));
         }
-        let pass = u32::from_be_bytes(msg[1..5].try_into().expect("4 bytes"));
-        let n = u16::from_be_bytes([msg[5], msg[6]]) as usize;
-        if msg.len() < PAGES_HEADER + 4 * n {
-            return Err("page batch shorter than its entry table");
+        let pass = u32::from_be_bytes(body[0..4].try_into().expect("4 bytes"));
+        let n = u16::from_be_bytes([body[4], body[5]]) as usize;
+        if body.len() < header + 4 * n {
+            return Err(WireError::Pages("page batch shorter than its entry table"));
         }
-        let entries = &msg[msg.len() - 4 * n..];
-        let mut nonzero = 0;
-        for e in entries.chunks_exact(4) {
-            let e = u32::from_be_bytes(e.try_into().expect("4 bytes"));
-            if (e & !ZERO_FLAG) as usize >= pages {
-                return Err("page index beyond guest memory");
-            }
-            if e & ZERO_FLAG == 0 {
-                nonzero += 1;
-            }
-        }
-        let data = &msg[PAGES_HEADER..msg.len() - 4 * n];
+        let entries = &body[body.len() - 4 * n..];
+        let nonzero = entries.chunks_exact(4).filter(|e| e[0] & 0x80 == 0).count();
+        let data = &body[header..body.len() - 4 * n];
         if data.len() != nonzero * PAGE_SIZE {
-            return Err("page batch data does not match its entries");
+            return Err(WireError::Pages(
+                "page batch data does not match its entries",
+            ));
         }
         Ok(Self {
             pass,
             entries,
             data,
         })
+    }
+
+    /// Every page index within a guest of `pages` pages.
+    pub fn check(&self, pages: usize) -> Result<(), WireError> {
+        let beyond = self.entries.chunks_exact(4).any(|e| {
+            (u32::from_be_bytes(e.try_into().expect("4 bytes")) & !ZERO_FLAG) as usize >= pages
+        });
+        if beyond {
+            return Err(WireError::Pages("page index beyond guest memory"));
+        }
+        Ok(())
     }
 
     pub fn len(&self) -> usize {
@@ -183,34 +197,209 @@ impl<'a> Batch<'a> {
     }
 }
 
-/// A PASS_END or PASSED message.
-pub fn pass_message(kind: u8, pass: u32) -> [u8; 5] {
-    let mut m = [kind; 5];
-    m[1..].copy_from_slice(&pass.to_be_bytes());
-    m
+/// What a destination answers an outcome query.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Answer {
+    /// Not decided yet (or never heard of).
+    Unknown,
+    Resumed,
+    Aborted,
 }
 
-/// The pass of a PASS_END or PASSED message of type `kind`.
-pub fn parse_pass(kind: u8, m: &[u8]) -> Option<u32> {
-    (m.len() == 5 && m[0] == kind).then(|| u32::from_be_bytes(m[1..5].try_into().expect("4")))
+/// A message that does not decode.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum WireError {
+    #[error("empty engine message")]
+    Empty,
+    #[error("unknown engine message type {0:#04x}")]
+    Unknown(u8),
+    #[error("malformed {0} message")]
+    Length(&'static str),
+    #[error("{0}")]
+    Pages(&'static str),
+    #[error("unknown outcome code {0}")]
+    Answer(u8),
 }
 
-pub fn done(pages: u64, batches: u64) -> [u8; 17] {
-    let mut m = [0u8; 17];
-    m[0] = DONE;
-    m[1..9].copy_from_slice(&pages.to_be_bytes());
-    m[9..17].copy_from_slice(&batches.to_be_bytes());
-    m
+/// One engine message.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Message<'a> {
+    Pages(Batch<'a>),
+    /// The stream's totals, after its last page.
+    Done {
+        pages: u64,
+        batches: u64,
+    },
+    Data(&'a [u8]),
+    ChannelEnd,
+    PassEnd {
+        pass: u32,
+    },
+    State {
+        offset: u32,
+        total: u32,
+        chunk: &'a [u8],
+    },
+    Digest(u128),
+    Prepare,
+    Go,
+    Abort {
+        reason: Cow<'a, str>,
+    },
+    Ready,
+    Failed {
+        reason: Cow<'a, str>,
+    },
+    Resumed {
+        unix_ns: u64,
+    },
+    Passed {
+        pass: u32,
+    },
+    Query,
+    Outcome(Answer),
 }
 
-pub fn parse_done(m: &[u8]) -> Option<(u64, u64)> {
-    (m.len() == 17 && m[0] == DONE).then(|| {
-        (
-            u64::from_be_bytes(m[1..9].try_into().expect("8")),
-            u64::from_be_bytes(m[9..17].try_into().expect("8")),
-        )
-    })
+fn exact<const N: usize>(body: &[u8], what: &'static str) -> Result<[u8; N], WireError> {
+    body.try_into().map_err(|_| WireError::Length(what))
 }
+
+fn empty(body: &[u8], what: &'static str) -> Result<(), WireError> {
+    exact::<0>(body, what).map(|_| ())
+}
+
+impl<'a> Message<'a> {
+    pub fn decode(m: &'a [u8]) -> Result<Self, WireError> {
+        let (&kind, body) = m.split_first().ok_or(WireError::Empty)?;
+        let u32_of = |b: [u8; 4]| u32::from_be_bytes(b);
+        Ok(match kind {
+            PAGES => Message::Pages(Batch::decode(body)?),
+            DONE => {
+                let b = exact::<16>(body, "DONE")?;
+                Message::Done {
+                    pages: u64::from_be_bytes(b[..8].try_into().expect("8")),
+                    batches: u64::from_be_bytes(b[8..].try_into().expect("8")),
+                }
+            }
+            DATA => Message::Data(body),
+            CHANNEL_END => empty(body, "CHANNEL_END").map(|()| Message::ChannelEnd)?,
+            PASS_END => Message::PassEnd {
+                pass: u32_of(exact(body, "PASS_END")?),
+            },
+            STATE => {
+                if body.len() < 8 {
+                    return Err(WireError::Length("STATE"));
+                }
+                Message::State {
+                    offset: u32_of(body[0..4].try_into().expect("4")),
+                    total: u32_of(body[4..8].try_into().expect("4")),
+                    chunk: &body[8..],
+                }
+            }
+            DIGEST => Message::Digest(u128::from_be_bytes(exact(body, "DIGEST")?)),
+            PREPARE => empty(body, "PREPARE").map(|()| Message::Prepare)?,
+            GO => empty(body, "GO").map(|()| Message::Go)?,
+            ABORT => Message::Abort {
+                reason: String::from_utf8_lossy(body),
+            },
+            READY => empty(body, "READY").map(|()| Message::Ready)?,
+            FAILED => Message::Failed {
+                reason: String::from_utf8_lossy(body),
+            },
+            RESUMED => Message::Resumed {
+                unix_ns: u64::from_be_bytes(exact(body, "RESUMED")?),
+            },
+            PASSED => Message::Passed {
+                pass: u32_of(exact(body, "PASSED")?),
+            },
+            QUERY => empty(body, "QUERY").map(|()| Message::Query)?,
+            OUTCOME => Message::Outcome(match exact::<1>(body, "OUTCOME")?[0] {
+                0 => Answer::Unknown,
+                1 => Answer::Resumed,
+                2 => Answer::Aborted,
+                b => return Err(WireError::Answer(b)),
+            }),
+            k => return Err(WireError::Unknown(k)),
+        })
+    }
+
+    pub fn encode(&self) -> Vec<u8> {
+        let (kind, body): (u8, Cow<'_, [u8]>) = match self {
+            Message::Pages(b) => {
+                let mut body = Vec::with_capacity(PAGES_HEADER + b.data.len() + b.entries.len());
+                body.extend_from_slice(&b.pass.to_be_bytes());
+                body.extend_from_slice(&(b.len() as u16).to_be_bytes());
+                body.extend_from_slice(b.data);
+                body.extend_from_slice(b.entries);
+                (PAGES, body.into())
+            }
+            Message::Done { pages, batches } => (
+                DONE,
+                [pages.to_be_bytes(), batches.to_be_bytes()].concat().into(),
+            ),
+            Message::Data(d) => (DATA, (*d).into()),
+            Message::ChannelEnd => (CHANNEL_END, (&[][..]).into()),
+            Message::PassEnd { pass } => (PASS_END, pass.to_be_bytes().to_vec().into()),
+            Message::State {
+                offset,
+                total,
+                chunk,
+            } => (
+                STATE,
+                [&offset.to_be_bytes()[..], &total.to_be_bytes(), chunk]
+                    .concat()
+                    .into(),
+            ),
+            Message::Digest(d) => (DIGEST, d.to_be_bytes().to_vec().into()),
+            Message::Prepare => (PREPARE, (&[][..]).into()),
+            Message::Go => (GO, (&[][..]).into()),
+            Message::Abort { reason } => (ABORT, reason.as_bytes().into()),
+            Message::Ready => (READY, (&[][..]).into()),
+            Message::Failed { reason } => (FAILED, reason.as_bytes().into()),
+            Message::Resumed { unix_ns } => (RESUMED, unix_ns.to_be_bytes().to_vec().into()),
+            Message::Passed { pass } => (PASSED, pass.to_be_bytes().to_vec().into()),
+            Message::Query => (QUERY, (&[][..]).into()),
+            Message::Outcome(a) => {
+                let code = match a {
+                    Answer::Unknown => 0,
+                    Answer::Resumed => 1,
+                    Answer::Aborted => 2,
+                };
+                (OUTCOME, vec![code].into())
+            }
+        };
+        let mut m = Vec::with_capacity(1 + body.len());
+        m.push(kind);
+        m.extend_from_slice(&body);
+        m
+    }
+
+    /// The message's name, for errors about one out of turn.
+    pub fn name(&self) -> &'static str {
+        match self {
+            Message::Pages(_) => "PAGES",
+            Message::Done { .. } => "DONE",
+            Message::Data(_) => "DATA",
+            Message::ChannelEnd => "CHANNEL_END",
+            Message::PassEnd { .. } => "PASS_END",
+            Message::State { .. } => "STATE",
+            Message::Digest(_) => "DIGEST",
+            Message::Prepare => "PREPARE",
+            Message::Go => "GO",
+            Message::Abort { .. } => "ABORT",
+            Message::Ready => "READY",
+            Message::Failed { .. } => "FAILED",
+            Message::Resumed { .. } => "RESUMED",
+            Message::Passed { .. } => "PASSED",
+            Message::Query => "QUERY",
+            Message::Outcome(_) => "OUTCOME",
+        }
+    }
+}
+
+/// The bytes before a DATA message's payload: a sender writes them once
+/// and fills the rest of its buffer straight from the channel.
+pub const DATA_HEADER: [u8; 1] = [DATA];
 
 /// Splits device state into STATE messages of at most `max` bytes each.
 pub fn state_chunks(state: &[u8], max: usize) -> Vec<Vec<u8>> {
@@ -220,12 +409,12 @@ pub fn state_chunks(state: &[u8], max: usize) -> Vec<Vec<u8>> {
     let mut off = 0;
     loop {
         let end = (off + room).min(state.len());
-        let mut m = Vec::with_capacity(9 + end - off);
-        m.push(STATE);
-        m.extend_from_slice(&(off as u32).to_be_bytes());
-        m.extend_from_slice(&total.to_be_bytes());
-        m.extend_from_slice(&state[off..end]);
-        out.push(m);
+        let chunk = Message::State {
+            offset: off as u32,
+            total,
+            chunk: &state[off..end],
+        };
+        out.push(chunk.encode());
         off = end;
         if off >= state.len() {
             return out;
@@ -244,22 +433,19 @@ pub struct StateAssembler {
 pub const MAX_DEVICE_STATE: usize = 64 << 20;
 
 impl StateAssembler {
-    pub fn push(&mut self, m: &[u8]) -> Result<(), &'static str> {
-        if m.len() < 9 || m[0] != STATE {
-            return Err("not a device-state chunk");
-        }
-        let off = u32::from_be_bytes(m[1..5].try_into().expect("4")) as usize;
-        let total = u32::from_be_bytes(m[5..9].try_into().expect("4")) as usize;
+    /// Adds the chunk of a STATE message.
+    pub fn push(&mut self, offset: u32, total: u32, chunk: &[u8]) -> Result<(), &'static str> {
+        let (off, total) = (offset as usize, total as usize);
         if total > MAX_DEVICE_STATE {
             return Err("device state too large");
         }
         if *self.total.get_or_insert(total) != total
             || off != self.buf.len()
-            || off + m.len() - 9 > total
+            || off + chunk.len() > total
         {
             return Err("device-state chunks out of order");
         }
-        self.buf.extend_from_slice(&m[9..]);
+        self.buf.extend_from_slice(chunk);
         Ok(())
     }
 
@@ -271,6 +457,13 @@ impl StateAssembler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn parse(m: &[u8], pages: usize) -> Result<Batch<'_>, WireError> {
+        match Message::decode(m)? {
+            Message::Pages(b) => b.check(pages).map(|()| b),
+            other => panic!("decoded {} from a page batch", other.name()),
+        }
+    }
 
     #[test]
     fn batches_round_trip_with_zero_pages() {
@@ -292,10 +485,12 @@ mod tests {
         });
         let len = b.finish();
         assert_eq!(len, PAGES_HEADER + 12 + 2 * PAGE_SIZE);
-        let batch = Batch::parse(&buf[..len], 100).unwrap();
+        let batch = parse(&buf[..len], 100).unwrap();
         assert_eq!(batch.pass, 3);
         let pages: Vec<_> = batch.pages().map(|(p, d)| (p, d.map(|d| d[0]))).collect();
         assert_eq!(pages, vec![(10, Some(7)), (11, None), (12, Some(9))]);
+        // The codec's own encoding is the builder's, byte for byte.
+        assert_eq!(Message::Pages(batch).encode(), &buf[..len]);
     }
 
     #[test]
@@ -307,22 +502,89 @@ mod tests {
             false
         });
         let len = b.finish();
+        let refused = |m: &[u8], pages| parse(m, pages).err().map(|e| e.to_string());
         assert_eq!(
-            Batch::parse(&buf[..len], 5).err(),
+            refused(&buf[..len], 5).as_deref(),
             Some("page index beyond guest memory")
         );
         // One byte of page data missing (the entry table is at the end).
         let mut short = buf[..len].to_vec();
         short.remove(PAGES_HEADER);
         assert_eq!(
-            Batch::parse(&short, 100).err(),
+            refused(&short, 100).as_deref(),
             Some("page batch data does not match its entries")
         );
         assert_eq!(
-            Batch::parse(&buf[..len - 1], 100).err(),
-            Some("page index beyond guest memory")
+            refused(&buf[..len - 1], 100).as_deref(),
+            Some("page batch data does not match its entries")
         );
-        assert_eq!(Batch::parse(&buf[..6], 100).err(), Some("not a page batch"));
+        assert_eq!(
+            refused(&buf[..6], 100).as_deref(),
+            Some("page batch shorter than its header")
+        );
+    }
+
+    #[test]
+    fn every_message_decodes_what_it_encodes_and_lengths_are_exact() {
+        let all = [
+            Message::Done {
+                pages: 1 << 40,
+                batches: 7,
+            },
+            Message::Data(b"qemu bytes"),
+            Message::ChannelEnd,
+            Message::PassEnd { pass: 9 },
+            Message::State {
+                offset: 4,
+                total: 10,
+                chunk: b"abcdef",
+            },
+            Message::Digest(u128::MAX - 5),
+            Message::Prepare,
+            Message::Go,
+            Message::Abort {
+                reason: "source aborted".into(),
+            },
+            Message::Ready,
+            Message::Failed {
+                reason: "digest mismatch".into(),
+            },
+            Message::Resumed { unix_ns: 123 },
+            Message::Passed { pass: 2 },
+            Message::Query,
+            Message::Outcome(Answer::Unknown),
+            Message::Outcome(Answer::Resumed),
+            Message::Outcome(Answer::Aborted),
+        ];
+        for m in &all {
+            let b = m.encode();
+            assert_eq!(&Message::decode(&b).unwrap(), m, "{}", m.name());
+            let fixed = !matches!(
+                m,
+                Message::Data(_)
+                    | Message::State { .. }
+                    | Message::Abort { .. }
+                    | Message::Failed { .. }
+            );
+            if fixed {
+                let mut longer = b.clone();
+                longer.push(0);
+                assert_eq!(
+                    Message::decode(&longer),
+                    Err(WireError::Length(m.name())),
+                    "{} with a byte too many",
+                    m.name()
+                );
+            }
+        }
+        assert_eq!(Message::decode(&[]), Err(WireError::Empty));
+        assert_eq!(Message::decode(&[0x7f]), Err(WireError::Unknown(0x7f)));
+        assert_eq!(Message::decode(&[OUTCOME, 3]), Err(WireError::Answer(3)));
+        assert_eq!(
+            Message::decode(&[STATE, 0, 0]),
+            Err(WireError::Length("STATE"))
+        );
+        assert_eq!(DATA_HEADER, Message::Data(&[]).encode()[..]);
     }
 
     #[test]
@@ -330,17 +592,25 @@ mod tests {
         let state: Vec<u8> = (0..100_000u32).map(|i| i as u8).collect();
         let chunks = state_chunks(&state, 65536);
         assert_eq!(chunks.len(), 2);
+        let push = |a: &mut StateAssembler, c: &[u8]| match Message::decode(c).unwrap() {
+            Message::State {
+                offset,
+                total,
+                chunk,
+            } => a.push(offset, total, chunk),
+            other => panic!("decoded {} from a state chunk", other.name()),
+        };
         let mut a = StateAssembler::default();
         assert!(a.complete().is_none());
         for c in &chunks {
-            a.push(c).unwrap();
+            push(&mut a, c).unwrap();
         }
         assert_eq!(a.complete(), Some(&state[..]));
         let mut b = StateAssembler::default();
-        assert!(b.push(&chunks[1]).is_err(), "second chunk first");
+        assert!(push(&mut b, &chunks[1]).is_err(), "second chunk first");
         let empty = state_chunks(&[], 1024);
         let mut c = StateAssembler::default();
-        c.push(&empty[0]).unwrap();
+        push(&mut c, &empty[0]).unwrap();
         assert_eq!(c.complete(), Some(&[][..]));
     }
 }

@@ -179,6 +179,15 @@ async fn respond(
     s.flush().await
 }
 
+/// /metrics could not be served.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot serve /metrics on {listen}")]
+pub struct ServeError {
+    pub listen: SocketAddr,
+    #[source]
+    pub source: std::io::Error,
+}
+
 /// Serves `registry` where `cfg` says, else on `default`, for daemon `who`.
 pub async fn serve_daemon(
     who: &str,
@@ -186,13 +195,12 @@ pub async fn serve_daemon(
     cfg: Option<&MetricsListen>,
     default: SocketAddr,
     registry: Registry,
-) -> anyhow::Result<MetricsServer> {
-    use anyhow::Context;
+) -> Result<MetricsServer, ServeError> {
     register_daemon_metrics(&registry, build);
     let listen = cfg.map(|m| m.listen).unwrap_or(default);
     let server = MetricsServer::start(listen, registry)
         .await
-        .with_context(|| format!("serving /metrics on {listen}"))?;
+        .map_err(|source| ServeError { listen, source })?;
     tracing::info!(daemon = %who, metrics = %server.addr, "serving /metrics");
     Ok(server)
 }

@@ -8,7 +8,7 @@ use std::{io::Cursor, sync::Arc};
 use super::{
     Backend, KeySchedule, MigrationId, MigrationKey, Side, Transport,
     handshake::{
-        CLIENT_HELLO_LEN, Expectation, StreamRegistry, parse_client_hello, server_handshake,
+        CLIENT_HELLO_LEN, ClientHello, Expectation, StreamPurpose, StreamRegistry, server_handshake,
     },
     record::{Record, RecordReader, RecordWriter},
     stream_crypto,
@@ -55,7 +55,7 @@ impl StreamRegistry for One {
     fn expect(&self, id: &MigrationId) -> Option<Expectation> {
         (*id == ID).then(|| self.0.clone())
     }
-    fn claim(&self, _: &MigrationId, _: u16, _: u16) -> bool {
+    fn claim(&self, _: &MigrationId, _: u16, _: StreamPurpose) -> bool {
         true
     }
 }
@@ -64,7 +64,13 @@ impl StreamRegistry for One {
 /// client sent), for a known migration, plaintext and encrypted.
 pub fn handshake(data: &[u8]) {
     if data.len() >= CLIENT_HELLO_LEN {
-        let _ = parse_client_hello(data[..CLIENT_HELLO_LEN].try_into().expect("length checked"));
+        let b: &[u8; CLIENT_HELLO_LEN] =
+            data[..CLIENT_HELLO_LEN].try_into().expect("length checked");
+        // What decodes must encode back to the bytes it came from: the tags
+        // are computed over the encoding.
+        if let Ok(h) = ClientHello::decode(b) {
+            assert_eq!(&h.encode(), b);
+        }
     }
     for transport in [Transport::Plaintext, Transport::Aes256Gcm] {
         let reg = One(Expectation {
@@ -79,7 +85,7 @@ pub fn handshake(data: &[u8]) {
         let accepted = server_handshake(&mut io, &reg, Backend::RustCrypto, None);
         if let Ok(a) = accepted {
             // Only a hello with the right tag can be accepted when encrypted.
-            assert!(a.stream < 4 || a.flags != 0);
+            assert!(a.stream < 4 || a.purpose == StreamPurpose::OutcomeQuery);
         }
     }
 }
@@ -91,16 +97,8 @@ pub fn handshake_seed() -> Vec<u8> {
         input: Cursor::new(&[][..]),
         output: Vec::new(),
     };
-    let _ = super::handshake::client_handshake(
-        &mut io,
-        &ID,
-        Transport::Aes256Gcm,
-        Some(&ks),
-        Backend::RustCrypto,
-        1,
-        4,
-        0,
-    );
+    let hello = ClientHello::new(ID, Transport::Aes256Gcm, 1, 4, StreamPurpose::Migration);
+    let _ = super::handshake::client_handshake(&mut io, hello, Some(&ks), Backend::RustCrypto);
     io.output
 }
 

@@ -39,6 +39,8 @@ use std::{
     sync::Arc,
 };
 
+use subtle::ConstantTimeEq;
+
 use super::ProtocolMetrics;
 use super::{
     aead::{Backend, TAG_LEN},
@@ -51,7 +53,11 @@ pub const CLIENT_HELLO_LEN: usize = 64;
 pub const SERVER_HELLO_LEN: usize = 32;
 const CLIENT_MAGIC: &[u8; 8] = b"FERRYMIG";
 const SERVER_MAGIC: &[u8; 8] = b"FERRYACK";
-pub const FLAG_OUTCOME_QUERY: u16 = 1;
+const FLAG_OUTCOME_QUERY: u16 = 1;
+/// The client hello's bytes its tag covers.
+const CLIENT_SIGNED: usize = 48;
+/// The server hello's own bytes its tag covers (then the client's hello).
+const SERVER_SIGNED: usize = 16;
 
 /// Why a destination refused a stream.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -123,42 +129,161 @@ impl fmt::Display for HelloStatus {
     }
 }
 
-/// A client hello as parsed, before it is authenticated.
+/// What a stream is for.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StreamPurpose {
+    /// One of the migration's `streams` streams.
+    Migration,
+    /// The source asks what became of the migration (see the engine).
+    OutcomeQuery,
+}
+
+/// A client hello. [`ClientHello::encode`] and [`ClientHello::decode`] are
+/// the only code that knows its layout.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ClientHello {
     pub transport: Transport,
     pub stream: u16,
     pub streams: u16,
-    pub flags: u16,
+    pub purpose: StreamPurpose,
     pub id: MigrationId,
+    /// Zero on plaintext migrations.
     pub tag: [u8; TAG_LEN],
-    pub bytes: [u8; CLIENT_HELLO_LEN],
 }
 
-/// Structural parse of a client hello (what the fuzzer exercises).
-pub fn parse_client_hello(b: &[u8; CLIENT_HELLO_LEN]) -> Result<ClientHello, ProtocolError> {
-    if &b[0..8] != CLIENT_MAGIC {
-        return Err(ProtocolError::NotFerry(hex::encode(&b[0..8])));
+impl ClientHello {
+    /// An unsigned hello ([`client_handshake`] signs it).
+    pub fn new(
+        id: MigrationId,
+        transport: Transport,
+        stream: u16,
+        streams: u16,
+        purpose: StreamPurpose,
+    ) -> Self {
+        ClientHello {
+            transport,
+            stream,
+            streams,
+            purpose,
+            id,
+            tag: [0; TAG_LEN],
+        }
     }
-    if b[8] != crate::PROTOCOL_VERSION {
-        return Err(ProtocolError::Version(b[8]));
+
+    pub fn encode(&self) -> [u8; CLIENT_HELLO_LEN] {
+        let mut b = [0u8; CLIENT_HELLO_LEN];
+        b[0..8].copy_from_slice(CLIENT_MAGIC);
+        b[8] = crate::PROTOCOL_VERSION;
+        b[9] = self.transport.wire();
+        b[10..12].copy_from_slice(&self.stream.to_be_bytes());
+        b[12..14].copy_from_slice(&self.streams.to_be_bytes());
+        let flags = match self.purpose {
+            StreamPurpose::Migration => 0,
+            StreamPurpose::OutcomeQuery => FLAG_OUTCOME_QUERY,
+        };
+        b[14..16].copy_from_slice(&flags.to_be_bytes());
+        b[16..32].copy_from_slice(&self.id.0);
+        b[CLIENT_SIGNED..].copy_from_slice(&self.tag);
+        b
     }
-    let transport =
-        Transport::from_wire(b[9]).ok_or(ProtocolError::Malformed("unknown transport in hello"))?;
-    let u16_at = |o: usize| u16::from_be_bytes([b[o], b[o + 1]]);
-    let flags = u16_at(14);
-    if flags & !FLAG_OUTCOME_QUERY != 0 || b[32..48] != [0; 16] {
-        return Err(ProtocolError::Malformed("reserved hello bits set"));
+
+    /// Structural parse, before authentication (what the fuzzer exercises).
+    /// Strict: what decodes encodes back to the same bytes, so the tags
+    /// can be computed over [`ClientHello::encode`].
+    pub fn decode(b: &[u8; CLIENT_HELLO_LEN]) -> Result<Self, ProtocolError> {
+        if &b[0..8] != CLIENT_MAGIC {
+            return Err(ProtocolError::NotFerry(hex::encode(&b[0..8])));
+        }
+        if b[8] != crate::PROTOCOL_VERSION {
+            return Err(ProtocolError::Version(b[8]));
+        }
+        let transport = Transport::from_wire(b[9])
+            .ok_or(ProtocolError::Malformed("unknown transport in hello"))?;
+        let u16_at = |o: usize| u16::from_be_bytes([b[o], b[o + 1]]);
+        let purpose = match u16_at(14) {
+            0 => StreamPurpose::Migration,
+            FLAG_OUTCOME_QUERY => StreamPurpose::OutcomeQuery,
+            _ => return Err(ProtocolError::Malformed("reserved hello bits set")),
+        };
+        if b[32..CLIENT_SIGNED] != [0; 16] {
+            return Err(ProtocolError::Malformed("reserved hello bits set"));
+        }
+        Ok(ClientHello {
+            transport,
+            stream: u16_at(10),
+            streams: u16_at(12),
+            purpose,
+            id: MigrationId(b[16..32].try_into().expect("16 bytes")),
+            tag: b[CLIENT_SIGNED..].try_into().expect("16 bytes"),
+        })
     }
-    Ok(ClientHello {
-        transport,
-        stream: u16_at(10),
-        streams: u16_at(12),
-        flags,
-        id: MigrationId(b[16..32].try_into().expect("16 bytes")),
-        tag: b[48..64].try_into().expect("16 bytes"),
-        bytes: *b,
-    })
+
+    /// The tag proving the client holds the migration's key.
+    fn sign(&self, schedule: &KeySchedule, backend: Backend) -> [u8; TAG_LEN] {
+        let b = self.encode();
+        hello_tag(
+            schedule,
+            backend,
+            self.stream,
+            Role::Client,
+            &b[..CLIENT_SIGNED],
+        )
+    }
+}
+
+/// The destination's answer.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServerHello {
+    pub status: HelloStatus,
+    /// The client's stream, echoed.
+    pub stream: u16,
+    /// Zero on plaintext migrations and on refusals.
+    pub tag: [u8; TAG_LEN],
+}
+
+impl ServerHello {
+    pub fn encode(&self) -> [u8; SERVER_HELLO_LEN] {
+        let mut b = [0u8; SERVER_HELLO_LEN];
+        b[0..8].copy_from_slice(SERVER_MAGIC);
+        b[8] = crate::PROTOCOL_VERSION;
+        b[9] = self.status.to_wire();
+        b[10..12].copy_from_slice(&self.stream.to_be_bytes());
+        b[SERVER_SIGNED..].copy_from_slice(&self.tag);
+        b
+    }
+
+    pub fn decode(b: &[u8; SERVER_HELLO_LEN]) -> Result<Self, ProtocolError> {
+        if &b[0..8] != SERVER_MAGIC {
+            return Err(ProtocolError::NotFerry(hex::encode(&b[0..8])));
+        }
+        if b[8] != crate::PROTOCOL_VERSION {
+            return Err(ProtocolError::Version(b[8]));
+        }
+        Ok(ServerHello {
+            status: HelloStatus::from_wire(b[9]),
+            stream: u16::from_be_bytes([b[10], b[11]]),
+            tag: b[SERVER_SIGNED..].try_into().expect("16 bytes"),
+        })
+    }
+
+    /// The tag binding this answer to the client's whole hello.
+    fn sign(
+        &self,
+        client: &ClientHello,
+        schedule: &KeySchedule,
+        backend: Backend,
+    ) -> [u8; TAG_LEN] {
+        let mut aad = [0u8; SERVER_SIGNED + CLIENT_HELLO_LEN];
+        aad[..SERVER_SIGNED].copy_from_slice(&self.encode()[..SERVER_SIGNED]);
+        aad[SERVER_SIGNED..].copy_from_slice(&client.encode());
+        hello_tag(schedule, backend, self.stream, Role::Server, &aad)
+    }
+}
+
+/// Whether two tags are equal, in time independent of where they differ:
+/// a tag is a proof of key possession.
+pub fn tags_equal(a: &[u8; TAG_LEN], b: &[u8; TAG_LEN]) -> bool {
+    bool::from(a.ct_eq(b))
 }
 
 fn hello_tag(
@@ -185,7 +310,7 @@ pub struct Expectation {
 pub trait StreamRegistry {
     fn expect(&self, id: &MigrationId) -> Option<Expectation>;
     /// Marks `stream` of `id` connected; false if it already was.
-    fn claim(&self, id: &MigrationId, stream: u16, flags: u16) -> bool;
+    fn claim(&self, id: &MigrationId, stream: u16, purpose: StreamPurpose) -> bool;
 }
 
 /// A stream the destination accepted.
@@ -194,7 +319,7 @@ pub struct Accepted {
     pub id: MigrationId,
     pub stream: u16,
     pub streams: u16,
-    pub flags: u16,
+    pub purpose: StreamPurpose,
     pub expectation: Expectation,
 }
 
@@ -209,20 +334,16 @@ pub fn server_handshake<S: Read + Write>(
     let mut b = [0u8; CLIENT_HELLO_LEN];
     let r = read_hello(s, &mut b).and_then(|()| check_client_hello(&b, registry, backend));
     match r {
-        Ok(acc) => {
-            let mut reply = [0u8; SERVER_HELLO_LEN];
-            reply[0..8].copy_from_slice(SERVER_MAGIC);
-            reply[8] = crate::PROTOCOL_VERSION;
-            reply[9] = HelloStatus::Accepted.to_wire();
-            reply[10..12].copy_from_slice(&acc.stream.to_be_bytes());
+        Ok((acc, hello)) => {
+            let mut reply = ServerHello {
+                status: HelloStatus::Accepted,
+                stream: acc.stream,
+                tag: [0; TAG_LEN],
+            };
             if let Some(ks) = &acc.expectation.schedule {
-                let mut aad = [0u8; 16 + CLIENT_HELLO_LEN];
-                aad[..16].copy_from_slice(&reply[..16]);
-                aad[16..].copy_from_slice(&b);
-                let tag = hello_tag(ks, backend, acc.stream, Role::Server, &aad);
-                reply[16..].copy_from_slice(&tag);
+                reply.tag = reply.sign(&hello, ks, backend);
             }
-            s.write_all(&reply)?;
+            s.write_all(&reply.encode())?;
             s.flush()?;
             Ok(acc)
         }
@@ -234,12 +355,13 @@ pub fn server_handshake<S: Read + Write>(
                 e,
                 ProtocolError::Io(_) | ProtocolError::Timeout | ProtocolError::NotFerry(_)
             ) {
-                let mut reply = [0u8; SERVER_HELLO_LEN];
-                reply[0..8].copy_from_slice(SERVER_MAGIC);
-                reply[8] = crate::PROTOCOL_VERSION;
-                reply[9] = HelloStatus::of(&e).to_wire();
-                reply[10..12].copy_from_slice(&b[10..12]);
-                let _ = s.write_all(&reply);
+                let reply = ServerHello {
+                    status: HelloStatus::of(&e),
+                    // Echoed as sent, whatever else the hello got wrong.
+                    stream: u16::from_be_bytes([b[10], b[11]]),
+                    tag: [0; TAG_LEN],
+                };
+                let _ = s.write_all(&reply.encode());
             }
             Err(e)
         }
@@ -258,8 +380,8 @@ fn check_client_hello(
     b: &[u8; CLIENT_HELLO_LEN],
     registry: &dyn StreamRegistry,
     backend: Backend,
-) -> Result<Accepted, ProtocolError> {
-    let h = parse_client_hello(b)?;
+) -> Result<(Accepted, ClientHello), ProtocolError> {
+    let h = ClientHello::decode(b)?;
     let exp = registry
         .expect(&h.id)
         .ok_or(ProtocolError::UnknownMigration(h.id))?;
@@ -270,8 +392,9 @@ fn check_client_hello(
             got: h.transport,
         });
     }
-    let query = h.flags & FLAG_OUTCOME_QUERY != 0;
-    if !query && (h.streams != exp.streams || h.stream >= exp.streams) {
+    if h.purpose == StreamPurpose::Migration
+        && (h.streams != exp.streams || h.stream >= exp.streams)
+    {
         return Err(ProtocolError::BadStream {
             id: h.id,
             index: h.stream,
@@ -279,87 +402,112 @@ fn check_client_hello(
         });
     }
     match &exp.schedule {
-        Some(ks) => {
-            let expect = hello_tag(ks, backend, h.stream, Role::Client, &b[..48]);
-            // Constant time: the tag is a proof of key possession.
-            let diff = expect.iter().zip(h.tag).fold(0u8, |d, (a, b)| d | (a ^ b));
-            if diff != 0 {
-                return Err(ProtocolError::HandshakeAuth { id: h.id });
-            }
+        Some(ks) if !tags_equal(&h.sign(ks, backend), &h.tag) => {
+            return Err(ProtocolError::HandshakeAuth { id: h.id });
         }
         None if h.tag != [0; TAG_LEN] => {
             return Err(ProtocolError::Malformed("tag on a plaintext hello"));
         }
-        None => {}
+        _ => {}
     }
-    if !registry.claim(&h.id, h.stream, h.flags) {
+    if !registry.claim(&h.id, h.stream, h.purpose) {
         return Err(ProtocolError::DuplicateStream {
             id: h.id,
             index: h.stream,
         });
     }
-    Ok(Accepted {
+    let acc = Accepted {
         id: h.id,
         stream: h.stream,
         streams: h.streams,
-        flags: h.flags,
+        purpose: h.purpose,
         expectation: exp,
-    })
+    };
+    Ok((acc, h))
 }
 
-/// Source side: sends the hello and verifies the destination's answer.
-#[allow(clippy::too_many_arguments)]
+/// Source side: sends `hello` (signed here when `schedule` is given) and
+/// verifies the destination's answer.
 pub fn client_handshake<S: Read + Write>(
     s: &mut S,
-    id: &MigrationId,
-    transport: Transport,
+    mut hello: ClientHello,
     schedule: Option<&KeySchedule>,
     backend: Backend,
-    stream: u16,
-    streams: u16,
-    flags: u16,
 ) -> Result<(), ProtocolError> {
-    let mut b = [0u8; CLIENT_HELLO_LEN];
-    b[0..8].copy_from_slice(CLIENT_MAGIC);
-    b[8] = crate::PROTOCOL_VERSION;
-    b[9] = transport.wire();
-    b[10..12].copy_from_slice(&stream.to_be_bytes());
-    b[12..14].copy_from_slice(&streams.to_be_bytes());
-    b[14..16].copy_from_slice(&flags.to_be_bytes());
-    b[16..32].copy_from_slice(&id.0);
     if let Some(ks) = schedule {
-        let tag = hello_tag(ks, backend, stream, Role::Client, &b[..48]);
-        b[48..].copy_from_slice(&tag);
+        hello.tag = hello.sign(ks, backend);
     }
-    s.write_all(&b)?;
+    s.write_all(&hello.encode())?;
     s.flush()?;
     let mut r = [0u8; SERVER_HELLO_LEN];
     read_hello(s, &mut r)?;
-    if &r[0..8] != SERVER_MAGIC {
-        return Err(ProtocolError::NotFerry(hex::encode(&r[0..8])));
+    let reply = ServerHello::decode(&r)?;
+    if reply.status != HelloStatus::Accepted {
+        return Err(ProtocolError::Refused(reply.status));
     }
-    if r[8] != crate::PROTOCOL_VERSION {
-        return Err(ProtocolError::Version(r[8]));
-    }
-    let status = HelloStatus::from_wire(r[9]);
-    if status != HelloStatus::Accepted {
-        return Err(ProtocolError::Refused(status));
-    }
-    if r[10..12] != stream.to_be_bytes() {
+    if reply.stream != hello.stream {
         return Err(ProtocolError::Malformed("server hello for another stream"));
     }
-    if let Some(ks) = schedule {
-        let mut aad = [0u8; 16 + CLIENT_HELLO_LEN];
-        aad[..16].copy_from_slice(&r[..16]);
-        aad[16..].copy_from_slice(&b);
-        let expect = hello_tag(ks, backend, stream, Role::Server, &aad);
-        let diff = expect
-            .iter()
-            .zip(&r[16..])
-            .fold(0u8, |d, (a, b)| d | (a ^ b));
-        if diff != 0 {
-            return Err(ProtocolError::HandshakeAuth { id: *id });
-        }
+    if let Some(ks) = schedule
+        && !tags_equal(&reply.sign(&hello, ks, backend), &reply.tag)
+    {
+        return Err(ProtocolError::HandshakeAuth { id: hello.id });
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const ID: MigrationId = MigrationId([7; 16]);
+
+    #[test]
+    fn hellos_decode_what_they_encode_and_refuse_reserved_bits() {
+        for purpose in [StreamPurpose::Migration, StreamPurpose::OutcomeQuery] {
+            let mut h = ClientHello::new(ID, Transport::Aes256Gcm, 3, 4, purpose);
+            h.tag = [9; TAG_LEN];
+            let b = h.encode();
+            assert_eq!(ClientHello::decode(&b).unwrap(), h);
+        }
+        let b = ClientHello::new(ID, Transport::Plaintext, 0, 1, StreamPurpose::Migration).encode();
+        for (at, why) in [(15, "flags"), (40, "reserved")] {
+            let mut bad = b;
+            bad[at] = 0x80;
+            assert!(
+                matches!(ClientHello::decode(&bad), Err(ProtocolError::Malformed(_))),
+                "a set {why} bit must be refused"
+            );
+        }
+        let mut old = b;
+        old[8] = crate::PROTOCOL_VERSION - 1;
+        assert!(matches!(
+            ClientHello::decode(&old),
+            Err(ProtocolError::Version(_))
+        ));
+
+        let reply = ServerHello {
+            status: HelloStatus::Duplicate,
+            stream: 513,
+            tag: [1; TAG_LEN],
+        };
+        assert_eq!(ServerHello::decode(&reply.encode()).unwrap(), reply);
+        let mut foreign = reply.encode();
+        foreign[0] = b'X';
+        assert!(matches!(
+            ServerHello::decode(&foreign),
+            Err(ProtocolError::NotFerry(_))
+        ));
+    }
+
+    #[test]
+    fn tags_equal_compares_every_byte() {
+        let a = [5u8; TAG_LEN];
+        assert!(tags_equal(&a, &a));
+        for i in 0..TAG_LEN {
+            let mut b = a;
+            b[i] ^= 1;
+            assert!(!tags_equal(&a, &b), "byte {i} differs");
+        }
+    }
 }

@@ -14,7 +14,10 @@ use ferry::{
     metrics::ProtocolMetrics,
     protocol::{
         Backend, KeySchedule, MigrationId, MigrationKey, ProtocolError, Side, Transport,
-        handshake::{Expectation, HelloStatus, StreamRegistry, client_handshake, server_handshake},
+        handshake::{
+            ClientHello, Expectation, HelloStatus, StreamPurpose, StreamRegistry, client_handshake,
+            server_handshake,
+        },
         record::{Record, RecordReader, RecordWriter},
         stream_crypto,
     },
@@ -32,7 +35,7 @@ impl StreamRegistry for Registry {
     fn expect(&self, id: &MigrationId) -> Option<Expectation> {
         (*id == self.id).then(|| self.exp.clone())
     }
-    fn claim(&self, _id: &MigrationId, stream: u16, _flags: u16) -> bool {
+    fn claim(&self, _id: &MigrationId, stream: u16, _purpose: StreamPurpose) -> bool {
         self.claimed.lock().unwrap().insert(stream)
     }
 }
@@ -133,13 +136,9 @@ fn exchange(dest: &Setup, client: Option<(&Setup, u16, u16)>, wire: Vec<u8>) -> 
         let client_result = match client {
             Some((c, stream, streams)) => client_handshake(
                 &mut sock,
-                &c.id,
-                c.transport,
+                ClientHello::new(c.id, c.transport, stream, streams, StreamPurpose::Migration),
                 c.schedule.as_deref(),
                 Backend::AwsLc,
-                stream,
-                streams,
-                0,
             ),
             None => Ok(()),
         };

@@ -18,7 +18,6 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::Context;
 pub use config::CoordinatorConfig;
 use history::History;
 use scheduler::{Place, Scheduler, Slot};
@@ -98,10 +97,24 @@ fn unix_ms() -> u64 {
 pub const DEFAULT_METRICS: SocketAddr =
     SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::LOCALHOST), 9471);
 
-fn registry(m: &MigrationMetrics) -> anyhow::Result<prometheus::Registry> {
+/// Why a coordinator could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot set up the coordinator's TLS client")]
+    Tls(#[from] control::ControlError),
+    #[error("cannot open the coordinator's history")]
+    History(#[from] history::HistoryError),
+    #[error("cannot read the coordinator's state")]
+    State(#[from] crate::state::StateError),
+    #[error("cannot open the coordinator's store")]
+    Store(#[from] store::StoreError),
+    #[error("cannot register the coordinator's metrics")]
+    Metrics(#[from] prometheus::Error),
+}
+
+fn registry(m: &MigrationMetrics) -> prometheus::Result<prometheus::Registry> {
     let reg = prometheus::Registry::new();
-    m.register_coordinator(&reg)
-        .context("coordinator metrics")?;
+    m.register_coordinator(&reg)?;
     Ok(reg)
 }
 
@@ -173,7 +186,7 @@ struct Cordons {
 }
 
 impl Cordons {
-    fn open(dir: Option<&Path>) -> anyhow::Result<Cordons> {
+    fn open(dir: Option<&Path>) -> Result<Cordons, crate::state::StateError> {
         let file = dir.map(|d| d.join("cordoned.json"));
         let hosts = crate::state::read_json_or_default(
             file.as_deref(),
@@ -213,7 +226,7 @@ impl Cordons {
 }
 
 impl Coordinator {
-    pub fn new(cfg: CoordinatorConfig) -> anyhow::Result<Arc<Self>> {
+    pub fn new(cfg: CoordinatorConfig) -> Result<Arc<Self>, StartError> {
         Self::with_key_source(cfg, Arc::new(MigrationKey::generate))
     }
 
@@ -221,46 +234,37 @@ impl Coordinator {
     pub fn with_key_source(
         cfg: CoordinatorConfig,
         key_source: KeySource,
-    ) -> anyhow::Result<Arc<Self>> {
-        let client = Client::new(&cfg.tls).context("coordinator TLS client")?;
+    ) -> Result<Arc<Self>, StartError> {
+        let client = Client::new(&cfg.tls)?;
         let history = match &cfg.state_dir {
             Some(dir) => History::open(dir)?,
             None => History::in_memory(),
         };
-        let migration_metrics =
-            MigrationMetrics::new(&[MetricsRole::Coordinator]).context("coordinator metrics")?;
+        let migration_metrics = MigrationMetrics::new(&[MetricsRole::Coordinator])?;
         let metrics = registry(&migration_metrics)?;
         let duplicates = prometheus::IntGauge::new(
             "ferry_coordinator_duplicate_guests",
             "Guests that more than one host lists as its own, none of them migrating it (see `ferry resolve`)",
-        )
-        .context("coordinator metrics")?;
-        metrics
-            .register(Box::new(duplicates.clone()))
-            .context("coordinator metrics")?;
+        )?;
+        metrics.register(Box::new(duplicates.clone()))?;
         let queue_gauges = (
             prometheus::IntGauge::new(
                 "ferry_coordinator_migrations_running",
                 "Migrations the scheduler let start that have not ended",
-            )
-            .context("coordinator metrics")?,
+            )?,
             prometheus::IntGauge::new(
                 "ferry_coordinator_migrations_queued",
                 "Migrations waiting for the scheduler's limits (scheduler.max_running, max_outgoing_per_host, max_incoming_per_host)",
-            )
-            .context("coordinator metrics")?,
+            )?,
         );
         for g in [&queue_gauges.0, &queue_gauges.1] {
-            metrics
-                .register(Box::new(g.clone()))
-                .context("coordinator metrics")?;
+            metrics.register(Box::new(g.clone()))?;
         }
         let cordons = Cordons::open(cfg.state_dir.as_deref())?;
         let store = tokio::sync::OnceCell::new();
         if cfg.store == store::StoreConfig::Embedded {
             // Opened here so that a damaged file stops the start.
-            let s = store::Store::embedded(cfg.state_dir.as_deref(), &cfg.name)
-                .context("coordinator store")?;
+            let s = store::Store::embedded(cfg.state_dir.as_deref(), &cfg.name)?;
             let _ = store.set(s);
         }
         Ok(Arc::new(Self {
@@ -2124,7 +2128,10 @@ impl Coordinator {
     /// dropped.
     /// `tls` comes from [`control::tls::server_config`], loaded by the caller
     /// before anything starts, so that a missing certificate is found first.
-    pub async fn serve(self: Arc<Self>, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<(), crate::ServeError> {
         let _metrics = crate::metrics::http::serve_daemon(
             &self.cfg.name,
             crate::metrics::http::Build {
@@ -2138,7 +2145,11 @@ impl Coordinator {
         .await?;
         let listener = tokio::net::TcpListener::bind(self.cfg.listen)
             .await
-            .with_context(|| format!("coordinator API on {}", self.cfg.listen))?;
+            .map_err(|source| crate::ServeError::Listen {
+                what: "coordinator API",
+                addr: self.cfg.listen,
+                source,
+            })?;
         self.serve_on(listener, tls).await;
         Ok(())
     }

@@ -13,7 +13,6 @@ use std::{
     time::Duration,
 };
 
-use anyhow::Context;
 pub use config::{GuestConfig, HostConfig};
 use journal::{Decision, FileJournal, GuestFact};
 
@@ -45,16 +44,60 @@ fn tap_name(host: &str, guest: &str) -> String {
     format!("fq{:08x}", h as u32)
 }
 
+/// Why a host could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error("cannot open the migration listener on {addr}")]
+    Listener {
+        addr: std::net::SocketAddr,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("cannot set up the host's networks")]
+    Network(#[from] network::NetworkError),
+    #[error("cannot open the host's journal")]
+    Journal(#[from] journal::JournalError),
+    #[error("cannot read the host's state")]
+    State(#[from] crate::state::StateError),
+    #[error("{}: {}", .0.field, .0.message)]
+    Machine(crate::config::Invalid),
+    #[error("cannot adopt QEMU guest {guest} (guests[{index}].qemu.adopt.qmp)")]
+    Adopt {
+        guest: String,
+        index: usize,
+        #[source]
+        source: crate::qemu::QemuError,
+    },
+    #[error("cannot start QEMU guest {guest}")]
+    Qemu {
+        guest: String,
+        #[source]
+        source: crate::qemu::QemuError,
+    },
+    #[error("cannot put guest {guest}'s NIC {tap} on the network")]
+    Nic {
+        guest: String,
+        tap: String,
+        #[source]
+        source: crate::netlink::NetlinkError,
+    },
+    #[error("cannot boot guest {guest}")]
+    Boot {
+        guest: String,
+        #[source]
+        source: crate::guest::GuestError,
+    },
+    #[error("cannot register the host's metrics")]
+    Metrics(#[from] prometheus::Error),
+}
+
 /// Puts a QEMU guest's tap on the host's guest bridge, up.
-fn attach_tap(cfg: &HostConfig, tap: &str) -> anyhow::Result<()> {
-    let mut nl = crate::netlink::Netlink::open().context("netlink")?;
+fn attach_tap(cfg: &HostConfig, tap: &str) -> Result<(), crate::netlink::NetlinkError> {
+    let mut nl = crate::netlink::Netlink::open()?;
     if let Some(br) = cfg.network.as_ref().and_then(|n| n.guest_bridge.as_deref()) {
-        nl.set_master(tap, br)
-            .with_context(|| format!("attaching {tap} to bridge {br}"))?;
+        nl.set_master(tap, br)?;
     }
     nl.set_up(tap)
-        .with_context(|| format!("bringing {tap} up"))?;
-    Ok(())
 }
 
 /// QEMU guests in the state directory that the configuration does not name:
@@ -256,7 +299,7 @@ struct Epochs {
 }
 
 impl Epochs {
-    fn open(dir: Option<&Path>) -> anyhow::Result<Epochs> {
+    fn open(dir: Option<&Path>) -> Result<Epochs, crate::state::StateError> {
         let file = dir.map(|d| d.join("epochs.json"));
         let seen = crate::state::read_json_or_default(
             file.as_deref(),
@@ -297,11 +340,11 @@ impl Epochs {
 
 impl Host {
     /// Boots the configured guests and opens the migration listener.
-    pub fn start(cfg: HostConfig) -> anyhow::Result<Arc<Host>> {
+    pub fn start(cfg: HostConfig) -> Result<Arc<Host>, StartError> {
         Self::build(cfg, ProtocolMetrics::new())
     }
 
-    fn build(cfg: HostConfig, metrics: ProtocolMetrics) -> anyhow::Result<Arc<Host>> {
+    fn build(cfg: HostConfig, metrics: ProtocolMetrics) -> Result<Arc<Host>, StartError> {
         // The registry reports back to the host, which owns the registry:
         // a weak reference, filled in once the host exists.
         let weak_slot: Arc<Mutex<std::sync::Weak<Host>>> =
@@ -318,8 +361,13 @@ impl Host {
                 }
             },
         );
-        let listener = MigrationListener::bind(cfg.migration, registry.clone())
-            .with_context(|| format!("migration listener on {}", cfg.migration))?;
+        let listener =
+            MigrationListener::bind(cfg.migration, registry.clone()).map_err(|source| {
+                StartError::Listener {
+                    addr: cfg.migration,
+                    source,
+                }
+            })?;
         let network = match &cfg.network {
             Some(n) => Some(network::HostNet::start(
                 n,
@@ -337,9 +385,7 @@ impl Host {
             let machine = g.machine();
             if let Some(machine) = &machine {
                 let field = format!("guests[{i}].qemu");
-                machine
-                    .check_files(&field)
-                    .map_err(|e| anyhow::anyhow!("{}: {}", e.field, e.message))?;
+                machine.check_files(&field).map_err(StartError::Machine)?;
             }
             if let Some(j) = &journal
                 && let Some(GuestFact::Released { migration, to }) = j.released(&g.name)
@@ -388,19 +434,25 @@ impl Host {
                     Some(&tap),
                     g.adopt(),
                 )
-                .with_context(|| match g.adopt() {
-                    Some(_) => {
-                        format!(
-                            "adopting QEMU guest {} (guests[{i}].qemu.adopt.qmp)",
-                            g.name
-                        )
-                    }
-                    None => format!("starting QEMU guest {}", g.name),
+                .map_err(|source| match g.adopt() {
+                    Some(_) => StartError::Adopt {
+                        guest: g.name.clone(),
+                        index: i,
+                        source,
+                    },
+                    None => StartError::Qemu {
+                        guest: g.name.clone(),
+                        source,
+                    },
                 })?;
                 // An adopted QEMU's NIC is on the network its owner gave it;
                 // a tap of ferry's (a guest that came back) joins the bridge.
                 if machine.nic.is_some() && guest.owns_tap() {
-                    attach_tap(&cfg, &tap).with_context(|| format!("guest {}'s NIC", g.name))?;
+                    attach_tap(&cfg, &tap).map_err(|source| StartError::Nic {
+                        guest: g.name.clone(),
+                        tap: tap.clone(),
+                        source,
+                    })?;
                 }
                 tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus,
                     pid = ?guest.pid(), "QEMU guest running");
@@ -422,8 +474,10 @@ impl Host {
                 prefill: g.prefill,
                 seed: 0x5eed + i as u64,
             };
-            let guest = SyntheticGuest::boot(&g.name, &sc)
-                .with_context(|| format!("booting guest {}", g.name))?;
+            let guest = SyntheticGuest::boot(&g.name, &sc).map_err(|source| StartError::Boot {
+                guest: g.name.clone(),
+                source,
+            })?;
             guest.set_nic(g.nic);
             tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus, "guest booted");
             guests.insert(
@@ -451,13 +505,10 @@ impl Host {
             registry.set_journal(j.clone());
         }
         let migration_metrics =
-            MigrationMetrics::new(&[MetricsRole::Source, MetricsRole::Destination])
-                .context("migration metrics")?;
+            MigrationMetrics::new(&[MetricsRole::Source, MetricsRole::Destination])?;
         let reg = prometheus::Registry::new();
-        metrics.register(&reg).context("protocol metrics")?;
-        migration_metrics
-            .register_host(&reg)
-            .context("migration metrics")?;
+        metrics.register(&reg)?;
+        migration_metrics.register_host(&reg)?;
         let host = Arc::new(Host {
             cfg,
             inventory: Mutex::new(Inventory {
@@ -1042,7 +1093,10 @@ impl Host {
     /// Serves the control API and /metrics until the task is dropped.
     /// `tls` comes from [`control::tls::server_config`], loaded by the caller
     /// before anything starts, so that a missing certificate is found first.
-    pub async fn serve(self: Arc<Self>, tls: Arc<rustls::ServerConfig>) -> anyhow::Result<()> {
+    pub async fn serve(
+        self: Arc<Self>,
+        tls: Arc<rustls::ServerConfig>,
+    ) -> Result<(), crate::ServeError> {
         let _metrics = crate::metrics::http::serve_daemon(
             &self.cfg.name,
             crate::metrics::http::Build {
@@ -1056,7 +1110,11 @@ impl Host {
         .await?;
         let listener = tokio::net::TcpListener::bind(self.cfg.control)
             .await
-            .with_context(|| format!("control API on {}", self.cfg.control))?;
+            .map_err(|source| crate::ServeError::Listen {
+                what: "control API",
+                addr: self.cfg.control,
+                source,
+            })?;
         self.serve_on(listener, tls).await;
         Ok(())
     }

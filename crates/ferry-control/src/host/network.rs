@@ -7,8 +7,6 @@ use std::{
     sync::{Arc, Mutex},
 };
 
-use anyhow::Context;
-
 use super::config::HostNetwork;
 use crate::{
     dataplane::Dataplane,
@@ -18,6 +16,30 @@ use crate::{
         announce::{Announcement, Schedule, announce},
     },
 };
+
+/// Why a host's networks could not be set up.
+#[derive(Debug, thiserror::Error)]
+pub enum NetworkError {
+    #[error(
+        "tagging migration streams needs the listener's address: bind `migration` (or set `advertise`) to a specific address, not {0}"
+    )]
+    Unspecified(SocketAddr),
+    #[error("cannot load the migration VLAN programs")]
+    Load(#[source] crate::dataplane::DataplaneError),
+    #[error("cannot tag migration streams on {interface} (VLAN {vlan})")]
+    Tagging {
+        interface: String,
+        vlan: u16,
+        #[source]
+        source: crate::dataplane::DataplaneError,
+    },
+    #[error("cannot open guest network interface {interface}")]
+    GuestInterface {
+        interface: String,
+        #[source]
+        source: std::io::Error,
+    },
+}
 
 /// Opened at start, in the host's namespace: everything later (tokio
 /// workers, announcer threads) uses these handles, wherever it runs.
@@ -29,18 +51,21 @@ pub struct HostNet {
 
 impl HostNet {
     /// `listener`: where this host accepts migration streams.
-    pub fn start(cfg: &HostNetwork, listener: SocketAddr) -> anyhow::Result<Self> {
+    pub fn start(cfg: &HostNetwork, listener: SocketAddr) -> Result<Self, NetworkError> {
         let tagging = match (&cfg.migration_interface, cfg.migration_vlan) {
             (Some(ifname), Some(v)) => {
-                anyhow::ensure!(
-                    !listener.ip().is_unspecified(),
-                    "tagging migration streams needs the listener's address: bind `migration` (or set `advertise`) to a specific address, not {listener}"
-                );
-                let mut dp =
-                    Dataplane::load(None).context("loading the migration VLAN programs")?;
-                dp.set_migration_vlan(v.vlan, v.pcp, v.dscp)?;
-                dp.attach_migration_tagging(ifname)?;
-                dp.add_migration_endpoint(listener)?;
+                if listener.ip().is_unspecified() {
+                    return Err(NetworkError::Unspecified(listener));
+                }
+                let mut dp = Dataplane::load(None).map_err(NetworkError::Load)?;
+                dp.set_migration_vlan(v.vlan, v.pcp, v.dscp)
+                    .and_then(|()| dp.attach_migration_tagging(ifname))
+                    .and_then(|()| dp.add_migration_endpoint(listener))
+                    .map_err(|source| NetworkError::Tagging {
+                        interface: ifname.clone(),
+                        vlan: v.vlan,
+                        source,
+                    })?;
                 tracing::info!(interface = %ifname, vlan = v.vlan, pcp = v.pcp, dscp = v.dscp, "migration streams tagged");
                 Some(Mutex::new(dp))
             }
@@ -48,9 +73,12 @@ impl HostNet {
         };
         let guest_socket = match &cfg.guest_interface {
             Some(ifname) => {
-                Some(Arc::new(PacketSocket::bind(ifname).with_context(|| {
-                    format!("guest network interface {ifname}")
-                })?))
+                let socket =
+                    PacketSocket::bind(ifname).map_err(|source| NetworkError::GuestInterface {
+                        interface: ifname.clone(),
+                        source,
+                    })?;
+                Some(Arc::new(socket))
             }
             None => None,
         };

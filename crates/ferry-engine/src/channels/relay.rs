@@ -16,7 +16,7 @@ use ferry_protocol::{
     record::{Record, RecordReader, RecordWriter},
 };
 
-use crate::wire;
+use crate::wire::{self, Message};
 
 /// A stream's sending side, shared by its pump and (on stream 0) the
 /// engine's control messages.
@@ -39,7 +39,7 @@ pub fn outward(
     counted: &AtomicU64,
 ) -> Result<(), RelayError> {
     let mut buf = vec![0u8; max_record];
-    buf[0] = wire::DATA;
+    buf[..1].copy_from_slice(&wire::DATA_HEADER);
     let fd = std::os::fd::AsRawFd::as_raw_fd(&from);
     loop {
         let mut n = match from.read(&mut buf[1..]) {
@@ -66,7 +66,7 @@ pub fn outward(
         let mut w = to.lock().expect("stream writer");
         if n == 0 {
             return w
-                .send_bytes(&[wire::CHANNEL_END])
+                .send_bytes(&Message::ChannelEnd.encode())
                 .map_err(|e| RelayError::Stream(ProtocolError::from(e)));
         }
         w.send_bytes(&buf[..n + 1])
@@ -88,15 +88,15 @@ pub fn inward(
     let mut channel: Option<UnixStream> = None;
     loop {
         match from.read_record().map_err(RelayError::Stream)? {
-            Record::Data(d) => match d.first() {
-                Some(&wire::DATA) | Some(&wire::CHANNEL_END) => {
+            Record::Data(d) => match Message::decode(d) {
+                Ok(m @ (Message::Data(_) | Message::ChannelEnd)) => {
                     if channel.is_none() {
                         channel = Some(connect().map_err(RelayError::Channel)?);
                     }
                     let c = channel.as_mut().expect("connected");
-                    if d[0] == wire::DATA {
-                        c.write_all(&d[1..]).map_err(RelayError::Channel)?;
-                        counted.fetch_add(d.len() as u64 - 1, Ordering::Relaxed);
+                    if let Message::Data(bytes) = m {
+                        c.write_all(bytes).map_err(RelayError::Channel)?;
+                        counted.fetch_add(bytes.len() as u64, Ordering::Relaxed);
                     } else {
                         // The far end closed its side; QEMU sees EOF.
                         let _ = c.shutdown(Shutdown::Write);

@@ -36,9 +36,9 @@ use super::{
 use crate::{
     MigrationError,
     guest::GuestError,
-    source::{Failed, Run, SourceOptions, connect_streams, live_limits, query_outcome},
+    source::{Decided, Failed, Run, SourceOptions, connect_streams, live_limits, query_outcome},
     stats::{MigrationResult, MigrationStats, Phase, Progress},
-    wire,
+    wire::Message,
 };
 use ferry_protocol::{
     KeySchedule, Limits, MigrationSpec, ProtocolError, Side,
@@ -154,6 +154,25 @@ impl Streams {
     }
 }
 
+/// The device-model source's state machine: each state is one function
+/// of [`Outgoing`] that names the next. Until GO is sent in
+/// [`Step::Commit`], a failure cancels the device model's migration and
+/// resumes the guest here.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Step {
+    /// The device model pre-copies by itself; ferry relays and watches.
+    PreCopy,
+    /// It completed (guest stopped): until its channels close; PREPARE.
+    Flush,
+    /// Until the destination's twin has loaded everything (READY).
+    AwaitReady,
+    /// Under a coordinator: until it decides GO.
+    AwaitGo,
+    /// Release durably, send GO, learn that the guest resumed there.
+    Commit,
+    Completed,
+}
+
 /// Migrates a device-model guest (QEMU) to the destination named in `spec`,
 /// ferry carrying its channels. On success it runs there and is retired
 /// here; on failure it runs here (unless [`MigrationError::InDoubt`]).
@@ -163,312 +182,401 @@ pub fn migrate_out(
     opts: &SourceOptions,
     progress: &mut dyn FnMut(&Progress),
 ) -> Result<MigrationStats, Failed> {
-    let mem = guest.memory_bytes();
-    let mut run = Run::new(spec, opts, mem);
-    run.stats.dirty_log = "device-model".into();
-    if let Err(e) = spec.check() {
-        return Err(run.fail(MigrationError::Spec(e)));
-    }
-    if spec.machine.is_none() || mem != spec.memory {
-        return Err(run.fail(MigrationError::Spec(format!(
-            "spec {} does not describe guest {}'s machine ({} bytes)",
-            spec.id,
-            guest.name(),
-            mem
-        ))));
-    }
-    let schedule = spec
-        .key
-        .as_ref()
-        .map(|k| KeySchedule::new(k, spec.nonce, &spec.id));
-    progress(&Progress {
-        phase: Phase::Setup,
-        total_bytes: mem,
-        remaining_bytes: mem,
-        ..Default::default()
-    });
-    tracing::info!(migration = %spec.id, guest = %spec.guest, destination = %spec.destination.host,
-        transport = %spec.transport, channels = spec.streams, "device-model migration: setup");
-    let dir = match PrivateDir::new("ferry-mig") {
-        Ok(d) => d,
-        Err(e) => {
-            return Err(run.fail(MigrationError::Guest(GuestError::Invalid(format!(
-                "a private directory for the migration socket: {e}",
-                e = report(&e)
-            )))));
-        }
-    };
-    let socket = dir.path().join("channels.sock");
-    let listener = match UnixListener::bind(&socket).and_then(|l| {
-        l.set_nonblocking(true)?;
-        Ok(l)
-    }) {
-        Ok(l) => l,
-        Err(e) => {
-            return Err(run.fail(MigrationError::Guest(GuestError::Invalid(format!(
-                "listening on {}: {e}",
-                socket.display(),
-                e = report(&e)
-            )))));
-        }
-    };
-    let connected = match connect_streams(spec, schedule.as_ref(), opts) {
-        Ok(c) => c,
-        Err(e) => return Err(run.fail(e)),
-    };
-    let (ev_tx, ev_rx) = mpsc::channel();
-    let streams = start_streams(
-        connected,
-        listener,
-        schedule.as_ref(),
-        spec,
-        opts,
-        ev_tx,
-        Arc::new(AtomicU64::new(0)),
-    );
-    run.stats.setup_seconds = run.start.elapsed().as_secs_f64();
-
-    // Before GO: cancel, resume here, tell the destination, close.
-    let abort = |streams: Streams, mut run: Run, e: MigrationError| -> Failed {
-        guest.cancel_migration();
-        let _ = streams.send(&[&[wire::ABORT][..], b"source aborted"].concat());
-        let (cpu, bytes) = streams.close(false);
-        run.stats.seal_cpu_seconds = cpu;
-        run.stats.transferred_bytes = bytes;
-        if let Err(r) = guest.resume() {
-            tracing::error!(migration = %run.spec.id, error = %r, "resuming the guest on the source failed");
-        }
-        run.fail(e)
-    };
-
-    // The device model paces itself: ferry hands it the limits, and any
-    // change to them while it runs.
-    let limits = live_limits(spec, opts);
-    let mut applied = limits.changes();
-    let downtime_limit = || limits.downtime_limit(spec.limits.downtime_limit);
-    let start_limits = Limits {
-        bandwidth: limits.bandwidth(),
-        downtime_limit: downtime_limit(),
-        ..spec.limits.clone()
-    };
-    run.stats.downtime_limit_seconds = start_limits.downtime_limit.as_secs_f64();
-    if let Err(e) = guest.start_migration(&socket, spec.streams, &start_limits) {
-        return Err(abort(streams, run, MigrationError::Guest(e)));
-    }
-
-    // Pre-copy: the device model converges by itself; ferry watches.
-    let mut ended: HashSet<u16> = HashSet::new();
-    let mut last = ChannelProgress::default();
-    let mut last_report = Instant::now() - opts.progress_every;
-    let deadline = run.start + spec.limits.max_time;
-    let mut rate_from = (Instant::now(), streams.wire_bytes());
-    let completed = loop {
-        match drain(&ev_rx, &mut ended) {
-            Ok(()) => {}
-            Err(e) => break Err(e),
-        }
-        if let Some(c) = &opts.cancel
-            && c.load(Ordering::Relaxed)
-        {
-            break Err(MigrationError::Cancelled(
-                "cancelled before switch-over".into(),
-            ));
-        }
-        if limits.changes() != applied {
-            applied = limits.changes();
-            run.stats.downtime_limit_seconds = downtime_limit().as_secs_f64();
-            if let Err(e) = guest.set_limits(limits.bandwidth(), downtime_limit()) {
-                break Err(MigrationError::Guest(e));
-            }
-            tracing::info!(migration = %spec.id, bandwidth = ?limits.bandwidth(),
-                downtime_limit = ?downtime_limit(), "device-model migration: limits changed");
-        }
-        let p = match guest.progress() {
-            Ok(p) => p,
-            Err(e) => break Err(MigrationError::Guest(e)),
+    let mut out = Outgoing::setup(guest, spec, opts, progress)?;
+    let mut step = Step::PreCopy;
+    loop {
+        let next = match step {
+            Step::PreCopy => out.pre_copy(),
+            Step::Flush => out.flush(),
+            Step::AwaitReady => out.await_ready(),
+            Step::AwaitGo => out.await_go(),
+            Step::Commit => out.commit(),
+            Step::Completed => return Ok(out.complete()),
         };
-        let since = rate_from.0.elapsed();
-        if since >= RATE_WINDOW {
-            let now = streams.wire_bytes();
-            let rate = (now - rate_from.1) as f64 / since.as_secs_f64();
-            rate_from = (Instant::now(), now);
-            // An idle window (setup, a pause in dirtying) says nothing
-            // about the path.
-            if rate > 0.0
-                && let Err(e) = guest.set_switchover_bandwidth(rate as u64)
-            {
-                break Err(MigrationError::Guest(e));
+        step = match next {
+            Ok(next) => next,
+            Err(e) => return Err(out.fail(e)),
+        };
+    }
+}
+
+/// One outgoing device-model migration, from its streams' setup on.
+struct Outgoing<'a> {
+    guest: Arc<dyn ChannelGuest>,
+    spec: &'a MigrationSpec,
+    opts: &'a SourceOptions,
+    progress: &'a mut dyn FnMut(&Progress),
+    run: Run<'a>,
+    schedule: Option<KeySchedule>,
+    mem: u64,
+    /// Taken when they close.
+    streams: Option<Streams>,
+    ev_rx: mpsc::Receiver<Ev>,
+    /// Streams whose channel the device model has closed.
+    ended: HashSet<u16>,
+    /// The device model's last figures.
+    last: ChannelProgress,
+    /// When the device model stopped the guest.
+    stun: SystemTime,
+    /// Holds the device model's migration socket while the migration lasts.
+    _socket_dir: PrivateDir,
+}
+
+impl<'a> Outgoing<'a> {
+    /// Checks the spec, opens the device model's socket and every stream,
+    /// and starts the device model's migration onto them.
+    fn setup(
+        guest: Arc<dyn ChannelGuest>,
+        spec: &'a MigrationSpec,
+        opts: &'a SourceOptions,
+        progress: &'a mut dyn FnMut(&Progress),
+    ) -> Result<Self, Failed> {
+        let mem = guest.memory_bytes();
+        let mut run = Run::new(spec, opts, mem);
+        run.stats.dirty_log = "device-model".into();
+        if let Err(e) = spec.check() {
+            return Err(run.fail(MigrationError::Spec(e)));
+        }
+        if spec.machine.is_none() || mem != spec.memory {
+            return Err(run.fail(MigrationError::Spec(format!(
+                "spec {} does not describe guest {}'s machine ({} bytes)",
+                spec.id,
+                guest.name(),
+                mem
+            ))));
+        }
+        let schedule = spec
+            .key
+            .as_ref()
+            .map(|k| KeySchedule::new(k, spec.nonce, &spec.id));
+        progress(&Progress {
+            phase: Phase::Setup,
+            total_bytes: mem,
+            remaining_bytes: mem,
+            ..Default::default()
+        });
+        tracing::info!(migration = %spec.id, guest = %spec.guest, destination = %spec.destination.host,
+            transport = %spec.transport, channels = spec.streams, "device-model migration: setup");
+        let dir = match PrivateDir::new("ferry-mig") {
+            Ok(d) => d,
+            Err(e) => {
+                return Err(run.fail(MigrationError::Guest(GuestError::Invalid(format!(
+                    "a private directory for the migration socket: {e}",
+                    e = report(&e)
+                )))));
             }
-        }
-        if last_report.elapsed() >= opts.progress_every {
-            progress(&to_progress(&p, Phase::PreCopy, &run, mem));
-            last_report = Instant::now();
-        }
-        let status = p.status.clone();
-        last = p;
-        match status {
-            Some(ChannelStatus::Completed) => break Ok(()),
-            Some(ChannelStatus::Failed(why)) => {
-                break Err(MigrationError::Guest(GuestError::Invalid(format!(
-                    "the device model's migration failed: {why}"
-                ))));
+        };
+        let socket = dir.path().join("channels.sock");
+        let listener = match UnixListener::bind(&socket).and_then(|l| {
+            l.set_nonblocking(true)?;
+            Ok(l)
+        }) {
+            Ok(l) => l,
+            Err(e) => {
+                return Err(run.fail(MigrationError::Guest(GuestError::Invalid(format!(
+                    "listening on {}: {e}",
+                    socket.display(),
+                    e = report(&e)
+                )))));
             }
-            Some(ChannelStatus::Cancelled) => {
-                break Err(MigrationError::Cancelled(
-                    "the device model's migration was cancelled".into(),
-                ));
-            }
-            _ => {}
+        };
+        let connected = match connect_streams(spec, schedule.as_ref(), opts) {
+            Ok(c) => c,
+            Err(e) => return Err(run.fail(e)),
+        };
+        let (ev_tx, ev_rx) = mpsc::channel();
+        let streams = start_streams(
+            connected,
+            listener,
+            schedule.as_ref(),
+            spec,
+            opts,
+            ev_tx,
+            Arc::new(AtomicU64::new(0)),
+        );
+        run.stats.setup_seconds = run.start.elapsed().as_secs_f64();
+        let mut out = Outgoing {
+            guest,
+            spec,
+            opts,
+            progress,
+            run,
+            schedule,
+            mem,
+            streams: Some(streams),
+            ev_rx,
+            ended: HashSet::new(),
+            last: ChannelProgress::default(),
+            stun: SystemTime::now(),
+            _socket_dir: dir,
+        };
+        // The device model paces itself: ferry hands it the limits, and
+        // any change to them while it runs.
+        let limits = live_limits(spec, opts);
+        let start_limits = Limits {
+            bandwidth: limits.bandwidth(),
+            downtime_limit: limits.downtime_limit(spec.limits.downtime_limit),
+            ..spec.limits.clone()
+        };
+        out.run.stats.downtime_limit_seconds = start_limits.downtime_limit.as_secs_f64();
+        if let Err(e) = out
+            .guest
+            .start_migration(&socket, spec.streams, &start_limits)
+        {
+            return Err(out.fail(MigrationError::Guest(e)));
         }
-        if Instant::now() >= deadline {
-            break Err(MigrationError::GaveUp {
-                passes: last.passes,
-                seconds: run.start.elapsed().as_secs_f64(),
-                remaining: last.remaining_bytes,
-            });
-        }
-        // Often: the stun starts when the device model stops the guest, and
-        // every poll interval until ferry sees it completed adds to it.
-        std::thread::sleep(POLL);
-    };
-    fill_stats(&mut run.stats, &last);
-    if let Err(e) = completed {
-        return Err(abort(streams, run, e));
+        Ok(out)
     }
 
-    // The device model stopped the guest and sent its last bytes: once its
-    // channels have closed, everything is on the streams.
-    let stun = guest.stopped_at().unwrap_or_else(SystemTime::now);
-    // Where the stun goes, step by step (debug level).
-    let step = |what: &str| {
+    fn streams(&self) -> &Streams {
+        self.streams.as_ref().expect("streams open")
+    }
+
+    /// Handles what has arrived: channels that closed, and errors.
+    fn drain(&mut self) -> Result<(), MigrationError> {
+        drain(&self.ev_rx, &mut self.ended)
+    }
+
+    /// Where the stun goes, step by step (debug level).
+    fn step(&self, what: &str) {
         let ms = SystemTime::now()
-            .duration_since(stun)
+            .duration_since(self.stun)
             .unwrap_or_default()
             .as_secs_f64()
             * 1e3;
-        tracing::debug!(migration = %spec.id, since_stop_ms = ms, "device-model switch-over: {what}");
-    };
-    step("the device model completed");
-    progress(&to_progress(&last, Phase::Switchover, &run, mem));
-    let opened = streams.opened();
-    let until = Instant::now() + spec.limits.switchover_timeout;
-    while !opened.iter().all(|s| ended.contains(s)) {
-        if let Err(e) = drain(&ev_rx, &mut ended) {
-            return Err(abort(streams, run, e));
-        }
-        if Instant::now() >= until {
-            return Err(abort(
-                streams,
-                run,
-                MigrationError::Guest(GuestError::Timeout(
-                    "the device model completed but kept its channels open",
-                )),
-            ));
-        }
-        std::thread::sleep(Duration::from_millis(1));
+        tracing::debug!(migration = %self.spec.id, since_stop_ms = ms, "device-model switch-over: {what}");
     }
-    step("its channels closed; PREPARE");
-    if let Err(e) = streams.send(&[wire::PREPARE]) {
-        return Err(abort(
-            streams,
-            run,
-            MigrationError::Stream {
-                stream: 0,
-                source: ProtocolError::from(e),
-            },
+
+    /// The device model converges by itself: ferry relays, passes on
+    /// limit changes and the rate it measures, reports progress, and
+    /// enforces cancel and the time limit.
+    fn pre_copy(&mut self) -> Result<Step, MigrationError> {
+        let r = self.watch();
+        fill_stats(&mut self.run.stats, &self.last);
+        r?;
+        // The device model stopped the guest and sent its last bytes: once
+        // its channels have closed, everything is on the streams.
+        self.stun = self.guest.stopped_at().unwrap_or_else(SystemTime::now);
+        self.step("the device model completed");
+        (self.progress)(&to_progress(
+            &self.last,
+            Phase::Switchover,
+            &self.run,
+            self.mem,
         ));
+        Ok(Step::Flush)
     }
-    let ready = wait_for(
-        &ev_rx,
-        &mut ended,
-        wire::READY,
-        spec.limits.switchover_timeout,
-    );
-    if let Err(e) = ready {
-        return Err(abort(streams, run, e));
-    }
-    step("READY");
-    if let Some(c) = &opts.commit {
-        let go =
-            crate::commit::await_go(&**c, &spec.id, 2 * spec.limits.switchover_timeout, || {
-                drain(&ev_rx, &mut ended)
-            });
-        if let Err(e) = go {
-            return Err(abort(streams, run, e));
-        }
-        step("GO decided");
-    }
-    if let Err(e) = crate::source::journal_release(opts, spec) {
-        return Err(abort(streams, run, e));
-    }
-    // Committed: from here the source never runs the guest again unless
-    // the destination says it discarded it.
-    let go = streams.send(&[wire::GO]);
-    tracing::info!(migration = %spec.id, "device-model migration: destination ready, sent GO");
-    let resumed = match go.map_err(|e| report(&e).to_string()).and_then(|()| {
-        wait_for(
-            &ev_rx,
-            &mut ended,
-            wire::RESUMED,
-            spec.limits.switchover_timeout,
-        )
-        .map_err(|e| report(&e).to_string())
-    }) {
-        Ok(()) => true,
-        Err(why) => {
-            tracing::warn!(migration = %spec.id, why = %why, "device-model migration: lost the destination after GO, asking what it did");
-            match query_outcome(spec, schedule.as_ref(), opts) {
-                Ok(Some(r)) => r,
-                Ok(None) => unreachable!("query_outcome only returns decided outcomes"),
-                Err(e) => {
-                    let (cpu, bytes) = streams.close(false);
-                    run.stats.seal_cpu_seconds = cpu;
-                    run.stats.transferred_bytes = bytes;
-                    return Err(run.fail(MigrationError::InDoubt(format!(
-                        "{why}; outcome query: {e}"
-                    ))));
+
+    fn watch(&mut self) -> Result<(), MigrationError> {
+        let (spec, opts) = (self.spec, self.opts);
+        let limits = live_limits(spec, opts);
+        let mut applied = limits.changes();
+        let downtime_limit = || limits.downtime_limit(spec.limits.downtime_limit);
+        let mut last_report = Instant::now() - opts.progress_every;
+        let deadline = self.run.start + spec.limits.max_time;
+        let mut rate_from = (Instant::now(), self.streams().wire_bytes());
+        loop {
+            self.drain()?;
+            if opts
+                .cancel
+                .as_ref()
+                .is_some_and(|c| c.load(Ordering::Relaxed))
+            {
+                return Err(MigrationError::Cancelled(
+                    "cancelled before switch-over".into(),
+                ));
+            }
+            if limits.changes() != applied {
+                applied = limits.changes();
+                self.run.stats.downtime_limit_seconds = downtime_limit().as_secs_f64();
+                self.guest
+                    .set_limits(limits.bandwidth(), downtime_limit())
+                    .map_err(MigrationError::Guest)?;
+                tracing::info!(migration = %spec.id, bandwidth = ?limits.bandwidth(),
+                    downtime_limit = ?downtime_limit(), "device-model migration: limits changed");
+            }
+            let p = self.guest.progress().map_err(MigrationError::Guest)?;
+            let since = rate_from.0.elapsed();
+            if since >= RATE_WINDOW {
+                let now = self.streams().wire_bytes();
+                let rate = (now - rate_from.1) as f64 / since.as_secs_f64();
+                rate_from = (Instant::now(), now);
+                // An idle window (setup, a pause in dirtying) says nothing
+                // about the path.
+                if rate > 0.0 {
+                    self.guest
+                        .set_switchover_bandwidth(rate as u64)
+                        .map_err(MigrationError::Guest)?;
                 }
             }
+            if last_report.elapsed() >= opts.progress_every {
+                (self.progress)(&to_progress(&p, Phase::PreCopy, &self.run, self.mem));
+                last_report = Instant::now();
+            }
+            let status = p.status.clone();
+            self.last = p;
+            match status {
+                Some(ChannelStatus::Completed) => return Ok(()),
+                Some(ChannelStatus::Failed(why)) => {
+                    return Err(MigrationError::Guest(GuestError::Invalid(format!(
+                        "the device model's migration failed: {why}"
+                    ))));
+                }
+                Some(ChannelStatus::Cancelled) => {
+                    return Err(MigrationError::Cancelled(
+                        "the device model's migration was cancelled".into(),
+                    ));
+                }
+                _ => {}
+            }
+            if Instant::now() >= deadline {
+                return Err(MigrationError::GaveUp {
+                    passes: self.last.passes,
+                    seconds: self.run.start.elapsed().as_secs_f64(),
+                    remaining: self.last.remaining_bytes,
+                });
+            }
+            // Often: the stun starts when the device model stops the guest,
+            // and every poll interval until ferry sees it completed adds to it.
+            std::thread::sleep(POLL);
         }
-    };
-    if !resumed {
-        crate::source::journal_reclaim(opts, spec);
-        return Err(abort(
-            streams,
-            run,
-            MigrationError::Destination("the destination discarded the guest after GO".into()),
-        ));
     }
-    step("RESUMED");
-    run.stats.set_downtime(
-        SystemTime::now()
-            .duration_since(stun)
+
+    /// Until every channel the device model opened has closed; PREPARE.
+    fn flush(&mut self) -> Result<Step, MigrationError> {
+        let opened = self.streams().opened();
+        let until = Instant::now() + self.spec.limits.switchover_timeout;
+        while !opened.iter().all(|s| self.ended.contains(s)) {
+            self.drain()?;
+            if Instant::now() >= until {
+                return Err(MigrationError::Guest(GuestError::Timeout(
+                    "the device model completed but kept its channels open",
+                )));
+            }
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        self.step("its channels closed; PREPARE");
+        self.streams()
+            .send(&Message::Prepare.encode())
+            .map_err(|e| MigrationError::Stream {
+                stream: 0,
+                source: ProtocolError::from(e),
+            })?;
+        Ok(Step::AwaitReady)
+    }
+
+    fn await_ready(&mut self) -> Result<Step, MigrationError> {
+        let timeout = self.spec.limits.switchover_timeout;
+        wait_for(&self.ev_rx, &mut self.ended, Awaited::Ready, timeout)?;
+        self.step("READY");
+        Ok(match self.opts.commit {
+            Some(_) => Step::AwaitGo,
+            None => Step::Commit,
+        })
+    }
+
+    /// The coordinator's decision, while the destination holds the guest.
+    fn await_go(&mut self) -> Result<Step, MigrationError> {
+        let commit = self.opts.commit.as_deref().expect("a coordinator decides");
+        let bound = 2 * self.spec.limits.switchover_timeout;
+        let (ev_rx, ended) = (&self.ev_rx, &mut self.ended);
+        crate::commit::await_go(commit, &self.spec.id, bound, || drain(ev_rx, ended))?;
+        self.step("GO decided");
+        Ok(Step::Commit)
+    }
+
+    /// Releases the guest durably and sends GO; then learns whether it
+    /// resumed there (asking if the answer is lost).
+    fn commit(&mut self) -> Result<Step, MigrationError> {
+        let (spec, opts) = (self.spec, self.opts);
+        crate::source::journal_release(opts, spec)?;
+        // Committed: from here the source never runs the guest again unless
+        // the destination says it discarded it.
+        let go = self.streams().send(&Message::Go.encode());
+        tracing::info!(migration = %spec.id, "device-model migration: destination ready, sent GO");
+        let timeout = spec.limits.switchover_timeout;
+        let answer = go.map_err(|e| report(&e).to_string()).and_then(|()| {
+            wait_for(&self.ev_rx, &mut self.ended, Awaited::Resumed, timeout)
+                .map_err(|e| report(&e).to_string())
+        });
+        let decided = match answer {
+            Ok(()) => Decided::Resumed,
+            Err(why) => {
+                tracing::warn!(migration = %spec.id, why = %why, "device-model migration: lost the destination after GO, asking what it did");
+                query_outcome(spec, self.schedule.as_ref(), opts).map_err(|e| {
+                    MigrationError::InDoubt(format!("{why}; outcome query: {e}", e = report(&e)))
+                })?
+            }
+        };
+        if decided == Decided::Discarded {
+            crate::source::journal_reclaim(opts, spec);
+            return Err(MigrationError::Destination(
+                "the destination discarded the guest after GO".into(),
+            ));
+        }
+        self.step("RESUMED");
+        Ok(Step::Completed)
+    }
+
+    fn close(&mut self, graceful: bool) -> u64 {
+        let (cpu, bytes) = self.streams.take().map_or((0.0, 0), |s| s.close(graceful));
+        self.run.stats.seal_cpu_seconds = cpu;
+        self.run.stats.transferred_bytes = bytes;
+        bytes
+    }
+
+    /// Ends the migration failed: before GO (and after a discard) the
+    /// device model's migration is cancelled, the destination told and the
+    /// guest resumed here; in doubt, only the streams close.
+    fn fail(mut self, error: MigrationError) -> Failed {
+        if matches!(error, MigrationError::InDoubt(_)) {
+            self.close(false);
+            return self.run.fail(error);
+        }
+        self.guest.cancel_migration();
+        if let Some(s) = &self.streams {
+            let abort = Message::Abort {
+                reason: "source aborted".into(),
+            };
+            let _ = s.send(&abort.encode());
+        }
+        self.close(false);
+        if let Err(r) = self.guest.resume() {
+            tracing::error!(migration = %self.spec.id, error = %r, "resuming the guest on the source failed");
+        }
+        self.run.fail(error)
+    }
+
+    /// The guest runs on the destination: retire it here and report.
+    fn complete(mut self) -> MigrationStats {
+        let downtime = SystemTime::now()
+            .duration_since(self.stun)
             .unwrap_or_default()
-            .as_secs_f64(),
-    );
-    guest.release();
-    let (cpu, bytes) = streams.close(true);
-    run.stats.seal_cpu_seconds = cpu;
-    run.stats.transferred_bytes = bytes;
-    run.stats.remaining_bytes = 0;
-    run.stats.result = MigrationResult::Completed;
-    run.stats.total_seconds = run.start.elapsed().as_secs_f64();
-    tracing::info!(migration = %spec.id, total_s = run.stats.total_seconds, downtime_ms = run.stats.downtime_seconds * 1e3,
-        bytes, "device-model migration: completed");
-    progress(&Progress {
-        phase: Phase::Completed,
-        pass: run.stats.passes,
-        elapsed_seconds: run.stats.total_seconds,
-        transferred_bytes: bytes,
-        total_bytes: mem,
-        remaining_bytes: 0,
-        dirty_rate: run.stats.dirty_rate,
-        transfer_rate: run.stats.transfer_rate,
-        throttle_percent: 0,
-        eta_seconds: Some(0.0),
-        ..Default::default()
-    });
-    Ok(run.stats)
+            .as_secs_f64();
+        self.run.stats.set_downtime(downtime);
+        self.guest.release();
+        let bytes = self.close(true);
+        let stats = &mut self.run.stats;
+        stats.remaining_bytes = 0;
+        stats.result = MigrationResult::Completed;
+        stats.total_seconds = self.run.start.elapsed().as_secs_f64();
+        tracing::info!(migration = %self.spec.id, total_s = stats.total_seconds, downtime_ms = stats.downtime_seconds * 1e3,
+            bytes, "device-model migration: completed");
+        (self.progress)(&Progress {
+            phase: Phase::Completed,
+            pass: stats.passes,
+            elapsed_seconds: stats.total_seconds,
+            transferred_bytes: bytes,
+            total_bytes: self.mem,
+            remaining_bytes: 0,
+            dirty_rate: stats.dirty_rate,
+            transfer_rate: stats.transfer_rate,
+            throttle_percent: 0,
+            eta_seconds: Some(0.0),
+            ..Default::default()
+        });
+        self.run.stats
+    }
 }
 
 impl Streams {
@@ -647,8 +755,10 @@ fn why_broken(broken: MigrationError, rx: &mpsc::Receiver<Ev>) -> MigrationError
     let until = Instant::now() + crate::source::WHY_WAIT;
     loop {
         match rx.recv_timeout(until.saturating_duration_since(Instant::now())) {
-            Ok(Ev::Control(m)) if m.first() == Some(&wire::FAILED) => {
-                return MigrationError::Destination(String::from_utf8_lossy(&m[1..]).into_owned());
+            Ok(Ev::Control(m)) => {
+                if let Ok(Message::Failed { reason }) = Message::decode(&m) {
+                    return MigrationError::Destination(reason.into_owned());
+                }
             }
             // Stream 0's own end: nothing more can come.
             Ok(Ev::Inward { stream: 0, .. }) | Err(_) => return broken,
@@ -657,11 +767,27 @@ fn why_broken(broken: MigrationError, rx: &mpsc::Receiver<Ev>) -> MigrationError
     }
 }
 
+/// What the source waits for on stream 0.
+#[derive(Clone, Copy)]
+enum Awaited {
+    Ready,
+    Resumed,
+}
+
+impl Awaited {
+    fn is(self, m: &Message<'_>) -> bool {
+        matches!(
+            (self, m),
+            (Awaited::Ready, Message::Ready) | (Awaited::Resumed, Message::Resumed { .. })
+        )
+    }
+}
+
 /// Waits for message `want` on stream 0, handling everything else.
 fn wait_for(
     rx: &mpsc::Receiver<Ev>,
     ended: &mut HashSet<u16>,
-    want: u8,
+    want: Awaited,
     timeout: Duration,
 ) -> Result<(), MigrationError> {
     let until = Instant::now() + timeout;
@@ -678,15 +804,19 @@ fn wait_for(
 }
 
 /// True when `ev` is the awaited message.
-fn handle(ev: Ev, ended: &mut HashSet<u16>, want: Option<u8>) -> Result<bool, MigrationError> {
+fn handle(ev: Ev, ended: &mut HashSet<u16>, want: Option<Awaited>) -> Result<bool, MigrationError> {
     match ev {
-        Ev::Control(m) if Some(m[0]) == want => Ok(true),
-        Ev::Control(m) if m[0] == wire::FAILED => Err(MigrationError::Destination(
-            String::from_utf8_lossy(&m[1..]).into_owned(),
-        )),
-        Ev::Control(_) => Err(MigrationError::Destination(
-            "unexpected message from the destination".into(),
-        )),
+        Ev::Control(m) => match Message::decode(&m) {
+            Ok(m) if want.is_some_and(|w| w.is(&m)) => Ok(true),
+            Ok(Message::Failed { reason }) => Err(MigrationError::Destination(reason.into_owned())),
+            Ok(m) => Err(MigrationError::Destination(format!(
+                "unexpected message from the destination: {}",
+                m.name()
+            ))),
+            Err(e) => Err(MigrationError::Destination(format!(
+                "unreadable message from the destination: {e}"
+            ))),
+        },
         Ev::Outward { stream, result } => match result {
             Ok(()) => {
                 ended.insert(stream);
