@@ -1417,37 +1417,58 @@ fn cmd_lab_machine(json: bool) -> Result<()> {
     Ok(())
 }
 
-fn cmd_lab_bench_dataplane(seconds: u32, out: PathBuf) -> Result<()> {
+/// A bench's figure: its file name and how to draw it.
+type Figure<'a, R> = (&'a str, &'a dyn Fn(&R) -> String);
+
+/// A bench's run: the machine it runs on first, timestamped progress on
+/// stderr, then its table on stdout and its JSON (and, when `figure` names
+/// one, its SVG) written into `out`.
+fn bench<R: serde::Serialize>(
+    out: &std::path::Path,
+    json: &str,
+    run: impl FnOnce(&dyn Fn(&str)) -> Result<R>,
+    table: impl FnOnce(&R) -> String,
+    figure: Option<Figure<'_, R>>,
+) -> Result<()> {
     eprintln!("{}", ferry::lab::machine::Machine::probe());
     let t0 = std::time::Instant::now();
-    let r = ferry::lab::dataplane_bench::run(seconds, &|p| {
-        eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
-    })?;
-    print!("{}", r.table());
-    std::fs::create_dir_all(&out)?;
-    let path = out.join("dataplane.json");
+    let r = run(&|p| eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64()))?;
+    print!("{}", table(&r));
+    std::fs::create_dir_all(out)?;
+    let path = out.join(json);
     std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
-    println!("wrote {}", path.display());
+    match figure {
+        Some((name, chart)) => {
+            let svg = out.join(name);
+            std::fs::write(&svg, chart(&r))?;
+            println!("wrote {} and {}", path.display(), svg.display());
+        }
+        None => println!("wrote {}", path.display()),
+    }
     Ok(())
+}
+
+fn cmd_lab_bench_dataplane(seconds: u32, out: PathBuf) -> Result<()> {
+    bench(
+        &out,
+        "dataplane.json",
+        |p| ferry::lab::dataplane_bench::run(seconds, p),
+        |r| r.table(),
+        None,
+    )
 }
 
 fn cmd_lab_bench_qemu(runs: usize, memory_mib: u64, touched_mib: u32, out: PathBuf) -> Result<()> {
     if runs == 0 || touched_mib as u64 >= memory_mib {
         anyhow::bail!("--runs must be at least 1 and --touched-mib below --memory-mib");
     }
-    eprintln!("{}", ferry::lab::machine::Machine::probe());
-    let t0 = std::time::Instant::now();
-    let r = ferry::lab::qemu_bench::run(runs, memory_mib, touched_mib, &|p| {
-        eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
-    })?;
-    print!("{}", r.table());
-    std::fs::create_dir_all(&out)?;
-    let path = out.join("qemu.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
-    let svg = out.join("qemu.svg");
-    std::fs::write(&svg, r.chart())?;
-    println!("wrote {} and {}", path.display(), svg.display());
-    Ok(())
+    bench(
+        &out,
+        "qemu.json",
+        |p| ferry::lab::qemu_bench::run(runs, memory_mib, touched_mib, p),
+        |r| r.table(),
+        Some(("qemu.svg", &ferry::lab::qemu_bench::Results::chart)),
+    )
 }
 
 fn cmd_lab_bench_migration(
@@ -1465,36 +1486,30 @@ fn cmd_lab_bench_migration(
     {
         anyhow::bail!("--sizes: {bad} is not a whole number of MiB of at least 64MiB");
     }
-    eprintln!("{}", ferry::lab::machine::Machine::probe());
-    let t0 = std::time::Instant::now();
     let sizes: Vec<u64> = sizes.iter().map(|s| s.0).collect();
-    let r = ferry::lab::migration_bench::run(runs, &sizes, qemu_up_to.0, &|p| {
-        eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
-    })?;
-    print!("{}", r.table());
-    std::fs::create_dir_all(&out)?;
-    let path = out.join("migration.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
-    let svg = out.join("migration.svg");
-    std::fs::write(&svg, r.chart())?;
-    println!("wrote {} and {}", path.display(), svg.display());
-    Ok(())
+    bench(
+        &out,
+        "migration.json",
+        |p| ferry::lab::migration_bench::run(runs, &sizes, qemu_up_to.0, p),
+        |r| r.table(),
+        Some((
+            "migration.svg",
+            &ferry::lab::migration_bench::Results::chart,
+        )),
+    )
 }
 
 fn cmd_lab_bench_wan(seconds: u32, out: PathBuf) -> Result<()> {
-    eprintln!("{}", ferry::lab::machine::Machine::probe());
-    let t0 = std::time::Instant::now();
-    let r = ferry::lab::wan_bench::run(seconds, &|p| {
-        eprintln!("[{:6.1}s] {p}", t0.elapsed().as_secs_f64())
-    })?;
-    print!("{}", r.table());
-    std::fs::create_dir_all(&out)?;
-    let path = out.join("wan.json");
-    std::fs::write(&path, serde_json::to_string_pretty(&r)?)?;
-    let svg = out.join("wan-delay-error.svg");
-    std::fs::write(&svg, r.chart())?;
-    println!("wrote {} and {}", path.display(), svg.display());
-    Ok(())
+    bench(
+        &out,
+        "wan.json",
+        |p| ferry::lab::wan_bench::run(seconds, p),
+        |r| r.table(),
+        Some((
+            "wan-delay-error.svg",
+            &ferry::lab::wan_bench::Results::chart,
+        )),
+    )
 }
 
 fn cmd_lab_run(file: PathBuf, out: PathBuf) -> Result<()> {
