@@ -751,49 +751,59 @@ impl Coordinator {
         }
     }
 
-    /// Runs a planned migration that the scheduler let start.
+    /// The spec of a planned migration: a fresh key (when encrypted) and nonce.
+    fn spec_of(
+        &self,
+        plan: &Plan,
+        id: MigrationId,
+        (limits, streams): (crate::protocol::Limits, u16),
+    ) -> MigrationSpec {
+        let mut nonce = [0u8; 8];
+        getrandom::fill(&mut nonce).expect("the OS random source failed");
+        MigrationSpec {
+            id,
+            guest: plan.guest.info.name.clone(),
+            memory: plan.guest.info.memory,
+            source: Endpoint {
+                host: plan.src_name.clone(),
+                migration: plan.src_caps.migration,
+            },
+            destination: Endpoint {
+                host: plan.dst_host.clone(),
+                migration: plan.dst_caps.migration,
+            },
+            mode: plan.mode,
+            setting: plan.guest.encryption,
+            transport: plan.transport,
+            key: plan.transport.encrypted().then(|| (self.key_source)()),
+            nonce: u64::from_be_bytes(nonce),
+            streams,
+            limits,
+            machine: plan.guest.info.machine.clone(),
+        }
+    }
+
+    /// Runs a planned migration that the scheduler let start: spec, the
+    /// destination prepared, then the source started and followed.
     async fn run(
         self: &Arc<Self>,
         plan: Plan,
         id: MigrationId,
-        (limits, streams): (crate::protocol::Limits, u16),
+        settings: (crate::protocol::Limits, u16),
         events: &mut Events<'_>,
     ) -> Response {
+        let spec = self.spec_of(&plan, id, settings);
         let Plan {
             guest: g,
             src_name,
-            src_caps,
             dst_host,
             peer,
             dst_label,
-            dst_caps,
             mode,
             transport,
+            ..
         } = plan;
         let guest = g.info.name.clone();
-        let mut nonce = [0u8; 8];
-        getrandom::fill(&mut nonce).expect("the OS random source failed");
-        let spec = MigrationSpec {
-            id,
-            guest: guest.clone(),
-            memory: g.info.memory,
-            source: Endpoint {
-                host: src_name.clone(),
-                migration: src_caps.migration,
-            },
-            destination: Endpoint {
-                host: dst_host.clone(),
-                migration: dst_caps.migration,
-            },
-            mode,
-            setting: g.encryption,
-            transport,
-            key: transport.encrypted().then(|| (self.key_source)()),
-            nonce: u64::from_be_bytes(nonce),
-            streams,
-            limits,
-            machine: g.info.machine.clone(),
-        };
         if let Err(e) = spec.check() {
             self.end_unstarted(&id, MigrationState::Failed, &e.to_string())
                 .await;
@@ -826,34 +836,10 @@ impl Coordinator {
         }
         // The destination first: it refuses (memory, duplicate guest, ...)
         // before any memory moves.
-        let prepared = match &peer {
-            None => {
-                let entry = self.host_entry(&dst_host).expect("checked by host_caps");
-                self.client
-                    .call(
-                        &dst_host,
-                        entry.control,
-                        &self.fence(Request::PrepareIncoming { spec: spec.clone() }),
-                        CALL_TIMEOUT,
-                    )
-                    .await
-            }
-            Some(p) => {
-                let addr = self.peer_entry(p).expect("checked by peer_caps").address;
-                let req = Request::PeerPrepare {
-                    host: dst_host.clone(),
-                    spec: spec.clone(),
-                };
-                self.client.call(p, addr, &req, CALL_TIMEOUT).await
-            }
-        };
-        if let Err(e) = prepared.and_then(|r| match r {
-            Response::Prepared { .. } => Ok(()),
-            other => Err(ControlError::Unexpected {
-                name: dst_label.clone(),
-                what: format!("{other:?}"),
-            }),
-        }) {
+        let prepared = self
+            .prepare_destination(&spec, &dst_host, peer.as_deref(), &dst_label)
+            .await;
+        if let Err(e) = prepared {
             let msg = format!("the destination refused the migration: {e}", e = report(&e));
             self.update(&id, |r| {
                 r.state = MigrationState::Failed;
@@ -887,38 +873,79 @@ impl Coordinator {
                 &self.fence(Request::StartOutgoing { spec }),
             )
             .await;
-        let mut exchange = match exchange {
-            Ok(x) => x,
-            Err(e) => {
-                return self
-                    .lost(
-                        &id,
-                        &dst_host,
-                        peer.as_deref(),
-                        format!("cannot start the source: {e}", e = report(&e)),
+        let followed = match exchange {
+            Ok(mut x) => {
+                self.update(&id, |r| r.state = MigrationState::Running);
+                self.journal_or_warn(&id, store::Phase::Streaming).await;
+                self.follow_source(id, &src_name, &mut x, events).await
+            }
+            Err(e) => Err(format!("cannot start the source: {e}", e = report(&e))),
+        };
+        match followed {
+            Ok(stats) => {
+                self.finished(id, &guest, &dst_host, peer.as_deref(), stats)
+                    .await
+            }
+            Err(why) => self.lost(&id, &dst_host, peer.as_deref(), why).await,
+        }
+    }
+
+    /// Hands the spec to the destination (through its coordinator when it
+    /// is another's); Ok once it is prepared.
+    async fn prepare_destination(
+        &self,
+        spec: &MigrationSpec,
+        dst_host: &str,
+        peer: Option<&str>,
+        dst_label: &str,
+    ) -> Result<(), ControlError> {
+        let prepared = match peer {
+            None => {
+                let entry = self.host_entry(dst_host).expect("checked by host_caps");
+                self.client
+                    .call(
+                        dst_host,
+                        entry.control,
+                        &self.fence(Request::PrepareIncoming { spec: spec.clone() }),
+                        CALL_TIMEOUT,
                     )
-                    .await;
+                    .await
+            }
+            Some(p) => {
+                let addr = self.peer_entry(p).expect("checked by peer_caps").address;
+                let req = Request::PeerPrepare {
+                    host: dst_host.to_string(),
+                    spec: spec.clone(),
+                };
+                self.client.call(p, addr, &req, CALL_TIMEOUT).await
             }
         };
-        self.update(&id, |r| r.state = MigrationState::Running);
-        self.journal_or_warn(&id, store::Phase::Streaming).await;
+        match prepared? {
+            Response::Prepared { .. } => Ok(()),
+            other => Err(ControlError::Unexpected {
+                name: dst_label.to_string(),
+                what: format!("{other:?}"),
+            }),
+        }
+    }
+
+    /// Follows the source's stream until it reports the end: relays its
+    /// progress, records READY, and takes the GO decision when it asks.
+    /// Err: why contact with it was lost.
+    async fn follow_source(
+        &self,
+        id: MigrationId,
+        src_name: &str,
+        exchange: &mut control::Exchange,
+        events: &mut Events<'_>,
+    ) -> Result<Box<MigrationStats>, String> {
         let mut stunned = false;
-        let stats = loop {
-            let next = match tokio::time::timeout(SOURCE_SILENCE, exchange.next()).await {
-                Ok(n) => n,
-                Err(_) => {
-                    return self
-                        .lost(
-                            &id,
-                            &dst_host,
-                            peer.as_deref(),
-                            format!(
-                                "source {src_name} said nothing for {}s (no progress, no heartbeat): frozen, overloaded or cut off",
-                                SOURCE_SILENCE.as_secs()
-                            ),
-                        )
-                        .await;
-                }
+        loop {
+            let Ok(next) = tokio::time::timeout(SOURCE_SILENCE, exchange.next()).await else {
+                return Err(format!(
+                    "source {src_name} said nothing for {}s (no progress, no heartbeat): frozen, overloaded or cut off",
+                    SOURCE_SILENCE.as_secs()
+                ));
             };
             match next {
                 Ok(Response::Progress(p)) => {
@@ -939,36 +966,30 @@ impl Coordinator {
                     if decision == SwitchDecision::Go {
                         failpoint("coordinator-after-go");
                     }
-                    if let Err(e) = self.decide(&src_name, id, decision).await {
+                    if let Err(e) = self.decide(src_name, id, decision).await {
                         // The source gives up with its destination; the
                         // outcome then comes on this connection as any.
                         tracing::warn!(coordinator = %self.cfg.name, migration = %id,
                             "cannot tell the source {src_name} the decision: {e}");
                     }
                 }
-                Ok(Response::Finished(s)) => break s,
-                Ok(other) => {
-                    return self
-                        .lost(
-                            &id,
-                            &dst_host,
-                            peer.as_deref(),
-                            format!("source {src_name} answered {other:?}"),
-                        )
-                        .await;
-                }
-                Err(e) => {
-                    return self
-                        .lost(
-                            &id,
-                            &dst_host,
-                            peer.as_deref(),
-                            format!("lost contact with {src_name}: {e}", e = report(&e)),
-                        )
-                        .await;
-                }
+                Ok(Response::Finished(s)) => return Ok(s),
+                Ok(other) => return Err(format!("source {src_name} answered {other:?}")),
+                Err(e) => return Err(format!("lost contact with {src_name}: {e}", e = report(&e))),
             }
-        };
+        }
+    }
+
+    /// The source reported the end: record it, make sure a failed
+    /// migration left nothing at the destination, tell a peer coordinator.
+    async fn finished(
+        &self,
+        id: MigrationId,
+        guest: &str,
+        dst_host: &str,
+        peer: Option<&str>,
+        stats: Box<MigrationStats>,
+    ) -> Response {
         let ok = stats.result == MigrationResult::Completed;
         let cancelled = self.cancels.lock().expect("cancels").remove(&id);
         self.update(&id, |r| {
@@ -983,15 +1004,14 @@ impl Coordinator {
             r.stats = Some(stats.clone());
         });
         if !ok
-            && let Some(IncomingOutcome::Resumed) = self
-                .abort_destination(&id, &dst_host, peer.as_deref())
-                .await
+            && let Some(IncomingOutcome::Resumed) =
+                self.abort_destination(&id, dst_host, peer).await
         {
             // Should not happen: the engine's commit rules out two copies.
             tracing::error!(coordinator = %self.cfg.name, migration = %id, guest = %guest,
                 "the source reported failure, but the destination {dst_host} resumed the guest: check both hosts");
         }
-        if let Some(p) = &peer
+        if let Some(p) = peer
             && let Ok(pe) = self.peer_entry(p)
         {
             let _ = self
@@ -1584,188 +1604,41 @@ impl Coordinator {
         force: bool,
     ) -> Result<String, String> {
         let hosts = self.inventory().await;
-        let unreachable: Vec<&HostStatus> = hosts.iter().filter(|h| !h.reachable).collect();
+        let unreachable: Vec<&str> = hosts
+            .iter()
+            .filter(|h| !h.reachable)
+            .map(|h| h.name.as_str())
+            .collect();
         let copies = copies_of(&hosts, guest);
         if let Some((h, _)) = copies.iter().find(|(_, g)| g.migrating) {
             return Err(format!(
                 "{guest} is migrating from {h}: wait for that migration to end"
             ));
         }
-        let running: Vec<&str> = copies
-            .iter()
-            .filter(|(_, g)| g.info.state == RunState::Running)
-            .map(|(h, _)| *h)
-            .collect();
-        let paused: Vec<&str> = copies
-            .iter()
-            .filter(|(_, g)| g.info.state == RunState::Paused)
-            .map(|(h, _)| *h)
-            .collect();
-        let unreachable_note = || {
-            if unreachable.is_empty() {
-                String::new()
-            } else {
-                format!(
-                    " (unreachable: {})",
-                    unreachable
-                        .iter()
-                        .map(|h| h.name.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                )
-            }
+        let in_state = |state: RunState| -> Vec<&str> {
+            copies
+                .iter()
+                .filter(|(_, g)| g.info.state == state)
+                .map(|(h, _)| *h)
+                .collect()
         };
-        // The migration that left a paused copy on `src`, newest first.
-        let in_doubt = |src: &str| {
-            self.history
-                .all()
-                .into_iter()
-                .find(|r| r.guest == guest && r.source == src)
+        let (running, paused) = (in_state(RunState::Running), in_state(RunState::Paused));
+        let unreachable_note = if unreachable.is_empty() {
+            String::new()
+        } else {
+            format!(" (unreachable: {})", unreachable.join(", "))
         };
-
         if let Some(keep) = keep {
-            if copies.len() < 2 {
-                return Err(format!(
-                    "--keep is for a guest listed on several hosts; {guest} is listed on {}",
-                    if copies.is_empty() {
-                        "none".to_string()
-                    } else {
-                        copies[0].0.to_string()
-                    }
-                ));
-            }
-            if !copies.iter().any(|(h, _)| *h == keep) {
-                return Err(format!("{keep} does not list {guest}"));
-            }
-            let mut dropped = Vec::new();
-            for (h, _) in copies.iter().filter(|(h, _)| *h != keep) {
-                self.settle_on(
-                    h,
-                    guest,
-                    SettleAction::Discard {
-                        runs_on: keep.to_string(),
-                        migration: None,
-                    },
-                )
-                .await?;
-                dropped.push(*h);
-            }
-            if paused.contains(&keep) {
-                self.settle_on(keep, guest, SettleAction::Resume { migration: None })
-                    .await?;
-            }
-            return Ok(format!(
-                "kept {guest} on {keep}; discarded the copy on {}",
-                dropped.join(", ")
-            ));
+            return self.resolve_keeping(guest, keep, &copies, &paused).await;
         }
-
         match (running.as_slice(), paused.as_slice()) {
-            ([], []) => Err(format!(
-                "no reachable host lists {guest}{}",
-                unreachable_note()
-            )),
+            ([], []) => Err(format!("no reachable host lists {guest}{unreachable_note}")),
             ([h], []) => Ok(format!("{guest} runs on {h} only: nothing to resolve")),
-            ([dst], [src]) => {
-                // The usual doubt: the destination resumed it, the source
-                // never heard. The destination's word decides.
-                let rec = in_doubt(src).filter(|r| r.destination == *dst);
-                let Some(rec) = rec else {
-                    return Err(format!(
-                        "{guest} runs on {dst} and is paused on {src}, and no migration from {src} to {dst} is on record: keep one with --keep HOST"
-                    ));
-                };
-                match self.abort_destination(&rec.id, dst, None).await {
-                    Some(IncomingOutcome::Resumed) => {
-                        self.settle_on(
-                            src,
-                            guest,
-                            SettleAction::Discard {
-                                runs_on: dst.to_string(),
-                                migration: Some(rec.id),
-                            },
-                        )
-                        .await?;
-                        let msg = format!(
-                            "{dst} resumed {guest} in migration {}: it runs there; discarded the paused copy on {src}",
-                            rec.id
-                        );
-                        self.close_record(&rec.id, true, &msg);
-                        Ok(msg)
-                    }
-                    other => Err(format!(
-                        "{guest} runs on {dst} and is paused on {src}, but {dst} answers {other:?} for migration {}: keep one with --keep HOST",
-                        rec.id
-                    )),
-                }
-            }
+            ([dst], [src]) => self.resolve_both(guest, dst, src).await,
             ([], [src]) => {
-                let resume = |why: String, id: Option<MigrationId>| async move {
-                    self.settle_on(src, guest, SettleAction::Resume { migration: id })
-                        .await?;
-                    let msg = format!("{why}: resumed {guest} on {src}");
-                    if let Some(id) = id {
-                        self.close_record(&id, false, &msg);
-                    }
-                    Ok::<String, String>(msg)
-                };
-                let Some(rec) = in_doubt(src) else {
-                    if unreachable.is_empty() || force {
-                        return resume(
-                            format!("no other host lists {guest}{}", unreachable_note()),
-                            None,
-                        )
-                        .await;
-                    }
-                    return Err(format!(
-                        "{guest} is paused on {src} and no migration of it is on record; a host that might run it cannot be asked{}: bring it back, or add --force",
-                        unreachable_note()
-                    ));
-                };
-                let dst = rec.destination.as_str();
-                let peer = dst.contains('@');
-                let outcome = if peer {
-                    None
-                } else {
-                    self.abort_destination(&rec.id, dst, None).await
-                };
-                match outcome {
-                    Some(IncomingOutcome::Discarded { reason }) => {
-                        resume(format!("{dst} discarded its copy ({reason})"), Some(rec.id)).await
-                    }
-                    Some(IncomingOutcome::Unknown) => {
-                        resume(
-                            format!(
-                                "{dst} never had {guest} ready (it has no record of migration {})",
-                                rec.id
-                            ),
-                            Some(rec.id),
-                        )
-                        .await
-                    }
-                    Some(IncomingOutcome::Pending) => Err(format!(
-                        "{dst} is still deciding on migration {}: try again in a few seconds",
-                        rec.id
-                    )),
-                    Some(IncomingOutcome::Resumed) if force => {
-                        resume(
-                            format!("forced: {dst} had resumed {guest} but no longer runs it"),
-                            Some(rec.id),
-                        )
-                        .await
-                    }
-                    Some(IncomingOutcome::Resumed) => Err(format!(
-                        "{dst} resumed {guest} in migration {} but no longer lists it (lost when its process ended, or moved on): the copy paused on {src} is older than what ran on {dst}; add --force to resume it anyway",
-                        rec.id
-                    )),
-                    None if force => {
-                        resume(format!("forced: {dst} could not be asked"), Some(rec.id)).await
-                    }
-                    None => Err(format!(
-                        "cannot ask {dst} whether it resumed {guest} (migration {}): bring {dst} back and run this again, or, if {dst} is gone for good and {guest} does not run there, add --force",
-                        rec.id
-                    )),
-                }
+                let ask_first = !unreachable.is_empty() && !force;
+                self.resolve_paused(guest, src, force, ask_first, &unreachable_note)
+                    .await
             }
             _ => Err(format!(
                 "{guest} is listed on {}: keep one with --keep HOST",
@@ -1774,6 +1647,172 @@ impl Coordinator {
                     .map(|(h, g)| format!("{h} ({})", g.info.state))
                     .collect::<Vec<_>>()
                     .join(", ")
+            )),
+        }
+    }
+
+    /// The migration that left a paused copy of `guest` on `src`, newest first.
+    fn in_doubt(&self, guest: &str, src: &str) -> Option<MigrationRecord> {
+        self.history
+            .all()
+            .into_iter()
+            .find(|r| r.guest == guest && r.source == src)
+    }
+
+    /// `ferry resolve --keep`: every other copy discarded, the kept one
+    /// resumed if paused.
+    async fn resolve_keeping(
+        &self,
+        guest: &str,
+        keep: &str,
+        copies: &[(&str, &control::wire::HostedGuest)],
+        paused: &[&str],
+    ) -> Result<String, String> {
+        if copies.len() < 2 {
+            return Err(format!(
+                "--keep is for a guest listed on several hosts; {guest} is listed on {}",
+                if copies.is_empty() {
+                    "none".to_string()
+                } else {
+                    copies[0].0.to_string()
+                }
+            ));
+        }
+        if !copies.iter().any(|(h, _)| *h == keep) {
+            return Err(format!("{keep} does not list {guest}"));
+        }
+        let mut dropped = Vec::new();
+        for (h, _) in copies.iter().filter(|(h, _)| *h != keep) {
+            self.settle_on(
+                h,
+                guest,
+                SettleAction::Discard {
+                    runs_on: keep.to_string(),
+                    migration: None,
+                },
+            )
+            .await?;
+            dropped.push(*h);
+        }
+        if paused.contains(&keep) {
+            self.settle_on(keep, guest, SettleAction::Resume { migration: None })
+                .await?;
+        }
+        Ok(format!(
+            "kept {guest} on {keep}; discarded the copy on {}",
+            dropped.join(", ")
+        ))
+    }
+
+    /// Running on `dst`, paused on `src`: the destination resumed it and
+    /// the source never heard. The destination's word decides.
+    async fn resolve_both(&self, guest: &str, dst: &str, src: &str) -> Result<String, String> {
+        let rec = self.in_doubt(guest, src).filter(|r| r.destination == dst);
+        let Some(rec) = rec else {
+            return Err(format!(
+                "{guest} runs on {dst} and is paused on {src}, and no migration from {src} to {dst} is on record: keep one with --keep HOST"
+            ));
+        };
+        match self.abort_destination(&rec.id, dst, None).await {
+            Some(IncomingOutcome::Resumed) => {
+                self.settle_on(
+                    src,
+                    guest,
+                    SettleAction::Discard {
+                        runs_on: dst.to_string(),
+                        migration: Some(rec.id),
+                    },
+                )
+                .await?;
+                let msg = format!(
+                    "{dst} resumed {guest} in migration {}: it runs there; discarded the paused copy on {src}",
+                    rec.id
+                );
+                self.close_record(&rec.id, true, &msg);
+                Ok(msg)
+            }
+            other => Err(format!(
+                "{guest} runs on {dst} and is paused on {src}, but {dst} answers {other:?} for migration {}: keep one with --keep HOST",
+                rec.id
+            )),
+        }
+    }
+
+    /// Paused on `src` alone: resumed there when the destination on record
+    /// never ran it (or `force`). `ask_first`: a host that might run it is
+    /// unreachable, so a guest with no record is not resumed blindly.
+    async fn resolve_paused(
+        &self,
+        guest: &str,
+        src: &str,
+        force: bool,
+        ask_first: bool,
+        unreachable_note: &str,
+    ) -> Result<String, String> {
+        let resume = |why: String, id: Option<MigrationId>| async move {
+            self.settle_on(src, guest, SettleAction::Resume { migration: id })
+                .await?;
+            let msg = format!("{why}: resumed {guest} on {src}");
+            if let Some(id) = id {
+                self.close_record(&id, false, &msg);
+            }
+            Ok::<String, String>(msg)
+        };
+        let Some(rec) = self.in_doubt(guest, src) else {
+            if !ask_first {
+                return resume(
+                    format!("no other host lists {guest}{}", unreachable_note),
+                    None,
+                )
+                .await;
+            }
+            return Err(format!(
+                "{guest} is paused on {src} and no migration of it is on record; a host that might run it cannot be asked{}: bring it back, or add --force",
+                unreachable_note
+            ));
+        };
+        let dst = rec.destination.as_str();
+        let peer = dst.contains('@');
+        let outcome = if peer {
+            None
+        } else {
+            self.abort_destination(&rec.id, dst, None).await
+        };
+        match outcome {
+            Some(IncomingOutcome::Discarded { reason }) => {
+                resume(format!("{dst} discarded its copy ({reason})"), Some(rec.id)).await
+            }
+            Some(IncomingOutcome::Unknown) => {
+                resume(
+                    format!(
+                        "{dst} never had {guest} ready (it has no record of migration {})",
+                        rec.id
+                    ),
+                    Some(rec.id),
+                )
+                .await
+            }
+            Some(IncomingOutcome::Pending) => Err(format!(
+                "{dst} is still deciding on migration {}: try again in a few seconds",
+                rec.id
+            )),
+            Some(IncomingOutcome::Resumed) if force => {
+                resume(
+                    format!("forced: {dst} had resumed {guest} but no longer runs it"),
+                    Some(rec.id),
+                )
+                .await
+            }
+            Some(IncomingOutcome::Resumed) => Err(format!(
+                "{dst} resumed {guest} in migration {} but no longer lists it (lost when its process ended, or moved on): the copy paused on {src} is older than what ran on {dst}; add --force to resume it anyway",
+                rec.id
+            )),
+            None if force => {
+                resume(format!("forced: {dst} could not be asked"), Some(rec.id)).await
+            }
+            None => Err(format!(
+                "cannot ask {dst} whether it resumed {guest} (migration {}): bring {dst} back and run this again, or, if {dst} is gone for good and {guest} does not run there, add --force",
+                rec.id
             )),
         }
     }

@@ -338,6 +338,108 @@ impl Epochs {
     }
 }
 
+/// Boots or adopts configured guest `g` (the `i`-th): None when this host
+/// must not run it (it migrated away, or a QEMU paused in doubt is kept).
+fn start_guest(
+    cfg: &HostConfig,
+    i: usize,
+    g: &config::GuestConfig,
+    journal: Option<&Arc<FileJournal>>,
+) -> Result<Option<Entry>, StartError> {
+    let machine = g.machine();
+    if let Some(machine) = &machine {
+        let field = format!("guests[{i}].qemu");
+        machine.check_files(&field).map_err(StartError::Machine)?;
+    }
+    if let Some(j) = journal
+        && let Some(GuestFact::Released { migration, to }) = j.released(&g.name)
+    {
+        // Released at GO: a QEMU still here, paused, is the copy of
+        // a switch-over in doubt (for `ferry resolve`).
+        use crate::engine::channels::ChannelGuest;
+        let in_doubt = machine
+            .as_ref()
+            .and_then(|_| crate::qemu::QemuGuest::adopt(&cfg.state_dir().join(&g.name)))
+            .filter(|q| q.run_state() == RunState::Paused);
+        match in_doubt {
+            Some(q) => {
+                tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
+                        "adopted the paused QEMU of a switch-over in doubt: it stays paused until `ferry resolve {}`", g.name);
+                return Ok(Some(Entry {
+                    guest: Hosted::Channels(Arc::new(q)),
+                    encryption: g.encryption,
+                    busy: false,
+                    arrived: None,
+                }));
+            }
+            None => {
+                tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
+                        journal = %j.path().display(), "guest migrated away from this host: not starting it")
+            }
+        }
+        return Ok(None);
+    }
+    if let Some(machine) = machine {
+        let dir = cfg.state_dir().join(&g.name);
+        if crate::qemu::QemuGuest::released_here(&dir) {
+            tracing::warn!(host = %cfg.name, guest = %g.name, dir = %dir.display(),
+                    "guest migrated away from this host: not starting it (remove {}/released to boot it here again)",
+                    dir.display());
+            return Ok(None);
+        }
+        let tap = tap_name(&cfg.name, &g.name);
+        let guest =
+            crate::qemu::QemuGuest::launch_or_adopt(&g.name, &machine, &dir, Some(&tap), g.adopt())
+                .map_err(|source| match g.adopt() {
+                    Some(_) => StartError::Adopt {
+                        guest: g.name.clone(),
+                        index: i,
+                        source,
+                    },
+                    None => StartError::Qemu {
+                        guest: g.name.clone(),
+                        source,
+                    },
+                })?;
+        // An adopted QEMU's NIC is on the network its owner gave it;
+        // a tap of ferry's (a guest that came back) joins the bridge.
+        if machine.nic.is_some() && guest.owns_tap() {
+            attach_tap(cfg, &tap).map_err(|source| StartError::Nic {
+                guest: g.name.clone(),
+                tap: tap.clone(),
+                source,
+            })?;
+        }
+        tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus,
+                pid = ?guest.pid(), "QEMU guest running");
+        return Ok(Some(Entry {
+            guest: Hosted::Channels(Arc::new(guest)),
+            encryption: g.encryption,
+            busy: false,
+            arrived: None,
+        }));
+    }
+    let sc = SyntheticConfig {
+        memory: g.memory.0,
+        vcpus: g.vcpus,
+        workload: g.workload.clone(),
+        prefill: g.prefill,
+        seed: 0x5eed + i as u64,
+    };
+    let guest = SyntheticGuest::boot(&g.name, &sc).map_err(|source| StartError::Boot {
+        guest: g.name.clone(),
+        source,
+    })?;
+    guest.set_nic(g.nic);
+    tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus, "guest booted");
+    Ok(Some(Entry {
+        guest: Hosted::Pages(guest),
+        encryption: g.encryption,
+        busy: false,
+        arrived: None,
+    }))
+}
+
 impl Host {
     /// Boots the configured guests and opens the migration listener.
     pub fn start(cfg: HostConfig) -> Result<Arc<Host>, StartError> {
@@ -382,113 +484,9 @@ impl Host {
         let epochs = Epochs::open(cfg.state_dir.as_deref())?;
         let mut guests = BTreeMap::new();
         for (i, g) in cfg.guests.iter().enumerate() {
-            let machine = g.machine();
-            if let Some(machine) = &machine {
-                let field = format!("guests[{i}].qemu");
-                machine.check_files(&field).map_err(StartError::Machine)?;
+            if let Some(entry) = start_guest(&cfg, i, g, journal.as_ref())? {
+                guests.insert(g.name.clone(), entry);
             }
-            if let Some(j) = &journal
-                && let Some(GuestFact::Released { migration, to }) = j.released(&g.name)
-            {
-                // Released at GO: a QEMU still here, paused, is the copy of
-                // a switch-over in doubt (for `ferry resolve`).
-                use crate::engine::channels::ChannelGuest;
-                let in_doubt = machine
-                    .as_ref()
-                    .and_then(|_| crate::qemu::QemuGuest::adopt(&cfg.state_dir().join(&g.name)))
-                    .filter(|q| q.run_state() == RunState::Paused);
-                match in_doubt {
-                    Some(q) => {
-                        tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
-                            "adopted the paused QEMU of a switch-over in doubt: it stays paused until `ferry resolve {}`", g.name);
-                        guests.insert(
-                            g.name.clone(),
-                            Entry {
-                                guest: Hosted::Channels(Arc::new(q)),
-                                encryption: g.encryption,
-                                busy: false,
-                                arrived: None,
-                            },
-                        );
-                    }
-                    None => {
-                        tracing::warn!(host = %cfg.name, guest = %g.name, %migration, destination = %to,
-                            journal = %j.path().display(), "guest migrated away from this host: not starting it")
-                    }
-                }
-                continue;
-            }
-            if let Some(machine) = machine {
-                let dir = cfg.state_dir().join(&g.name);
-                if crate::qemu::QemuGuest::released_here(&dir) {
-                    tracing::warn!(host = %cfg.name, guest = %g.name, dir = %dir.display(),
-                        "guest migrated away from this host: not starting it (remove {}/released to boot it here again)",
-                        dir.display());
-                    continue;
-                }
-                let tap = tap_name(&cfg.name, &g.name);
-                let guest = crate::qemu::QemuGuest::launch_or_adopt(
-                    &g.name,
-                    &machine,
-                    &dir,
-                    Some(&tap),
-                    g.adopt(),
-                )
-                .map_err(|source| match g.adopt() {
-                    Some(_) => StartError::Adopt {
-                        guest: g.name.clone(),
-                        index: i,
-                        source,
-                    },
-                    None => StartError::Qemu {
-                        guest: g.name.clone(),
-                        source,
-                    },
-                })?;
-                // An adopted QEMU's NIC is on the network its owner gave it;
-                // a tap of ferry's (a guest that came back) joins the bridge.
-                if machine.nic.is_some() && guest.owns_tap() {
-                    attach_tap(&cfg, &tap).map_err(|source| StartError::Nic {
-                        guest: g.name.clone(),
-                        tap: tap.clone(),
-                        source,
-                    })?;
-                }
-                tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus,
-                    pid = ?guest.pid(), "QEMU guest running");
-                guests.insert(
-                    g.name.clone(),
-                    Entry {
-                        guest: Hosted::Channels(Arc::new(guest)),
-                        encryption: g.encryption,
-                        busy: false,
-                        arrived: None,
-                    },
-                );
-                continue;
-            }
-            let sc = SyntheticConfig {
-                memory: g.memory.0,
-                vcpus: g.vcpus,
-                workload: g.workload.clone(),
-                prefill: g.prefill,
-                seed: 0x5eed + i as u64,
-            };
-            let guest = SyntheticGuest::boot(&g.name, &sc).map_err(|source| StartError::Boot {
-                guest: g.name.clone(),
-                source,
-            })?;
-            guest.set_nic(g.nic);
-            tracing::info!(host = %cfg.name, guest = %g.name, memory = g.memory.0, vcpus = g.vcpus, "guest booted");
-            guests.insert(
-                g.name.clone(),
-                Entry {
-                    guest: Hosted::Pages(guest),
-                    encryption: g.encryption,
-                    busy: false,
-                    arrived: None,
-                },
-            );
         }
         adopt_arrivals(&cfg, journal.as_deref(), &mut guests);
         if let Some(j) = &journal {

@@ -45,25 +45,45 @@ fn esc(s: &str) -> String {
         .replace('>', "&gt;")
 }
 
+/// Where a chart's plot area lies, and the scales of its two axes.
+struct Frame {
+    w: f64,
+    h: f64,
+    left: f64,
+    top: f64,
+    /// Plot width and height.
+    pw: f64,
+    ph: f64,
+    /// Width of one category's group of bars.
+    group: f64,
+    bmax: f64,
+    lmax: f64,
+}
+
 impl Chart {
     pub fn render(&self) -> String {
         let (w, h) = (900.0, 480.0);
         let (left, right, top, bottom) = (70.0, 80.0, 50.0, 110.0);
+        let max = |series: &[Series]| {
+            nice_max(
+                series
+                    .iter()
+                    .flat_map(|s| s.values.iter().copied())
+                    .fold(0.0, f64::max),
+            )
+        };
         let pw = w - left - right;
-        let ph = h - top - bottom;
-        let n = self.categories.len().max(1) as f64;
-        let bmax = nice_max(
-            self.bars
-                .iter()
-                .flat_map(|s| s.values.iter().copied())
-                .fold(0.0, f64::max),
-        );
-        let lmax = nice_max(
-            self.lines
-                .iter()
-                .flat_map(|s| s.values.iter().copied())
-                .fold(0.0, f64::max),
-        );
+        let f = Frame {
+            w,
+            h,
+            left,
+            top,
+            pw,
+            ph: h - top - bottom,
+            group: pw / self.categories.len().max(1) as f64,
+            bmax: max(&self.bars),
+            lmax: max(&self.lines),
+        };
         let mut s = String::new();
         let _ = writeln!(
             s,
@@ -76,16 +96,36 @@ impl Chart {
             w / 2.0,
             esc(&self.title)
         );
-        // Grid and axes.
+        self.axes(&f, &mut s);
+        self.draw_bars(&f, &mut s);
+        self.draw_lines(&f, &mut s);
+        self.labels(&f, &mut s);
+        self.legend(&f, &mut s);
+        s.push_str("</svg>\n");
+        s
+    }
+
+    /// Grid, axes and their titles.
+    fn axes(&self, f: &Frame, s: &mut String) {
+        let &Frame {
+            w,
+            left,
+            top,
+            pw,
+            ph,
+            bmax,
+            lmax,
+            ..
+        } = f;
         for i in 0..=5 {
             let y = top + ph - ph * f64::from(i) / 5.0;
             let _ = writeln!(
-                s,
+                *s,
                 r##"<line x1="{left}" y1="{y}" x2="{}" y2="{y}" stroke="#e0e0e0"/>"##,
                 left + pw
             );
             let _ = writeln!(
-                s,
+                *s,
                 r#"<text x="{}" y="{}" text-anchor="end">{}</text>"#,
                 left - 6.0,
                 y + 4.0,
@@ -93,7 +133,7 @@ impl Chart {
             );
             if !self.lines.is_empty() {
                 let _ = writeln!(
-                    s,
+                    *s,
                     r#"<text x="{}" y="{}">{}</text>"#,
                     left + pw + 6.0,
                     y + 4.0,
@@ -102,41 +142,51 @@ impl Chart {
             }
         }
         let _ = writeln!(
-            s,
+            *s,
             r#"<line x1="{left}" y1="{top}" x2="{left}" y2="{}" stroke="black"/>"#,
             top + ph
         );
         let _ = writeln!(
-            s,
+            *s,
             r#"<line x1="{left}" y1="{}" x2="{}" y2="{}" stroke="black"/>"#,
             top + ph,
             left + pw,
             top + ph
         );
         let _ = writeln!(
-            s,
+            *s,
             r#"<text transform="translate(18,{}) rotate(-90)" text-anchor="middle">{}</text>"#,
             top + ph / 2.0,
             esc(&self.bar_axis)
         );
         if !self.lines.is_empty() {
             let _ = writeln!(
-                s,
+                *s,
                 r#"<text transform="translate({},{}) rotate(90)" text-anchor="middle">{}</text>"#,
                 w - 14.0,
                 top + ph / 2.0,
                 esc(&self.line_axis)
             );
         }
-        // Bars.
-        let group = pw / n;
+    }
+
+    /// One bar per series in each category.
+    fn draw_bars(&self, f: &Frame, s: &mut String) {
+        let &Frame {
+            left,
+            top,
+            ph,
+            group,
+            bmax,
+            ..
+        } = f;
         let bw = group * 0.7 / self.bars.len().max(1) as f64;
         for (si, series) in self.bars.iter().enumerate() {
             for (ci, v) in series.values.iter().enumerate() {
                 let x = left + group * ci as f64 + group * 0.15 + bw * si as f64;
                 let bh = ph * (v / bmax).clamp(0.0, 1.0);
                 let _ = writeln!(
-                    s,
+                    *s,
                     r#"<rect x="{x:.1}" y="{:.1}" width="{:.1}" height="{bh:.1}" fill="{}"><title>{}: {}</title></rect>"#,
                     top + ph - bh,
                     bw * 0.95,
@@ -146,7 +196,18 @@ impl Chart {
                 );
             }
         }
-        // Lines over the group centres.
+    }
+
+    /// Lines over the group centres.
+    fn draw_lines(&self, f: &Frame, s: &mut String) {
+        let &Frame {
+            left,
+            top,
+            ph,
+            group,
+            lmax,
+            ..
+        } = f;
         for series in &self.lines {
             let pts: Vec<String> = series
                 .values
@@ -161,7 +222,7 @@ impl Chart {
                 })
                 .collect();
             let _ = writeln!(
-                s,
+                *s,
                 r#"<polyline points="{}" fill="none" stroke="{}" stroke-width="2.5"/>"#,
                 pts.join(" "),
                 series.color
@@ -169,18 +230,28 @@ impl Chart {
             for p in &pts {
                 let (x, y) = p.split_once(',').expect("x,y");
                 let _ = writeln!(
-                    s,
+                    *s,
                     r#"<circle cx="{x}" cy="{y}" r="4" fill="{}"/>"#,
                     series.color
                 );
             }
         }
-        // Category labels.
+    }
+
+    /// Category labels; long ones wrap at " / " so neighbours do not run together.
+    fn labels(&self, f: &Frame, s: &mut String) {
+        let &Frame {
+            left,
+            top,
+            ph,
+            group,
+            ..
+        } = f;
         // Long labels wrap at " / " so neighbours do not run together.
         for (ci, c) in self.categories.iter().enumerate() {
             let x = left + group * (ci as f64 + 0.5);
             let _ = write!(
-                s,
+                *s,
                 r#"<text x="{x:.1}" y="{}" text-anchor="middle">"#,
                 top + ph + 18.0
             );
@@ -194,18 +265,22 @@ impl Chart {
             }
             s.push_str("</text>\n");
         }
-        // Legend.
+    }
+
+    /// The legend, bars first.
+    fn legend(&self, f: &Frame, s: &mut String) {
+        let &Frame { h, left, .. } = f;
         let mut lx = left;
         let ly = h - 30.0;
         for series in &self.bars {
             let _ = writeln!(
-                s,
+                *s,
                 r#"<rect x="{lx}" y="{}" width="14" height="14" fill="{}"/>"#,
                 ly - 11.0,
                 series.color
             );
             let _ = writeln!(
-                s,
+                *s,
                 r#"<text x="{}" y="{ly}">{}</text>"#,
                 lx + 18.0,
                 esc(&series.name)
@@ -214,7 +289,7 @@ impl Chart {
         }
         for series in &self.lines {
             let _ = writeln!(
-                s,
+                *s,
                 r#"<line x1="{lx}" y1="{}" x2="{}" y2="{}" stroke="{}" stroke-width="2.5"/>"#,
                 ly - 4.0,
                 lx + 16.0,
@@ -222,15 +297,13 @@ impl Chart {
                 series.color
             );
             let _ = writeln!(
-                s,
+                *s,
                 r#"<text x="{}" y="{ly}">{}</text>"#,
                 lx + 20.0,
                 esc(&series.name)
             );
             lx += 26.0 + 7.0 * series.name.len() as f64;
         }
-        s.push_str("</svg>\n");
-        s
     }
 }
 
