@@ -36,6 +36,7 @@ use super::{
 use crate::{
     MigrationError,
     guest::GuestError,
+    limits::LiveLimits,
     source::{Decided, Failed, Run, SourceOptions, connect_streams, live_limits, query_outcome},
     stats::{MigrationResult, MigrationStats, Phase, Progress},
     wire::Message,
@@ -216,6 +217,10 @@ struct Outgoing<'a> {
     ended: HashSet<u16>,
     /// The device model's last figures.
     last: ChannelProgress,
+    /// The limits it runs under, and how many changes to them the device
+    /// model has been given (counted from before it started).
+    limits: Arc<LiveLimits>,
+    applied: u64,
     /// When the device model stopped the guest.
     stun: SystemTime,
     /// Holds the device model's migration socket while the migration lasts.
@@ -295,6 +300,10 @@ impl<'a> Outgoing<'a> {
             Arc::new(AtomicU64::new(0)),
         );
         run.stats.setup_seconds = run.start.elapsed().as_secs_f64();
+        // The device model paces itself: ferry hands it the limits, and
+        // any change to them while it runs.
+        let limits = live_limits(spec, opts);
+        let applied = limits.changes();
         let mut out = Outgoing {
             guest,
             spec,
@@ -307,12 +316,11 @@ impl<'a> Outgoing<'a> {
             ev_rx,
             ended: HashSet::new(),
             last: ChannelProgress::default(),
+            limits: limits.clone(),
+            applied,
             stun: SystemTime::now(),
             _socket_dir: dir,
         };
-        // The device model paces itself: ferry hands it the limits, and
-        // any change to them while it runs.
-        let limits = live_limits(spec, opts);
         let start_limits = Limits {
             bandwidth: limits.bandwidth(),
             downtime_limit: limits.downtime_limit(spec.limits.downtime_limit),
@@ -369,8 +377,7 @@ impl<'a> Outgoing<'a> {
 
     fn watch(&mut self) -> Result<(), MigrationError> {
         let (spec, opts) = (self.spec, self.opts);
-        let limits = live_limits(spec, opts);
-        let mut applied = limits.changes();
+        let limits = self.limits.clone();
         let downtime_limit = || limits.downtime_limit(spec.limits.downtime_limit);
         let mut last_report = Instant::now() - opts.progress_every;
         let deadline = self.run.start + spec.limits.max_time;
@@ -386,8 +393,8 @@ impl<'a> Outgoing<'a> {
                     "cancelled before switch-over".into(),
                 ));
             }
-            if limits.changes() != applied {
-                applied = limits.changes();
+            if limits.changes() != self.applied {
+                self.applied = limits.changes();
                 self.run.stats.downtime_limit_seconds = downtime_limit().as_secs_f64();
                 self.guest
                     .set_limits(limits.bandwidth(), downtime_limit())
