@@ -862,24 +862,32 @@ impl Controller {
                 }
                 continue;
             }
-            let step = ev
-                .map_or(Ok(true), |ev| self.on_event(ev))
-                .and_then(|go_on| match (go_on, self.stage) {
-                    (false, _) => Ok(false),
-                    (true, Stage::Prepared { since }) => self.try_ready(since).map(|()| true),
-                    // A device model that fails while loading ends it early.
-                    (true, Stage::Receiving) => match self.channels.clone() {
-                        Some(g) => self.channels_loaded(&*g).map(|_| true),
-                        None => Ok(true),
-                    },
-                    (true, Stage::Ready { .. }) => Ok(true),
-                });
+            let step = self.step(ev);
             match step {
                 Ok(true) => {}
                 Ok(false) => return,
                 Err(Discard(why)) => return self.abort(why),
             }
         }
+    }
+
+    /// Handles `ev` (none: a device model's poll interval passed), then
+    /// what the stage asks for. False: the decision was taken elsewhere.
+    fn step(&mut self, ev: Option<Event>) -> Result<bool, Discard> {
+        if let Some(ev) = ev
+            && !self.on_event(ev)?
+        {
+            return Ok(false);
+        }
+        match (self.stage, self.channels.clone()) {
+            (Stage::Prepared { since }, _) => self.try_ready(since)?,
+            // A device model that fails while loading ends it early.
+            (Stage::Receiving, Some(g)) => {
+                self.channels_loaded(&*g)?;
+            }
+            (Stage::Receiving, None) | (Stage::Ready { .. }, _) => {}
+        }
+        Ok(true)
     }
 
     /// False: the decision was taken elsewhere, stop.
