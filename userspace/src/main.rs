@@ -628,7 +628,9 @@ fn parse_bandwidth(s: &str) -> Result<u64, String> {
     if s.trim().eq_ignore_ascii_case("unlimited") {
         return Ok(0);
     }
-    let r = ferry::config::Rate::parse(s)?.bytes_per_second();
+    let r = ferry::config::Rate::parse(s)
+        .map_err(|e| e.to_string())?
+        .bytes_per_second();
     if r == 0 {
         return Err(format!(
             "{s:?} is no rate: give more than 0, or `unlimited`"
@@ -646,9 +648,7 @@ async fn migrate_set(
     change: ferry::protocol::LimitChange,
 ) -> Result<()> {
     let all = status(client, coord, None).await?;
-    let id = ferry::client::find_by_prefix(&all, prefix)
-        .map_err(anyhow::Error::msg)?
-        .id;
+    let id = ferry::client::find_by_prefix(&all, prefix)?.id;
     let r = client
         .call(
             &coord.name,
@@ -677,7 +677,7 @@ const CANCEL_WAIT: Duration = Duration::from_secs(120);
 async fn cancel(client: &Client, coord: &CoordinatorRef, prefix: &str) -> Result<()> {
     use ferry::control::wire::MigrationState;
     let all = status(client, coord, None).await?;
-    let rec = ferry::client::find_by_prefix(&all, prefix).map_err(anyhow::Error::msg)?;
+    let rec = ferry::client::find_by_prefix(&all, prefix)?;
     let id = rec.id;
     let r = client
         .call(
@@ -1140,9 +1140,7 @@ fn cmd_status(id: Option<String>, json: bool, conn: Conn) -> Result<()> {
     let (client, coord) = conn.open()?;
     let mut migrations = runtime()?.block_on(status(&client, &coord, None))?;
     if let Some(prefix) = id {
-        let one = ferry::client::find_by_prefix(&migrations, &prefix)
-            .map_err(anyhow::Error::msg)?
-            .clone();
+        let one = ferry::client::find_by_prefix(&migrations, &prefix)?.clone();
         if json {
             println!("{}", serde_json::to_string_pretty(&one)?);
         } else {
@@ -1426,7 +1424,7 @@ type Figure<'a, R> = (&'a str, &'a dyn Fn(&R) -> String);
 fn bench<R: serde::Serialize>(
     out: &std::path::Path,
     json: &str,
-    run: impl FnOnce(&dyn Fn(&str)) -> Result<R>,
+    run: impl FnOnce(&dyn Fn(&str)) -> Result<R, ferry::lab::LabError>,
     table: impl FnOnce(&R) -> String,
     figure: Option<Figure<'_, R>>,
 ) -> Result<()> {

@@ -419,17 +419,30 @@ pub fn job_info(r: &MigrationRecord) -> String {
     t
 }
 
+/// Why an abbreviated migration id names no one migration.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PrefixError {
+    #[error("{0:?} is not a migration id: expected hex digits, as `ferry status` lists them")]
+    NotHex(String),
+    #[error("no migration id starts with {0} (`ferry status` lists them)")]
+    NoMatch(String),
+    #[error("{prefix} names {count} migrations ({which}): give more digits")]
+    Ambiguous {
+        prefix: String,
+        count: usize,
+        which: String,
+    },
+}
+
 /// The one migration whose id starts with `prefix` (ids may be abbreviated,
 /// as git's are), or why there is none.
 pub fn find_by_prefix<'a>(
     recs: &'a [MigrationRecord],
     prefix: &str,
-) -> Result<&'a MigrationRecord, String> {
+) -> Result<&'a MigrationRecord, PrefixError> {
     let p = prefix.trim().to_ascii_lowercase();
     if p.is_empty() || !p.bytes().all(|b| b.is_ascii_hexdigit()) {
-        return Err(format!(
-            "{prefix:?} is not a migration id: expected hex digits, as `ferry status` lists them"
-        ));
+        return Err(PrefixError::NotHex(prefix.to_string()));
     }
     let hits: Vec<&MigrationRecord> = recs
         .iter()
@@ -437,17 +450,16 @@ pub fn find_by_prefix<'a>(
         .collect();
     match hits.as_slice() {
         [one] => Ok(one),
-        [] => Err(format!(
-            "no migration id starts with {p} (`ferry status` lists them)"
-        )),
-        many => Err(format!(
-            "{p} names {} migrations ({}): give more digits",
-            many.len(),
-            many.iter()
+        [] => Err(PrefixError::NoMatch(p)),
+        many => Err(PrefixError::Ambiguous {
+            count: many.len(),
+            which: many
+                .iter()
                 .map(|r| format!("{} of {}", &r.id.to_string()[..12], r.guest))
                 .collect::<Vec<_>>()
-                .join(", ")
-        )),
+                .join(", "),
+            prefix: p,
+        }),
     }
 }
 
@@ -485,14 +497,14 @@ mod tests {
         assert_eq!(find_by_prefix(&recs, "0123F").unwrap().guest, "g2");
         let full = "0123456789abcdef0123456789abcdef";
         assert_eq!(find_by_prefix(&recs, full).unwrap().guest, "g1");
-        let e = find_by_prefix(&recs, "0123").unwrap_err();
+        let e = find_by_prefix(&recs, "0123").unwrap_err().to_string();
         assert!(
             e.contains("names 2 migrations") && e.contains("of g1") && e.contains("of g2"),
             "{e}"
         );
-        let e = find_by_prefix(&recs, "abc").unwrap_err();
+        let e = find_by_prefix(&recs, "abc").unwrap_err().to_string();
         assert!(e.contains("no migration id starts with abc"), "{e}");
-        let e = find_by_prefix(&recs, "g1").unwrap_err();
+        let e = find_by_prefix(&recs, "g1").unwrap_err().to_string();
         assert!(e.contains("not a migration id"), "{e}");
         assert!(find_by_prefix(&recs, "").is_err());
     }

@@ -40,12 +40,12 @@ use crate::{
         relay::{self, RelayError, SharedWriter},
         source::PrivateDir,
     },
-    guest::{Guest, Hosted, PageDigests},
+    guest::{Guest, GuestError, Hosted, PageDigests},
     journal::{Entry, Journal},
 };
 use ferry_protocol::{
     Backend, KeySchedule, MemoryCheck, MigrationId, MigrationSpec, ProtocolMetrics, Side,
-    Transport,
+    SpecError, Transport,
     handshake::{Accepted, Expectation, StreamPurpose, StreamRegistry, server_handshake},
     record::{Record, RecordReader, RecordWriter},
     stream_crypto,
@@ -81,7 +81,7 @@ enum Event {
     /// DONE arrived: the stream's pages are all in (ok) or some are missing.
     StreamDone {
         stream: u16,
-        ok: Result<(), String>,
+        ok: Result<(), Discard>,
         bytes: u64,
         pages: u64,
         zero: u64,
@@ -203,19 +203,18 @@ impl IncomingRegistry {
         self: &Arc<Self>,
         spec: &MigrationSpec,
         guest: Arc<dyn Guest>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PrepareError> {
         spec.check()?;
         if guest.memory().len() != spec.memory || spec.machine.is_some() {
-            return Err(format!(
-                "incoming guest has {} bytes of ferry-moved memory, the spec says {} ({})",
-                guest.memory().len(),
-                spec.memory,
-                if spec.machine.is_some() {
+            return Err(PrepareError::Memory {
+                guest: guest.memory().len(),
+                spec: spec.memory,
+                carried_by: if spec.machine.is_some() {
                     "carried by a device model"
                 } else {
                     "moved by ferry"
-                }
-            ));
+                },
+            });
         }
         self.register(spec, Hosted::Pages(guest), None)
     }
@@ -226,25 +225,19 @@ impl IncomingRegistry {
         self: &Arc<Self>,
         spec: &MigrationSpec,
         guest: Arc<dyn ChannelGuest>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PrepareError> {
         spec.check()?;
         if spec.machine.is_none() || guest.memory_bytes() != spec.memory {
-            return Err(format!(
-                "spec {} does not describe the incoming machine ({} bytes)",
-                spec.id,
-                guest.memory_bytes()
-            ));
+            return Err(PrepareError::Machine {
+                id: spec.id,
+                bytes: guest.memory_bytes(),
+            });
         }
-        let dir = PrivateDir::new("ferry-in").map_err(|e| {
-            format!(
-                "a private directory for the incoming socket: {e}",
-                e = report(&e)
-            )
-        })?;
+        let dir = PrivateDir::new("ferry-in").map_err(PrepareError::SocketDir)?;
         let socket = dir.path().join("channels.sock");
         guest
             .accept_migration(&socket, spec.streams)
-            .map_err(|e| format!("the incoming device model: {e}", e = report(&e)))?;
+            .map_err(PrepareError::DeviceModel)?;
         self.register(spec, Hosted::Channels(guest), Some((socket, dir)))
     }
 
@@ -253,7 +246,7 @@ impl IncomingRegistry {
         spec: &MigrationSpec,
         guest: Hosted,
         channel_socket: Option<(PathBuf, PrivateDir)>,
-    ) -> Result<(), String> {
+    ) -> Result<(), PrepareError> {
         self.decided
             .lock()
             .expect("decided")
@@ -262,7 +255,7 @@ impl IncomingRegistry {
         if map.contains_key(&spec.id)
             || self.decided.lock().expect("decided").contains_key(&spec.id)
         {
-            return Err(format!("migration {} is already known here", spec.id));
+            return Err(PrepareError::Known(spec.id));
         }
         let (tx, rx) = mpsc::channel();
         let digests = match &guest {
@@ -308,7 +301,7 @@ impl IncomingRegistry {
                 Controller::new(inc, sink, journal, deadline, timeout).run(rx);
                 registry.settle(&id);
             })
-            .map_err(|e| format!("cannot start the migration controller: {e}", e = report(&e)))?;
+            .map_err(PrepareError::Controller)?;
         tracing::info!(migration = %spec.id, guest = %spec.guest, source = %spec.source.host,
             transport = %spec.transport, streams = spec.streams, "incoming migration prepared");
         Ok(())
@@ -690,9 +683,9 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
                     let ok = if p == pages && b == batches {
                         Ok(())
                     } else {
-                        Err(format!(
+                        Err(Discard(format!(
                             "stream {stream}: the source sent {p} pages in {b} batches, {pages} pages in {batches} batches arrived"
-                        ))
+                        )))
                     };
                     inc.send(Event::StreamDone {
                         stream,
@@ -730,6 +723,31 @@ fn receive(sock: TcpStream, acc: &Accepted, inc: &Incoming, registry: &IncomingR
 /// Why an incoming migration is discarded: FAILED's reason, told to the
 /// source, the host and the log.
 struct Discard(String);
+
+/// Why a host cannot take an incoming migration.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    #[error(transparent)]
+    Spec(#[from] SpecError),
+    #[error(
+        "incoming guest has {guest} bytes of ferry-moved memory, the spec says {spec} ({carried_by})"
+    )]
+    Memory {
+        guest: u64,
+        spec: u64,
+        carried_by: &'static str,
+    },
+    #[error("spec {id} does not describe the incoming machine ({bytes} bytes)")]
+    Machine { id: MigrationId, bytes: u64 },
+    #[error("a private directory for the incoming socket")]
+    SocketDir(#[source] std::io::Error),
+    #[error("the incoming device model")]
+    DeviceModel(#[source] GuestError),
+    #[error("migration {0} is already known here")]
+    Known(MigrationId),
+    #[error("cannot start the migration controller")]
+    Controller(#[source] std::io::Error),
+}
 
 impl<T: Into<String>> From<T> for Discard {
     fn from(why: T) -> Self {

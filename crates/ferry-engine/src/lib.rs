@@ -21,7 +21,9 @@ pub mod wire;
 use std::time::Duration;
 
 pub use commit::{Commit, Decision, DecisionSlot};
-pub use destination::{DestinationEvent, IncomingRegistry, MigrationListener, Outcome};
+pub use destination::{
+    DestinationEvent, IncomingRegistry, MigrationListener, Outcome, PrepareError,
+};
 pub use journal::Journal;
 pub use limits::LiveLimits;
 pub use source::{SourceOptions, migrate_out};
@@ -49,8 +51,16 @@ pub const DEFAULT_SWITCHOVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrationError {
-    #[error("invalid spec: {0}")]
-    Spec(String),
+    #[error("invalid spec")]
+    Spec(#[from] ferry_protocol::SpecError),
+    #[error("the guest has {guest} bytes of memory, the spec says {spec}")]
+    SpecMemory { guest: u64, spec: u64 },
+    #[error("spec {id} does not describe guest {guest}'s machine ({bytes} bytes)")]
+    SpecMachine {
+        id: ferry_protocol::MigrationId,
+        guest: String,
+        bytes: u64,
+    },
     #[error("connecting stream {stream} to {addr}")]
     Connect {
         stream: u16,

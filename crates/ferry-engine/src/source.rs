@@ -126,128 +126,143 @@ struct Sender {
     handle: JoinHandle<SenderEnd>,
 }
 
-#[allow(clippy::too_many_arguments)]
-fn sender_loop(
+/// One stream's sending end, on its own thread: its share of each pass's
+/// pages (chunks `stream`, `stream + streams`, ...) in PAGES records,
+/// paced to its share of the bandwidth, and the control messages it is
+/// handed, in order.
+struct StreamSender {
     stream: u16,
     streams: usize,
-    sock: TcpStream,
-    crypto: Option<Crypto>,
-    max_record: usize,
+    w: RecordWriter<TcpStream>,
     guest: Arc<dyn Guest>,
-    rx: mpsc::Receiver<Cmd>,
-    reports: mpsc::Sender<Report>,
     live: Arc<Live>,
     limits: Arc<LiveLimits>,
-) -> SenderEnd {
-    let mut w = RecordWriter::new(sock, crypto, max_record);
-    let per_batch = wire::pages_per_batch(max_record);
-    let (mut total_pages, mut total_batches) = (0u64, 0u64);
-    let mut pacer = Pacer::new();
-    let mut pace = |w: &RecordWriter<TcpStream>| {
-        let wait = pacer.delay(w.wire_bytes, limits.bandwidth(), streams);
-        if !wait.is_zero() {
-            std::thread::sleep(wait);
-        }
-    };
-    let fail = |e: std::io::Error| Report::Error {
-        stream,
-        error: ProtocolError::from(e),
-    };
-    while let Ok(cmd) = rx.recv() {
-        match cmd {
-            Cmd::Pass { pass, pages } => {
-                let mem = guest.memory();
-                let (mut sent, mut zero) = (0u64, 0u64);
-                let before = w.wire_bytes;
-                let chunks = pages.pages().div_ceil(CHUNK_PAGES);
-                let mut chunk = stream as usize;
-                let mut pending = pages.iter_range(0, 0).peekable(); // empty
-                let result: std::io::Result<()> = (|| {
-                    loop {
-                        let mut b = wire::BatchBuilder::new(w.payload_mut(), pass, per_batch);
-                        while !b.is_full() {
-                            if pending.peek().is_none() {
-                                if chunk >= chunks {
-                                    break;
-                                }
-                                pending = pages
-                                    .iter_range(chunk * CHUNK_PAGES, (chunk + 1) * CHUNK_PAGES)
-                                    .peekable();
-                                chunk += streams;
-                                continue;
-                            }
-                            let p = pending.next().expect("peeked");
-                            let fill = |buf: &mut [u8]| {
-                                let zero = mem.read_page(p, buf);
-                                if let Some(d) = &live.digests {
-                                    d.record(p, buf, zero);
-                                }
-                                zero
-                            };
-                            if b.push(p as u32, fill) {
-                                zero += 1;
-                            }
-                            sent += 1;
-                        }
-                        if b.is_empty() {
-                            return Ok(());
-                        }
-                        let len = b.finish();
-                        let wb = w.wire_bytes;
-                        w.send(len)?;
-                        total_batches += 1;
-                        live.bytes.fetch_add(w.wire_bytes - wb, Ordering::Relaxed);
-                        pace(&w);
-                    }
-                })();
-                total_pages += sent;
-                let result = result.and_then(|()| {
-                    let wb = w.wire_bytes;
-                    w.send_bytes(&Message::PassEnd { pass }.encode())?;
-                    live.bytes.fetch_add(w.wire_bytes - wb, Ordering::Relaxed);
-                    Ok(())
-                });
-                match result {
-                    Ok(()) => {
+    pacer: Pacer,
+    per_batch: usize,
+    /// Pages and batches sent over all passes, for DONE.
+    total_pages: u64,
+    total_batches: u64,
+}
+
+impl StreamSender {
+    /// Serves `rx` until Finish, or until a send fails (reported).
+    fn run(mut self, rx: mpsc::Receiver<Cmd>, reports: mpsc::Sender<Report>) -> SenderEnd {
+        let stream = self.stream;
+        let fail = |e: std::io::Error| Report::Error {
+            stream,
+            error: ProtocolError::from(e),
+        };
+        while let Ok(cmd) = rx.recv() {
+            let sent = match cmd {
+                Cmd::Pass { pass, pages } => {
+                    let before = self.w.wire_bytes;
+                    self.pass(pass, &pages).map(|(pages, zero)| {
                         let _ = reports.send(Report::PassDone {
-                            pages: sent,
+                            pages,
                             zero,
-                            bytes: w.wire_bytes - before,
+                            bytes: self.w.wire_bytes - before,
                         });
-                    }
-                    Err(e) => {
-                        let _ = reports.send(fail(e));
-                        break;
-                    }
+                    })
                 }
-            }
-            Cmd::Message(m) => {
-                let wb = w.wire_bytes;
-                if let Err(e) = w.send_bytes(&m) {
-                    let _ = reports.send(fail(e));
+                Cmd::Message(m) => self.message(&m),
+                Cmd::Done => {
+                    let done = Message::Done {
+                        pages: self.total_pages,
+                        batches: self.total_batches,
+                    };
+                    self.w.send_bytes(&done.encode())
+                }
+                Cmd::Finish => {
+                    let _ = self.w.finish();
                     break;
                 }
-                live.bytes.fetch_add(w.wire_bytes - wb, Ordering::Relaxed);
-            }
-            Cmd::Done => {
-                let done = Message::Done {
-                    pages: total_pages,
-                    batches: total_batches,
-                };
-                if let Err(e) = w.send_bytes(&done.encode()) {
-                    let _ = reports.send(fail(e));
-                    break;
-                }
-            }
-            Cmd::Finish => {
-                let _ = w.finish();
+            };
+            if let Err(e) = sent {
+                let _ = reports.send(fail(e));
                 break;
             }
         }
+        SenderEnd {
+            seal_cpu: self.w.seal_cpu,
+            wire_bytes: self.w.wire_bytes,
+        }
     }
-    SenderEnd {
-        seal_cpu: w.seal_cpu,
-        wire_bytes: w.wire_bytes,
+
+    /// This stream's pages of `pages` for `pass`, then PASS_END: the pages
+    /// sent and how many of them were zero.
+    fn pass(&mut self, pass: u32, pages: &DirtyBitmap) -> std::io::Result<(u64, u64)> {
+        let (mut sent, mut zero) = (0u64, 0u64);
+        let result = self.batches(pass, pages, &mut sent, &mut zero);
+        self.total_pages += sent;
+        result?;
+        self.message(&Message::PassEnd { pass }.encode())?;
+        Ok((sent, zero))
+    }
+
+    fn batches(
+        &mut self,
+        pass: u32,
+        pages: &DirtyBitmap,
+        sent: &mut u64,
+        zero: &mut u64,
+    ) -> std::io::Result<()> {
+        let mem = self.guest.memory();
+        let chunks = pages.pages().div_ceil(CHUNK_PAGES);
+        let mut chunk = self.stream as usize;
+        let mut pending = pages.iter_range(0, 0).peekable(); // empty
+        loop {
+            let mut b = wire::BatchBuilder::new(self.w.payload_mut(), pass, self.per_batch);
+            while !b.is_full() {
+                if pending.peek().is_none() {
+                    if chunk >= chunks {
+                        break;
+                    }
+                    pending = pages
+                        .iter_range(chunk * CHUNK_PAGES, (chunk + 1) * CHUNK_PAGES)
+                        .peekable();
+                    chunk += self.streams;
+                    continue;
+                }
+                let p = pending.next().expect("peeked");
+                let fill = |buf: &mut [u8]| {
+                    let zero = mem.read_page(p, buf);
+                    if let Some(d) = &self.live.digests {
+                        d.record(p, buf, zero);
+                    }
+                    zero
+                };
+                if b.push(p as u32, fill) {
+                    *zero += 1;
+                }
+                *sent += 1;
+            }
+            if b.is_empty() {
+                return Ok(());
+            }
+            let len = b.finish();
+            let wb = self.w.wire_bytes;
+            self.w.send(len)?;
+            self.total_batches += 1;
+            self.live
+                .bytes
+                .fetch_add(self.w.wire_bytes - wb, Ordering::Relaxed);
+            let wait = self
+                .pacer
+                .delay(self.w.wire_bytes, self.limits.bandwidth(), self.streams);
+            if !wait.is_zero() {
+                std::thread::sleep(wait);
+            }
+        }
+    }
+
+    /// One encoded control message, counted in the live byte total.
+    fn message(&mut self, m: &[u8]) -> std::io::Result<()> {
+        let wb = self.w.wire_bytes;
+        self.w.send_bytes(m)?;
+        self.live
+            .bytes
+            .fetch_add(self.w.wire_bytes - wb, Ordering::Relaxed);
+        Ok(())
     }
 }
 
@@ -684,10 +699,10 @@ impl<'a> Outgoing<'a> {
             return Err(run.fail(MigrationError::Spec(e)));
         }
         if mem_bytes != spec.memory {
-            return Err(run.fail(MigrationError::Spec(format!(
-                "guest has {mem_bytes} bytes, the spec says {}",
-                spec.memory
-            ))));
+            return Err(run.fail(MigrationError::SpecMemory {
+                guest: mem_bytes,
+                spec: spec.memory,
+            }));
         }
         let schedule = spec
             .key
@@ -738,9 +753,19 @@ impl<'a> Outgoing<'a> {
             let handle = std::thread::Builder::new()
                 .name(format!("mig-src-{i}"))
                 .spawn(move || {
-                    sender_loop(
-                        i as u16, streams, ws, tx_crypto, max_record, g, rx, r, l, bw,
-                    )
+                    StreamSender {
+                        stream: i as u16,
+                        streams,
+                        w: RecordWriter::new(ws, tx_crypto, max_record),
+                        guest: g,
+                        live: l,
+                        limits: bw,
+                        pacer: Pacer::new(),
+                        per_batch: wire::pages_per_batch(max_record),
+                        total_pages: 0,
+                        total_batches: 0,
+                    }
+                    .run(rx, r)
                 })
                 .expect("spawn sender");
             senders.push(Sender { tx, sock, handle });

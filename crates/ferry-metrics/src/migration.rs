@@ -63,11 +63,27 @@ pub struct MigrationMetrics {
     refusals: IntCounter,
 }
 
+// The paper's migrations take seconds to minutes (1 GbE, 150 ms).
+const DURATION_BUCKETS: &[f64] = &[
+    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
+];
+const SETUP_BUCKETS: &[f64] = &[
+    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+];
+// Switch-over: tens of ms idle, ~0.1-0.5 s under heavy writes.
+const DOWNTIME_BUCKETS: &[f64] = &[
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
+];
+const PASS_BUCKETS: &[f64] = &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0];
+
 impl MigrationMetrics {
     /// The families for `roles` (their series exist from the start, at 0).
     pub fn new(roles: &[Role]) -> prometheus::Result<Self> {
         let h = |name: &str, help: &str, b: &[f64]| {
             Histogram::with_opts(HistogramOpts::new(name, help).buckets(b.to_vec()))
+        };
+        let by = |name: &str, help: &str, label: &str| {
+            IntCounterVec::new(Opts::new(name, help), &[label])
         };
         let m = Self {
             migrations: IntCounterVec::new(
@@ -79,62 +95,49 @@ impl MigrationMetrics {
             )?,
             // A dashboard marks each start from it (the running gauge may
             // rise and fall between two scrapes).
-            started: IntCounterVec::new(
-                Opts::new(
-                    "ferry_migrations_started_total",
-                    "Migrations begun, by role",
-                ),
-                &["role"],
+            started: by(
+                "ferry_migrations_started_total",
+                "Migrations begun, by role",
+                "role",
             )?,
             running: IntGaugeVec::new(
                 Opts::new("ferry_migrations_running", "Migrations under way, by role"),
                 &["role"],
             )?,
-            // The paper's migrations take seconds to minutes (1 GbE, 150 ms).
             duration: h(
                 "ferry_migration_duration_seconds",
                 "From the spec to the destination's resume, as the source saw it",
-                &[
-                    0.1, 0.25, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 60.0, 120.0, 300.0, 600.0,
-                ],
+                DURATION_BUCKETS,
             )?,
             setup: h(
                 "ferry_migration_setup_seconds",
                 "Connecting and authenticating the migration streams",
-                &[
-                    0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
-                ],
+                SETUP_BUCKETS,
             )?,
-            // Switch-over: tens of ms idle, ~0.1-0.5 s under heavy writes.
             downtime: h(
                 "ferry_migration_downtime_seconds",
                 "From stunning the guest on the source to its resume on the destination",
-                &[
-                    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0,
-                ],
+                DOWNTIME_BUCKETS,
             )?,
             passes: h(
                 "ferry_migration_passes",
                 "Pre-copy passes per migration, the stunned one included",
-                &[1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 8.0, 10.0, 15.0, 20.0, 30.0],
+                PASS_BUCKETS,
             )?,
-            bytes: IntCounterVec::new(
-                Opts::new(
-                    "ferry_migration_transferred_bytes_total",
-                    "Bytes of migration streams sent (source) or received (destination), records and headers included",
-                ),
-                &["role"],
+            bytes: by(
+                "ferry_migration_transferred_bytes_total",
+                "Bytes of migration streams sent (source) or received (destination), records and headers included",
+                "role",
             )?,
-            pages: IntCounterVec::new(
-                Opts::new("ferry_migration_pages_total", "Guest pages moved, by role"),
-                &["role"],
+            pages: by(
+                "ferry_migration_pages_total",
+                "Guest pages moved, by role",
+                "role",
             )?,
-            zero_pages: IntCounterVec::new(
-                Opts::new(
-                    "ferry_migration_zero_pages_total",
-                    "Guest pages moved that were all zeros (sent as a marker), by role",
-                ),
-                &["role"],
+            zero_pages: by(
+                "ferry_migration_zero_pages_total",
+                "Guest pages moved that were all zeros (sent as a marker), by role",
+                "role",
             )?,
             crypto_cpu: prometheus::CounterVec::new(
                 Opts::new(
@@ -174,6 +177,14 @@ impl MigrationMetrics {
                 "Migration requests the coordinator refused before any memory moved",
             )?,
         };
+        m.zero_series(roles);
+        Ok(m)
+    }
+
+    /// Every series of `roles` at 0, so a dashboard shows them before the
+    /// first migration.
+    fn zero_series(&self, roles: &[Role]) {
+        let m = self;
         for r in roles {
             m.running.with_label_values(&[r.label()]);
             m.started.with_label_values(&[r.label()]);
@@ -193,7 +204,6 @@ impl MigrationMetrics {
                 m.crypto_cpu.with_label_values(&[r.label()]);
             }
         }
-        Ok(m)
     }
 
     /// A host's families.

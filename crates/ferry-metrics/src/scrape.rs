@@ -48,9 +48,10 @@ pub struct ScrapeCollector<F> {
     read: F,
 }
 
-impl<F> ScrapeCollector<F>
+impl<F, E> ScrapeCollector<F>
 where
-    F: Fn(&mut Sample) -> Result<(), String> + Send + Sync,
+    F: Fn(&mut Sample) -> Result<(), E> + Send + Sync,
+    E: std::error::Error + 'static,
 {
     pub fn new(families: Vec<Family>, read: F) -> prometheus::Result<Self> {
         let descs = families
@@ -72,9 +73,10 @@ where
     }
 }
 
-impl<F> Collector for ScrapeCollector<F>
+impl<F, E> Collector for ScrapeCollector<F>
 where
-    F: Fn(&mut Sample) -> Result<(), String> + Send + Sync,
+    F: Fn(&mut Sample) -> Result<(), E> + Send + Sync,
+    E: std::error::Error + 'static,
 {
     fn desc(&self) -> Vec<&Desc> {
         self.descs.iter().collect()
@@ -83,7 +85,7 @@ where
     fn collect(&self) -> Vec<MetricFamily> {
         let mut sample = Sample::default();
         if let Err(e) = (self.read)(&mut sample) {
-            tracing::warn!(error = %e, "reading metrics at scrape time");
+            tracing::warn!(error = %ferry_core::error::report(&e), "reading metrics at scrape time");
             return Vec::new();
         }
         let mut out = Vec::new();
@@ -134,7 +136,7 @@ mod tests {
             move |s| {
                 let v = n.fetch_add(5, std::sync::atomic::Ordering::Relaxed) + 5;
                 s.set("ferry_test_packets_total", &["a"], v as f64);
-                Ok(())
+                Ok::<_, std::io::Error>(())
             },
         )
         .unwrap();

@@ -24,7 +24,8 @@ pub use error::ProtocolError;
 pub use keys::{Direction, KeySchedule, MigrationKey};
 pub use metrics::ProtocolMetrics;
 pub use spec::{
-    EncryptionMode, LimitChange, Limits, MemoryCheck, MigrationId, MigrationSpec, Transport,
+    EncryptionMode, LimitChange, Limits, MemoryCheck, MigrationId, MigrationSpec, SpecError,
+    Transport,
 };
 
 use record::Crypto;

@@ -33,12 +33,46 @@ impl fmt::Debug for MigrationId {
     }
 }
 
+/// A spec, a migration id or a limit change that cannot be used.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum SpecError {
+    #[error("invalid migration id {0:?}: expected 32 hex digits")]
+    BadId(String),
+    #[error("unknown memory check {0:?}: expected off, pages or full (true means full, false off)")]
+    UnknownMemoryCheck(String),
+    #[error("nothing to change: give a bandwidth or a downtime limit")]
+    NothingToChange,
+    #[error("a downtime limit must be more than 0: no switch-over fits in no time")]
+    ZeroDowntime,
+    #[error("spec {id}: transport {transport} with{} a key", if *.keyed { "" } else { "out" })]
+    KeyMismatch {
+        id: MigrationId,
+        transport: Transport,
+        keyed: bool,
+    },
+    #[error("spec {id}: {streams} streams (1..=64)")]
+    Streams { id: MigrationId, streams: u16 },
+    #[error("spec {id}: the machine has {machine} bytes of memory, the spec says {spec}")]
+    MachineMemory {
+        id: MigrationId,
+        machine: u64,
+        spec: u64,
+    },
+    #[error("spec {id}: memory {memory} is not a positive multiple of 4 KiB")]
+    Memory { id: MigrationId, memory: u64 },
+    #[error("spec {id}: limits.{field}: {message}")]
+    Limits {
+        id: MigrationId,
+        field: String,
+        message: String,
+    },
+}
+
 impl FromStr for MigrationId {
-    type Err = String;
-    fn from_str(s: &str) -> Result<Self, String> {
+    type Err = SpecError;
+    fn from_str(s: &str) -> Result<Self, SpecError> {
         let mut b = [0u8; 16];
-        hex::decode_to_slice(s, &mut b)
-            .map_err(|_| format!("invalid migration id {s:?}: expected 32 hex digits"))?;
+        hex::decode_to_slice(s, &mut b).map_err(|_| SpecError::BadId(s.to_string()))?;
         Ok(MigrationId(b))
     }
 }
@@ -283,14 +317,12 @@ impl LimitChange {
     }
 
     /// What no running migration can be given.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SpecError> {
         if self.is_empty() {
-            return Err("nothing to change: give a bandwidth or a downtime limit".into());
+            return Err(SpecError::NothingToChange);
         }
         if self.downtime_limit_us == Some(0) {
-            return Err(
-                "a downtime limit must be more than 0: no switch-over fits in no time".into(),
-            );
+            return Err(SpecError::ZeroDowntime);
         }
         Ok(())
     }
@@ -328,14 +360,12 @@ impl MemoryCheck {
         }
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, SpecError> {
         match s {
             "off" | "false" => Ok(MemoryCheck::Off),
             "pages" => Ok(MemoryCheck::Pages),
             "full" | "true" => Ok(MemoryCheck::Full),
-            other => Err(format!(
-                "unknown memory check {other:?}: expected off, pages or full (true means full, false off)"
-            )),
+            other => Err(SpecError::UnknownMemoryCheck(other.to_string())),
         }
     }
 }
@@ -494,40 +524,42 @@ pub struct MigrationSpec {
 
 impl MigrationSpec {
     /// Internal consistency, checked by every host before it acts on a spec.
-    pub fn check(&self) -> Result<(), String> {
+    pub fn check(&self) -> Result<(), SpecError> {
+        let id = self.id;
         if self.transport.encrypted() != self.key.is_some() {
-            return Err(format!(
-                "spec {}: transport {} with{} a key",
-                self.id,
-                self.transport,
-                if self.key.is_some() { "" } else { "out" }
-            ));
+            return Err(SpecError::KeyMismatch {
+                id,
+                transport: self.transport,
+                keyed: self.key.is_some(),
+            });
         }
         if self.streams == 0 || self.streams > 64 {
-            return Err(format!(
-                "spec {}: {} streams (1..=64)",
-                self.id, self.streams
-            ));
+            return Err(SpecError::Streams {
+                id,
+                streams: self.streams,
+            });
         }
         if let Some(m) = &self.machine
             && m.memory != self.memory
         {
-            return Err(format!(
-                "spec {}: the machine has {} bytes of memory, the spec says {}",
-                self.id, m.memory, self.memory
-            ));
+            return Err(SpecError::MachineMemory {
+                id,
+                machine: m.memory,
+                spec: self.memory,
+            });
         }
         if self.memory == 0 || !self.memory.is_multiple_of(4096) {
-            return Err(format!(
-                "spec {}: memory {} is not a positive multiple of 4 KiB",
-                self.id, self.memory
-            ));
+            return Err(SpecError::Memory {
+                id,
+                memory: self.memory,
+            });
         }
         if let Err(i) = self.limits.check() {
-            return Err(format!(
-                "spec {}: limits.{}: {}",
-                self.id, i.field, i.message
-            ));
+            return Err(SpecError::Limits {
+                id,
+                field: i.field,
+                message: i.message,
+            });
         }
         Ok(())
     }
@@ -727,17 +759,22 @@ mod tests {
 
     #[test]
     fn inconsistent_specs_fail_check() {
-        assert!(spec(Transport::Aes256Gcm, None).check().is_err());
-        assert!(
+        assert!(matches!(
+            spec(Transport::Aes256Gcm, None).check(),
+            Err(SpecError::KeyMismatch { keyed: false, .. })
+        ));
+        assert!(matches!(
             spec(
                 Transport::Plaintext,
                 Some(MigrationKey::from_bytes([1; 32]))
             )
-            .check()
-            .is_err()
-        );
+            .check(),
+            Err(SpecError::KeyMismatch { keyed: true, .. })
+        ));
         let mut s = spec(Transport::Plaintext, None);
         s.streams = 0;
-        assert!(s.check().unwrap_err().contains("streams"));
+        let e = s.check().unwrap_err();
+        assert!(matches!(e, SpecError::Streams { streams: 0, .. }), "{e}");
+        assert!(e.to_string().ends_with(": 0 streams (1..=64)"), "{e}");
     }
 }

@@ -15,7 +15,6 @@ mod qmp;
 pub use guest::{QemuGuest, device_model, exited, verdict_of};
 pub use qmp::Qmp;
 
-use ferry_core::error::report;
 use std::path::PathBuf;
 
 /// The QEMU binary ferry runs.
@@ -62,20 +61,25 @@ pub enum QemuError {
     },
 }
 
+/// Why QEMU cannot run here.
+#[derive(Debug, thiserror::Error)]
+pub enum Unavailable {
+    #[error("{PROGRAM} --version failed: {stderr}")]
+    Fails { stderr: String },
+    #[error("{PROGRAM} not found; `cargo xtask setup` installs it")]
+    Missing(#[source] std::io::Error),
+}
+
 /// Whether QEMU can run here, and why not.
-pub fn available() -> Result<(), String> {
+pub fn available() -> Result<(), Unavailable> {
     match std::process::Command::new(PROGRAM)
         .arg("--version")
         .output()
     {
         Ok(o) if o.status.success() => Ok(()),
-        Ok(o) => Err(format!(
-            "{PROGRAM} --version failed: {}",
-            String::from_utf8_lossy(&o.stderr)
-        )),
-        Err(e) => Err(format!(
-            "{PROGRAM} not found ({e}); `cargo xtask setup` installs it",
-            e = report(&e)
-        )),
+        Ok(o) => Err(Unavailable::Fails {
+            stderr: String::from_utf8_lossy(&o.stderr).trim().to_string(),
+        }),
+        Err(e) => Err(Unavailable::Missing(e)),
     }
 }

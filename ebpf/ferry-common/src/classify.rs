@@ -96,6 +96,10 @@ pub struct ClassCounter {
 
 const _: () = assert!(core::mem::size_of::<Rule>() == 84);
 const _: () = assert!(core::mem::size_of::<ClassKey>() == 8);
+const _: () = assert!(core::mem::size_of::<RouterSettings>() == 8);
+const _: () = assert!(core::mem::size_of::<ClassEntry>() == 24);
+const _: () = assert!(core::mem::size_of::<PolicerState>() == 16);
+const _: () = assert!(core::mem::size_of::<ClassCounter>() == 24);
 
 #[cfg(feature = "user")]
 crate::user_pod!(

@@ -33,7 +33,9 @@ pub struct MigStats {
     pub untagged_bytes: u64,
 }
 
+const _: () = assert!(core::mem::size_of::<MigSettings>() == 8);
 const _: () = assert!(core::mem::size_of::<Endpoint>() == 20);
+const _: () = assert!(core::mem::size_of::<MigStats>() == 32);
 
 #[cfg(feature = "user")]
 crate::user_pod!(MigSettings, Endpoint, MigStats);

@@ -56,6 +56,7 @@ pub struct WatchEvent {
 
 pub const MAC_TABLE_ENTRIES: u32 = 65536;
 
+const _: () = assert!(core::mem::size_of::<MacEntry>() == 40);
 const _: () = assert!(core::mem::size_of::<MacKey>() == 8);
 const _: () = assert!(core::mem::size_of::<WatchEvent>() == 56);
 

@@ -26,7 +26,7 @@ use ferry::{
 
 /// The test guest's machine, or why it cannot run here.
 pub fn test_machine(memory_mib: u64, dirty_mib_s: u32) -> Result<QemuMachine, String> {
-    ferry::qemu::available()?;
+    ferry::qemu::available().map_err(|e| ferry_core::error::report(&e).to_string())?;
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/test-guest");
     let (kernel, initrd) = (dir.join("vmlinuz"), dir.join("initrd.gz"));
     if !kernel.is_file() || !initrd.is_file() {

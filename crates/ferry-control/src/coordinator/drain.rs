@@ -27,11 +27,11 @@ pub fn place(
     guests: &[Leaving],
     source_encrypts: bool,
     candidates: &[Candidate],
-) -> Vec<(String, Result<String, String>)> {
+) -> Vec<(String, Result<String, Unplaceable>)> {
     let mut free: Vec<u64> = candidates.iter().map(|c| c.memory_free).collect();
     let mut order: Vec<usize> = (0..guests.len()).collect();
     order.sort_by_key(|&i| std::cmp::Reverse(guests[i].memory));
-    let mut chosen: Vec<Option<Result<String, String>>> = vec![None; guests.len()];
+    let mut chosen: Vec<Option<Result<String, Unplaceable>>> = vec![None; guests.len()];
     for i in order {
         let g = &guests[i];
         let required = g.encryption == EncryptionMode::Required;
@@ -56,21 +56,36 @@ pub fn place(
         .collect()
 }
 
-fn why_not(g: &Leaving, required: bool, source_encrypts: bool, candidates: &[Candidate]) -> String {
+/// Why no host will do for a guest.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum Unplaceable {
+    #[error("no other reachable, uncordoned host to take it")]
+    NoHost,
+    #[error("its encryption is required and its host cannot encrypt")]
+    SourceCannotEncrypt,
+    #[error("its encryption is required and no other host can encrypt")]
+    NoHostEncrypts,
+    #[error("no host that could take it has {0} free (after the guests placed before it)")]
+    Memory(crate::config::ByteSize),
+}
+
+fn why_not(
+    g: &Leaving,
+    required: bool,
+    source_encrypts: bool,
+    candidates: &[Candidate],
+) -> Unplaceable {
     if candidates.is_empty() {
-        return "no other reachable, uncordoned host to take it".into();
+        return Unplaceable::NoHost;
     }
     if required && !source_encrypts {
-        return "its encryption is required and its host cannot encrypt".into();
+        return Unplaceable::SourceCannotEncrypt;
     }
     let can = |c: &&Candidate| !required || c.encryption;
     if !candidates.iter().any(|c| can(&c)) {
-        return "its encryption is required and no other host can encrypt".into();
+        return Unplaceable::NoHostEncrypts;
     }
-    format!(
-        "no host that could take it has {} free (after the guests placed before it)",
-        crate::config::ByteSize(g.memory)
-    )
+    Unplaceable::Memory(crate::config::ByteSize(g.memory))
 }
 
 #[cfg(test)]
@@ -132,34 +147,17 @@ mod tests {
     fn a_guest_no_host_can_take_says_why() {
         let req = [g("secret", 16, EncryptionMode::Required)];
         let e = place(&req, true, &[c("plain", 1024, false)]);
-        assert!(
-            e[0].1
-                .as_ref()
-                .unwrap_err()
-                .contains("no other host can encrypt"),
-            "{e:?}"
-        );
+        assert_eq!(e[0].1, Err(Unplaceable::NoHostEncrypts), "{e:?}");
         let e = place(&req, false, &[c("crypto", 1024, true)]);
-        assert!(
-            e[0].1
-                .as_ref()
-                .unwrap_err()
-                .contains("its host cannot encrypt"),
-            "{e:?}"
-        );
+        assert_eq!(e[0].1, Err(Unplaceable::SourceCannotEncrypt), "{e:?}");
         let e = place(
             &[g("big", 512, EncryptionMode::Disabled)],
             true,
             &[c("small", 256, true)],
         );
-        assert!(
-            e[0].1.as_ref().unwrap_err().contains("512MiB free"),
-            "{e:?}"
-        );
+        let why = e[0].1.as_ref().unwrap_err().to_string();
+        assert!(why.contains("512MiB free"), "{why}");
         let e = place(&req, true, &[]);
-        assert!(
-            e[0].1.as_ref().unwrap_err().contains("no other reachable"),
-            "{e:?}"
-        );
+        assert_eq!(e[0].1, Err(Unplaceable::NoHost), "{e:?}");
     }
 }

@@ -7,6 +7,7 @@
 pub mod config;
 pub mod drain;
 pub mod history;
+mod refusal;
 pub mod scheduler;
 pub mod store;
 
@@ -20,6 +21,7 @@ use std::{
 
 pub use config::CoordinatorConfig;
 use history::History;
+pub use refusal::Refusal;
 use scheduler::{Place, Scheduler, Slot};
 
 use crate::{
@@ -37,7 +39,7 @@ use crate::{
     metrics::migration::{MigrationMetrics, Role as MetricsRole},
     protocol::{
         LimitChange, MigrationId, MigrationKey, MigrationSpec,
-        spec::{Endpoint, migration_mode, resolve_transport},
+        spec::{Endpoint, ModeError, migration_mode, resolve_transport},
     },
 };
 
@@ -204,7 +206,7 @@ impl Cordons {
 
     /// Adds or removes `host`; whether that changed anything. Written
     /// before it is answered: a drain's cordon survives a crash.
-    fn set(&self, host: &str, cordoned: bool) -> Result<bool, String> {
+    fn set(&self, host: &str, cordoned: bool) -> Result<bool, Refusal> {
         let mut hosts = self.hosts.lock().expect("cordons");
         let changed = if cordoned {
             hosts.insert(host.to_string())
@@ -213,12 +215,9 @@ impl Cordons {
         };
         if changed && let Some(f) = &self.file {
             let json = serde_json::to_vec_pretty(&*hosts).expect("names serialise");
-            ferry_core::fs::write_atomically(f, &json).map_err(|e| {
-                format!(
-                    "cannot save the cordon in {}: {e}",
-                    f.display(),
-                    e = report(&e)
-                )
+            ferry_core::fs::write_atomically(f, &json).map_err(|source| Refusal::SaveCordon {
+                path: f.clone(),
+                source,
             })?;
         }
         Ok(changed)
@@ -327,24 +326,30 @@ impl Coordinator {
         self.history.update(id, f);
     }
 
-    fn host_entry(&self, name: &str) -> Result<&config::HostEntry, String> {
+    fn host_entry(&self, name: &str) -> Result<&config::HostEntry, Refusal> {
         self.cfg
             .hosts
             .iter()
             .find(|h| h.name == name)
-            .ok_or_else(|| format!("{} manages no host named {name}", self.cfg.name))
+            .ok_or_else(|| Refusal::NoHost {
+                coordinator: self.cfg.name.clone(),
+                host: name.to_string(),
+            })
     }
 
-    fn peer_entry(&self, name: &str) -> Result<&config::PeerEntry, String> {
+    fn peer_entry(&self, name: &str) -> Result<&config::PeerEntry, Refusal> {
         self.cfg
             .peers
             .iter()
             .find(|p| p.name == name)
-            .ok_or_else(|| format!("{} has no peer coordinator named {name}", self.cfg.name))
+            .ok_or_else(|| Refusal::NoPeer {
+                coordinator: self.cfg.name.clone(),
+                peer: name.to_string(),
+            })
     }
 
     /// A host's capabilities, its own word ANDed with our configuration.
-    async fn host_caps(&self, name: &str) -> Result<Capabilities, String> {
+    async fn host_caps(&self, name: &str) -> Result<Capabilities, Refusal> {
         let entry = self.host_entry(name)?;
         match self
             .client
@@ -360,25 +365,37 @@ impl Coordinator {
                 c.encryption &= entry.encryption;
                 Ok(*c)
             }
-            Ok(other) => Err(format!("host {name} answered {other:?}")),
-            Err(e) => Err(format!("host {name} is unreachable: {e}", e = report(&e))),
+            Ok(other) => Err(Refusal::Answered {
+                who: format!("host {name}"),
+                answer: format!("{other:?}"),
+            }),
+            Err(source) => Err(Refusal::Unreachable {
+                host: name.to_string(),
+                source,
+            }),
         }
     }
 
-    async fn peer_caps(&self, peer: &str, host: &str) -> Result<Capabilities, String> {
+    async fn peer_caps(&self, peer: &str, host: &str) -> Result<Capabilities, Refusal> {
         let p = self.peer_entry(peer)?;
         let req = Request::PeerCapabilities {
             host: host.to_string(),
         };
         match self.client.call(peer, p.address, &req, CALL_TIMEOUT).await {
             Ok(Response::Capabilities(c)) => Ok(*c),
-            Ok(other) => Err(format!("coordinator {peer} answered {other:?}")),
-            Err(e) => Err(format!("coordinator {peer}: {e}", e = report(&e))),
+            Ok(other) => Err(Refusal::Answered {
+                who: format!("coordinator {peer}"),
+                answer: format!("{other:?}"),
+            }),
+            Err(source) => Err(Refusal::Peer {
+                peer: peer.to_string(),
+                source,
+            }),
         }
     }
 
     /// The host that runs `guest`.
-    async fn find_guest(&self, guest: &str) -> Result<(String, Capabilities), String> {
+    async fn find_guest(&self, guest: &str) -> Result<(String, Capabilities), Refusal> {
         for h in &self.cfg.hosts {
             if let Ok(c) = self.host_caps(&h.name).await
                 && c.guests.iter().any(|g| g.info.name == guest)
@@ -386,10 +403,10 @@ impl Coordinator {
                 return Ok((h.name.clone(), c));
             }
         }
-        Err(format!(
-            "no host of {} runs a guest named {guest}",
-            self.cfg.name
-        ))
+        Err(Refusal::GuestNowhere {
+            coordinator: self.cfg.name.clone(),
+            guest: guest.to_string(),
+        })
     }
 
     /// What a migration of `guest` to `destination` would be, as things
@@ -400,13 +417,16 @@ impl Coordinator {
         source: Option<&str>,
         destination: &str,
         opts: &MigrateOptions,
-    ) -> Result<Plan, String> {
+    ) -> Result<Plan, Refusal> {
         let (src_name, src_caps) = match source {
             Some(s) => (s.to_string(), self.host_caps(s).await?),
             None => self.find_guest(guest).await?,
         };
         let Some(g) = src_caps.guests.iter().find(|g| g.info.name == guest) else {
-            return Err(format!("host {src_name} has no guest named {guest}"));
+            return Err(Refusal::NoGuest {
+                host: src_name,
+                guest: guest.to_string(),
+            });
         };
         let (dst_host, peer) = match destination.split_once('@') {
             Some((h, c)) if c != self.cfg.name => (h.to_string(), Some(c.to_string())),
@@ -414,12 +434,13 @@ impl Coordinator {
             None => (destination.to_string(), None),
         };
         if peer.is_none() && dst_host == src_name {
-            return Err(format!("guest {guest} already runs on {dst_host}"));
+            return Err(Refusal::AlreadyThere {
+                guest: guest.to_string(),
+                host: dst_host,
+            });
         }
         if peer.is_none() && self.is_cordoned(&dst_host) {
-            return Err(format!(
-                "host {dst_host} is cordoned for maintenance (`ferry drain`): it takes no guests until `ferry uncordon {dst_host}`"
-            ));
+            return Err(Refusal::Cordoned(dst_host));
         }
         let dst_caps = match &peer {
             None => self.host_caps(&dst_host).await?,
@@ -429,18 +450,18 @@ impl Coordinator {
             Some(p) => format!("{dst_host}@{p}"),
             None => dst_host.clone(),
         };
-        let refused = |e: &(dyn std::error::Error + 'static)| {
-            tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}", e = report(e));
-            e.to_string()
+        let refused = |e: ModeError| {
+            tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "migration refused: {e}", e = report(&e));
+            Refusal::Mode(e)
         };
-        let mode = migration_mode(guest, g.encryption, opts.mode).map_err(|e| refused(&e))?;
+        let mode = migration_mode(guest, g.encryption, opts.mode).map_err(refused)?;
         let transport = resolve_transport(
             guest,
             mode,
             (&src_name, src_caps.encryption),
             (&dst_label, dst_caps.encryption),
         )
-        .map_err(|e| refused(&e))?;
+        .map_err(refused)?;
         Ok(Plan {
             guest: g.clone(),
             src_name,
@@ -467,14 +488,14 @@ impl Coordinator {
     ) -> Response {
         let asked = match self.asked(&opts) {
             Ok(a) => a,
-            Err(e) => return self.refuse(e),
+            Err(e) => return self.refuse(report(&e)),
         };
         let plan = match self
             .plan(&guest, source.as_deref(), &destination, &opts)
             .await
         {
             Ok(p) => p,
-            Err(e) => return self.refuse(e),
+            Err(e) => return self.refuse(report(&e)),
         };
         let id = MigrationId::generate();
         let _busy = match self.take_guest(&guest, id) {
@@ -496,7 +517,10 @@ impl Coordinator {
             waiting: None,
         });
         if let Err(e) = self.journal(&id, store::Phase::Requested).await {
-            let msg = format!("cannot record the migration in the store: {e}: nothing moved");
+            let msg = format!(
+                "cannot record the migration in the store: {e}: nothing moved",
+                e = report(&e)
+            );
             self.end_unstarted(&id, MigrationState::Failed, &msg).await;
             return self.refuse(msg);
         }
@@ -544,7 +568,7 @@ impl Coordinator {
             {
                 Ok(p) => p,
                 Err(e) => {
-                    let msg = format!("refused when its turn came: {e}");
+                    let msg = format!("refused when its turn came: {e}", e = report(&e));
                     self.end_unstarted(&id, MigrationState::Failed, &msg).await;
                     self.migration_metrics.refused();
                     return Response::error(msg);
@@ -560,7 +584,7 @@ impl Coordinator {
     /// The limits and streams a request asks for, the coordinator's
     /// defaults (and the scheduler's bandwidth) filling in what it does
     /// not say; refused here, before it queues, if they cannot work.
-    fn asked(&self, opts: &MigrateOptions) -> Result<(crate::protocol::Limits, u16), String> {
+    fn asked(&self, opts: &MigrateOptions) -> Result<(crate::protocol::Limits, u16), Refusal> {
         let mut limits = opts
             .limits
             .clone()
@@ -568,27 +592,29 @@ impl Coordinator {
         if limits.bandwidth.is_none() {
             limits.bandwidth = self.cfg.scheduler.bandwidth.map(|r| r.bytes_per_second());
         }
-        limits
-            .check()
-            .map_err(|i| format!("limits.{}: {}", i.field, i.message))?;
+        limits.check().map_err(|i| Refusal::Limits {
+            field: i.field,
+            message: i.message,
+        })?;
         // 0 asks for the default, as `defaults.streams: 0` does in YAML.
         let streams = opts
             .streams
             .filter(|n| *n > 0)
             .unwrap_or_else(|| self.cfg.defaults.streams());
         if streams > 64 {
-            return Err(format!("{streams} streams: at most 64"));
+            return Err(Refusal::Streams(streams));
         }
         Ok((limits, streams))
     }
 
     /// Claims `guest` for migration `id`: one migration of a guest at a time.
-    fn take_guest(&self, guest: &str, id: MigrationId) -> Result<GuestClaim<'_>, String> {
+    fn take_guest(&self, guest: &str, id: MigrationId) -> Result<GuestClaim<'_>, Refusal> {
         let mut busy = self.moving.lock().expect("moving");
         if let Some(other) = busy.get(guest) {
-            return Err(format!(
-                "guest {guest} is already being moved by migration {other}: wait for it to end (`ferry status {other}`) or cancel it"
-            ));
+            return Err(Refusal::Busy {
+                guest: guest.to_string(),
+                other: *other,
+            });
         }
         busy.insert(guest.to_string(), id);
         Ok(GuestClaim {
@@ -625,14 +651,11 @@ impl Coordinator {
     }
 
     /// Records migration `id` at `phase`, fenced on this coordinator's lead.
-    async fn journal(&self, id: &MigrationId, phase: store::Phase) -> Result<(), String> {
+    async fn journal(&self, id: &MigrationId, phase: store::Phase) -> Result<(), Refusal> {
         let (Some(store), Some(entry)) = (self.store.get(), self.entry(id, phase)) else {
-            return Err("this coordinator has no store yet".into());
+            return Err(Refusal::NoStore);
         };
-        store
-            .record(&entry)
-            .await
-            .map_err(|e| report(&e).to_string())
+        Ok(store.record(&entry).await?)
     }
 
     /// [`Self::journal`] where the migration goes on whatever the store
@@ -640,7 +663,7 @@ impl Coordinator {
     async fn journal_or_warn(&self, id: &MigrationId, phase: store::Phase) {
         if let Err(e) = self.journal(id, phase).await {
             tracing::warn!(coordinator = %self.cfg.name, migration = %id, phase = ?phase,
-                "cannot journal the migration's phase (the next leader settles it): {e}");
+                "cannot journal the migration's phase (the next leader settles it): {e}", e = report(&e));
         }
     }
 
@@ -715,7 +738,7 @@ impl Coordinator {
         source: &str,
         id: MigrationId,
         decision: SwitchDecision,
-    ) -> Result<(), String> {
+    ) -> Result<(), Refusal> {
         let entry = self.host_entry(source)?;
         self.client
             .call(
@@ -726,7 +749,7 @@ impl Coordinator {
             )
             .await
             .map(drop)
-            .map_err(|e| report(&e).to_string())
+            .map_err(Refusal::Call)
     }
 
     /// The epoch of this coordinator's last lead (0: never led).
@@ -879,14 +902,17 @@ impl Coordinator {
                 self.journal_or_warn(&id, store::Phase::Streaming).await;
                 self.follow_source(id, &src_name, &mut x, events).await
             }
-            Err(e) => Err(format!("cannot start the source: {e}", e = report(&e))),
+            Err(e) => Err(Refusal::StartSource(e)),
         };
         match followed {
             Ok(stats) => {
                 self.finished(id, &guest, &dst_host, peer.as_deref(), stats)
                     .await
             }
-            Err(why) => self.lost(&id, &dst_host, peer.as_deref(), why).await,
+            Err(why) => {
+                let why = report(&why).to_string();
+                self.lost(&id, &dst_host, peer.as_deref(), why).await
+            }
         }
     }
 
@@ -938,14 +964,14 @@ impl Coordinator {
         src_name: &str,
         exchange: &mut control::Exchange,
         events: &mut Events<'_>,
-    ) -> Result<Box<MigrationStats>, String> {
+    ) -> Result<Box<MigrationStats>, Refusal> {
         let mut stunned = false;
         loop {
             let Ok(next) = tokio::time::timeout(SOURCE_SILENCE, exchange.next()).await else {
-                return Err(format!(
-                    "source {src_name} said nothing for {}s (no progress, no heartbeat): frozen, overloaded or cut off",
-                    SOURCE_SILENCE.as_secs()
-                ));
+                return Err(Refusal::Silent {
+                    host: src_name.to_string(),
+                    secs: SOURCE_SILENCE.as_secs(),
+                });
             };
             match next {
                 Ok(Response::Progress(p)) => {
@@ -970,12 +996,22 @@ impl Coordinator {
                         // The source gives up with its destination; the
                         // outcome then comes on this connection as any.
                         tracing::warn!(coordinator = %self.cfg.name, migration = %id,
-                            "cannot tell the source {src_name} the decision: {e}");
+                            "cannot tell the source {src_name} the decision: {e}", e = report(&e));
                     }
                 }
                 Ok(Response::Finished(s)) => return Ok(s),
-                Ok(other) => return Err(format!("source {src_name} answered {other:?}")),
-                Err(e) => return Err(format!("lost contact with {src_name}: {e}", e = report(&e))),
+                Ok(other) => {
+                    return Err(Refusal::Answered {
+                        who: format!("source {src_name}"),
+                        answer: format!("{other:?}"),
+                    });
+                }
+                Err(source) => {
+                    return Err(Refusal::LostContact {
+                        host: src_name.to_string(),
+                        source,
+                    });
+                }
             }
         }
     }
@@ -1039,29 +1075,33 @@ impl Coordinator {
     }
 
     /// The migration `id` if it has not ended, or why not.
-    fn unended(&self, id: MigrationId, what: &str) -> Result<MigrationRecord, String> {
+    fn unended(&self, id: MigrationId, what: &'static str) -> Result<MigrationRecord, Refusal> {
         let Some(r) = self.history.get(&id) else {
-            return Err(format!("{} knows no migration {id}", self.cfg.name));
+            return Err(Refusal::NoMigration {
+                coordinator: self.cfg.name.clone(),
+                id,
+            });
         };
         if !matches!(
             r.state,
             MigrationState::Queued | MigrationState::Preparing | MigrationState::Running
         ) {
-            return Err(format!(
-                "migration {id} of {} has ended ({}): {what}",
-                r.guest,
-                serde_json::to_value(r.state)
+            return Err(Refusal::Ended {
+                id,
+                state: serde_json::to_value(r.state)
                     .ok()
                     .and_then(|v| v.as_str().map(str::to_string))
-                    .unwrap_or_default()
-            ));
+                    .unwrap_or_default(),
+                guest: r.guest,
+                what,
+            });
         }
         Ok(r)
     }
 
     /// `ferry migrate-set`: tells the source to change migration `id`'s
     /// limits as it runs.
-    async fn set_limits(&self, id: MigrationId, change: LimitChange) -> Result<String, String> {
+    async fn set_limits(&self, id: MigrationId, change: LimitChange) -> Result<String, Refusal> {
         change.check()?;
         let r = self.unended(id, "nothing to change")?;
         // Told even while preparing: the source keeps the word for the
@@ -1076,8 +1116,11 @@ impl Coordinator {
             )
             .await
             .map_err(|e| match e {
-                ControlError::Remote { .. } => format!("the source {e}", e = report(&e)),
-                e => format!("cannot reach the source {}: {e}", r.source, e = report(&e)),
+                ControlError::Remote { .. } => Refusal::SourceSaid(e),
+                source => Refusal::CannotReach {
+                    host: format!("the source {}", r.source),
+                    source,
+                },
             })?;
         tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %r.guest,
             bandwidth = ?change.bandwidth, downtime_limit_us = ?change.downtime_limit_us, "limits changed");
@@ -1087,7 +1130,7 @@ impl Coordinator {
     /// `ferry cancel`: tells the source to stop migration `id` before its
     /// switch-over. The source's answer to the migration itself says
     /// whether it was in time.
-    async fn cancel(&self, id: MigrationId) -> Result<String, String> {
+    async fn cancel(&self, id: MigrationId) -> Result<String, Refusal> {
         let r = self.unended(id, "nothing to cancel")?;
         self.cancels.lock().expect("cancels").insert(id);
         if r.state == MigrationState::Queued {
@@ -1110,7 +1153,10 @@ impl Coordinator {
                 CALL_TIMEOUT,
             )
             .await
-            .map_err(|e| format!("cannot reach the source {}: {e}", r.source, e = report(&e)))?;
+            .map_err(|source| Refusal::CannotReach {
+                host: format!("the source {}", r.source),
+                source,
+            })?;
         tracing::info!(coordinator = %self.cfg.name, migration = %id, guest = %r.guest, "cancel requested");
         Ok(format!(
             "cancelling migration {id}: {} stays on {} unless its switch-over has begun",
@@ -1221,7 +1267,7 @@ impl Coordinator {
     async fn settle_one(&self, r: &MigrationRecord) {
         // Per host: unreachable (None), or whether it lists the guest and,
         // if so, whether it is still moving it.
-        let look = |caps: Result<Capabilities, String>| {
+        let look = |caps: Result<Capabilities, Refusal>| {
             caps.ok().map(|c| {
                 c.guests
                     .iter()
@@ -1466,7 +1512,7 @@ impl Coordinator {
                 Err(e) => HostStatus {
                     name: h.name.clone(),
                     reachable: false,
-                    error: Some(e),
+                    error: Some(report(&e).to_string()),
                     capabilities: None,
                     cordoned: self.is_cordoned(&h.name),
                 },
@@ -1572,7 +1618,12 @@ impl Coordinator {
         }
     }
 
-    async fn settle_on(&self, host: &str, guest: &str, action: SettleAction) -> Result<(), String> {
+    async fn settle_on(
+        &self,
+        host: &str,
+        guest: &str,
+        action: SettleAction,
+    ) -> Result<(), Refusal> {
         let e = self.host_entry(host)?;
         let req = Request::SettleGuest {
             guest: guest.to_string(),
@@ -1584,9 +1635,15 @@ impl Coordinator {
             .await
         {
             Ok(Response::Ok) => Ok(()),
-            Ok(other) => Err(format!("{host} answered {other:?}")),
-            Err(e @ ControlError::Remote { .. }) => Err(e.to_string()),
-            Err(e) => Err(format!("cannot reach {host}: {e}", e = report(&e))),
+            Ok(other) => Err(Refusal::Answered {
+                who: host.to_string(),
+                answer: format!("{other:?}"),
+            }),
+            Err(e @ ControlError::Remote { .. }) => Err(Refusal::Call(e)),
+            Err(source) => Err(Refusal::CannotReach {
+                host: host.to_string(),
+                source,
+            }),
         }
     }
 
@@ -1602,7 +1659,7 @@ impl Coordinator {
         guest: &str,
         keep: Option<&str>,
         force: bool,
-    ) -> Result<String, String> {
+    ) -> Result<String, Refusal> {
         let hosts = self.inventory().await;
         let unreachable: Vec<&str> = hosts
             .iter()
@@ -1611,9 +1668,10 @@ impl Coordinator {
             .collect();
         let copies = copies_of(&hosts, guest);
         if let Some((h, _)) = copies.iter().find(|(_, g)| g.migrating) {
-            return Err(format!(
-                "{guest} is migrating from {h}: wait for that migration to end"
-            ));
+            return Err(Refusal::StillMigrating {
+                guest: guest.to_string(),
+                host: h.to_string(),
+            });
         }
         let in_state = |state: RunState| -> Vec<&str> {
             copies
@@ -1632,7 +1690,10 @@ impl Coordinator {
             return self.resolve_keeping(guest, keep, &copies, &paused).await;
         }
         match (running.as_slice(), paused.as_slice()) {
-            ([], []) => Err(format!("no reachable host lists {guest}{unreachable_note}")),
+            ([], []) => Err(Refusal::Unlisted {
+                guest: guest.to_string(),
+                unreachable: unreachable_note,
+            }),
             ([h], []) => Ok(format!("{guest} runs on {h} only: nothing to resolve")),
             ([dst], [src]) => self.resolve_both(guest, dst, src).await,
             ([], [src]) => {
@@ -1640,14 +1701,14 @@ impl Coordinator {
                 self.resolve_paused(guest, src, force, ask_first, &unreachable_note)
                     .await
             }
-            _ => Err(format!(
-                "{guest} is listed on {}: keep one with --keep HOST",
-                copies
+            _ => Err(Refusal::ListedTwice {
+                guest: guest.to_string(),
+                listed: copies
                     .iter()
                     .map(|(h, g)| format!("{h} ({})", g.info.state))
                     .collect::<Vec<_>>()
-                    .join(", ")
-            )),
+                    .join(", "),
+            }),
         }
     }
 
@@ -1667,19 +1728,18 @@ impl Coordinator {
         keep: &str,
         copies: &[(&str, &control::wire::HostedGuest)],
         paused: &[&str],
-    ) -> Result<String, String> {
+    ) -> Result<String, Refusal> {
         if copies.len() < 2 {
-            return Err(format!(
-                "--keep is for a guest listed on several hosts; {guest} is listed on {}",
-                if copies.is_empty() {
-                    "none".to_string()
-                } else {
-                    copies[0].0.to_string()
-                }
-            ));
+            return Err(Refusal::KeepOne {
+                guest: guest.to_string(),
+                on: copies.first().map_or("none", |c| c.0).to_string(),
+            });
         }
         if !copies.iter().any(|(h, _)| *h == keep) {
-            return Err(format!("{keep} does not list {guest}"));
+            return Err(Refusal::KeepUnlisted {
+                keep: keep.to_string(),
+                guest: guest.to_string(),
+            });
         }
         let mut dropped = Vec::new();
         for (h, _) in copies.iter().filter(|(h, _)| *h != keep) {
@@ -1706,12 +1766,14 @@ impl Coordinator {
 
     /// Running on `dst`, paused on `src`: the destination resumed it and
     /// the source never heard. The destination's word decides.
-    async fn resolve_both(&self, guest: &str, dst: &str, src: &str) -> Result<String, String> {
+    async fn resolve_both(&self, guest: &str, dst: &str, src: &str) -> Result<String, Refusal> {
         let rec = self.in_doubt(guest, src).filter(|r| r.destination == dst);
         let Some(rec) = rec else {
-            return Err(format!(
-                "{guest} runs on {dst} and is paused on {src}, and no migration from {src} to {dst} is on record: keep one with --keep HOST"
-            ));
+            return Err(Refusal::BothUnrecorded {
+                guest: guest.to_string(),
+                dst: dst.to_string(),
+                src: src.to_string(),
+            });
         };
         match self.abort_destination(&rec.id, dst, None).await {
             Some(IncomingOutcome::Resumed) => {
@@ -1731,10 +1793,13 @@ impl Coordinator {
                 self.close_record(&rec.id, true, &msg);
                 Ok(msg)
             }
-            other => Err(format!(
-                "{guest} runs on {dst} and is paused on {src}, but {dst} answers {other:?} for migration {}: keep one with --keep HOST",
-                rec.id
-            )),
+            other => Err(Refusal::BothAnswered {
+                guest: guest.to_string(),
+                dst: dst.to_string(),
+                src: src.to_string(),
+                answer: format!("{other:?}"),
+                id: rec.id,
+            }),
         }
     }
 
@@ -1748,7 +1813,7 @@ impl Coordinator {
         force: bool,
         ask_first: bool,
         unreachable_note: &str,
-    ) -> Result<String, String> {
+    ) -> Result<String, Refusal> {
         let resume = |why: String, id: Option<MigrationId>| async move {
             self.settle_on(src, guest, SettleAction::Resume { migration: id })
                 .await?;
@@ -1756,7 +1821,7 @@ impl Coordinator {
             if let Some(id) = id {
                 self.close_record(&id, false, &msg);
             }
-            Ok::<String, String>(msg)
+            Ok::<String, Refusal>(msg)
         };
         let Some(rec) = self.in_doubt(guest, src) else {
             if !ask_first {
@@ -1766,10 +1831,11 @@ impl Coordinator {
                 )
                 .await;
             }
-            return Err(format!(
-                "{guest} is paused on {src} and no migration of it is on record; a host that might run it cannot be asked{}: bring it back, or add --force",
-                unreachable_note
-            ));
+            return Err(Refusal::PausedUnrecorded {
+                guest: guest.to_string(),
+                src: src.to_string(),
+                unreachable: unreachable_note.to_string(),
+            });
         };
         let dst = rec.destination.as_str();
         let peer = dst.contains('@');
@@ -1792,10 +1858,10 @@ impl Coordinator {
                 )
                 .await
             }
-            Some(IncomingOutcome::Pending) => Err(format!(
-                "{dst} is still deciding on migration {}: try again in a few seconds",
-                rec.id
-            )),
+            Some(IncomingOutcome::Pending) => Err(Refusal::Deciding {
+                dst: dst.to_string(),
+                id: rec.id,
+            }),
             Some(IncomingOutcome::Resumed) if force => {
                 resume(
                     format!("forced: {dst} had resumed {guest} but no longer runs it"),
@@ -1803,17 +1869,20 @@ impl Coordinator {
                 )
                 .await
             }
-            Some(IncomingOutcome::Resumed) => Err(format!(
-                "{dst} resumed {guest} in migration {} but no longer lists it (lost when its process ended, or moved on): the copy paused on {src} is older than what ran on {dst}; add --force to resume it anyway",
-                rec.id
-            )),
+            Some(IncomingOutcome::Resumed) => Err(Refusal::ResumedGone {
+                dst: dst.to_string(),
+                guest: guest.to_string(),
+                id: rec.id,
+                src: src.to_string(),
+            }),
             None if force => {
                 resume(format!("forced: {dst} could not be asked"), Some(rec.id)).await
             }
-            None => Err(format!(
-                "cannot ask {dst} whether it resumed {guest} (migration {}): bring {dst} back and run this again, or, if {dst} is gone for good and {guest} does not run there, add --force",
-                rec.id
-            )),
+            None => Err(Refusal::CannotAsk {
+                dst: dst.to_string(),
+                guest: guest.to_string(),
+                id: rec.id,
+            }),
         }
     }
 
@@ -1851,21 +1920,72 @@ impl Coordinator {
         resp: &mut Responder,
     ) -> Response {
         if let Err(e) = self.host_entry(&host) {
-            return Response::error(e);
+            return Response::error(report(&e));
         }
         if let Err(e) = self.cordons.set(&host, true) {
-            return Response::error(e);
+            return Response::error(report(&e));
         }
         tracing::warn!(coordinator = %self.cfg.name, host = %host, "host cordoned: draining it");
+        let (moves, unplaced) = match self.drain_plan(&host).await {
+            Ok(plan) => plan,
+            Err(e) => return Response::error(report(&e)),
+        };
+        tracing::info!(coordinator = %self.cfg.name, host = %host, moves = moves.len(), unplaced = unplaced.len(), "drain planned");
+        let _ = resp
+            .send(&Response::DrainPlan {
+                host: host.clone(),
+                moves: moves.clone(),
+                unplaced: unplaced.clone(),
+            })
+            .await;
+        let mut running = tokio::task::JoinSet::new();
+        for m in &moves {
+            let (me, m, opts, from) = (self.clone(), m.clone(), opts.clone(), host.clone());
+            running.spawn(async move { me.drain_move(m, from, opts).await });
+        }
+        let mut outcomes = Vec::new();
+        loop {
+            match tokio::time::timeout(control::HEARTBEAT, running.join_next()).await {
+                Err(_) => {
+                    let _ = resp.send(&Response::Heartbeat).await;
+                }
+                Ok(None) => break,
+                Ok(Some(Ok(o))) => {
+                    let _ = resp.send(&Response::DrainMoved(o.clone())).await;
+                    outcomes.push(o);
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::error!(coordinator = %self.cfg.name, host = %host, "a drain's migration task failed: {e}");
+                }
+            }
+        }
+        let remaining = match self.host_caps(&host).await {
+            Ok(c) => c.guests.into_iter().map(|g| g.info.name).collect(),
+            Err(e) => vec![format!("(cannot tell: {e})", e = report(&e))],
+        };
+        tracing::info!(coordinator = %self.cfg.name, host = %host, moved = outcomes.iter().filter(|o| o.completed).count(),
+            remaining = remaining.len(), "drain ended");
+        Response::Drained {
+            host,
+            outcomes,
+            unplaced,
+            remaining,
+        }
+    }
+
+    /// Where each guest of `host` goes (the other reachable, uncordoned
+    /// hosts, biggest guests first), and the guests that cannot go, with why.
+    async fn drain_plan(
+        &self,
+        host: &str,
+    ) -> Result<(Vec<DrainMove>, Vec<DrainUnplaced>), Refusal> {
         let hosts = self.inventory().await;
         let Some(src) = hosts
             .iter()
             .find(|h| h.name == host)
             .and_then(|h| h.capabilities.clone())
         else {
-            return Response::error(format!(
-                "cannot drain {host}: it is unreachable (it stays cordoned: bring it back and drain it again, or `ferry uncordon {host}`)"
-            ));
+            return Err(Refusal::DrainUnreachable(host.to_string()));
         };
         let candidates: Vec<drain::Candidate> = hosts
             .iter()
@@ -1898,80 +2018,51 @@ impl Coordinator {
         for (guest, to) in drain::place(&leaving, src.encryption, &candidates) {
             match to {
                 Ok(destination) => moves.push(DrainMove { guest, destination }),
-                Err(reason) => unplaced.push(DrainUnplaced { guest, reason }),
+                Err(why) => unplaced.push(DrainUnplaced {
+                    guest,
+                    reason: why.to_string(),
+                }),
             }
         }
-        tracing::info!(coordinator = %self.cfg.name, host = %host, moves = moves.len(), unplaced = unplaced.len(), "drain planned");
-        let _ = resp
-            .send(&Response::DrainPlan {
-                host: host.clone(),
-                moves: moves.clone(),
-                unplaced: unplaced.clone(),
-            })
+        Ok((moves, unplaced))
+    }
+
+    /// One move of a drain, run as any migration is.
+    async fn drain_move(
+        self: Arc<Self>,
+        m: DrainMove,
+        from: String,
+        opts: MigrateOptions,
+    ) -> DrainOutcome {
+        let r = self
+            .migrate(
+                m.guest.clone(),
+                Some(from),
+                m.destination.clone(),
+                opts,
+                &mut Events(None),
+            )
             .await;
-        let mut running = tokio::task::JoinSet::new();
-        for m in &moves {
-            let (me, m, opts, from) = (self.clone(), m.clone(), opts.clone(), host.clone());
-            running.spawn(async move {
-                let r = me
-                    .migrate(
-                        m.guest.clone(),
-                        Some(from),
-                        m.destination.clone(),
-                        opts,
-                        &mut Events(None),
-                    )
-                    .await;
-                let (migration, completed, error) = match r {
-                    Response::Finished(s) => (
-                        Some(s.id),
-                        s.result == MigrationResult::Completed,
-                        s.error.clone(),
-                    ),
-                    Response::Error { message } => (None, false, Some(message)),
-                    other => (None, false, Some(format!("unexpected: {other:?}"))),
-                };
-                DrainOutcome {
-                    guest: m.guest,
-                    destination: m.destination,
-                    migration,
-                    completed,
-                    error,
-                }
-            });
-        }
-        let mut outcomes = Vec::new();
-        loop {
-            match tokio::time::timeout(control::HEARTBEAT, running.join_next()).await {
-                Err(_) => {
-                    let _ = resp.send(&Response::Heartbeat).await;
-                }
-                Ok(None) => break,
-                Ok(Some(Ok(o))) => {
-                    let _ = resp.send(&Response::DrainMoved(o.clone())).await;
-                    outcomes.push(o);
-                }
-                Ok(Some(Err(e))) => {
-                    tracing::error!(coordinator = %self.cfg.name, host = %host, "a drain's migration task failed: {e}");
-                }
-            }
-        }
-        let remaining = match self.host_caps(&host).await {
-            Ok(c) => c.guests.into_iter().map(|g| g.info.name).collect(),
-            Err(e) => vec![format!("(cannot tell: {e})")],
+        let (migration, completed, error) = match r {
+            Response::Finished(s) => (
+                Some(s.id),
+                s.result == MigrationResult::Completed,
+                s.error.clone(),
+            ),
+            Response::Error { message } => (None, false, Some(message)),
+            other => (None, false, Some(format!("unexpected: {other:?}"))),
         };
-        tracing::info!(coordinator = %self.cfg.name, host = %host, moved = outcomes.iter().filter(|o| o.completed).count(),
-            remaining = remaining.len(), "drain ended");
-        Response::Drained {
-            host,
-            outcomes,
-            unplaced,
-            remaining,
+        DrainOutcome {
+            guest: m.guest,
+            destination: m.destination,
+            migration,
+            completed,
+            error,
         }
     }
 
     /// `ferry uncordon HOST`: migrations may go to it again.
-    fn uncordon(&self, host: &str) -> Result<String, String> {
+    fn uncordon(&self, host: &str) -> Result<String, Refusal> {
         self.host_entry(host)?;
         Ok(if self.cordons.set(host, false)? {
             tracing::info!(coordinator = %self.cfg.name, host = %host, "host uncordoned");
@@ -1981,7 +2072,7 @@ impl Coordinator {
         })
     }
 
-    fn allowed(&self, who: &Identity, req: &Request) -> Result<(), String> {
+    fn allowed(&self, who: &Identity, req: &Request) -> Result<(), Refusal> {
         let peer_op = matches!(
             req,
             Request::PeerCapabilities { .. }
@@ -1990,10 +2081,10 @@ impl Coordinator {
         );
         if peer_op {
             if who.role != Role::Coordinator || self.peer_entry(&who.name).is_err() {
-                return Err(format!(
-                    "{who} is not a peer coordinator of {}",
-                    self.cfg.name
-                ));
+                return Err(Refusal::NotPeer {
+                    who: who.to_string(),
+                    coordinator: self.cfg.name.clone(),
+                });
             }
             return Ok(());
         }
@@ -2008,24 +2099,99 @@ impl Coordinator {
                 | Request::Drain { .. }
                 | Request::Uncordon { .. }
         ) {
-            return Err(format!("a coordinator does not answer {}", req.op()));
+            return Err(Refusal::NotAnswered(req.op()));
         }
         if who.role != Role::Client {
-            return Err(format!("{who} may not use the client API"));
+            return Err(Refusal::NotClient(who.to_string()));
         }
         if !self.cfg.clients.is_empty() && !self.cfg.clients.contains(&who.name) {
-            return Err(format!(
-                "client {} is not in {}'s clients list",
-                who.name, self.cfg.name
-            ));
+            return Err(Refusal::NotListed {
+                client: who.name.clone(),
+                coordinator: self.cfg.name.clone(),
+            });
         }
         Ok(())
     }
 
+    /// `ferry status`: every migration on record (or the one asked for),
+    /// each queued one with its place in line and why it waits.
+    fn status(&self, id: Option<MigrationId>) -> Response {
+        let mut migrations = self.records();
+        let waiting = self.scheduler.waiting();
+        for r in migrations
+            .iter_mut()
+            .filter(|r| r.state == MigrationState::Queued)
+        {
+            r.waiting = waiting
+                .iter()
+                .find(|(w, ..)| *w == r.id)
+                .map(|(_, position, why)| format!("{} in line: {why}", ordinal(*position)));
+        }
+        if let Some(id) = id {
+            migrations.retain(|r| r.id == id);
+            if migrations.is_empty() {
+                return Response::error(format!("no migration {id}"));
+            }
+        }
+        Response::Status { migrations }
+    }
+
+    /// A peer coordinator's migration into one of our hosts: the spec is
+    /// forwarded to the host and not kept here.
+    async fn peer_prepare(&self, host: String, spec: MigrationSpec) -> Response {
+        let e = match self.host_entry(&host) {
+            Ok(e) => e,
+            Err(e) => return Response::error(report(&e)),
+        };
+        let r = self
+            .client
+            .call(
+                &host,
+                e.control,
+                &self.fence(Request::PrepareIncoming { spec }),
+                CALL_TIMEOUT,
+            )
+            .await;
+        match r {
+            Ok(r @ Response::Prepared { .. }) => r,
+            Ok(other) => Response::error(format!("host {host} answered {other:?}")),
+            Err(e) => Response::error(e),
+        }
+    }
+
+    /// A peer coordinator's migration out of its host into one of ours
+    /// ended: it goes on record here too.
+    fn peer_finished(
+        &self,
+        who: &Identity,
+        id: MigrationId,
+        result: Box<MigrationStats>,
+    ) -> Response {
+        self.record(MigrationRecord {
+            id,
+            guest: result.guest.clone(),
+            source: format!("{}@{}", result.source, who.name),
+            destination: result.destination.clone(),
+            mode: result.mode,
+            transport: result.transport,
+            state: if result.result == MigrationResult::Completed {
+                MigrationState::Completed
+            } else {
+                MigrationState::Failed
+            },
+            started_unix_ms: unix_ms(),
+            progress: None,
+            error: result.error.clone(),
+            stats: Some(result),
+            waiting: None,
+        });
+        Response::Ok
+    }
+
     async fn handle(self: Arc<Self>, who: Identity, req: Request, mut resp: Responder) {
         if let Err(e) = self.allowed(&who, &req) {
-            tracing::warn!(coordinator = %self.cfg.name, peer = %who, "refused: {e}");
-            let _ = resp.send(&Response::error(e)).await;
+            tracing::warn!(coordinator = %self.cfg.name, peer = %who, "refused: {}", report(&e));
+            let _ = resp.send(&Response::error(report(&e))).await;
             return;
         }
         if !self.leads() {
@@ -2052,31 +2218,9 @@ impl Coordinator {
             Request::Drain { host, options } => self.drain(host, options, &mut resp).await,
             Request::Uncordon { host } => match self.uncordon(&host) {
                 Ok(message) => Response::Resolved { message },
-                Err(e) => Response::error(e),
+                Err(e) => Response::error(report(&e)),
             },
-            Request::Status { id } => {
-                let mut migrations = self.records();
-                let waiting = self.scheduler.waiting();
-                for r in migrations
-                    .iter_mut()
-                    .filter(|r| r.state == MigrationState::Queued)
-                {
-                    r.waiting = waiting
-                        .iter()
-                        .find(|(w, ..)| *w == r.id)
-                        .map(|(_, position, why)| format!("{} in line: {why}", ordinal(*position)));
-                }
-                if let Some(id) = id {
-                    migrations.retain(|r| r.id == id);
-                    if migrations.is_empty() {
-                        let _ = resp
-                            .send(&Response::error(format!("no migration {id}")))
-                            .await;
-                        return;
-                    }
-                }
-                Response::Status { migrations }
-            }
+            Request::Status { id } => self.status(id),
             Request::Hosts => {
                 let hosts = self.inventory().await;
                 let duplicates = self.note_duplicates(&hosts);
@@ -2085,15 +2229,15 @@ impl Coordinator {
             Request::SetLimits { id, change } => match self.set_limits(id, change).await {
                 Ok(message) => Response::Resolved { message },
                 Err(e) => {
-                    tracing::warn!(coordinator = %self.cfg.name, migration = %id, "cannot change limits: {e}");
-                    Response::error(e)
+                    tracing::warn!(coordinator = %self.cfg.name, migration = %id, "cannot change limits: {e}", e = report(&e));
+                    Response::error(report(&e))
                 }
             },
             Request::Cancel { id } => match self.cancel(id).await {
                 Ok(message) => Response::Resolved { message },
                 Err(e) => {
-                    tracing::warn!(coordinator = %self.cfg.name, migration = %id, "cannot cancel: {e}");
-                    Response::error(e)
+                    tracing::warn!(coordinator = %self.cfg.name, migration = %id, "cannot cancel: {e}", e = report(&e));
+                    Response::error(report(&e))
                 }
             },
             Request::Resolve { guest, keep, force } => {
@@ -2103,61 +2247,17 @@ impl Coordinator {
                         Response::Resolved { message }
                     }
                     Err(e) => {
-                        tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "cannot resolve: {e}");
-                        Response::error(e)
+                        tracing::warn!(coordinator = %self.cfg.name, guest = %guest, "cannot resolve: {e}", e = report(&e));
+                        Response::error(report(&e))
                     }
                 }
             }
             Request::PeerCapabilities { host } => match self.host_caps(&host).await {
                 Ok(c) => Response::Capabilities(Box::new(c)),
-                Err(e) => Response::error(e),
+                Err(e) => Response::error(report(&e)),
             },
-            Request::PeerPrepare { host, spec } => {
-                // Cross-coordinator: forward the spec to our host and forget it.
-                let r = match self.host_entry(&host) {
-                    Ok(e) => {
-                        self.client
-                            .call(
-                                &host,
-                                e.control,
-                                &self.fence(Request::PrepareIncoming { spec }),
-                                CALL_TIMEOUT,
-                            )
-                            .await
-                    }
-                    Err(e) => {
-                        drop(spec);
-                        let _ = resp.send(&Response::error(e)).await;
-                        return;
-                    }
-                };
-                match r {
-                    Ok(r @ Response::Prepared { .. }) => r,
-                    Ok(other) => Response::error(format!("host {host} answered {other:?}")),
-                    Err(e) => Response::error(e),
-                }
-            }
-            Request::PeerFinished { id, result } => {
-                self.record(MigrationRecord {
-                    id,
-                    guest: result.guest.clone(),
-                    source: format!("{}@{}", result.source, who.name),
-                    destination: result.destination.clone(),
-                    mode: result.mode,
-                    transport: result.transport,
-                    state: if result.result == MigrationResult::Completed {
-                        MigrationState::Completed
-                    } else {
-                        MigrationState::Failed
-                    },
-                    started_unix_ms: unix_ms(),
-                    progress: None,
-                    error: result.error.clone(),
-                    stats: Some(result),
-                    waiting: None,
-                });
-                Response::Ok
-            }
+            Request::PeerPrepare { host, spec } => self.peer_prepare(host, spec).await,
+            Request::PeerFinished { id, result } => self.peer_finished(&who, id, result),
             other => Response::error(format!("a coordinator does not answer {}", other.op())),
         };
         let _ = resp.send(&answer).await;

@@ -44,6 +44,98 @@ fn tap_name(host: &str, guest: &str) -> String {
     format!("fq{:08x}", h as u32)
 }
 
+/// Why this host refused a request, or failed it; the coordinator hears the
+/// message with its causes.
+#[derive(Debug, thiserror::Error)]
+pub enum Refusal {
+    #[error("{0} may not use a host's control API: coordinators only")]
+    NotCoordinator(String),
+    #[error("coordinator {coordinator} is not in {host}'s coordinators list")]
+    NotListed { coordinator: String, host: String },
+    #[error(
+        "{host} refuses a request of site {site} at epoch {epoch}: it has seen epoch {highest}, so the sender was deposed as leader"
+    )]
+    Deposed {
+        host: String,
+        site: String,
+        epoch: u64,
+        highest: u64,
+    },
+    #[error("{host} cannot keep epoch {epoch} of site {site} in {}", path.display())]
+    KeepEpoch {
+        host: String,
+        site: String,
+        epoch: u64,
+        path: std::path::PathBuf,
+        #[source]
+        source: std::io::Error,
+    },
+    #[error("the spec's destination is {spec}, this is {host}")]
+    NotDestination { spec: String, host: String },
+    #[error("{0} cannot encrypt migrations")]
+    CannotEncrypt(String),
+    #[error("the spec's source is {spec}, this is {host}")]
+    NotSource { spec: String, host: String },
+    #[error("guest {0} is already migrating")]
+    AlreadyMigrating(String),
+    #[error("guest {guest} is {state}")]
+    NotRunning { guest: String, state: RunState },
+    #[error("guest {guest} already exists on {host}")]
+    GuestExists { guest: String, host: String },
+    #[error("not enough memory on {host} for guest {guest}: it needs {needs}, {free} is free")]
+    Memory {
+        host: String,
+        guest: String,
+        needs: crate::config::ByteSize,
+        free: crate::config::ByteSize,
+    },
+    #[error("the incoming guest")]
+    Guest(#[source] engine::guest::GuestError),
+    #[error(transparent)]
+    Prepare(#[from] engine::PrepareError),
+    #[error("{host} cannot start guest {guest}: {field}: {message}")]
+    Machine {
+        host: String,
+        guest: String,
+        field: String,
+        message: String,
+    },
+    #[error("starting the QEMU twin of {guest}")]
+    Twin {
+        guest: String,
+        #[source]
+        source: crate::qemu::QemuError,
+    },
+    #[error("the twin of {guest}'s NIC")]
+    TwinNic {
+        guest: String,
+        #[source]
+        source: crate::netlink::NetlinkError,
+    },
+    #[error("no outgoing migration {id} runs on {host}: it ended, or never started here")]
+    NoOutgoing { id: MigrationId, host: String },
+    #[error("migration {id} was already decided: {decision}")]
+    Decided { id: MigrationId, decision: String },
+    #[error("no guest {guest} on {host}")]
+    NoGuest { guest: String, host: String },
+    #[error("guest {guest} is migrating from {host}")]
+    Migrating { guest: String, host: String },
+    #[error("guest {guest} is {state} on {host}, not paused")]
+    NotPaused {
+        guest: String,
+        state: RunState,
+        host: String,
+    },
+    #[error("cannot record it in the journal")]
+    Journal(#[source] std::io::Error),
+    #[error("resuming {guest}")]
+    Resume {
+        guest: String,
+        #[source]
+        source: engine::guest::GuestError,
+    },
+}
+
 /// Why a host could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -312,24 +404,29 @@ impl Epochs {
     }
 
     /// Lets a request of `site`'s leader at `epoch` through, or says why not.
-    fn admit(&self, site: &str, epoch: u64, host: &str) -> Result<(), String> {
+    fn admit(&self, site: &str, epoch: u64, host: &str) -> Result<(), Refusal> {
         let mut seen = self.seen.lock().expect("epochs");
         let highest = seen.get(site).copied().unwrap_or(0);
         if epoch < highest {
-            return Err(format!(
-                "{host} refuses a request of site {site} at epoch {epoch}: it has seen epoch {highest}, so the sender was deposed as leader"
-            ));
+            return Err(Refusal::Deposed {
+                host: host.to_string(),
+                site: site.to_string(),
+                epoch,
+                highest,
+            });
         }
         if epoch > highest {
             seen.insert(site.to_string(), epoch);
             if let Some(f) = &self.file {
                 let json = serde_json::to_vec_pretty(&*seen).expect("epochs serialise");
-                ferry_core::fs::write_atomically(f, &json).map_err(|e| {
-                    format!(
-                        "{host} cannot keep epoch {epoch} of site {site} in {}: {e}",
-                        f.display(),
-                        e = report(&e)
-                    )
+                ferry_core::fs::write_atomically(f, &json).map_err(|source| {
+                    Refusal::KeepEpoch {
+                        host: host.to_string(),
+                        site: site.to_string(),
+                        epoch,
+                        path: f.clone(),
+                        source,
+                    }
                 })?;
             }
             tracing::info!(host = %host, site = %site, epoch, "a new coordinator leader epoch");
@@ -652,22 +749,23 @@ impl Host {
 
     /// Accepts an incoming migration: every refusal happens here, before any
     /// memory moves.
-    fn prepare_incoming(&self, spec: &MigrationSpec) -> Result<(), String> {
+    fn prepare_incoming(&self, spec: &MigrationSpec) -> Result<(), Refusal> {
+        let host = || self.cfg.name.clone();
         if spec.destination.host != self.cfg.name {
-            return Err(format!(
-                "the spec's destination is {}, this is {}",
-                spec.destination.host, self.cfg.name
-            ));
+            return Err(Refusal::NotDestination {
+                spec: spec.destination.host.clone(),
+                host: host(),
+            });
         }
         if spec.transport.encrypted() && !self.cfg.encryption {
-            return Err(format!("{} cannot encrypt migrations", self.cfg.name));
+            return Err(Refusal::CannotEncrypt(host()));
         }
         let mut inv = self.inventory.lock().expect("inventory");
         if inv.guests.contains_key(&spec.guest) || inv.reserved.contains_key(&spec.guest) {
-            return Err(format!(
-                "guest {} already exists on {}",
-                spec.guest, self.cfg.name
-            ));
+            return Err(Refusal::GuestExists {
+                guest: spec.guest.clone(),
+                host: host(),
+            });
         }
         let used: u64 = inv
             .guests
@@ -677,13 +775,12 @@ impl Host {
             + inv.reserved.values().map(|r| r.memory).sum::<u64>();
         let free = self.cfg.memory_capacity.0.saturating_sub(used);
         if spec.memory > free {
-            return Err(format!(
-                "not enough memory on {} for guest {}: it needs {}, {} is free",
-                self.cfg.name,
-                spec.guest,
-                crate::config::ByteSize(spec.memory),
-                crate::config::ByteSize(free)
-            ));
+            return Err(Refusal::Memory {
+                host: host(),
+                guest: spec.guest.clone(),
+                needs: crate::config::ByteSize(spec.memory),
+                free: crate::config::ByteSize(free),
+            });
         }
         inv.reserved.insert(
             spec.guest.clone(),
@@ -696,8 +793,8 @@ impl Host {
         drop(inv);
         let prepared = match &spec.machine {
             None => SyntheticGuest::incoming(&spec.guest, spec.memory)
-                .map_err(|e| report(&e).to_string())
-                .and_then(|g| self.registry.prepare(spec, g)),
+                .map_err(Refusal::Guest)
+                .and_then(|g| Ok(self.registry.prepare(spec, g)?)),
             Some(machine) => self.prepare_twin(spec, machine),
         };
         if let Err(e) = prepared {
@@ -718,23 +815,31 @@ impl Host {
         &self,
         spec: &MigrationSpec,
         machine: &crate::machine::QemuMachine,
-    ) -> Result<(), String> {
-        machine.validate("the spec's machine").map_err(|e| {
-            format!(
-                "{} cannot start guest {}: {}: {}",
-                self.cfg.name, spec.guest, e.field, e.message
-            )
-        })?;
+    ) -> Result<(), Refusal> {
+        machine
+            .validate("the spec's machine")
+            .map_err(|e| Refusal::Machine {
+                host: self.cfg.name.clone(),
+                guest: spec.guest.clone(),
+                field: e.field,
+                message: e.message,
+            })?;
         let dir = self.cfg.state_dir().join(&spec.guest);
         let tap = tap_name(&self.cfg.name, &spec.guest);
         let twin = crate::qemu::QemuGuest::launch(&spec.guest, machine, &dir, true, Some(&tap))
-            .map_err(|e| format!("starting the QEMU twin of {}: {e:#}", spec.guest))?;
+            .map_err(|source| Refusal::Twin {
+                guest: spec.guest.clone(),
+                source,
+            })?;
         if machine.nic.is_some()
             && let Err(e) = attach_tap(&self.cfg, &tap)
         {
             use crate::engine::channels::ChannelGuest;
             twin.release();
-            return Err(format!("the twin of {}'s NIC: {e:#}", spec.guest));
+            return Err(Refusal::TwinNic {
+                guest: spec.guest.clone(),
+                source: e,
+            });
         }
         // The guest's own setting, for the host that adopts it after a restart.
         let _ = std::fs::write(
@@ -742,9 +847,10 @@ impl Host {
             serde_json::to_string(&spec.setting).expect("a mode serialises"),
         );
         let twin: Arc<dyn crate::engine::channels::ChannelGuest> = Arc::new(twin);
-        self.registry
+        Ok(self
+            .registry
             .prepare_channels(spec, twin.clone())
-            .inspect_err(|_| twin.release())
+            .inspect_err(|_| twin.release())?)
     }
 
     /// Runs an outgoing migration, sending progress to `resp`.
@@ -753,56 +859,16 @@ impl Host {
         spec: MigrationSpec,
         resp: &mut Responder,
     ) -> Response {
-        if spec.source.host != self.cfg.name {
-            return Response::error(format!(
-                "the spec's source is {}, this is {}",
-                spec.source.host, self.cfg.name
-            ));
-        }
-        if spec.transport.encrypted() && !self.cfg.encryption {
-            return Response::error(format!("{} cannot encrypt migrations", self.cfg.name));
-        }
-        let guest = {
-            let mut inv = self.inventory.lock().expect("inventory");
-            let Some(e) = inv.guests.get_mut(&spec.guest) else {
-                return Response::error(format!("no guest {} on {}", spec.guest, self.cfg.name));
-            };
-            if e.busy {
-                return Response::error(format!("guest {} is already migrating", spec.guest));
-            }
-            if e.guest.run_state() != RunState::Running {
-                return Response::error(format!("guest {} is {}", spec.guest, e.guest.run_state()));
-            }
-            e.busy = true;
-            e.guest.clone()
+        let guest = match self.claim_outgoing(&spec) {
+            Ok(g) => g,
+            Err(e) => return Response::error(report(&e)),
         };
         if let Some(net) = &self.network {
             net.add_peer(spec.destination.migration);
         }
-        let (cancel, limits, decision) = {
-            let mut c = self.controls.lock().expect("controls");
-            let e = c.entry(spec.id).or_default();
-            e.running = true;
-            (e.cancel.clone(), e.limits.clone(), e.decision.clone())
-        };
         let id = spec.id;
         let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
-        let opts = SourceOptions {
-            commit: Some(Arc::new(CoordinatorCommit {
-                decision,
-                tx: tx.clone(),
-            })),
-            cancel: Some(cancel),
-            limits: Some(limits),
-            backend: self.cfg.backend,
-            metrics: Some(self.protocol_metrics.clone()),
-            software_dirty_log: self.cfg.software_dirty_log,
-            journal: self
-                .journal
-                .clone()
-                .map(|j| j as Arc<dyn crate::engine::Journal>),
-            ..Default::default()
-        };
+        let opts = self.source_options(id, &tx);
         let name = spec.guest.clone();
         let mode = spec.mode;
         let mm = self.migration_metrics.clone();
@@ -846,15 +912,94 @@ impl Host {
             let _ = resp.send(&ev.into_response()).await;
         }
         self.controls.lock().expect("controls").remove(&id);
+        self.outgoing_ended(&name, mode, result)
+    }
+
+    /// The guest a spec moves out, marked busy, once every check passed.
+    fn claim_outgoing(&self, spec: &MigrationSpec) -> Result<Hosted, Refusal> {
+        let host = || self.cfg.name.clone();
+        if spec.source.host != self.cfg.name {
+            return Err(Refusal::NotSource {
+                spec: spec.source.host.clone(),
+                host: host(),
+            });
+        }
+        if spec.transport.encrypted() && !self.cfg.encryption {
+            return Err(Refusal::CannotEncrypt(host()));
+        }
+        let mut inv = self.inventory.lock().expect("inventory");
+        let Some(e) = inv.guests.get_mut(&spec.guest) else {
+            return Err(Refusal::NoGuest {
+                guest: spec.guest.clone(),
+                host: host(),
+            });
+        };
+        if e.busy {
+            return Err(Refusal::AlreadyMigrating(spec.guest.clone()));
+        }
+        let state = e.guest.run_state();
+        if state != RunState::Running {
+            return Err(Refusal::NotRunning {
+                guest: spec.guest.clone(),
+                state,
+            });
+        }
+        e.busy = true;
+        Ok(e.guest.clone())
+    }
+
+    /// The engine's options for outgoing migration `id`: the coordinator's
+    /// decision, cancel and limits (kept in `controls`, where requests for
+    /// it find them), this host's backend, metrics and journal.
+    fn source_options(
+        &self,
+        id: MigrationId,
+        tx: &tokio::sync::mpsc::UnboundedSender<Outgoing>,
+    ) -> SourceOptions {
+        let (cancel, limits, decision) = {
+            let mut c = self.controls.lock().expect("controls");
+            let e = c.entry(id).or_default();
+            e.running = true;
+            (e.cancel.clone(), e.limits.clone(), e.decision.clone())
+        };
+        SourceOptions {
+            commit: Some(Arc::new(CoordinatorCommit {
+                decision,
+                tx: tx.clone(),
+            })),
+            cancel: Some(cancel),
+            limits: Some(limits),
+            backend: self.cfg.backend,
+            metrics: Some(self.protocol_metrics.clone()),
+            software_dirty_log: self.cfg.software_dirty_log,
+            journal: self
+                .journal
+                .clone()
+                .map(|j| j as Arc<dyn crate::engine::Journal>),
+            ..Default::default()
+        }
+    }
+
+    /// The end of an outgoing migration: the guest gone from here, or
+    /// free to move again; the figures to the coordinator.
+    fn outgoing_ended(
+        &self,
+        name: &str,
+        mode: crate::protocol::EncryptionMode,
+        result: Result<
+            Result<engine::MigrationStats, engine::source::Failed>,
+            tokio::task::JoinError,
+        >,
+    ) -> Response {
         let mut inv = self.inventory.lock().expect("inventory");
         match result {
             Ok(Ok(stats)) => {
-                inv.guests.remove(&name);
+                inv.guests.remove(name);
                 self.migration_metrics.source_finished(&stats);
                 Response::Finished(Box::new(stats))
             }
             Ok(Err(failed)) => {
-                if let Some(e) = inv.guests.get_mut(&name) {
+                if let Some(e) = inv.guests.get_mut(name) {
                     e.busy = false;
                 }
                 let mut stats = failed.stats;
@@ -863,7 +1008,7 @@ impl Host {
                 Response::Finished(stats)
             }
             Err(join) => {
-                if let Some(e) = inv.guests.get_mut(&name) {
+                if let Some(e) = inv.guests.get_mut(name) {
                     e.busy = false;
                 }
                 self.migration_metrics
@@ -873,25 +1018,23 @@ impl Host {
         }
     }
 
-    fn allowed(&self, who: &Identity) -> Result<(), String> {
+    fn allowed(&self, who: &Identity) -> Result<(), Refusal> {
         if who.role != Role::Coordinator {
-            return Err(format!(
-                "{who} may not use a host's control API: coordinators only"
-            ));
+            return Err(Refusal::NotCoordinator(who.to_string()));
         }
         if !self.cfg.coordinators.is_empty() && !self.cfg.coordinators.contains(&who.name) {
-            return Err(format!(
-                "coordinator {} is not in {}'s coordinators list",
-                who.name, self.cfg.name
-            ));
+            return Err(Refusal::NotListed {
+                coordinator: who.name.clone(),
+                host: self.cfg.name.clone(),
+            });
         }
         Ok(())
     }
 
     async fn handle(self: Arc<Self>, who: Identity, req: Request, mut resp: Responder) {
         if let Err(e) = self.allowed(&who) {
-            tracing::warn!(host = %self.cfg.name, peer = %who, "refused: {e}");
-            let _ = resp.send(&Response::error(e)).await;
+            tracing::warn!(host = %self.cfg.name, peer = %who, "refused: {}", report(&e));
+            let _ = resp.send(&Response::error(report(&e))).await;
             return;
         }
         let req = match req {
@@ -901,8 +1044,8 @@ impl Host {
                 request,
             } if !matches!(*request, Request::Fenced { .. }) => {
                 if let Err(e) = self.epochs.admit(&site, epoch, &self.cfg.name) {
-                    tracing::warn!(host = %self.cfg.name, peer = %who, "refused: {e}");
-                    let _ = resp.send(&Response::error(e)).await;
+                    tracing::warn!(host = %self.cfg.name, peer = %who, "refused: {}", report(&e));
+                    let _ = resp.send(&Response::error(report(&e))).await;
                     return;
                 }
                 *request
@@ -919,8 +1062,8 @@ impl Host {
                         migration: self.migration_addr(),
                     },
                     Err(e) => {
-                        tracing::warn!(host = %self.cfg.name, "refused an incoming migration: {e}");
-                        Response::error(e)
+                        tracing::warn!(host = %self.cfg.name, "refused an incoming migration: {}", report(&e));
+                        Response::error(report(&e))
                     }
                 }
             }
@@ -928,8 +1071,8 @@ impl Host {
             Request::SettleGuest { guest, action } => match self.settle_guest(&guest, &action) {
                 Ok(()) => Response::Ok,
                 Err(e) => {
-                    tracing::warn!(host = %self.cfg.name, guest = %guest, "refused to settle: {e}");
-                    Response::error(e)
+                    tracing::warn!(host = %self.cfg.name, guest = %guest, "refused to settle: {}", report(&e));
+                    Response::error(report(&e))
                 }
             },
             Request::CancelOutgoing { id } => {
@@ -939,8 +1082,8 @@ impl Host {
             Request::Decide { id, decision } => match self.decide(id, decision) {
                 Ok(()) => Response::Ok,
                 Err(e) => {
-                    tracing::warn!(host = %self.cfg.name, migration = %id, "refused a decision: {e}");
-                    Response::error(e)
+                    tracing::warn!(host = %self.cfg.name, migration = %id, "refused a decision: {}", report(&e));
+                    Response::error(report(&e))
                 }
             },
             Request::SetOutgoingLimits { id, change } => match change.check() {
@@ -974,13 +1117,13 @@ impl Host {
     /// Takes the coordinator's decision on outgoing migration `id`, kept
     /// for its READY if it comes before. An abort also cancels it, so one
     /// not yet stunned stops at once.
-    fn decide(&self, id: MigrationId, d: control::wire::SwitchDecision) -> Result<(), String> {
+    fn decide(&self, id: MigrationId, d: control::wire::SwitchDecision) -> Result<(), Refusal> {
         let c = self.controls.lock().expect("controls");
         let Some(e) = c.get(&id).filter(|e| e.running) else {
-            return Err(format!(
-                "no outgoing migration {id} runs on {}: it ended, or never started here",
-                self.cfg.name
-            ));
+            return Err(Refusal::NoOutgoing {
+                id,
+                host: self.cfg.name.clone(),
+            });
         };
         let d = match d {
             control::wire::SwitchDecision::Go => engine::Decision::Go,
@@ -990,9 +1133,10 @@ impl Host {
             }
         };
         tracing::info!(host = %self.cfg.name, migration = %id, decision = ?d, "the coordinator decided");
-        e.decision
-            .decide(d)
-            .map_err(|old| format!("migration {id} was already decided: {old:?}"))
+        e.decision.decide(d).map_err(|old| Refusal::Decided {
+            id,
+            decision: format!("{old:?}"),
+        })
     }
 
     /// Changes migration `id`'s limits; the engine reads them as it goes
@@ -1017,29 +1161,41 @@ impl Host {
     /// Resumes a guest left paused here, or drops this host's copy of one
     /// that runs elsewhere, as a coordinator's `resolve` decided; journaled
     /// first, so a restart honours it.
-    fn settle_guest(&self, name: &str, action: &control::wire::SettleAction) -> Result<(), String> {
+    fn settle_guest(
+        &self,
+        name: &str,
+        action: &control::wire::SettleAction,
+    ) -> Result<(), Refusal> {
         use control::wire::SettleAction;
+        let guest = || name.to_string();
+        let host = || self.cfg.name.clone();
         let mut inv = self.inventory.lock().expect("inventory");
         let Some(e) = inv.guests.get(name).filter(|e| e.owned()) else {
-            return Err(format!("no guest {name} on {}", self.cfg.name));
+            return Err(Refusal::NoGuest {
+                guest: guest(),
+                host: host(),
+            });
         };
         if e.busy {
-            return Err(format!("guest {name} is migrating from {}", self.cfg.name));
+            return Err(Refusal::Migrating {
+                guest: guest(),
+                host: host(),
+            });
         }
         let journal = |entry| {
             self.journal.as_ref().map_or(Ok(()), |j| {
-                crate::engine::Journal::write(&**j, entry)
-                    .map_err(|e| format!("cannot record it in the journal: {e}", e = report(&e)))
+                crate::engine::Journal::write(&**j, entry).map_err(Refusal::Journal)
             })
         };
         match action {
             SettleAction::Resume { migration } => {
                 let state = e.guest.run_state();
                 if state != RunState::Paused {
-                    return Err(format!(
-                        "guest {name} is {state} on {}, not paused",
-                        self.cfg.name
-                    ));
+                    return Err(Refusal::NotPaused {
+                        guest: guest(),
+                        state,
+                        host: host(),
+                    });
                 }
                 if let Some(id) = migration {
                     journal(crate::engine::journal::Entry::Reclaimed {
@@ -1047,9 +1203,10 @@ impl Host {
                         guest: name,
                     })?;
                 }
-                e.guest
-                    .resume()
-                    .map_err(|err| format!("resuming {name}: {err}", err = report(&err)))?;
+                e.guest.resume().map_err(|source| Refusal::Resume {
+                    guest: guest(),
+                    source,
+                })?;
                 tracing::warn!(host = %self.cfg.name, guest = %name, "guest resumed here by a coordinator's resolve");
             }
             SettleAction::Discard { runs_on, migration } => {

@@ -4,10 +4,15 @@ use std::time::Duration;
 
 use serde::{Deserialize, Deserializer, Serializer};
 
-pub fn parse(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
+use super::unit::{UnitError, UnitProblem};
+
+const UNITS: &str = "ns, us, ms, s, m, h";
+
+pub fn parse(input: &str) -> Result<Duration, UnitError> {
+    let bad = |problem| UnitError::new("duration", input, problem);
+    let s = input.trim();
     if s.is_empty() {
-        return Err("empty duration".into());
+        return Err(bad(UnitProblem::Empty));
     }
     let mut total = Duration::ZERO;
     let mut rest = s;
@@ -16,13 +21,11 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
             .unwrap_or(rest.len());
         if num_end == 0 {
-            return Err(format!(
-                "invalid duration {s:?}: expected a number before the unit"
-            ));
+            return Err(bad(UnitProblem::Expected("a number before the unit")));
         }
         let value: f64 = rest[..num_end]
             .parse()
-            .map_err(|_| format!("invalid number in duration {s:?}"))?;
+            .map_err(|_| bad(UnitProblem::Expected("a number like 300ms or 1m30s")))?;
         rest = &rest[num_end..];
         let unit_end = rest
             .find(|c: char| c.is_ascii_digit() || c == '.')
@@ -37,14 +40,13 @@ pub fn parse(s: &str) -> Result<Duration, String> {
             "m" | "min" => 60.0,
             "h" => 3600.0,
             "" => {
-                return Err(format!(
-                    "invalid duration {s:?}: missing unit (ns, us, ms, s, m, h)"
-                ));
+                return Err(bad(UnitProblem::MissingUnit { units: UNITS }));
             }
             u => {
-                return Err(format!(
-                    "invalid duration {s:?}: unknown unit {u:?} (ns, us, ms, s, m, h)"
-                ));
+                return Err(bad(UnitProblem::UnknownUnit {
+                    unit: u.to_string(),
+                    units: UNITS,
+                }));
             }
         };
         total += Duration::from_secs_f64(value * secs);
@@ -91,10 +93,21 @@ mod tests {
 
     #[test]
     fn rejects_bad_input() {
-        assert!(parse("").is_err());
-        assert!(parse("10").unwrap_err().contains("missing unit"));
-        assert!(parse("10 parsecs").unwrap_err().contains("unknown unit"));
-        assert!(parse("ms").unwrap_err().contains("expected a number"));
+        assert_eq!(parse(" ").unwrap_err().problem, UnitProblem::Empty);
+        assert!(matches!(
+            parse("10").unwrap_err().problem,
+            UnitProblem::MissingUnit { .. }
+        ));
+        let e = parse("10 parsecs").unwrap_err();
+        assert!(matches!(&e.problem, UnitProblem::UnknownUnit { unit, .. } if unit == " parsecs"));
+        assert_eq!(
+            e.to_string(),
+            r#"invalid duration "10 parsecs": unknown unit " parsecs" (ns, us, ms, s, m, h)"#
+        );
+        assert!(matches!(
+            parse("ms").unwrap_err().problem,
+            UnitProblem::Expected(_)
+        ));
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod rate;
 mod ratio;
 mod schema;
 mod size;
+mod unit;
 
 use std::{
     fmt,
@@ -23,6 +24,7 @@ pub use rate::Rate;
 pub use ratio::Ratio;
 pub use schema::DurationText;
 pub use size::ByteSize;
+pub use unit::{UnitError, UnitProblem};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {

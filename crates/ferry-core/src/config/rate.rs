@@ -5,6 +5,8 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::unit::{UnitError, UnitProblem};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct Rate(pub u64);
 
@@ -13,7 +15,8 @@ impl Rate {
         self.0
     }
 
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnitError> {
+        let bad = |problem| UnitError::new("rate", s, problem);
         let t = s.trim();
         let split = t
             .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -21,7 +24,7 @@ impl Rate {
         let (num, unit) = t.split_at(split);
         let n: f64 = num
             .parse()
-            .map_err(|_| format!("invalid rate {s:?}: expected a number and a unit like 50Mbit"))?;
+            .map_err(|_| bad(UnitProblem::Expected("a number and a unit like 50Mbit")))?;
         let bytes_per_s = match unit.trim() {
             "bit" | "bps" => n / 8.0,
             "kbit" | "Kbit" => n * 1e3 / 8.0,
@@ -35,13 +38,14 @@ impl Rate {
             "MiB/s" => n * 1048576.0,
             "GiB/s" => n * 1073741824.0,
             u => {
-                return Err(format!(
-                    "invalid rate {s:?}: unknown unit {u:?} (bit, kbit, Mbit, Gbit, B/s, kB/s, MB/s, GB/s, KiB/s, MiB/s, GiB/s)"
-                ));
+                return Err(bad(UnitProblem::UnknownUnit {
+                    unit: u.to_string(),
+                    units: "bit, kbit, Mbit, Gbit, B/s, kB/s, MB/s, GB/s, KiB/s, MiB/s, GiB/s",
+                }));
             }
         };
         if !(1.0..=1e13).contains(&bytes_per_s) {
-            return Err(format!("rate {s:?} is out of range (1 B/s to 80 Tbit/s)"));
+            return Err(bad(UnitProblem::OutOfRange("(1 B/s to 80 Tbit/s)")));
         }
         Ok(Rate(bytes_per_s.round() as u64))
     }
@@ -87,11 +91,10 @@ mod tests {
         assert_eq!(Rate::parse("1.5Gbit").unwrap().0, 187_500_000);
         assert_eq!(Rate::parse("10MB/s").unwrap().0, 10_000_000);
         assert!(Rate::parse("fast").is_err());
-        assert!(
-            Rate::parse("5 furlongs")
-                .unwrap_err()
-                .contains("unknown unit")
-        );
+        assert!(matches!(
+            Rate::parse("5 furlongs").unwrap_err().problem,
+            UnitProblem::UnknownUnit { .. }
+        ));
         assert_eq!(Rate(6_250_000).to_string(), "50Mbit");
         assert_eq!(
             Rate::parse(&Rate(125_000_000).to_string()).unwrap().0,

@@ -4,21 +4,26 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::unit::{UnitError, UnitProblem};
+
 #[derive(Clone, Copy, Debug, PartialEq, PartialOrd, Default)]
 pub struct Ratio(pub f64);
 
 impl Ratio {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnitError> {
+        let bad = |problem| UnitError::new("ratio", s, problem);
         let t = s.trim();
         let v = match t.strip_suffix('%') {
             Some(p) => p.trim().parse::<f64>().map(|v| v / 100.0),
             None => t.parse::<f64>(),
         }
         .map_err(|_| {
-            format!("invalid ratio {s:?}: expected a percentage like 1.5% or a fraction like 0.015")
+            bad(UnitProblem::Expected(
+                "a percentage like 1.5% or a fraction like 0.015",
+            ))
         })?;
         if !(0.0..=1.0).contains(&v) {
-            return Err(format!("ratio {s:?} is out of range 0% to 100%"));
+            return Err(bad(UnitProblem::OutOfRange("0% to 100%")));
         }
         Ok(Ratio(v))
     }
@@ -61,7 +66,10 @@ mod tests {
         assert_eq!(Ratio::parse("1%").unwrap().0, 0.01);
         assert_eq!(Ratio::parse("0.5 %").unwrap().0, 0.005);
         assert_eq!(Ratio::parse("0.25").unwrap().0, 0.25);
-        assert!(Ratio::parse("101%").unwrap_err().contains("out of range"));
+        assert!(matches!(
+            Ratio::parse("101%").unwrap_err().problem,
+            UnitProblem::OutOfRange(_)
+        ));
         assert!(Ratio::parse("lots").is_err());
         assert_eq!(Ratio::parse(&Ratio(0.02).to_string()).unwrap().0, 0.02);
     }

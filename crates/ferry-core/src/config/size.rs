@@ -4,17 +4,20 @@ use std::fmt;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
 
+use super::unit::{UnitError, UnitProblem};
+
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Default)]
 pub struct ByteSize(pub u64);
 
 impl ByteSize {
-    pub fn parse(s: &str) -> Result<Self, String> {
+    pub fn parse(s: &str) -> Result<Self, UnitError> {
+        let bad = |problem| UnitError::new("size", s, problem);
         let t = s.trim();
         let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
         let (num, unit) = t.split_at(split);
         let n: u64 = num
             .parse()
-            .map_err(|_| format!("invalid size {s:?}: expected a number and a unit like 512MiB"))?;
+            .map_err(|_| bad(UnitProblem::Expected("a number and a unit like 512MiB")))?;
         let mul: u64 = match unit.trim() {
             "" | "B" => 1,
             "KiB" => 1 << 10,
@@ -26,14 +29,15 @@ impl ByteSize {
             "GB" => 1_000_000_000,
             "TB" => 1_000_000_000_000,
             u => {
-                return Err(format!(
-                    "invalid size {s:?}: unknown unit {u:?} (B, KiB, MiB, GiB, TiB, kB, MB, GB, TB)"
-                ));
+                return Err(bad(UnitProblem::UnknownUnit {
+                    unit: u.to_string(),
+                    units: "B, KiB, MiB, GiB, TiB, kB, MB, GB, TB",
+                }));
             }
         };
         n.checked_mul(mul)
             .map(ByteSize)
-            .ok_or_else(|| format!("size {s:?} is too large"))
+            .ok_or_else(|| bad(UnitProblem::OutOfRange("(at most 16 EiB)")))
     }
 }
 
@@ -86,7 +90,10 @@ mod tests {
         assert_eq!(ByteSize::parse("10GB").unwrap().0, 10_000_000_000);
         assert_eq!(ByteSize::parse("4096").unwrap().0, 4096);
         assert!(ByteSize::parse("1 parsec").is_err());
-        assert!(ByteSize::parse("99999999999TiB").is_err());
+        assert_eq!(
+            ByteSize::parse("99999999999TiB").unwrap_err().problem,
+            UnitProblem::OutOfRange("(at most 16 EiB)")
+        );
         assert_eq!(ByteSize(3 << 30).to_string(), "3GiB");
     }
 }

@@ -1,6 +1,7 @@
 //! The router classifier's maps: rules, classes, counters.
 
 use aya::maps::{Array, PerCpuHashMap};
+use ferry_common::names::map;
 use ferry_common::{
     classify::{
         ClassCounter, ClassEntry, ClassKey, MAX_CLASSES, MAX_RULES, PolicerState, RouterSettings,
@@ -33,9 +34,11 @@ impl Dataplane {
         }
         let n = rules.len() as u32;
         let old = {
-            let s: Array<_, RouterSettings> = Array::try_from(self.map("ROUTER_SETTINGS")?)
-                .map_err(map_err("ROUTER_SETTINGS"))?;
-            s.get(&0, 0).map_err(map_err("ROUTER_SETTINGS"))?.rule_count
+            let s: Array<_, RouterSettings> = Array::try_from(self.map(map::ROUTER_SETTINGS)?)
+                .map_err(map_err(map::ROUTER_SETTINGS))?;
+            s.get(&0, 0)
+                .map_err(map_err(map::ROUTER_SETTINGS))?
+                .rule_count
         };
         let settings = |count| RouterSettings {
             rule_count: count,
@@ -47,18 +50,18 @@ impl Dataplane {
         }
         {
             let mut r: Array<_, Rule> =
-                Array::try_from(self.map_mut("RULES")?).map_err(map_err("RULES"))?;
+                Array::try_from(self.map_mut(map::RULES)?).map_err(map_err(map::RULES))?;
             for (i, rule) in rules.iter().enumerate() {
-                r.set(i as u32, rule, 0).map_err(map_err("RULES"))?;
+                r.set(i as u32, rule, 0).map_err(map_err(map::RULES))?;
             }
         }
         self.write_settings(settings(n))
     }
 
     fn write_settings(&mut self, s: RouterSettings) -> Result<()> {
-        let mut a: Array<_, RouterSettings> = Array::try_from(self.map_mut("ROUTER_SETTINGS")?)
-            .map_err(map_err("ROUTER_SETTINGS"))?;
-        a.set(0, s, 0).map_err(map_err("ROUTER_SETTINGS"))
+        let mut a: Array<_, RouterSettings> = Array::try_from(self.map_mut(map::ROUTER_SETTINGS)?)
+            .map_err(map_err(map::ROUTER_SETTINGS))?;
+        a.set(0, s, 0).map_err(map_err(map::ROUTER_SETTINGS))
     }
 
     /// Sets class `id`'s HTB handle and policer; a changed policer starts
@@ -71,17 +74,17 @@ impl Dataplane {
         }
         let old = {
             let a: Array<_, ClassEntry> =
-                Array::try_from(self.map("CLASSES")?).map_err(map_err("CLASSES"))?;
-            a.get(&u32::from(id), 0).map_err(map_err("CLASSES"))?
+                Array::try_from(self.map(map::CLASSES)?).map_err(map_err(map::CLASSES))?;
+            a.get(&u32::from(id), 0).map_err(map_err(map::CLASSES))?
         };
         {
             let mut a: Array<_, ClassEntry> =
-                Array::try_from(self.map_mut("CLASSES")?).map_err(map_err("CLASSES"))?;
-            a.set(u32::from(id), e, 0).map_err(map_err("CLASSES"))?;
+                Array::try_from(self.map_mut(map::CLASSES)?).map_err(map_err(map::CLASSES))?;
+            a.set(u32::from(id), e, 0).map_err(map_err(map::CLASSES))?;
         }
         if old.police_rate != e.police_rate || old.police_burst != e.police_burst {
             let mut p: Array<_, PolicerState> =
-                Array::try_from(self.map_mut("POLICERS")?).map_err(map_err("POLICERS"))?;
+                Array::try_from(self.map_mut(map::POLICERS)?).map_err(map_err(map::POLICERS))?;
             p.set(
                 u32::from(id),
                 PolicerState {
@@ -90,7 +93,7 @@ impl Dataplane {
                 },
                 0,
             )
-            .map_err(map_err("POLICERS"))?;
+            .map_err(map_err(map::POLICERS))?;
         }
         Ok(())
     }
@@ -98,11 +101,11 @@ impl Dataplane {
     /// Every class counter, sorted.
     pub fn class_counters(&self) -> Result<Vec<ClassCount>> {
         let m: PerCpuHashMap<_, ClassKey, ClassCounter> =
-            PerCpuHashMap::try_from(self.map("CLASS_COUNTERS")?)
-                .map_err(map_err("CLASS_COUNTERS"))?;
+            PerCpuHashMap::try_from(self.map(map::CLASS_COUNTERS)?)
+                .map_err(map_err(map::CLASS_COUNTERS))?;
         let mut out = Vec::new();
         for e in m.iter() {
-            let (k, v) = e.map_err(map_err("CLASS_COUNTERS"))?;
+            let (k, v) = e.map_err(map_err(map::CLASS_COUNTERS))?;
             let Some(direction) = Direction::from_u8(k.direction) else {
                 continue;
             };

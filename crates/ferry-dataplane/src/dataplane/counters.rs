@@ -5,7 +5,7 @@ use ferry_common::counters::{Counter, Direction, TagKind, VlanKey};
 
 use super::{Dataplane, DataplaneError, Result};
 
-const MAP: &str = "VLAN_COUNTERS";
+const MAP: &str = ferry_common::names::map::VLAN_COUNTERS;
 
 /// Traffic of one VLAN on one interface in one direction, summed over CPUs.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord)]

@@ -1,5 +1,6 @@
 //! The host's migration tagging: settings, endpoints, statistics.
 
+use ferry_common::names::{map, program};
 use std::net::{IpAddr, SocketAddr};
 
 use aya::{
@@ -38,14 +39,14 @@ pub fn ip_words(ip: IpAddr) -> ([u32; 4], u8) {
 impl Dataplane {
     /// Tags migration streams leaving `ifname` and untags them arriving.
     pub fn attach_migration_tagging(&mut self, ifname: &str) -> Result<()> {
-        self.attach_tc("mig_tag_egress", ifname, TcAttachType::Egress)?;
-        self.attach_tc("mig_untag_ingress", ifname, TcAttachType::Ingress)?;
+        self.attach_tc(program::MIG_TAG_EGRESS, ifname, TcAttachType::Egress)?;
+        self.attach_tc(program::MIG_UNTAG_INGRESS, ifname, TcAttachType::Ingress)?;
         Ok(())
     }
 
     pub fn set_migration_vlan(&mut self, vlan: u16, pcp: u8, dscp: u8) -> Result<()> {
-        let mut a: Array<_, MigSettings> =
-            Array::try_from(self.map_mut("MIG_SETTINGS")?).map_err(map_err("MIG_SETTINGS"))?;
+        let mut a: Array<_, MigSettings> = Array::try_from(self.map_mut(map::MIG_SETTINGS)?)
+            .map_err(map_err(map::MIG_SETTINGS))?;
         a.set(
             0,
             MigSettings {
@@ -57,30 +58,30 @@ impl Dataplane {
             },
             0,
         )
-        .map_err(map_err("MIG_SETTINGS"))
+        .map_err(map_err(map::MIG_SETTINGS))
     }
 
     /// Flows with `ep` at either end are migration streams.
     pub fn add_migration_endpoint(&mut self, ep: SocketAddr) -> Result<()> {
-        let mut m: HashMap<_, Endpoint, u8> =
-            HashMap::try_from(self.map_mut("MIG_ENDPOINTS")?).map_err(map_err("MIG_ENDPOINTS"))?;
+        let mut m: HashMap<_, Endpoint, u8> = HashMap::try_from(self.map_mut(map::MIG_ENDPOINTS)?)
+            .map_err(map_err(map::MIG_ENDPOINTS))?;
         m.insert(endpoint(ep), 1, 0)
-            .map_err(map_err("MIG_ENDPOINTS"))
+            .map_err(map_err(map::MIG_ENDPOINTS))
     }
 
     pub fn remove_migration_endpoint(&mut self, ep: SocketAddr) -> Result<()> {
-        let mut m: HashMap<_, Endpoint, u8> =
-            HashMap::try_from(self.map_mut("MIG_ENDPOINTS")?).map_err(map_err("MIG_ENDPOINTS"))?;
+        let mut m: HashMap<_, Endpoint, u8> = HashMap::try_from(self.map_mut(map::MIG_ENDPOINTS)?)
+            .map_err(map_err(map::MIG_ENDPOINTS))?;
         match m.remove(&endpoint(ep)) {
             Ok(()) | Err(aya::maps::MapError::KeyNotFound) => Ok(()),
-            Err(e) => Err(map_err("MIG_ENDPOINTS")(e)),
+            Err(e) => Err(map_err(map::MIG_ENDPOINTS)(e)),
         }
     }
 
     pub fn migration_stats(&self) -> Result<MigStats> {
         let a: PerCpuArray<_, MigStats> =
-            PerCpuArray::try_from(self.map("MIG_STATS")?).map_err(map_err("MIG_STATS"))?;
-        let v = a.get(&0, 0).map_err(map_err("MIG_STATS"))?;
+            PerCpuArray::try_from(self.map(map::MIG_STATS)?).map_err(map_err(map::MIG_STATS))?;
+        let v = a.get(&0, 0).map_err(map_err(map::MIG_STATS))?;
         Ok(v.iter().fold(MigStats::default(), |a, s| MigStats {
             tagged_packets: a.tagged_packets + s.tagged_packets,
             tagged_bytes: a.tagged_bytes + s.tagged_bytes,

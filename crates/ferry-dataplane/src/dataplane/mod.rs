@@ -10,6 +10,7 @@ mod counters;
 pub mod migration;
 pub mod watch;
 
+use ferry_common::names::program;
 use ferry_core::error::report;
 use std::{
     collections::BTreeMap,
@@ -271,8 +272,8 @@ impl Dataplane {
 
     /// Counts every frame in and out of `ifname` by VLAN.
     pub fn attach_vlan_counters(&mut self, ifname: &str) -> Result<Attached> {
-        self.attach_tc("vlan_count_ingress", ifname, TcAttachType::Ingress)?;
-        let ifindex = self.attach_tc("vlan_count_egress", ifname, TcAttachType::Egress)?;
+        self.attach_tc(program::VLAN_COUNT_INGRESS, ifname, TcAttachType::Ingress)?;
+        let ifindex = self.attach_tc(program::VLAN_COUNT_EGRESS, ifname, TcAttachType::Egress)?;
         Ok(Attached {
             ifname: ifname.to_string(),
             ifindex,
@@ -389,5 +390,30 @@ fn map_err(name: &'static str) -> impl FnOnce(aya::maps::MapError) -> DataplaneE
     move |e| DataplaneError::Map {
         name,
         source: Box::new(e),
+    }
+}
+
+#[cfg(all(test, feature = "ebpf"))]
+mod tests {
+    use std::collections::BTreeSet;
+
+    use ferry_common::names::{map, program};
+
+    /// Every map and program name userspace looks up is in the object, and
+    /// the object has no other: a renamed static or function fails here, not
+    /// at the first load on a router.
+    #[test]
+    fn the_object_has_exactly_the_maps_and_programs_userspace_names() {
+        let obj = aya_obj::Object::parse(super::OBJECT).expect("the built eBPF object parses");
+        let maps: BTreeSet<&str> = obj
+            .maps
+            .keys()
+            .map(String::as_str)
+            // Sections the compiler adds, not maps of ours.
+            .filter(|m| !m.starts_with('.'))
+            .collect();
+        let programs: BTreeSet<&str> = obj.programs.keys().map(String::as_str).collect();
+        assert_eq!(maps, map::ALL.iter().copied().collect(), "maps");
+        assert_eq!(programs, program::ALL.iter().copied().collect(), "programs");
     }
 }

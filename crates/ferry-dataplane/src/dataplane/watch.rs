@@ -1,5 +1,6 @@
 //! The announcement watch: its ring buffer of events and its MAC table.
 
+use ferry_common::names::{map, program};
 use std::{
     os::fd::{AsFd, AsRawFd},
     time::Duration,
@@ -53,7 +54,7 @@ impl WatchEvents {
 impl Dataplane {
     /// Watches frames arriving on `ifname` for announcements and MAC moves.
     pub fn attach_watch(&mut self, ifname: &str) -> Result<()> {
-        self.attach_tc("watch_ingress", ifname, TcAttachType::Ingress)
+        self.attach_tc(program::WATCH_INGRESS, ifname, TcAttachType::Ingress)
             .map(drop)
     }
 
@@ -61,10 +62,10 @@ impl Dataplane {
     pub fn watch_events(&mut self) -> Result<WatchEvents> {
         let map = self
             .ebpf_mut()
-            .take_map("WATCH_EVENTS")
+            .take_map(map::WATCH_EVENTS)
             .ok_or(DataplaneError::MissingMap("WATCH_EVENTS"))?;
         Ok(WatchEvents {
-            ring: RingBuf::try_from(map).map_err(map_err("WATCH_EVENTS"))?,
+            ring: RingBuf::try_from(map).map_err(map_err(map::WATCH_EVENTS))?,
         })
     }
 
@@ -72,10 +73,10 @@ impl Dataplane {
     pub fn mac_table(&self) -> Result<Vec<(MacKey, MacEntry)>> {
         // aya reads an LRU hash through its HashMap view.
         let m: HashMap<_, MacKey, MacEntry> =
-            HashMap::try_from(self.map("MAC_TABLE")?).map_err(map_err("MAC_TABLE"))?;
+            HashMap::try_from(self.map(map::MAC_TABLE)?).map_err(map_err(map::MAC_TABLE))?;
         let mut out = Vec::new();
         for e in m.iter() {
-            out.push(e.map_err(map_err("MAC_TABLE"))?);
+            out.push(e.map_err(map_err(map::MAC_TABLE))?);
         }
         Ok(out)
     }

@@ -1,7 +1,6 @@
 //! `ferry router` configuration, and its compilation into the rules and
 //! classes the eBPF classifier reads.
 
-use ferry_core::error::report;
 use std::{net::IpAddr, path::PathBuf, time::Duration};
 
 use ferry_common::{
@@ -190,8 +189,29 @@ pub fn htb_minor(class: u16) -> u16 {
     0x100 + class
 }
 
-fn ports(s: &str) -> Result<(u16, u16), String> {
-    let bad = || format!("{s:?}: expected a port or a range like 5000-5100");
+/// Why one `matches` entry of a class cannot become a rule.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MatchError {
+    #[error("{0:?}: expected a port or a range like 5000-5100")]
+    Ports(String),
+    #[error("unknown protocol {0:?}: tcp, udp, icmp, icmpv6 or a number")]
+    Protocol(String),
+    #[error("{0:?} is not an address or prefix")]
+    Address(String),
+    #[error(transparent)]
+    Prefix(#[from] crate::net::BadCidr),
+    #[error("{field} {value} is out of range {range}")]
+    OutOfRange {
+        field: &'static str,
+        value: u16,
+        range: &'static str,
+    },
+    #[error("src and dst are of different address families")]
+    Families,
+}
+
+fn ports(s: &str) -> Result<(u16, u16), MatchError> {
+    let bad = || MatchError::Ports(s.to_string());
     let (lo, hi) = match s.split_once('-') {
         Some((a, b)) => (
             a.trim().parse().map_err(|_| bad())?,
@@ -208,26 +228,22 @@ fn ports(s: &str) -> Result<(u16, u16), String> {
     Ok((lo, hi))
 }
 
-fn protocol(s: &str) -> Result<u8, String> {
+fn protocol(s: &str) -> Result<u8, MatchError> {
     Ok(match s {
         "tcp" => 6,
         "udp" => 17,
         "icmp" => 1,
         "icmpv6" => 58,
-        n => n
-            .parse()
-            .map_err(|_| format!("unknown protocol {n:?}: tcp, udp, icmp, icmpv6 or a number"))?,
+        n => n.parse().map_err(|_| MatchError::Protocol(n.to_string()))?,
     })
 }
 
 /// (words, mask words, family) of an address or prefix.
-fn net(s: &str) -> Result<([u32; 4], [u32; 4], u8), String> {
+fn net(s: &str) -> Result<([u32; 4], [u32; 4], u8), MatchError> {
     let (ip, prefix) = if s.contains('/') {
-        parse_cidr(s).map_err(|e| report(&e).to_string())?
+        parse_cidr(s)?
     } else {
-        let ip: IpAddr = s
-            .parse()
-            .map_err(|_| format!("{s:?} is not an address or prefix"))?;
+        let ip: IpAddr = s.parse().map_err(|_| MatchError::Address(s.to_string()))?;
         (ip, if ip.is_ipv4() { 32 } else { 128 })
     };
     let (words, family) = crate::dataplane::migration::ip_words(ip);
@@ -252,7 +268,12 @@ fn net(s: &str) -> Result<([u32; 4], [u32; 4], u8), String> {
     Ok((netw, mask, family))
 }
 
-fn compile_match(class: u16, mt: &Match) -> Result<Rule, String> {
+fn compile_match(class: u16, mt: &Match) -> Result<Rule, MatchError> {
+    let range = |field, value, range| MatchError::OutOfRange {
+        field,
+        value,
+        range,
+    };
     let mut r = Rule {
         class,
         sport_hi: u16::MAX,
@@ -269,21 +290,21 @@ fn compile_match(class: u16, mt: &Match) -> Result<Rule, String> {
     }
     if let Some(v) = mt.vlan {
         if !(1..=4094).contains(&v) {
-            return Err(format!("vlan {v} is out of range 1..=4094"));
+            return Err(range("vlan", v, "1..=4094"));
         }
         r.flags |= m::VLAN;
         r.vlan = v;
     }
     if let Some(v) = mt.inner_vlan {
         if !(1..=4094).contains(&v) {
-            return Err(format!("inner_vlan {v} is out of range 1..=4094"));
+            return Err(range("inner_vlan", v, "1..=4094"));
         }
         r.flags |= m::INNER_VLAN;
         r.inner_vlan = v;
     }
     if let Some(d) = mt.dscp {
         if d > 63 {
-            return Err(format!("dscp {d} is out of range 0..=63"));
+            return Err(range("dscp", d.into(), "0..=63"));
         }
         r.flags |= m::DSCP;
         r.dscp = d;
@@ -297,7 +318,7 @@ fn compile_match(class: u16, mt: &Match) -> Result<Rule, String> {
         if let Some(s) = s {
             let (n, mask, fam) = net(s)?;
             if family.is_some_and(|f| f != fam) {
-                return Err("src and dst are of different address families".into());
+                return Err(MatchError::Families);
             }
             family = Some(fam);
             r.flags |= flag | m::FAMILY;

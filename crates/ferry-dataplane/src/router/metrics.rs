@@ -3,7 +3,6 @@
 //! re-convergence counted as the watch reports them. Labels are interface
 //! and class names from the configuration (bounded), never MAC addresses.
 
-use ferry_core::error::report;
 use std::{
     collections::BTreeMap,
     sync::{Arc, Mutex},
@@ -254,13 +253,10 @@ fn read(
     ifaces: &BTreeMap<u32, String>,
     netns: &Option<Arc<Netns>>,
     s: &mut Sample,
-) -> Result<(), String> {
+) -> Result<(), super::RouterError> {
     let (counts, macs) = {
         let dp = dp.lock().expect("dataplane lock");
-        (
-            dp.class_counters().map_err(|e| report(&e).to_string())?,
-            dp.mac_table().map_err(|e| report(&e).to_string())?.len(),
-        )
+        (dp.class_counters()?, dp.mac_table()?.len())
     };
     for c in counts {
         // Pinned counters can outlive an interface a new config dropped.
@@ -294,7 +290,7 @@ fn read(
     if shaped.is_empty() {
         return Ok(());
     }
-    let mut nl = super::Router::netlink(netns).map_err(|e| report(&e).to_string())?;
+    let mut nl = super::Router::netlink(netns)?;
     for (ifc, shape) in shaped {
         let link = shape.rate.bytes_per_second();
         s.set(
@@ -302,9 +298,7 @@ fn read(
             &[&ifc.name],
             link as f64,
         );
-        let stats = nl
-            .class_stats(&ifc.name)
-            .map_err(|e| report(&e).to_string())?;
+        let stats = nl.class_stats(&ifc.name)?;
         for c in &cfg.classes {
             let r = super::class_rates(cfg, link, c.id);
             let l = [ifc.name.as_str(), c.name.as_str()];

@@ -12,6 +12,7 @@ pub mod config;
 pub mod metrics;
 pub mod watch;
 
+use ferry_common::names::{map, program};
 use std::{
     collections::BTreeMap,
     path::PathBuf,
@@ -183,13 +184,13 @@ impl Router {
             };
             if ifc.classify {
                 dp.attach_tc_pinned(
-                    "classify_ingress",
+                    program::CLASSIFY_INGRESS,
                     &ifc.name,
                     TcAttachType::Ingress,
                     pin("classify-in").as_deref(),
                 )?;
                 dp.attach_tc_pinned(
-                    "classify_egress",
+                    program::CLASSIFY_EGRESS,
                     &ifc.name,
                     TcAttachType::Egress,
                     pin("classify-out").as_deref(),
@@ -197,7 +198,7 @@ impl Router {
             }
             if ifc.watch {
                 dp.attach_tc_pinned(
-                    "watch_ingress",
+                    program::WATCH_INGRESS,
                     &ifc.name,
                     TcAttachType::Ingress,
                     pin("watch-in").as_deref(),
@@ -214,7 +215,7 @@ impl Router {
         let steering = if cfg.interfaces.iter().any(|i| i.wan) {
             let m = dp
                 .ebpf_mut()
-                .take_map("WAN_LINES")
+                .take_map(map::WAN_LINES)
                 .ok_or(DataplaneError::MissingMap("WAN_LINES"))?;
             Some(aya::maps::HashMap::try_from(m).map_err(crate::wan::WanError::from)?)
         } else {

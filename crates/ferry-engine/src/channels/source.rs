@@ -243,12 +243,11 @@ impl<'a> Outgoing<'a> {
             return Err(run.fail(MigrationError::Spec(e)));
         }
         if spec.machine.is_none() || mem != spec.memory {
-            return Err(run.fail(MigrationError::Spec(format!(
-                "spec {} does not describe guest {}'s machine ({} bytes)",
-                spec.id,
-                guest.name(),
-                mem
-            ))));
+            return Err(run.fail(MigrationError::SpecMachine {
+                id: spec.id,
+                guest: guest.name().to_string(),
+                bytes: mem,
+            }));
         }
         let schedule = spec
             .key

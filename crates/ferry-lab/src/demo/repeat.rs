@@ -81,7 +81,7 @@ fn load1() -> f64 {
 
 /// Runs the demo `runs` times with `hogs` spinning threads, printing a line
 /// per run as it ends.
-pub async fn run(cfg: &DemoConfig, runs: u32, hogs: usize) -> anyhow::Result<Report> {
+pub async fn run(cfg: &DemoConfig, runs: u32, hogs: usize) -> crate::error::Result<Report> {
     let machine = Machine::probe();
     eprintln!("{machine}");
     eprintln!("running the demo {runs} times with {hogs} spinning threads");
@@ -107,7 +107,7 @@ pub async fn run(cfg: &DemoConfig, runs: u32, hogs: usize) -> anyhow::Result<Rep
                 total_seconds: None,
                 downtime_seconds: None,
                 load: load1(),
-                error: Some(format!("{e:#}")),
+                error: Some(ferry_core::error::report(&e).to_string()),
             },
         };
         eprintln!(

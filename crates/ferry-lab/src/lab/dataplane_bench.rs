@@ -3,9 +3,10 @@
 //! forwarding throughput of a router namespace without ferry, with TCX
 //! classification, and with XDP classification at ingress.
 
+use ferry_common::names::program;
 use std::sync::Arc;
 
-use anyhow::{Context, Result};
+use crate::error::{Context, Result};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use serde::Serialize;
 
@@ -120,11 +121,13 @@ fn costs() -> Result<Vec<ProgramCost>> {
     for (case, last_only) in [("first rule matches", false), ("16th rule matches", true)] {
         let cfg: RouterConfig = config::from_str(&rules_yaml(last_only), "bench.yaml")?;
         let mut dp = Dataplane::load(None)?;
-        let (rules, default) = cfg
-            .compile()
-            .map_err(|i| anyhow::anyhow!("{}: {}", i.field, i.message))?;
+        let (rules, default) = cfg.compile()?;
         dp.set_rules(&rules, default)?;
-        for p in ["classify_ingress", "classify_xdp", "classify_egress"] {
+        for p in [
+            program::CLASSIFY_INGRESS,
+            program::CLASSIFY_XDP,
+            program::CLASSIFY_EGRESS,
+        ] {
             out.push(ProgramCost {
                 program: p.into(),
                 case: case.into(),
@@ -135,9 +138,9 @@ fn costs() -> Result<Vec<ProgramCost>> {
     let mut dp = Dataplane::load(None)?;
     dp.set_migration_vlan(100, 4, 10)?;
     for (p, case) in [
-        ("vlan_count_ingress", "untagged TCP"),
-        ("mig_tag_egress", "not a migration stream"),
-        ("watch_ingress", "data from a known MAC"),
+        (program::VLAN_COUNT_INGRESS, "untagged TCP"),
+        (program::MIG_TAG_EGRESS, "not a migration stream"),
+        (program::WATCH_INGRESS, "data from a known MAC"),
     ] {
         out.push(ProgramCost {
             program: p.into(),
@@ -185,11 +188,9 @@ fn forwarding(secs: u32, progress: &dyn Fn(&str)) -> Result<Vec<Forwarding>> {
     progress("forwarding: XDP classification at ra (native on veth)");
     let mut dp = Dataplane::load(Some(Arc::clone(&r)))?;
     let cfg: RouterConfig = config::from_str(&rules_yaml(true), "bench.yaml")?;
-    let (rules, default) = cfg
-        .compile()
-        .map_err(|i| anyhow::anyhow!("{}: {}", i.field, i.message))?;
+    let (rules, default) = cfg.compile()?;
     dp.set_rules(&rules, default)?;
-    dp.attach_xdp("classify_xdp", "ra", true)?;
+    dp.attach_xdp(program::CLASSIFY_XDP, "ra", true)?;
     let xdp = iperf(&a, &b, secs)?;
     out.push(Forwarding {
         setup: "XDP classify at ingress (native, veth)".into(),

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use anyhow::{Context, bail};
+use crate::error::{Context, LabError, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -181,13 +181,11 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 }
 
 /// Runs every scenario with every transport; `progress` hears about each run.
-pub fn run(cfg: &ExperimentConfig, mut progress: impl FnMut(&str)) -> anyhow::Result<Results> {
-    let (tx, events) = mpsc::channel();
-    let tx = Mutex::new(tx);
-    let registry = IncomingRegistry::new(cfg.backend, None, Duration::from_secs(30), move |e| {
-        let _ = tx.lock().expect("events").send(e);
-    });
-    let listener = MigrationListener::bind("127.0.0.1:0".parse()?, registry.clone())?;
+pub fn run(
+    cfg: &ExperimentConfig,
+    mut progress: impl FnMut(&str),
+) -> crate::error::Result<Results> {
+    let dest = Destination::new(cfg.backend)?;
     let mut rows = Vec::new();
     let total = cfg.scenarios.len() * cfg.transports.len() * cfg.repeat as usize;
     let mut n = 0;
@@ -200,98 +198,7 @@ pub fn run(cfg: &ExperimentConfig, mut progress: impl FnMut(&str)) -> anyhow::Re
                     sc.label,
                     r + 1
                 ));
-                let memory = sc.memory.unwrap_or(cfg.guest.memory).0;
-                let gc = SyntheticConfig {
-                    memory,
-                    vcpus: sc.vcpus.unwrap_or(cfg.guest.vcpus),
-                    workload: sc.workload.clone(),
-                    prefill: cfg.guest.prefill,
-                    seed: 1 + n as u64,
-                };
-                let src = SyntheticGuest::boot("guest", &gc)?;
-                std::thread::sleep(cfg.warmup);
-                let spec = MigrationSpec {
-                    id: MigrationId::generate(),
-                    guest: "guest".into(),
-                    memory,
-                    source: Endpoint {
-                        host: "source".into(),
-                        migration: "127.0.0.1:0".parse()?,
-                    },
-                    destination: Endpoint {
-                        host: "destination".into(),
-                        migration: listener.local_addr(),
-                    },
-                    mode: EncryptionMode::Opportunistic,
-                    setting: EncryptionMode::Opportunistic,
-                    transport,
-                    key: transport.encrypted().then(MigrationKey::generate),
-                    nonce: 1,
-                    streams: cfg.streams,
-                    limits: cfg.limits.clone(),
-                    machine: None,
-                };
-                let dst = SyntheticGuest::incoming("guest", memory)?;
-                registry
-                    .prepare(&spec, dst.clone())
-                    .map_err(anyhow::Error::msg)?;
-                let opts = SourceOptions {
-                    backend: cfg.backend,
-                    ..Default::default()
-                };
-                let start = unix_ms();
-                let src_dyn: Arc<dyn Guest> = src.clone();
-                let stats = migrate_out(src_dyn, &spec, &opts, &mut |_| {})
-                    .map_err(|f| anyhow::anyhow!("{}: {}", sc.label, f.error))?;
-                let end = unix_ms();
-                let open_cpu = match events
-                    .recv_timeout(Duration::from_secs(30))
-                    .context("the destination reported nothing")?
-                {
-                    DestinationEvent::Resumed { stats, .. } => stats.open_cpu_seconds,
-                    DestinationEvent::Aborted { reason, .. } => {
-                        bail!("{}: destination aborted: {reason}", sc.label)
-                    }
-                };
-                std::thread::sleep(Duration::from_millis(500));
-                let before = src.timeline();
-                let after = dst.timeline();
-                dst.release();
-                let pick = |samples: &[crate::guest::Sample], f: &dyn Fn(u64) -> bool| {
-                    mean(
-                        samples
-                            .iter()
-                            .filter(|s| f(s.unix_ms))
-                            .map(|s| s.ops_per_second),
-                    )
-                };
-                if stats.result != MigrationResult::Completed {
-                    bail!("{}: {:?}", sc.label, stats.error);
-                }
-                rows.push(Row {
-                    scenario: sc.label.clone(),
-                    transport,
-                    run: r,
-                    memory_bytes: memory,
-                    total_seconds: stats.total_seconds,
-                    downtime_seconds: stats.downtime_seconds,
-                    transferred_bytes: stats.transferred_bytes,
-                    passes: stats.passes,
-                    normal_pages: stats.normal_pages,
-                    zero_pages: stats.zero_pages,
-                    throttle_max_percent: stats.throttle_max_percent,
-                    seal_cpu_seconds: stats.seal_cpu_seconds,
-                    open_cpu_seconds: open_cpu,
-                    ops_before: pick(&before, &|t| t < start),
-                    ops_during: mean(
-                        before
-                            .iter()
-                            .chain(after.iter())
-                            .filter(|s| s.unix_ms >= start && s.unix_ms <= end)
-                            .map(|s| s.ops_per_second),
-                    ),
-                    ops_after: pick(&after, &|t| t > end),
-                });
+                rows.push(dest.one(cfg, sc, transport, r, 1 + n as u64)?);
             }
         }
     }
@@ -302,6 +209,138 @@ pub fn run(cfg: &ExperimentConfig, mut progress: impl FnMut(&str)) -> anyhow::Re
         streams: cfg.streams,
         rows,
     })
+}
+
+/// The experiment's destination, on loopback: every run migrates into it.
+struct Destination {
+    registry: Arc<IncomingRegistry>,
+    listener: MigrationListener,
+    events: mpsc::Receiver<DestinationEvent>,
+}
+
+impl Destination {
+    fn new(backend: Backend) -> crate::error::Result<Self> {
+        let (tx, events) = mpsc::channel();
+        let tx = Mutex::new(tx);
+        let registry = IncomingRegistry::new(backend, None, Duration::from_secs(30), move |e| {
+            let _ = tx.lock().expect("events").send(e);
+        });
+        let listener = MigrationListener::bind("127.0.0.1:0".parse()?, registry.clone())?;
+        Ok(Destination {
+            registry,
+            listener,
+            events,
+        })
+    }
+
+    /// Run `r` of scenario `sc` with `transport`: a guest booted (with
+    /// `seed`), warmed up and moved; its figures and the guest's throughput
+    /// before, during and after.
+    fn one(
+        &self,
+        cfg: &ExperimentConfig,
+        sc: &Scenario,
+        transport: Transport,
+        r: u32,
+        seed: u64,
+    ) -> crate::error::Result<Row> {
+        let memory = sc.memory.unwrap_or(cfg.guest.memory).0;
+        let gc = SyntheticConfig {
+            memory,
+            vcpus: sc.vcpus.unwrap_or(cfg.guest.vcpus),
+            workload: sc.workload.clone(),
+            prefill: cfg.guest.prefill,
+            seed,
+        };
+        let src = SyntheticGuest::boot("guest", &gc)?;
+        std::thread::sleep(cfg.warmup);
+        let spec = MigrationSpec {
+            id: MigrationId::generate(),
+            guest: "guest".into(),
+            memory,
+            source: Endpoint {
+                host: "source".into(),
+                migration: "127.0.0.1:0".parse()?,
+            },
+            destination: Endpoint {
+                host: "destination".into(),
+                migration: self.listener.local_addr(),
+            },
+            mode: EncryptionMode::Opportunistic,
+            setting: EncryptionMode::Opportunistic,
+            transport,
+            key: transport.encrypted().then(MigrationKey::generate),
+            nonce: 1,
+            streams: cfg.streams,
+            limits: cfg.limits.clone(),
+            machine: None,
+        };
+        let dst = SyntheticGuest::incoming("guest", memory)?;
+        self.registry.prepare(&spec, dst.clone())?;
+        let opts = SourceOptions {
+            backend: cfg.backend,
+            ..Default::default()
+        };
+        let start = unix_ms();
+        let src_dyn: Arc<dyn Guest> = src.clone();
+        let stats = migrate_out(src_dyn, &spec, &opts, &mut |_| {}).map_err(|f| {
+            LabError::unexpected(format!(
+                "{}: {}",
+                sc.label,
+                ferry_core::error::report(&f.error)
+            ))
+        })?;
+        let end = unix_ms();
+        let open_cpu = match self
+            .events
+            .recv_timeout(Duration::from_secs(30))
+            .context("the destination reported nothing")?
+        {
+            DestinationEvent::Resumed { stats, .. } => stats.open_cpu_seconds,
+            DestinationEvent::Aborted { reason, .. } => {
+                bail!("{}: destination aborted: {reason}", sc.label)
+            }
+        };
+        std::thread::sleep(Duration::from_millis(500));
+        let before = src.timeline();
+        let after = dst.timeline();
+        dst.release();
+        let pick = |samples: &[crate::guest::Sample], f: &dyn Fn(u64) -> bool| {
+            mean(
+                samples
+                    .iter()
+                    .filter(|s| f(s.unix_ms))
+                    .map(|s| s.ops_per_second),
+            )
+        };
+        if stats.result != MigrationResult::Completed {
+            bail!("{}: {:?}", sc.label, stats.error);
+        }
+        Ok(Row {
+            scenario: sc.label.clone(),
+            transport,
+            run: r,
+            memory_bytes: memory,
+            total_seconds: stats.total_seconds,
+            downtime_seconds: stats.downtime_seconds,
+            transferred_bytes: stats.transferred_bytes,
+            passes: stats.passes,
+            normal_pages: stats.normal_pages,
+            zero_pages: stats.zero_pages,
+            throttle_max_percent: stats.throttle_max_percent,
+            seal_cpu_seconds: stats.seal_cpu_seconds,
+            open_cpu_seconds: open_cpu,
+            ops_before: pick(&before, &|t| t < start),
+            ops_during: mean(
+                before
+                    .iter()
+                    .chain(after.iter())
+                    .filter(|s| s.unix_ms >= start && s.unix_ms <= end)
+                    .map(|s| s.ops_per_second),
+            ),
+            ops_after: pick(&after, &|t| t > end),
+        })
+    }
 }
 
 impl Results {
@@ -436,7 +475,7 @@ impl Results {
     }
 
     /// Writes `<name>.json` and `<name>.svg` into `dir`.
-    pub fn write(&self, dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+    pub fn write(&self, dir: &Path) -> crate::error::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let json = dir.join(format!("{}.json", self.name));
         let svg = dir.join(format!("{}.svg", self.name));

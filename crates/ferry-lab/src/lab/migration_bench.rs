@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, LabError, Result};
 use serde::Serialize;
 
 use super::qemu_bench::{self, Spread, Way};
@@ -170,9 +170,7 @@ fn synthetic(
         machine: None,
     };
     let dst = SyntheticGuest::incoming("bench", memory)?;
-    registry
-        .prepare(&spec, dst.clone())
-        .map_err(anyhow::Error::msg)?;
+    registry.prepare(&spec, dst.clone())?;
     // The guest runs a while first, as it would before anyone moves it.
     std::thread::sleep(Duration::from_millis(300));
     let opts = SourceOptions {
@@ -181,7 +179,7 @@ fn synthetic(
     };
     let cpu = qemu_bench::cpu_seconds();
     let stats: MigrationStats = migrate_out(src.clone(), &spec, &opts, &mut |_| {})
-        .map_err(|f| anyhow::anyhow!("{}", f.error))?;
+        .map_err(|f| LabError::unexpected(ferry_core::error::report(&f.error)))?;
     let cpu = qemu_bench::cpu_seconds() - cpu;
     use crate::guest::Guest;
     dst.release();

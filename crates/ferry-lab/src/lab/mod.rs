@@ -17,3 +17,5 @@ pub mod wan_bench;
 
 pub use counters_config::CountersConfig;
 pub use topology::{Topology, TopologyError};
+
+pub use crate::error::LabError;

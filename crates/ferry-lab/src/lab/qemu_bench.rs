@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use anyhow::{Context, Result, bail};
+use crate::error::{Context, LabError, Result, bail};
 use serde::Serialize;
 use serde_json::json;
 
@@ -328,12 +328,10 @@ fn through_ferry(
         limits: Limits::default(),
         machine: Some(machine.clone()),
     };
-    registry
-        .prepare_channels(&spec, dst)
-        .map_err(anyhow::Error::msg)?;
+    registry.prepare_channels(&spec, dst)?;
     let stats =
         crate::engine::channels::migrate_out(src, &spec, &SourceOptions::default(), &mut |_| {})
-            .map_err(|f| anyhow::anyhow!("{f}"))?;
+            .map_err(|f| LabError::unexpected(ferry_core::error::report(&f)))?;
     match events.recv_timeout(Duration::from_secs(10)) {
         Ok(DestinationEvent::Resumed { .. }) => {}
         _ => bail!("the destination did not resume the guest"),
@@ -400,7 +398,7 @@ pub fn run(
     touched_mib: u32,
     progress: &dyn Fn(&str),
 ) -> Result<Results> {
-    crate::qemu::available().map_err(anyhow::Error::msg)?;
+    crate::qemu::available()?;
     let machine = test_machine(memory_mib, touched_mib)?;
     let dir = std::env::temp_dir().join(format!("ferry-bench-qemu-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&dir);

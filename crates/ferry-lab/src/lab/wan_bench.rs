@@ -6,7 +6,7 @@
 
 use std::{net::UdpSocket, sync::Arc, time::Duration};
 
-use anyhow::{Context, Result};
+use crate::error::{Context, LabError, Result};
 use serde::Serialize;
 
 use crate::{
@@ -147,7 +147,7 @@ fn one_way_us(a: &Netns, b: &Arc<Netns>, port: u16, n: u32) -> Result<Vec<f64>> 
         Ok(())
     })?;
     recv.join()
-        .map_err(|_| anyhow::anyhow!("probe receiver panicked"))
+        .map_err(|_| LabError::Panicked("probe receiver"))
 }
 
 fn percentile(sorted: &[f64], p: f64) -> f64 {

@@ -33,15 +33,8 @@ fn checksum(data: &[u8]) -> u16 {
     !(sum as u16)
 }
 
-/// Sends `count` echo requests of `payload` bytes to `dst`, one every
-/// `interval`, and waits up to `timeout` after the last for replies.
-pub fn ping(
-    dst: Ipv4Addr,
-    count: u32,
-    payload: usize,
-    interval: Duration,
-    timeout: Duration,
-) -> io::Result<PingStats> {
+/// A raw ICMP socket whose replies the kernel timestamps.
+fn icmp_socket() -> io::Result<OwnedFd> {
     // SAFETY: plain socket(2) call; the fd is owned below.
     let raw = unsafe {
         libc::socket(
@@ -69,6 +62,65 @@ pub fn ping(
             mem::size_of::<libc::c_int>() as u32,
         )
     };
+    Ok(fd)
+}
+
+/// Echo request `seq` of `ident`, with `payload` bytes.
+fn echo_request(ident: u16, seq: u16, payload: usize) -> Vec<u8> {
+    let mut pkt = vec![0u8; 8 + payload];
+    pkt[0] = 8; // echo request
+    pkt[4..6].copy_from_slice(&ident.to_be_bytes());
+    pkt[6..8].copy_from_slice(&seq.to_be_bytes());
+    for (i, b) in pkt[8..].iter_mut().enumerate() {
+        *b = i as u8;
+    }
+    let c = checksum(&pkt);
+    pkt[2..4].copy_from_slice(&c.to_be_bytes());
+    pkt
+}
+
+fn send_to(fd: &OwnedFd, pkt: &[u8], sin: &libc::sockaddr_in) -> io::Result<()> {
+    // SAFETY: valid buffer and sockaddr_in.
+    let n = unsafe {
+        libc::sendto(
+            fd.as_raw_fd(),
+            pkt.as_ptr().cast(),
+            pkt.len(),
+            0,
+            (sin as *const libc::sockaddr_in).cast(),
+            mem::size_of::<libc::sockaddr_in>() as u32,
+        )
+    };
+    if n < 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// The (identifier, sequence) of an echo reply in the IPv4 packet `p`.
+fn echo_reply(p: &[u8]) -> Option<(u16, usize)> {
+    if p.len() < 20 {
+        return None;
+    }
+    let ihl = usize::from(p[0] & 0x0f) * 4;
+    if p.len() < ihl + 8 || p[ihl] != 0 {
+        return None; // not an echo reply
+    }
+    let id = u16::from_be_bytes([p[ihl + 4], p[ihl + 5]]);
+    let seq = u16::from_be_bytes([p[ihl + 6], p[ihl + 7]]) as usize;
+    Some((id, seq))
+}
+
+/// Sends `count` echo requests of `payload` bytes to `dst`, one every
+/// `interval`, and waits up to `timeout` after the last for replies.
+pub fn ping(
+    dst: Ipv4Addr,
+    count: u32,
+    payload: usize,
+    interval: Duration,
+    timeout: Duration,
+) -> io::Result<PingStats> {
+    let fd = icmp_socket()?;
     // SAFETY: zeroed sockaddr_in is valid; fields set below.
     let mut sin: libc::sockaddr_in = unsafe { mem::zeroed() };
     sin.sin_family = libc::AF_INET as u16;
@@ -85,30 +137,9 @@ pub fn ping(
     loop {
         let now = Instant::now();
         if next < count && now >= deadline_for(next) {
-            let mut pkt = vec![0u8; 8 + payload];
-            pkt[0] = 8; // echo request
-            pkt[4..6].copy_from_slice(&ident.to_be_bytes());
-            pkt[6..8].copy_from_slice(&(next as u16).to_be_bytes());
-            for (i, b) in pkt[8..].iter_mut().enumerate() {
-                *b = i as u8;
-            }
-            let c = checksum(&pkt);
-            pkt[2..4].copy_from_slice(&c.to_be_bytes());
+            let pkt = echo_request(ident, next as u16, payload);
             sent_at[next as usize] = Some((Instant::now(), realtime_ns()));
-            // SAFETY: valid buffer and sockaddr_in.
-            let n = unsafe {
-                libc::sendto(
-                    fd.as_raw_fd(),
-                    pkt.as_ptr().cast(),
-                    pkt.len(),
-                    0,
-                    (&sin as *const libc::sockaddr_in).cast(),
-                    mem::size_of::<libc::sockaddr_in>() as u32,
-                )
-            };
-            if n < 0 {
-                return Err(io::Error::last_os_error());
-            }
+            send_to(&fd, &pkt, &sin)?;
             stats.sent += 1;
             next += 1;
             continue;
@@ -134,16 +165,9 @@ pub fn ping(
         }
         let (n, stamped) = recv_stamped(fd.as_raw_fd(), &mut buf);
         let got = Instant::now();
-        if n < 20 {
+        let Some((id, seq)) = usize::try_from(n).ok().and_then(|n| echo_reply(&buf[..n])) else {
             continue;
-        }
-        let ihl = usize::from(buf[0] & 0x0f) * 4;
-        let n = n as usize;
-        if n < ihl + 8 || buf[ihl] != 0 {
-            continue; // not an echo reply
-        }
-        let id = u16::from_be_bytes([buf[ihl + 4], buf[ihl + 5]]);
-        let seq = u16::from_be_bytes([buf[ihl + 6], buf[ihl + 7]]) as usize;
+        };
         if id != ident || seq >= sent_at.len() {
             continue;
         }
