@@ -40,7 +40,8 @@ use crate::{
         relay::{self, RelayError, SharedWriter},
         source::PrivateDir,
     },
-    guest::{Guest, GuestError, Hosted, PageDigests},
+    guest::{Guest, GuestError, PageDigests},
+    hosted::Hosted,
     journal::{Entry, Journal},
 };
 use ferry_protocol::{
@@ -51,13 +52,7 @@ use ferry_protocol::{
     stream_crypto,
 };
 
-/// What became of an incoming migration.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub enum Outcome {
-    Pending,
-    Resumed,
-    Aborted(String),
-}
+pub use crate::journal::Outcome;
 
 /// Reported to the host when an incoming migration ends.
 pub enum DestinationEvent {

@@ -15,8 +15,6 @@
 
 use ferry_protocol::MigrationId;
 
-use crate::destination::Outcome;
-
 /// One fact at a commit point.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Entry<'a> {
@@ -46,6 +44,14 @@ pub enum Entry<'a> {
         guest: &'a str,
         reason: &'a str,
     },
+}
+
+/// What became of an incoming migration.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    Pending,
+    Resumed,
+    Aborted(String),
 }
 
 /// A host's durable record of its commit points.

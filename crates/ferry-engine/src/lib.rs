@@ -12,6 +12,7 @@ pub mod commit;
 pub mod converge;
 pub mod destination;
 pub mod guest;
+pub mod hosted;
 pub mod journal;
 pub mod limits;
 pub mod source;
@@ -24,6 +25,7 @@ pub use commit::{Commit, Decision, DecisionSlot};
 pub use destination::{
     DestinationEvent, IncomingRegistry, MigrationListener, Outcome, PrepareError,
 };
+pub use hosted::Hosted;
 pub use journal::Journal;
 pub use limits::LiveLimits;
 pub use source::{SourceOptions, migrate_out};

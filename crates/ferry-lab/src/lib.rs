@@ -6,7 +6,6 @@
 //! - [`report`]: figures (SVG) for experiments and benchmarks.
 
 pub mod demo;
-pub mod error;
 pub mod lab;
 pub mod report;
 

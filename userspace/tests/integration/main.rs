@@ -7,6 +7,7 @@ mod engine;
 mod errors;
 mod fleet;
 mod install;
+mod layers;
 mod logcapture;
 mod processes;
 mod protocol;

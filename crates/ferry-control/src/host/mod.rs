@@ -21,8 +21,9 @@ use crate::{
         self, Identity, Request, Responder, Response, Role,
         wire::{Capabilities, HostedGuest, IncomingOutcome},
     },
+    engine::Hosted,
     engine::{self, DestinationEvent, IncomingRegistry, MigrationListener, SourceOptions},
-    guest::{Guest, Hosted, RunState, SyntheticConfig, SyntheticGuest},
+    guest::{Guest, RunState, SyntheticConfig, SyntheticGuest},
     metrics::{
         ProtocolMetrics,
         migration::{MigrationMetrics, Role as MetricsRole},

@@ -8,7 +8,7 @@ use std::{
     time::{SystemTime, UNIX_EPOCH},
 };
 
-use crate::error::{Context, bail};
+use crate::lab::error::{Context, bail};
 use serde::Serialize;
 
 use crate::{
@@ -108,7 +108,7 @@ fn penalty(before: &[Sample], after: &[Sample], start: f64, end: f64, get_errors
     }
 }
 
-pub async fn run(cfg: &DemoConfig, quiet: bool) -> crate::error::Result<DemoSummary> {
+pub async fn run(cfg: &DemoConfig, quiet: bool) -> crate::lab::error::Result<DemoSummary> {
     if cfg.guest_kind == GuestKind::Qemu {
         return run_qemu(cfg, quiet).await;
     }
@@ -272,7 +272,7 @@ async fn wait_checks(host: &crate::host::Host, name: &str, n: u64) -> (u64, u64)
 
 /// The QEMU demo: the test guest boots on host-a under QEMU, checks its
 /// memory, moves encrypted to host-b, and checks it there.
-async fn run_qemu(cfg: &DemoConfig, quiet: bool) -> crate::error::Result<DemoSummary> {
+async fn run_qemu(cfg: &DemoConfig, quiet: bool) -> crate::lab::error::Result<DemoSummary> {
     let q = &cfg.qemu;
     crate::qemu::available()?;
     for (what, p) in [("kernel", &q.kernel), ("initrd", &q.initrd)] {

@@ -81,7 +81,7 @@ fn load1() -> f64 {
 
 /// Runs the demo `runs` times with `hogs` spinning threads, printing a line
 /// per run as it ends.
-pub async fn run(cfg: &DemoConfig, runs: u32, hogs: usize) -> crate::error::Result<Report> {
+pub async fn run(cfg: &DemoConfig, runs: u32, hogs: usize) -> crate::lab::error::Result<Report> {
     let machine = Machine::probe();
     eprintln!("{machine}");
     eprintln!("running the demo {runs} times with {hogs} spinning threads");

@@ -5,7 +5,7 @@
 
 use std::{collections::BTreeMap, net::SocketAddr, path::PathBuf, sync::Arc};
 
-use crate::error::Context;
+use crate::lab::error::Context;
 
 use crate::{
     certs,
@@ -54,7 +54,7 @@ impl Cluster {
     pub async fn start(
         spec: ClusterSpec,
         key_source: Option<KeySource>,
-    ) -> crate::error::Result<Cluster> {
+    ) -> crate::lab::error::Result<Cluster> {
         let mut b = [0u8; 4];
         getrandom::fill(&mut b).expect("the OS random source failed");
         let dir = std::env::temp_dir().join(format!(

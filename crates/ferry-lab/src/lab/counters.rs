@@ -12,7 +12,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::error::{Context, LabError, Result, bail};
+use crate::lab::error::{Context, LabError, Result, bail};
 use ferry_common::counters::{Direction, TagKind};
 
 use crate::{

@@ -6,7 +6,7 @@
 use ferry_common::names::program;
 use std::sync::Arc;
 
-use crate::error::{Context, Result};
+use crate::lab::error::{Context, Result};
 use aya::programs::{SchedClassifier, TestRun, TestRunOptions, Xdp};
 use serde::Serialize;
 

@@ -9,7 +9,7 @@ use std::{
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
 
-use crate::error::{Context, LabError, bail};
+use crate::lab::error::{Context, LabError, bail};
 use serde::{Deserialize, Serialize};
 
 use crate::{
@@ -184,7 +184,7 @@ fn mean(v: impl Iterator<Item = f64>) -> f64 {
 pub fn run(
     cfg: &ExperimentConfig,
     mut progress: impl FnMut(&str),
-) -> crate::error::Result<Results> {
+) -> crate::lab::error::Result<Results> {
     let dest = Destination::new(cfg.backend)?;
     let mut rows = Vec::new();
     let total = cfg.scenarios.len() * cfg.transports.len() * cfg.repeat as usize;
@@ -219,7 +219,7 @@ struct Destination {
 }
 
 impl Destination {
-    fn new(backend: Backend) -> crate::error::Result<Self> {
+    fn new(backend: Backend) -> crate::lab::error::Result<Self> {
         let (tx, events) = mpsc::channel();
         let tx = Mutex::new(tx);
         let registry = IncomingRegistry::new(backend, None, Duration::from_secs(30), move |e| {
@@ -243,7 +243,7 @@ impl Destination {
         transport: Transport,
         r: u32,
         seed: u64,
-    ) -> crate::error::Result<Row> {
+    ) -> crate::lab::error::Result<Row> {
         let memory = sc.memory.unwrap_or(cfg.guest.memory).0;
         let gc = SyntheticConfig {
             memory,
@@ -475,7 +475,7 @@ impl Results {
     }
 
     /// Writes `<name>.json` and `<name>.svg` into `dir`.
-    pub fn write(&self, dir: &Path) -> crate::error::Result<Vec<PathBuf>> {
+    pub fn write(&self, dir: &Path) -> crate::lab::error::Result<Vec<PathBuf>> {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
         let json = dir.join(format!("{}.json", self.name));
         let svg = dir.join(format!("{}.svg", self.name));

@@ -6,7 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::error::{Context, Result, bail};
+use crate::lab::error::{Context, Result, bail};
 
 use crate::netns::Netns;
 

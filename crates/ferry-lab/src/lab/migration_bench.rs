@@ -6,7 +6,7 @@
 
 use std::{sync::Arc, time::Duration};
 
-use crate::error::{Context, LabError, Result};
+use crate::lab::error::{Context, LabError, Result};
 use serde::Serialize;
 
 use super::qemu_bench::{self, Spread, Way};

@@ -6,6 +6,7 @@ pub mod cluster;
 pub mod counters;
 mod counters_config;
 pub mod dataplane_bench;
+pub mod error;
 pub mod experiment;
 pub mod iperf;
 pub mod machine;
@@ -18,4 +19,4 @@ pub mod wan_bench;
 pub use counters_config::CountersConfig;
 pub use topology::{Topology, TopologyError};
 
-pub use crate::error::LabError;
+pub use error::LabError;

@@ -11,7 +11,7 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::error::{Context, LabError, Result, bail};
+use crate::lab::error::{Context, LabError, Result, bail};
 use serde::Serialize;
 use serde_json::json;
 

@@ -6,7 +6,7 @@
 
 use std::{net::UdpSocket, sync::Arc, time::Duration};
 
-use crate::error::{Context, LabError, Result};
+use crate::lab::error::{Context, LabError, Result};
 use serde::Serialize;
 
 use crate::{

@@ -133,7 +133,7 @@ impl<T> Context<T> for Option<T> {
 /// `bail!` for the lab: returns an [`LabError::Unexpected`].
 macro_rules! bail {
     ($($arg:tt)*) => {
-        return Err($crate::error::LabError::Unexpected(format!($($arg)*)))
+        return Err($crate::lab::error::LabError::Unexpected(format!($($arg)*)))
     };
 }
 pub(crate) use bail;
