@@ -315,13 +315,54 @@ impl Conn {
             .with_context(|| format!("--coordinator {:?}: bad address", self.coordinator))?;
         let client = Client::new(&TlsFiles::in_dir(&self.tls_dir, &self.client))
             .with_context(|| format!("client {}'s TLS files", self.client))?;
-        Ok((
-            client,
-            CoordinatorRef {
-                name: name.into(),
-                addr,
-            },
-        ))
+        let given = CoordinatorRef {
+            name: name.into(),
+            addr,
+        };
+        let coord = follow_leader(&client, given);
+        Ok((client, coord))
+    }
+}
+
+/// The coordinator that leads `given`'s site: a follower names it, and the
+/// CLI asks it instead (saying so on stderr). Anything else (`given`
+/// leads, no leader now, no answer) keeps `given`, whose own answer then
+/// says what is wrong.
+fn follow_leader(client: &Client, given: CoordinatorRef) -> CoordinatorRef {
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .ok()
+        .and_then(|rt| {
+            rt.block_on(client.call(
+                &given.name,
+                given.addr,
+                &ferry::control::Request::Leader,
+                Duration::from_secs(10),
+            ))
+            .ok()
+        });
+    let Some(ferry::control::Response::Leader {
+        leader: Some(leader),
+    }) = asked
+    else {
+        return given;
+    };
+    match leader.split_once('@') {
+        Some((name, addr)) if name != given.name => match addr.parse() {
+            Ok(addr) => {
+                eprintln!(
+                    "ferry: {} does not lead its site; asking the leader, {name} at {addr}",
+                    given.name
+                );
+                CoordinatorRef {
+                    name: name.to_string(),
+                    addr,
+                }
+            }
+            Err(_) => given,
+        },
+        _ => given,
     }
 }
 

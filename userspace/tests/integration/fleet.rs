@@ -255,6 +255,29 @@ fn coordinators_on_etcd_elect_one_leader_fail_over_fence_the_deposed_and_need_qu
             .to_string();
         let leader = format!("{}@{}", r(l).name, r(l).addr);
         assert!(e.contains("does not lead site lab") && e.contains(&leader), "{e}");
+        // The CLI, given the follower, asks the leader and says so.
+        let follower = format!("{}@{}", r(f).name, r(f).addr);
+        let site_dir = dir.clone();
+        let out = tokio::task::spawn_blocking(move || {
+            Command::new(FERRY)
+                .args(["hosts", "--coordinator", &follower, "--as", "admin", "--tls-dir"])
+                .arg(&site_dir)
+                .stdin(Stdio::null())
+                .output()
+                .unwrap()
+        })
+        .await
+        .unwrap();
+        let (stdout, stderr) = (
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr),
+        );
+        assert!(out.status.success(), "ferry hosts via the follower: {stdout}\n{stderr}");
+        assert!(
+            stderr.contains(&format!("asking the leader, {} at {}", r(l).name, r(l).addr)),
+            "{stderr}"
+        );
+        assert!(stdout.contains("g1"), "the leader's answer lists a's guest: {stdout}");
         let moved = |i: usize, to: &'static str| {
             let (client, coord) = (client.clone(), r(i));
             async move { request_migration(&client, &coord, "g1", None, to, Default::default(), |_| {}).await }

@@ -156,6 +156,9 @@ pub enum Request {
     Uncordon {
         host: String,
     },
+    /// Which coordinator leads the site: answered by followers too, so a
+    /// client given any coordinator of the site finds the one that acts.
+    Leader,
     // coordinator -> host
     /// A coordinator's request with the epoch of its lead of `site`: a
     /// host refuses an epoch lower than the highest it has seen of the
@@ -229,6 +232,7 @@ impl Request {
             Request::SetLimits { .. } => "set-limits",
             Request::Drain { .. } => "drain",
             Request::Uncordon { .. } => "uncordon",
+            Request::Leader => "leader",
             Request::SetOutgoingLimits { .. } => "set-outgoing-limits",
             Request::SettleGuest { .. } => "settle-guest",
             Request::Fenced { .. } => "fenced",
@@ -388,6 +392,11 @@ pub enum Response {
     },
     Status {
         migrations: Vec<MigrationRecord>,
+    },
+    /// The site's leader as NAME@ADDRESS (its client API), or none while
+    /// an election is under way.
+    Leader {
+        leader: Option<String>,
     },
     Hosts {
         hosts: Vec<HostStatus>,

@@ -2098,6 +2098,7 @@ impl Coordinator {
                 | Request::SetLimits { .. }
                 | Request::Drain { .. }
                 | Request::Uncordon { .. }
+                | Request::Leader
         ) {
             return Err(Refusal::NotAnswered(req.op()));
         }
@@ -2192,6 +2193,11 @@ impl Coordinator {
         if let Err(e) = self.allowed(&who, &req) {
             tracing::warn!(coordinator = %self.cfg.name, peer = %who, "refused: {}", report(&e));
             let _ = resp.send(&Response::error(report(&e))).await;
+            return;
+        }
+        if let Request::Leader = req {
+            let leader = self.leader().await;
+            let _ = resp.send(&Response::Leader { leader }).await;
             return;
         }
         if !self.leads() {
@@ -2324,6 +2330,18 @@ impl Coordinator {
     }
 
     /// A follower's answer: who leads, and how to reach it.
+    /// The site's leader as NAME@ADDRESS: this coordinator when it leads,
+    /// else whom the store names (none while it cannot say).
+    async fn leader(&self) -> Option<String> {
+        if self.leads() {
+            return Some(format!("{}@{}", self.cfg.name, self.cfg.listen));
+        }
+        match self.store.get() {
+            Some(s) => s.leader().await.ok().flatten(),
+            None => None,
+        }
+    }
+
     async fn not_leading(&self) -> String {
         let site = self
             .store
