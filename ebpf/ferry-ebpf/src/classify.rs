@@ -163,7 +163,7 @@ fn police(class: u16, e: &ClassEntry, len: u64) -> bool {
     unsafe {
         let now = bpf_ktime_get_ns();
         let last_p = core::ptr::addr_of_mut!((*st).last_ns);
-        let tok_p = core::ptr::addr_of_mut!((*st).tokens) as *mut u64;
+        let tok_p = core::ptr::addr_of_mut!((*st).tokens).cast::<u64>();
         let last = core::ptr::read_volatile(last_p);
         if now > last && atomic::cmpxchg(last_p, last, now) == last {
             // Capped at one second of refill, so the product cannot overflow.

@@ -24,8 +24,8 @@ impl Frame {
         if self.data + off + 2 > self.end {
             return None;
         }
-        // SAFETY: bounds checked; read bytewise (packet data is unaligned).
         let p = (self.data + off) as *const u8;
+        // SAFETY: bounds checked; read bytewise (packet data is unaligned).
         Some(unsafe { u16::from_be_bytes([*p, *p.add(1)]) })
     }
 
@@ -34,8 +34,8 @@ impl Frame {
         if self.data + off + 4 > self.end {
             return None;
         }
-        // SAFETY: bounds checked.
         let p = (self.data + off) as *const u8;
+        // SAFETY: bounds checked against end, read bytewise.
         Some(unsafe { u32::from_be_bytes([*p, *p.add(1), *p.add(2), *p.add(3)]) })
     }
 
@@ -44,8 +44,8 @@ impl Frame {
         if self.data + off + 6 > self.end {
             return None;
         }
-        // SAFETY: bounds checked.
         let p = (self.data + off) as *const u8;
+        // SAFETY: bounds checked against end, read bytewise.
         Some(unsafe { [*p, *p.add(1), *p.add(2), *p.add(3), *p.add(4), *p.add(5)] })
     }
 }

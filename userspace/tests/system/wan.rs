@@ -242,7 +242,7 @@ fn udp_receiver(b: &Arc<Netns>) -> std::thread::JoinHandle<Vec<u32>> {
             sock.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_RCVBUFFORCE,
-            (&big as *const libc::c_int).cast(),
+            std::ptr::from_ref::<libc::c_int>(&big).cast(),
             4,
         )
     };

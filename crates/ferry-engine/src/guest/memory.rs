@@ -270,7 +270,7 @@ impl KernelLog {
             ioctls: 0,
         };
         // SAFETY: valid pointer to a correctly sized struct.
-        if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API as _, &mut api) } != 0 {
+        if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_API, &mut api) } != 0 {
             return Err(io::Error::last_os_error());
         }
         let mut reg = UffdioRegister {
@@ -279,7 +279,7 @@ impl KernelLog {
             ioctls: 0,
         };
         // SAFETY: as above.
-        if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER as _, &mut reg) } != 0 {
+        if unsafe { libc::ioctl(uffd.as_raw_fd(), UFFDIO_REGISTER, &mut reg) } != 0 {
             return Err(io::Error::last_os_error());
         }
         let pagemap = File::open("/proc/self/pagemap")?;
@@ -298,7 +298,7 @@ impl KernelLog {
             mode: UFFDIO_WRITEPROTECT_MODE_WP,
         };
         // SAFETY: valid pointer to a correctly sized struct.
-        if unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_WRITEPROTECT as _, &mut wp) } != 0 {
+        if unsafe { libc::ioctl(self.uffd.as_raw_fd(), UFFDIO_WRITEPROTECT, &mut wp) } != 0 {
             return Err(io::Error::last_os_error());
         }
         Ok(())
@@ -325,7 +325,7 @@ impl KernelLog {
                 return_mask: PAGE_IS_WRITTEN,
             };
             // SAFETY: arg and the regions buffer are valid for the call.
-            let n = unsafe { libc::ioctl(self.pagemap.as_raw_fd(), PAGEMAP_SCAN as _, &mut arg) };
+            let n = unsafe { libc::ioctl(self.pagemap.as_raw_fd(), PAGEMAP_SCAN, &mut arg) };
             if n < 0 {
                 return Err(io::Error::last_os_error());
             }

@@ -58,7 +58,7 @@ fn icmp_socket() -> io::Result<OwnedFd> {
             fd.as_raw_fd(),
             libc::SOL_SOCKET,
             libc::SO_TIMESTAMPNS,
-            (&on as *const libc::c_int).cast(),
+            std::ptr::from_ref::<libc::c_int>(&on).cast(),
             mem::size_of::<libc::c_int>() as u32,
         )
     };
@@ -87,7 +87,7 @@ fn send_to(fd: &OwnedFd, pkt: &[u8], sin: &libc::sockaddr_in) -> io::Result<()> 
             pkt.as_ptr().cast(),
             pkt.len(),
             0,
-            (sin as *const libc::sockaddr_in).cast(),
+            std::ptr::from_ref::<libc::sockaddr_in>(sin).cast(),
             mem::size_of::<libc::sockaddr_in>() as u32,
         )
     };

@@ -66,7 +66,7 @@ impl PacketSocket {
         let r = unsafe {
             libc::bind(
                 fd.as_raw_fd(),
-                (&sll as *const libc::sockaddr_ll).cast(),
+                std::ptr::from_ref::<libc::sockaddr_ll>(&sll).cast(),
                 mem::size_of::<libc::sockaddr_ll>() as u32,
             )
         };
@@ -95,7 +95,7 @@ impl PacketSocket {
                 self.fd.as_raw_fd(),
                 libc::SOL_PACKET,
                 libc::PACKET_VNET_HDR,
-                (&on as *const libc::c_int).cast(),
+                std::ptr::from_ref::<libc::c_int>(&on).cast(),
                 mem::size_of::<libc::c_int>() as u32,
             )
         };
@@ -120,7 +120,7 @@ impl PacketSocket {
                 self.fd.as_raw_fd(),
                 libc::SOL_SOCKET,
                 opt,
-                (&v as *const libc::c_int).cast(),
+                std::ptr::from_ref::<libc::c_int>(&v).cast(),
                 mem::size_of::<libc::c_int>() as u32,
             )
         };
