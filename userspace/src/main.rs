@@ -329,19 +329,15 @@ impl Conn {
 /// leads, no leader now, no answer) keeps `given`, whose own answer then
 /// says what is wrong.
 fn follow_leader(client: &Client, given: CoordinatorRef) -> CoordinatorRef {
-    let asked = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
+    let asked = runtime().ok().and_then(|rt| {
+        rt.block_on(client.call(
+            &given.name,
+            given.addr,
+            &ferry::control::Request::Leader,
+            Duration::from_secs(10),
+        ))
         .ok()
-        .and_then(|rt| {
-            rt.block_on(client.call(
-                &given.name,
-                given.addr,
-                &ferry::control::Request::Leader,
-                Duration::from_secs(10),
-            ))
-            .ok()
-        });
+    });
     let Some(ferry::control::Response::Leader {
         leader: Some(leader),
     }) = asked

@@ -40,28 +40,22 @@ fn dashboards() -> Vec<(String, serde_json::Value)> {
 /// Every `"ferry_..."` metric name in the libraries' sources (the `ferry`
 /// crate and the layers under it in crates/).
 fn declared_metrics() -> BTreeSet<String> {
-    fn walk(dir: &Path, out: &mut BTreeSet<String>) {
-        for e in std::fs::read_dir(dir).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                walk(&p, out);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                let text = std::fs::read_to_string(&p).unwrap();
-                for part in text.split("\"ferry_").skip(1) {
-                    let name: String = part
-                        .chars()
-                        .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
-                        .collect();
-                    if part[name.len()..].starts_with('"') {
-                        out.insert(format!("ferry_{name}"));
-                    }
-                }
+    let mut files = Vec::new();
+    crate::errors::rust_files(&root().join("userspace/src"), &mut files);
+    crate::errors::rust_files(&root().join("crates"), &mut files);
+    let mut s = BTreeSet::new();
+    for p in files {
+        let text = std::fs::read_to_string(&p).unwrap();
+        for part in text.split("\"ferry_").skip(1) {
+            let name: String = part
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if part[name.len()..].starts_with('"') {
+                s.insert(format!("ferry_{name}"));
             }
         }
     }
-    let mut s = BTreeSet::new();
-    walk(&root().join("userspace/src"), &mut s);
-    walk(&root().join("crates"), &mut s);
     s
 }
 

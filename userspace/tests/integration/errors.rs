@@ -9,7 +9,7 @@ use ferry_core::error::repeated_phrase;
 use syn::visit::Visit;
 
 /// Every `.rs` file under `dir`, recursively (bounded by the tree's depth).
-fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
+pub(crate) fn rust_files(dir: &Path, out: &mut Vec<PathBuf>) {
     for entry in std::fs::read_dir(dir).unwrap_or_else(|e| panic!("{}: {e}", dir.display())) {
         let path = entry.unwrap().path();
         if path.is_dir() {

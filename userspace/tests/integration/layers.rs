@@ -19,25 +19,11 @@ fn modules(src: &Path) -> BTreeMap<String, Vec<PathBuf>> {
             continue;
         }
         if p.is_dir() {
-            out.insert(name, rust_files(&p));
+            let mut files = Vec::new();
+            crate::errors::rust_files(&p, &mut files);
+            out.insert(name, files);
         } else if p.extension().is_some_and(|x| x == "rs") {
             out.insert(name, vec![p]);
-        }
-    }
-    out
-}
-
-fn rust_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = Vec::new();
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in fs::read_dir(&d).expect("a module directory") {
-            let p = e.expect("entry").path();
-            if p.is_dir() {
-                todo.push(p);
-            } else if p.extension().is_some_and(|x| x == "rs") {
-                out.push(p);
-            }
         }
     }
     out
